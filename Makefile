@@ -1,0 +1,43 @@
+# flowlink: `make run` starts a demo server, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: run test lint format bench install install-test clean
+
+$(BIN)/flowlink: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+install: $(BIN)/flowlink
+
+$(VENV)/.test-extras: $(BIN)/flowlink pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install-test: $(VENV)/.test-extras
+
+run: install
+	$(BIN)/flowlink server --demo --host $(HOST) --port $(PORT)
+
+lint: install-test
+	$(BIN)/ruff check flowlink tests bench
+	$(BIN)/ruff format --check flowlink tests bench
+	$(BIN)/mypy flowlink
+
+format: install-test
+	$(BIN)/ruff format flowlink tests bench
+	$(BIN)/ruff check --fix flowlink tests bench
+
+test: lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python bench/executions.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache flowlink.db flowlink.db-* flowlink.db.secret

@@ -1,0 +1,157 @@
+"""Helpers shared by the benchmarks: start real servers, submit work, compute percentiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+FLOWLINK = [sys.executable, "-m", "flowlink.cli.main"]
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The pct-th percentile (nearest rank) of values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def python_floor_ms(runs: int = 10) -> float:
+    """Median wall time of a cold ``python -c pass``: the floor for one fresh interpreter."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def postgres_url() -> str | None:
+    """The PostgreSQL URL to benchmark against, if one is reachable."""
+    url = os.environ.get("FLOWLINK_BENCH_POSTGRES_URL") or os.environ.get(
+        "FLOWLINK_TEST_POSTGRES_URL"
+    )
+    if not url:
+        return None
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error:
+        return None
+    return url
+
+
+@contextmanager
+def fresh_database(backend: str) -> Iterator[str]:
+    """A URL of an empty store of the given backend, removed afterwards."""
+    if backend == "sqlite":
+        folder = tempfile.mkdtemp(prefix="flowlink-bench-")
+        try:
+            yield f"sqlite:///{folder}/flowlink.db"
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    import psycopg
+
+    base = postgres_url()
+    assert base, "no PostgreSQL reachable"
+    name = f"flowlink_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@dataclass
+class ServerProcess:
+    """A ``flowlink server`` subprocess and an authenticated client for it."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    token: str
+    client: httpx.Client
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@contextmanager
+def server(database_url: str, **env: str) -> Iterator[ServerProcess]:
+    """Initialize a store and run a real server process on it."""
+    environ = {
+        **os.environ,
+        "FLOWLINK_DATABASE_URL": database_url,
+        "FLOWLINK_SECRET_KEY": "bench",
+        **env,
+    }
+    out = subprocess.run(
+        [*FLOWLINK, "init", "--json", "--no-save"], env=environ, check=True, capture_output=True
+    )
+    token = json.loads(out.stdout)["token"]
+    port = free_port()
+    process = subprocess.Popen(
+        [*FLOWLINK, "server", "--port", str(port)],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/api/v1/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.1)
+    running = ServerProcess(process=process, url=url, token=token, client=client)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def apply_folder(client: httpx.Client, slug: str, files: dict[str, str]) -> None:
+    """Apply a workspace given as files."""
+    response = client.post(f"/api/v1/workspaces/{slug}/apply", json={"files": files})
+    response.raise_for_status()
+
+
+def here() -> Path:
+    """The bench folder."""
+    return Path(__file__).parent

@@ -1,0 +1,163 @@
+"""Routes for executions: start, list, show, logs, cancel."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from flowlink.access.policy import authorize
+from flowlink.api.deps import Caller, Context
+from flowlink.executions import service as executions
+from flowlink.store import notify
+from flowlink.store.engine import Store
+from flowlink.store.models import Execution, Workspace
+from flowlink.workspaces import service as workspaces
+
+router = APIRouter(prefix="/api/v1/workspaces/{ws}/executions", tags=["executions"])
+MAX_WAIT_SECONDS = 300.0
+
+
+class ExecutionCreate(BaseModel):
+    flow: str | None = Field(None, description="Name of the flow to run")
+    inputs: dict[str, Any] | None = Field(None, description="Inputs (a JSON object)")
+    script: str | None = Field(
+        None, description="Run this script instead of a stored flow (ad-hoc run)"
+    )
+    name: str | None = Field(None, description="Name shown for an ad-hoc script run")
+    max_runtime: float | None = Field(
+        None, gt=0, le=604800, description="Seconds before the execution is killed"
+    )
+    wait: float | None = Field(
+        None, ge=0, le=MAX_WAIT_SECONDS, description="Block up to this many seconds for the end"
+    )
+
+
+def _detail(store: Store, workspace_slug: str, execution_id: str) -> dict[str, Any]:
+    with store.read() as session:
+        workspace = workspaces.get_workspace(session, workspace_slug)
+        execution = executions.get_execution(session, workspace, execution_id)
+        return executions.execution_view(
+            execution,
+            workspace.slug,
+            children=executions.child_ids(session, execution.id),
+            with_script=True,
+        )
+
+
+def wait_for_end(store: Store, execution_id: str, timeout: float) -> None:
+    """Block until the execution has ended or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    notifier = store.notifier
+    while True:
+        seen = notifier.counter(notify.ENDED)
+        with store.read() as session:
+            status = session.get(Execution, execution_id)
+            if status is None or status.status in executions.ENDED:
+                return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        notifier.wait(notify.ENDED, seen, min(remaining, 0.5))
+
+
+@router.post("", status_code=201)
+def start_execution(
+    ws: str, body: ExecutionCreate, context: Context, caller: Caller
+) -> dict[str, Any]:
+    """Start an execution of a flow (or of an ad-hoc script) and return it."""
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "execute", "executions", workspace)
+        execution = executions.create_execution(
+            session,
+            workspace,
+            flow_name=body.flow if body.script is None else (body.name or body.flow),
+            script=body.script,
+            inputs=body.inputs,
+            user_id=caller.user_id,
+            trigger={"type": "api", "token": caller.token_id},
+            max_runtime=body.max_runtime,
+            default_max_runtime=context.settings.default_max_runtime,
+        )
+        if not body.wait:
+            view = executions.execution_view(execution, workspace.slug, children=[])
+            view["script"] = execution.script
+            return view
+        execution_id = execution.id
+    wait_for_end(context.store, execution_id, body.wait)
+    return _detail(context.store, ws, execution_id)
+
+
+@router.get("")
+def list_executions(
+    ws: str,
+    context: Context,
+    caller: Caller,
+    status: str | None = None,
+    flow: str | None = None,
+    parent: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    before: Annotated[str | None, Query(description="Cursor: next_cursor of the last page")] = None,
+) -> dict[str, Any]:
+    """Executions of the workspace, newest first, with cursor paging."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "executions", workspace)
+        items = executions.list_executions(
+            session,
+            workspace,
+            status=status,
+            flow=flow,
+            parent_id=parent,
+            limit=limit,
+            before=before,
+        )
+        return {
+            "items": [executions.execution_view(e, workspace.slug) for e in items],
+            "next_cursor": items[-1].id if len(items) == limit else None,
+        }
+
+
+@router.get("/{execution_id}")
+def get_execution(ws: str, execution_id: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """One execution with its script snapshot and children."""
+    with context.store.read() as session:
+        authorize(caller, "read", "executions", workspaces.get_workspace(session, ws))
+    return _detail(context.store, ws, execution_id)
+
+
+@router.get("/{execution_id}/logs")
+def get_logs(
+    ws: str,
+    execution_id: str,
+    context: Context,
+    caller: Caller,
+    after: Annotated[int, Query(ge=0, description="Only lines after this log id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> dict[str, Any]:
+    """Log lines of an execution, oldest first; poll with ``after`` to follow."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "executions", workspace)
+        execution = executions.get_execution(session, workspace, execution_id)
+        lines = executions.get_logs(session, execution.id, after=after, limit=limit)
+        return {
+            "items": [executions.log_view(line) for line in lines],
+            "status": execution.status,
+        }
+
+
+@router.post("/{execution_id}/cancel")
+def cancel_execution(
+    ws: str, execution_id: str, context: Context, caller: Caller
+) -> dict[str, Any]:
+    """Cancel an execution and its unfinished children."""
+    with context.store.write() as session:
+        workspace: Workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "execute", "executions", workspace)
+        execution = executions.get_execution(session, workspace, execution_id)
+        executions.request_cancel(session, execution)
+    return _detail(context.store, ws, execution_id)

@@ -1,0 +1,181 @@
+"""Routes for workspaces, applying/exporting them, flows and settings."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from flowlink.access.policy import authorize
+from flowlink.api.deps import Caller, Context
+from flowlink.workspaces import service as workspaces
+
+router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
+
+
+class WorkspaceCreate(BaseModel):
+    slug: str = Field(description="2-63 of a-z 0-9 -")
+    name: str | None = None
+    description: str | None = None
+
+
+class ApplyBody(BaseModel):
+    files: dict[str, str] = Field(
+        description="The workspace folder: 'workspace.yml', 'flows/<name>.py', 'settings.yml'"
+    )
+
+
+class FlowBody(BaseModel):
+    script: str
+    description: str | None = None
+
+
+class SettingBody(BaseModel):
+    value: Any = Field(description="Any JSON value")
+
+
+@router.get("")
+def list_workspaces(context: Context, caller: Caller) -> dict[str, Any]:
+    """List the workspaces the caller can see."""
+    with context.store.read() as session:
+        items = [
+            workspaces.workspace_view(w)
+            for w in workspaces.list_workspaces(session)
+            if caller.workspace_id in (None, w.id)
+        ]
+    return {"items": items}
+
+
+@router.post("", status_code=201)
+def create_workspace(body: WorkspaceCreate, context: Context, caller: Caller) -> dict[str, Any]:
+    """Create an empty workspace."""
+    authorize(caller, "create", "workspace", None)
+    with context.store.write() as session:
+        workspace = workspaces.create_workspace(session, body.slug, body.name, body.description)
+        return workspaces.workspace_view(workspace)
+
+
+@router.get("/{ws}")
+def get_workspace(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """One workspace with its rendered config."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "workspace", workspace)
+        return workspaces.workspace_view(workspace)
+
+
+@router.delete("/{ws}", status_code=204)
+def delete_workspace(ws: str, context: Context, caller: Caller) -> Response:
+    """Delete a workspace with its flows, settings and executions."""
+    with context.store.write() as session:
+        authorize(caller, "delete", "workspace", workspaces.get_workspace(session, ws))
+        workspaces.delete_workspace(session, ws)
+    return Response(status_code=204)
+
+
+@router.post("/{ws}/apply")
+def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) -> dict[str, Any]:
+    """Create or update the workspace from its folder's files, all or nothing."""
+    bundle = workspaces.parse_files(body.files)
+    with context.store.write() as session:
+        existing = workspaces.find_workspace(session, ws)
+        authorize(caller, "update" if existing else "create", "workspace", existing)
+        result = workspaces.apply_bundle(session, bundle, os.environ, expected_slug=ws)
+        return result.view()
+
+
+@router.get("/{ws}/export")
+def export_workspace(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """The workspace as folder files."""
+    with context.store.read() as session:
+        authorize(caller, "read", "workspace", workspaces.get_workspace(session, ws))
+        return {"files": workspaces.export_files(session, ws)}
+
+
+@router.get("/{ws}/flows")
+def list_flows(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """All flows of the workspace."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "flows", workspace)
+        return {
+            "items": [workspaces.flow_view(f) for f in workspaces.list_flows(session, workspace)]
+        }
+
+
+@router.get("/{ws}/flows/{name}")
+def get_flow(ws: str, name: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """One flow with its script."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "flows", workspace)
+        return workspaces.flow_view(workspaces.get_flow(session, workspace, name))
+
+
+@router.put("/{ws}/flows/{name}")
+def put_flow(
+    ws: str, name: str, body: FlowBody, response: Response, context: Context, caller: Caller
+) -> dict[str, Any]:
+    """Create or replace a flow (its script must compile)."""
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "update", "flows", workspace)
+        flow, created = workspaces.put_flow(session, workspace, name, body.script, body.description)
+        response.status_code = 201 if created else 200
+        return workspaces.flow_view(flow)
+
+
+@router.delete("/{ws}/flows/{name}", status_code=204)
+def delete_flow(ws: str, name: str, context: Context, caller: Caller) -> Response:
+    """Delete a flow."""
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "delete", "flows", workspace)
+        workspaces.delete_flow(session, workspace, name)
+    return Response(status_code=204)
+
+
+@router.get("/{ws}/settings")
+def list_settings(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """All settings of the workspace."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "settings", workspace)
+        return {
+            "items": [
+                workspaces.setting_view(s) for s in workspaces.list_settings(session, workspace)
+            ]
+        }
+
+
+@router.get("/{ws}/settings/{name}")
+def get_setting(ws: str, name: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """One setting with its value."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "settings", workspace)
+        return workspaces.setting_view(workspaces.get_setting(session, workspace, name))
+
+
+@router.put("/{ws}/settings/{name}")
+def put_setting(
+    ws: str, name: str, body: SettingBody, context: Context, caller: Caller
+) -> dict[str, Any]:
+    """Create or overwrite a setting."""
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "update", "settings", workspace)
+        workspaces.put_setting(session, workspace, name, body.value)
+        return workspaces.setting_view(workspaces.get_setting(session, workspace, name))
+
+
+@router.delete("/{ws}/settings/{name}", status_code=204)
+def delete_setting(ws: str, name: str, context: Context, caller: Caller) -> Response:
+    """Delete a setting."""
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "delete", "settings", workspace)
+        workspaces.delete_setting(session, workspace, name)
+    return Response(status_code=204)

@@ -1,0 +1,414 @@
+"""The ``flowlink`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flowlink.cli.client import ApiError, Client
+from flowlink.settings import ServerSettings
+
+app = typer.Typer(
+    name="flowlink",
+    help="flowlink: self-hosted automation with Python flows, events and linked workspaces.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+executions_app = typer.Typer(help="List, show and cancel executions.", no_args_is_help=True)
+app.add_typer(executions_app, name="executions")
+console = Console()
+err = Console(stderr=True)
+
+ServerOpt = Annotated[
+    str | None, typer.Option("--server", envvar="FLOWLINK_SERVER", help="Server URL")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="FLOWLINK_TOKEN", help="API token", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
+ENDED = ("success", "error", "cancelled")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error and return the exit to raise."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    """Print JSON for scripts."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def call(client: Client, method: str, path: str, **kwargs: Any) -> Any:
+    """Call the API, turning errors into a clean exit."""
+    try:
+        return client.request(method, path, **kwargs)
+    except ApiError as exc:
+        detail = ""
+        if isinstance(exc.details, dict) and exc.details.get("errors"):
+            detail = "".join(f"\n  {e['field']}: {e['message']}" for e in exc.details["errors"])
+        raise fail(f"{exc.message}{detail}") from None
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="TLS certificate (PEM) to serve HTTPS")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="TLS private key (PEM)")] = None,
+    worker: Annotated[bool, typer.Option(help="Run a worker in this process")] = True,
+    demo: Annotated[bool, typer.Option(help="Apply the demo workspace and print a login")] = False,
+) -> None:
+    """Run the API server (with a worker) on the store from FLOWLINK_DATABASE_URL."""
+    from flowlink.server import build_server, prepare_demo, serve
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if bool(tls_cert) != bool(tls_key):
+        raise fail("--tls-cert and --tls-key go together")
+    settings = ServerSettings.from_env()
+    running = build_server(
+        settings, host=host, port=port, with_worker=worker, tls_cert=tls_cert, tls_key=tls_key
+    )
+    scheme = "https" if tls_cert else "http"
+    url = f"{scheme}://{host}:{port}"
+    if demo:
+        login = prepare_demo(running.context.store, url)
+        console.print(f"\n[bold]flowlink[/bold] is starting at [link={url}]{url}[/link]")
+        if login:
+            console.print(f"  admin login: [bold]{login['user']}[/bold] / {login['password']}")
+            console.print(f"  API token:   {login['token']}")
+        console.print("  try:         .venv/bin/flowlink run demo parent --follow\n")
+    else:
+        console.print(f"flowlink serving at {url} (store: {running.context.store.dialect})")
+    serve(running)
+
+
+@app.command("worker")
+def worker_command(
+    concurrency: Annotated[int | None, typer.Option(help="Executions run at once")] = None,
+) -> None:
+    """Run an additional worker on the store from FLOWLINK_DATABASE_URL."""
+    import signal
+    import threading
+    from dataclasses import replace
+
+    from flowlink.executions.worker import Worker
+    from flowlink.server import open_store
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = ServerSettings.from_env()
+    if concurrency:
+        settings = replace(settings, worker_concurrency=concurrency)
+    store = open_store(settings)
+    worker = Worker(store, settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    worker.start()
+    console.print(f"worker {worker.id} running (store: {store.dialect})")
+    stop.wait()
+    worker.stop()
+    store.dispose()
+
+
+@app.command()
+def init(
+    username: Annotated[str, typer.Option(help="Login name of the organization admin")] = "admin",
+    as_json: JsonOpt = False,
+    save: Annotated[
+        bool, typer.Option(help="Save the token for this CLI (~/.config/flowlink)")
+    ] = True,
+    server_url: Annotated[
+        str, typer.Option("--server", help="Server URL to save with the token")
+    ] = "http://127.0.0.1:8080",
+) -> None:
+    """Create the store and the organization admin; prints the login and an API token once."""
+    from flowlink.access.service import init_admin
+    from flowlink.errors import Conflict
+    from flowlink.server import open_store, save_credentials
+    from flowlink.settings import resolve_secret_key
+
+    settings = ServerSettings.from_env()
+    resolve_secret_key(settings)
+    store = open_store(settings)
+    try:
+        with store.write() as session:
+            credentials = init_admin(session, username)
+    except Conflict as exc:
+        raise fail(f"{exc.message}; this store is already initialized") from None
+    finally:
+        store.dispose()
+    if save:
+        save_credentials(server_url, credentials)
+    if as_json:
+        print_json(
+            {"user": credentials.user, "password": credentials.password, "token": credentials.token}
+        )
+        return
+    console.print("Organization admin created. This is shown once:")
+    console.print(f"  user:     {credentials.user}")
+    console.print(f"  password: {credentials.password}")
+    console.print(f"  token:    {credentials.token}")
+
+
+# --- workspaces -----------------------------------------------------------------------------
+
+
+@app.command()
+def apply(
+    directory: Annotated[Path, typer.Argument(help="Workspace folder (with workspace.yml)")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or update a workspace from its folder, all or nothing."""
+    from flowlink.workspaces.folder import read_folder
+    from flowlink.workspaces.spec import SpecError, parse_bundle
+
+    try:
+        files = read_folder(directory)
+        slug = parse_bundle(files).spec.slug
+    except SpecError as exc:
+        raise fail(str(exc)) from None
+    client = Client(server, token)
+    result = call(client, "POST", f"/api/v1/workspaces/{slug}/apply", json={"files": files})
+    if as_json:
+        print_json(result)
+        return
+    verb = "created" if result["created"] else ("updated" if result["changed"] else "unchanged")
+    console.print(
+        f"workspace [bold]{slug}[/bold] {verb} (version {result['workspace']['version']})"
+    )
+    for kind, changes in result["changes"].items():
+        if changes:
+            console.print(f"  {kind}: {', '.join(changes)}")
+
+
+@app.command()
+def export(
+    workspace: Annotated[str, typer.Argument(help="Workspace slug")],
+    directory: Annotated[Path, typer.Argument(help="Folder to write")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Write a workspace back to a folder."""
+    from flowlink.workspaces.folder import write_folder
+
+    result = call(Client(server, token), "GET", f"/api/v1/workspaces/{workspace}/export")
+    write_folder(directory, result["files"])
+    console.print(f"exported {workspace} to {directory} ({len(result['files'])} files)")
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def parse_inputs(pairs: list[str], input_json: str | None) -> dict[str, Any]:
+    """Merge ``--input-json`` and ``--input k=v`` (values parsed as JSON when they are JSON)."""
+    inputs: dict[str, Any] = {}
+    if input_json:
+        try:
+            loaded = json.loads(input_json)
+        except ValueError as exc:
+            raise fail(f"--input-json is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise fail("--input-json must be a JSON object")
+        inputs.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise fail(f"--input expects key=value, got {pair!r}")
+        try:
+            inputs[key] = json.loads(raw)
+        except ValueError:
+            inputs[key] = raw
+    return inputs
+
+
+def follow_execution(
+    client: Client, workspace: str, execution_id: str, quiet: bool
+) -> dict[str, Any]:
+    """Print log lines as they arrive until the execution ends; returns its final record."""
+    after = 0
+    base = f"/api/v1/workspaces/{workspace}/executions/{execution_id}"
+    delay = 0.05
+    while True:
+        page = call(client, "GET", f"{base}/logs", params={"after": after})
+        for item in page["items"]:
+            after = item["id"]
+            if not quiet:
+                console.print(item["line"], highlight=False, markup=False)
+        if page["status"] in ENDED and not page["items"]:
+            return call(client, "GET", base)
+        if not page["items"]:
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+        else:
+            delay = 0.05
+
+
+@app.command()
+def run(
+    workspace: Annotated[str, typer.Argument(help="Workspace slug")],
+    flow: Annotated[str, typer.Argument(help="Flow name")],
+    inputs: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="Input key=value (repeatable)")
+    ] = None,
+    input_json: Annotated[str | None, typer.Option(help="Inputs as a JSON object")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream logs until it ends")
+    ] = False,
+    max_runtime: Annotated[float | None, typer.Option(help="Seconds before it is killed")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start an execution of a flow; --follow streams its logs and exits 1 unless it succeeds."""
+    client = Client(server, token)
+    body: dict[str, Any] = {"flow": flow, "inputs": parse_inputs(inputs or [], input_json)}
+    if max_runtime:
+        body["max_runtime"] = max_runtime
+    execution = call(client, "POST", f"/api/v1/workspaces/{workspace}/executions", json=body)
+    if not follow:
+        if as_json:
+            print_json(execution)
+        else:
+            console.print(f"{execution['id']} {execution['status']}")
+        return
+    if not as_json:
+        err.print(f"[dim]execution {execution['id']} started[/dim]")
+    final = follow_execution(client, workspace, execution["id"], quiet=as_json)
+    if as_json:
+        print_json(final)
+    else:
+        style = {"success": "green", "error": "red"}.get(final["status"], "yellow")
+        err.print(
+            f"[{style}]{final['status']}[/{style}]: {final['message'] or ''}", highlight=False
+        )
+        if final["output_value"]:
+            console.print_json(data=final["output_value"])
+    if final["status"] != "success":
+        raise typer.Exit(1)
+
+
+@executions_app.command("list")
+def executions_list(
+    workspace: Annotated[str, typer.Argument(help="Workspace slug")],
+    status: Annotated[str | None, typer.Option(help="Only this status")] = None,
+    flow: Annotated[str | None, typer.Option(help="Only this flow")] = None,
+    limit: Annotated[int, typer.Option(help="How many")] = 20,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a workspace's executions, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if flow:
+        params["flow"] = flow
+    page = call(
+        Client(server, token), "GET", f"/api/v1/workspaces/{workspace}/executions", params=params
+    )
+    if as_json:
+        print_json(page["items"])
+        return
+    table = Table("id", "flow", "status", "created", "duration", "message")
+    for item in page["items"]:
+        duration = f"{item['duration']:.3f}s" if item["duration"] is not None else ""
+        table.add_row(
+            item["id"],
+            item["name"],
+            item["status"],
+            item["created_at"],
+            duration,
+            (item["message"] or "")[:60],
+        )
+    console.print(table)
+
+
+@executions_app.command("show")
+def executions_show(
+    workspace: Annotated[str, typer.Argument(help="Workspace slug")],
+    execution_id: Annotated[str, typer.Argument(help="Execution id")],
+    logs: Annotated[bool, typer.Option(help="Include the log lines")] = True,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one execution: status, inputs, outputs, children and logs."""
+    client = Client(server, token)
+    base = f"/api/v1/workspaces/{workspace}/executions/{execution_id}"
+    execution = call(client, "GET", base)
+    lines = call(client, "GET", f"{base}/logs", params={"limit": 10000})["items"] if logs else []
+    if as_json:
+        print_json({**execution, "logs": [line["line"] for line in lines]})
+        return
+    for key in (
+        "id",
+        "name",
+        "status",
+        "message",
+        "error_kind",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "duration",
+        "parent_id",
+        "correlation_id",
+    ):
+        console.print(f"[bold]{key:>14}[/bold]  {execution[key]}", highlight=False)
+    console.print(f"[bold]{'inputs':>14}[/bold]  {json.dumps(execution['input_value'])}")
+    console.print(f"[bold]{'outputs':>14}[/bold]  {json.dumps(execution['output_value'])}")
+    console.print(f"[bold]{'children':>14}[/bold]  {', '.join(execution['children']) or '-'}")
+    if lines:
+        console.print("[bold]logs[/bold]")
+        for line in lines:
+            console.print(f"  {line['line']}", highlight=False, markup=False)
+
+
+@executions_app.command("cancel")
+def executions_cancel(
+    workspace: Annotated[str, typer.Argument(help="Workspace slug")],
+    execution_id: Annotated[str, typer.Argument(help="Execution id")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel an execution and its unfinished children."""
+    result = call(
+        Client(server, token),
+        "POST",
+        f"/api/v1/workspaces/{workspace}/executions/{execution_id}/cancel",
+    )
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"{result['id']} {result['status']}")
+
+
+def main() -> None:
+    """Entry point of the ``flowlink`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

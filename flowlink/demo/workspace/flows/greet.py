@@ -1,0 +1,12 @@
+import flow_api
+
+
+def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
+    """Greets someone, counting visits in a setting."""
+    name = inputs.get("name", "world")
+    counter = system.setting("greetings-count")
+    count = (counter.get("value") if counter.exists() else 0) + 1
+    counter.save(value=count)
+    greeting = f"{system.config['GREETING']}, {name}!"
+    this.log(greeting, f"(greeting number {count})")
+    return this.success(greeting, greeting=greeting, count=count)

@@ -1,0 +1,2 @@
+def handler(system, this):
+    return this.success("all done")

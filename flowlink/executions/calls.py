@@ -1,0 +1,272 @@
+"""The worker's side of ``flow_api``: every call a script makes, checked and done in the store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from flowlink.errors import FlowlinkError, Invalid, NotFound
+from flowlink.events.service import record_custom
+from flowlink.executions import service as executions
+from flowlink.runtime.errors import DependencyFailed, FlowApiError, ResourceNotFound
+from flowlink.settings import ServerSettings
+from flowlink.store import notify
+from flowlink.store.engine import Store
+from flowlink.store.models import Execution, User, Workspace
+from flowlink.workspaces import service as workspaces
+
+LOG_FLUSH_SECONDS = 0.1
+LOG_FLUSH_LINES = 200
+
+
+class FlowApiCalls:
+    """Answers the ``flow_api`` calls of one running execution."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: ServerSettings,
+        *,
+        execution: Execution,
+        workspace_slug: str,
+        cancelled: threading.Event,
+        deadline: float,
+        release_slot: Callable[[], None],
+        retake_slot: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.execution_id = execution.id
+        self.workspace_id = execution.workspace_id
+        self.workspace_slug = workspace_slug
+        self.cancelled = cancelled
+        self.deadline = deadline
+        self._release_slot = release_slot
+        self._retake_slot = retake_slot
+        self._pending_logs: list[str] = []
+        self._last_flush = time.monotonic()
+        self._handlers: dict[str, Callable[[Session, Workspace, dict[str, Any]], Any]] = {
+            "execution.get": self._execution_get,
+            "execution.save": self._execution_save,
+            "execution.start_child": self._start_child,
+            "execution.emit": self._emit,
+            "setting.get": self._setting_get,
+            "setting.save": self._setting_save,
+            "setting.exists": self._setting_exists,
+            "setting.delete": self._setting_delete,
+            "flow.get": self._flow_get,
+            "user.get_own": self._user_get_own,
+        }
+
+    # --- entry points for the runtime -----------------------------------------------------
+
+    def handle(self, method: str, params: dict[str, Any]) -> Any:
+        """Do one call; domain errors become the ``flow_api`` exceptions of the same meaning."""
+        self.flush_logs()
+        if method == "execution.wait":
+            return self._wait(str(params.get("id")))
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise FlowApiError(f"unknown flow_api call {method!r}")
+        try:
+            with self.store.write() as session:
+                workspace = session.get(Workspace, self.workspace_id)
+                if workspace is None:
+                    raise ResourceNotFound("the workspace of this execution was deleted")
+                return handler(session, workspace, params)
+        except NotFound as error:
+            raise ResourceNotFound(error.message) from error
+        except FlowlinkError as error:
+            raise FlowApiError(error.message) from error
+
+    def write_logs(self, lines: list[str]) -> None:
+        """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``."""
+        self._pending_logs.extend(lines)
+        if (
+            len(self._pending_logs) >= LOG_FLUSH_LINES
+            or time.monotonic() - self._last_flush >= LOG_FLUSH_SECONDS
+        ):
+            self.flush_logs()
+
+    def take_pending_logs(self) -> list[str]:
+        """Hand over the log lines not yet written (the worker writes them with the ending)."""
+        lines, self._pending_logs = self._pending_logs, []
+        return lines
+
+    def flush_logs(self) -> None:
+        """Write buffered log lines now."""
+        self._last_flush = time.monotonic()
+        if not self._pending_logs:
+            return
+        lines, self._pending_logs = self._pending_logs, []
+        with self.store.write() as session:
+            executions.append_logs(session, self.execution_id, lines)
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def _target(self, session: Session, workspace: Workspace, execution_id: Any) -> Execution:
+        if execution_id in (None, "", self.execution_id):
+            execution = session.get(Execution, self.execution_id)
+            if execution is None:
+                raise ResourceNotFound("this execution no longer exists")
+            return execution
+        return executions.get_execution(session, workspace, str(execution_id))
+
+    def _execution_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        execution = self._target(session, workspace, params.get("id"))
+        field = str(params.get("field") or "")
+        if field == "script":
+            return execution.script
+        if field == "children":
+            return executions.child_ids(session, execution.id)
+        view = executions.execution_view(execution, workspace.slug)
+        if field not in view:
+            raise FlowApiError(
+                f"unknown execution field {field!r}; known: {', '.join(sorted(view))}, script,"
+                " children"
+            )
+        return view[field]
+
+    def _execution_save(
+        self, session: Session, workspace: Workspace, params: dict[str, Any]
+    ) -> None:
+        target = params.get("id")
+        if target not in (None, "", self.execution_id):
+            raise FlowApiError("an execution can only save its own outputs and message")
+        outputs = params.get("outputs")
+        if outputs is not None and not isinstance(outputs, dict):
+            raise FlowApiError("outputs must be a dict")
+        message = params.get("message")
+        executions.save_progress(
+            session,
+            self.execution_id,
+            outputs=outputs,
+            message=None if message is None else str(message),
+        )
+
+    def _start_child(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        if params.get("remote"):
+            raise FlowApiError(
+                f"no workspace link named {params['remote']!r} is configured in workspace"
+                f" {workspace.slug!r}"
+            )
+        if params.get("run") is False:
+            raise FlowApiError("run=False is not supported: a child starts when it is created")
+        parent = session.get(Execution, self.execution_id)
+        if parent is None:
+            raise ResourceNotFound("this execution no longer exists")
+        inputs = params.get("inputs")
+        if inputs is not None and not isinstance(inputs, dict):
+            raise FlowApiError("inputs must be a dict")
+        child = executions.create_execution(
+            session,
+            workspace,
+            flow_name=str(params.get("flow")),
+            inputs=inputs,
+            parent=parent,
+            trigger={"type": "flow", "parent": parent.id},
+            default_max_runtime=self.settings.default_max_runtime,
+        )
+        return {"id": child.id}
+
+    def _emit(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        execution = session.get(Execution, self.execution_id)
+        record_custom(
+            session,
+            workspace,
+            str(params.get("type")),
+            params.get("payload"),
+            correlation_id=execution.correlation_id if execution else None,
+            execution_id=self.execution_id,
+            user_id=execution.user_id if execution else None,
+        )
+
+    def _setting_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        return workspaces.get_setting(session, workspace, str(params.get("name"))).value
+
+    def _setting_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        workspaces.put_setting(
+            session,
+            workspace,
+            str(params.get("name")),
+            params.get("value"),
+            execution_id=self.execution_id,
+        )
+
+    def _setting_exists(
+        self, session: Session, workspace: Workspace, params: dict[str, Any]
+    ) -> bool:
+        return workspaces.find_setting(session, workspace, str(params.get("name"))) is not None
+
+    def _setting_delete(
+        self, session: Session, workspace: Workspace, params: dict[str, Any]
+    ) -> None:
+        workspaces.delete_setting(
+            session, workspace, str(params.get("name")), execution_id=self.execution_id
+        )
+
+    def _flow_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        flow = workspaces.get_flow(session, workspace, str(params.get("name")))
+        view = workspaces.flow_view(flow)
+        field = str(params.get("field") or "script")
+        if field not in view:
+            raise FlowApiError(f"unknown flow field {field!r}; known: {', '.join(sorted(view))}")
+        return view[field]
+
+    def _user_get_own(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        execution = session.get(Execution, self.execution_id)
+        user = session.get(User, execution.user_id) if execution and execution.user_id else None
+        if user is None:
+            return {"id": None, "name": "system", "is_admin": False}
+        return {"id": user.id, "name": user.username, "is_admin": user.is_admin}
+
+    # --- waiting on a child ---------------------------------------------------------------
+
+    def _wait(self, child_id: str) -> dict[str, Any]:
+        """Block until the child ends; our runner slot is free for others meanwhile."""
+        notifier = self.store.notifier
+        with self.store.write() as session:
+            workspace = session.get(Workspace, self.workspace_id)
+            if workspace is None:
+                raise ResourceNotFound("the workspace of this execution was deleted")
+            try:
+                child = executions.get_execution(session, workspace, child_id)
+            except Invalid as error:
+                raise FlowApiError(error.message) from error
+            except NotFound as error:
+                raise ResourceNotFound(error.message) from error
+            if child.status in executions.ENDED:
+                return self._ended_view(child, workspace.slug)
+            executions.set_waiting(session, self.execution_id, True)
+        self._release_slot()
+        try:
+            while True:
+                seen = notifier.counter(notify.ENDED)
+                with self.store.read() as session:
+                    current = session.get(Execution, child_id)
+                    if current is None:
+                        raise ResourceNotFound(f"execution {child_id} was deleted")
+                    if current.status in executions.ENDED:
+                        return self._ended_view(current, self.workspace_slug)
+                if self.cancelled.is_set():
+                    raise FlowApiError("cancelled while waiting for a child execution")
+                if time.monotonic() >= self.deadline:
+                    raise FlowApiError("maximum runtime exceeded while waiting for a child")
+                notifier.wait(notify.ENDED, seen, min(self.settings.poll_interval, 0.25))
+        finally:
+            self._retake_slot()
+            with self.store.write() as session:
+                executions.set_waiting(session, self.execution_id, False)
+
+    def _ended_view(self, child: Execution, slug: str) -> dict[str, Any]:
+        view = executions.execution_view(child, slug)
+        if child.status != executions.SUCCESS:
+            raise DependencyFailed(
+                f"child execution {child.id} ({child.flow_name}) ended with {child.status}:"
+                f" {child.message}"
+            )
+        return view

@@ -1,0 +1,467 @@
+"""Executions: creating them, the queue (claim, lease, reap), cancelling, ending, logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from flowlink.errors import Conflict, Invalid, NotFound
+from flowlink.events.service import record
+from flowlink.store import notify
+from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
+from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
+from flowlink.workspaces.spec import SpecError, validate_script
+
+QUEUED = "queued"
+RUNNING = "running"
+WAITING = "waiting"
+SUCCESS = "success"
+ERROR = "error"
+CANCELLED = "cancelled"
+ACTIVE = (RUNNING, WAITING)
+ENDED = (SUCCESS, ERROR, CANCELLED)
+ALL_STATUSES = (QUEUED, *ACTIVE, *ENDED)
+MAX_LOG_LINE = 65_536
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an execution ended, as reported by whoever ran it."""
+
+    status: str
+    message: str | None = None
+    outputs: dict[str, Any] | None = None
+    error_kind: str | None = None
+
+
+def create_execution(
+    session: Session,
+    workspace: Workspace,
+    *,
+    flow_name: str | None = None,
+    script: str | None = None,
+    inputs: Any = None,
+    parent: Execution | None = None,
+    correlation_id: str | None = None,
+    user_id: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    max_runtime: float | None = None,
+    default_max_runtime: float = 3600.0,
+) -> Execution:
+    """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script."""
+    if inputs is not None and not isinstance(inputs, dict):
+        raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
+    if max_runtime is not None and not (0 < max_runtime <= 7 * 24 * 3600):
+        raise Invalid(
+            "max_runtime must be between 0 and 604800 seconds", details={"field": "max_runtime"}
+        )
+    flow_id = None
+    if script is None:
+        if not flow_name:
+            raise Invalid("either flow or script is required", details={"field": "flow"})
+        flow = get_flow(session, workspace, flow_name)
+        script, flow_id = flow.script, flow.id
+    else:
+        flow_name = flow_name or "script"
+        check_name("flow", flow_name)
+        if not isinstance(script, str):
+            raise Invalid("script must be a string", details={"field": "script"})
+    execution = Execution(
+        id=new_id(),
+        workspace_id=workspace.id,
+        flow_name=flow_name,
+        flow_id=flow_id,
+        script=script,
+        inputs=inputs or {},
+        outputs={},
+        status=QUEUED,
+        created_at=utcnow(),
+        parent_id=parent.id if parent else None,
+        correlation_id=correlation_id or (parent.correlation_id if parent else new_id()),
+        depth=parent.depth + 1 if parent else 0,
+        max_runtime=max_runtime or default_max_runtime,
+        user_id=user_id or (parent.user_id if parent else None),
+        trigger=trigger or {"type": "api"},
+        cancel_requested=False,
+    )
+    session.add(execution)
+    record(
+        session,
+        workspace,
+        "executions.created",
+        {"id": execution.id, "flow": flow_name, "parentId": execution.parent_id},
+        correlation_id=execution.correlation_id,
+        execution_id=execution.id,
+        user_id=execution.user_id,
+    )
+    notify.announce(session, notify.QUEUED, execution.id)
+    return execution
+
+
+def check_script(name: str, script: str) -> None:
+    """Validate a script's syntax up front (used where a clear 422 is better than a failed run)."""
+    try:
+        validate_script(name, script)
+    except SpecError as error:
+        raise spec_error_to_invalid(error) from error
+
+
+def get_execution(session: Session, workspace: Workspace, execution_id: str) -> Execution:
+    """An execution of this workspace, or NotFound."""
+    execution = session.get(Execution, execution_id)
+    if execution is None or execution.workspace_id != workspace.id:
+        raise NotFound(
+            f"execution {execution_id!r} not found in workspace {workspace.slug!r}",
+            details={"workspace": workspace.slug, "execution": execution_id},
+        )
+    return execution
+
+
+def list_executions(
+    session: Session,
+    workspace: Workspace,
+    *,
+    status: str | None = None,
+    flow: str | None = None,
+    parent_id: str | None = None,
+    limit: int = 50,
+    before: str | None = None,
+) -> list[Execution]:
+    """Executions of a workspace, newest first; ``before`` is the last id of the previous page."""
+    query = select(Execution).where(Execution.workspace_id == workspace.id)
+    if status:
+        if status not in ALL_STATUSES:
+            raise Invalid(f"unknown status {status!r}", details={"field": "status"})
+        query = query.where(Execution.status == status)
+    if flow:
+        query = query.where(Execution.flow_name == flow)
+    if parent_id:
+        query = query.where(Execution.parent_id == parent_id)
+    if before:
+        cursor = session.get(Execution, before)
+        if cursor is None:
+            raise Invalid(f"unknown cursor {before!r}", details={"field": "before"})
+        query = query.where(
+            or_(
+                Execution.created_at < cursor.created_at,
+                and_(Execution.created_at == cursor.created_at, Execution.id < cursor.id),
+            )
+        )
+    query = query.order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def child_ids(session: Session, execution_id: str) -> list[str]:
+    """The ids of an execution's children, oldest first."""
+    return list(
+        session.scalars(
+            select(Execution.id)
+            .where(Execution.parent_id == execution_id)
+            .order_by(Execution.created_at)
+        )
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def execution_view(
+    execution: Execution,
+    workspace_slug: str,
+    *,
+    children: Sequence[str] | None = None,
+    with_script: bool = False,
+) -> dict[str, Any]:
+    """The API (and ``flow_api`` record) representation of an execution."""
+    duration = None
+    if execution.started_at and execution.ended_at:
+        duration = (execution.ended_at - execution.started_at).total_seconds()
+    view: dict[str, Any] = {
+        "id": execution.id,
+        "workspace": workspace_slug,
+        "name": execution.flow_name,
+        "status": execution.status,
+        "message": execution.message,
+        "input_value": execution.inputs,
+        "output_value": execution.outputs,
+        "error_kind": execution.error_kind,
+        "created_at": _iso(execution.created_at),
+        "started_at": _iso(execution.started_at),
+        "ended_at": _iso(execution.ended_at),
+        "duration": duration,
+        "parent_id": execution.parent_id,
+        "correlation_id": execution.correlation_id,
+        "depth": execution.depth,
+        "max_runtime": execution.max_runtime,
+        "trigger": execution.trigger,
+        "user_id": execution.user_id,
+    }
+    if children is not None:
+        view["children"] = list(children)
+    if with_script:
+        view["script"] = execution.script
+    return view
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+def append_logs(session: Session, execution_id: str, lines: Iterable[str]) -> None:
+    """Append log lines to an execution."""
+    now = utcnow()
+    session.add_all(
+        ExecutionLog(execution_id=execution_id, created_at=now, line=line[:MAX_LOG_LINE])
+        for line in lines
+    )
+
+
+def get_logs(
+    session: Session, execution_id: str, *, after: int = 0, limit: int = 1000
+) -> list[ExecutionLog]:
+    """Log lines after the id ``after``, oldest first."""
+    return list(
+        session.scalars(
+            select(ExecutionLog)
+            .where(ExecutionLog.execution_id == execution_id, ExecutionLog.id > after)
+            .order_by(ExecutionLog.id)
+            .limit(limit)
+        )
+    )
+
+
+def log_view(entry: ExecutionLog) -> dict[str, Any]:
+    """The API representation of a log line."""
+    return {"id": entry.id, "created_at": _iso(entry.created_at), "line": entry.line}
+
+
+# --- running state ----------------------------------------------------------------------------
+
+
+def save_progress(
+    session: Session, execution_id: str, *, outputs: dict[str, Any] | None, message: str | None
+) -> Execution:
+    """Merge outputs and set the message of a running execution."""
+    execution = session.get(Execution, execution_id)
+    if execution is None:
+        raise NotFound(f"execution {execution_id!r} not found")
+    if execution.status in ENDED:
+        raise Conflict(f"execution {execution_id} has ended and cannot change")
+    if outputs:
+        execution.outputs = {**(execution.outputs or {}), **outputs}
+    if message is not None:
+        execution.message = message
+    return execution
+
+
+def set_waiting(session: Session, execution_id: str, waiting: bool) -> None:
+    """Mark a running execution as waiting on a child (or running again)."""
+    session.execute(
+        update(Execution)
+        .where(Execution.id == execution_id, Execution.status.in_(ACTIVE))
+        .values(status=WAITING if waiting else RUNNING)
+    )
+
+
+def request_cancel(session: Session, execution: Execution, *, reason: str = "cancelled") -> None:
+    """Cancel an execution and its unfinished descendants.
+
+    A queued one ends at once; a running one is flagged and its worker kills the runner.
+    """
+    if execution.status in ENDED:
+        raise Conflict(
+            f"execution {execution.id} has already ended ({execution.status})",
+            details={"status": execution.status},
+        )
+    workspace = session.get(Workspace, execution.workspace_id)
+    pending = [execution]
+    while pending:
+        current = pending.pop()
+        if current.status == QUEUED:
+            _end(session, workspace, current, Outcome(CANCELLED, reason, None, "cancelled"))
+        elif current.status in ACTIVE:
+            current.cancel_requested = True
+            notify.announce(session, notify.CANCEL, current.id)
+        pending.extend(
+            session.scalars(
+                select(Execution).where(
+                    Execution.parent_id == current.id, Execution.status.in_((QUEUED, *ACTIVE))
+                )
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed execution with what its runner needs from its workspace."""
+
+    execution: Execution
+    workspace_slug: str
+    config: dict[str, Any]
+
+
+def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) -> list[Claimed]:
+    """Take up to ``limit`` queued executions for this worker in one short transaction.
+
+    Deeper executions (children) go first so that waiting parents are never starved.
+    """
+    now = utcnow()
+    # Lock the candidates first, then update them by id. A single
+    # "UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)" is not safe on
+    # PostgreSQL: the planner may re-run the sub-select and claim more than n rows.
+    candidates = list(
+        session.scalars(
+            select(Execution.id)
+            .where(Execution.status == QUEUED)
+            .order_by(Execution.depth.desc(), Execution.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not candidates:
+        return []
+    claimed = list(
+        session.scalars(
+            update(Execution)
+            .where(Execution.id.in_(candidates), Execution.status == QUEUED)
+            .values(
+                status=RUNNING,
+                started_at=now,
+                worker_id=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+            )
+            .returning(Execution),
+            execution_options={"synchronize_session": False},
+        )
+    )
+    workspaces = _workspaces(session, {e.workspace_id for e in claimed})
+    for execution in claimed:
+        record(
+            session,
+            workspaces[execution.workspace_id],
+            "executions.started",
+            {"id": execution.id, "flow": execution.flow_name, "worker": worker_id},
+            correlation_id=execution.correlation_id,
+            execution_id=execution.id,
+            user_id=execution.user_id,
+        )
+    return [
+        Claimed(
+            execution,
+            workspaces[execution.workspace_id].slug,
+            workspaces[execution.workspace_id].config_rendered or {},
+        )
+        for execution in claimed
+    ]
+
+
+def renew_leases(
+    session: Session, worker_id: str, execution_ids: Sequence[str], lease_seconds: float
+) -> set[str]:
+    """Extend this worker's leases; returns the ids whose cancellation was requested."""
+    if not execution_ids:
+        return set()
+    session.execute(
+        update(Execution)
+        .where(
+            Execution.id.in_(execution_ids),
+            Execution.worker_id == worker_id,
+            Execution.status.in_(ACTIVE),
+        )
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return set(
+        session.scalars(
+            select(Execution.id).where(
+                Execution.id.in_(execution_ids),
+                or_(Execution.cancel_requested.is_(True), Execution.status.in_(ENDED)),
+            )
+        )
+    )
+
+
+def finish(
+    session: Session, execution_id: str, outcome: Outcome, *, worker_id: str | None = None
+) -> Execution | None:
+    """End an active execution; returns None if it already ended (or another worker owns it)."""
+    execution = session.get(Execution, execution_id, with_for_update=True)
+    if execution is None or execution.status in ENDED:
+        return None
+    if worker_id is not None and execution.worker_id != worker_id:
+        return None
+    workspace = session.get(Workspace, execution.workspace_id)
+    _end(session, workspace, execution, outcome)
+    return execution
+
+
+def _end(
+    session: Session, workspace: Workspace | None, execution: Execution, outcome: Outcome
+) -> None:
+    execution.status = outcome.status
+    if outcome.message is not None:
+        execution.message = outcome.message
+    if outcome.outputs:
+        execution.outputs = {**(execution.outputs or {}), **outcome.outputs}
+    execution.error_kind = outcome.error_kind
+    execution.ended_at = utcnow()
+    execution.started_at = execution.started_at or execution.ended_at
+    execution.lease_expires_at = None
+    duration = (execution.ended_at - execution.started_at).total_seconds()
+    record(
+        session,
+        workspace,
+        "executions.ended",
+        {
+            "id": execution.id,
+            "flow": execution.flow_name,
+            "status": execution.status,
+            "message": execution.message,
+            "duration": duration,
+            "errorKind": execution.error_kind,
+        },
+        correlation_id=execution.correlation_id,
+        execution_id=execution.id,
+        user_id=execution.user_id,
+    )
+    notify.announce(session, notify.ENDED, execution.id)
+
+
+def reap_expired(session: Session) -> list[str]:
+    """End every active execution whose worker stopped renewing its lease ("worker lost")."""
+    expired = list(
+        session.scalars(
+            select(Execution)
+            .where(Execution.status.in_(ACTIVE), Execution.lease_expires_at < utcnow())
+            .with_for_update(skip_locked=True)
+        )
+    )
+    workspaces = _workspaces(session, {e.workspace_id for e in expired})
+    for execution in expired:
+        _end(
+            session,
+            workspaces.get(execution.workspace_id),
+            execution,
+            Outcome(
+                ERROR,
+                f"worker lost: worker {execution.worker_id} stopped renewing its lease",
+                None,
+                "worker_lost",
+            ),
+        )
+    return [e.id for e in expired]
+
+
+def queue_depth(session: Session) -> int:
+    """How many executions wait to be claimed."""
+    return session.scalar(select(func.count()).where(Execution.status == QUEUED)) or 0
+
+
+def _workspaces(session: Session, ids: set[str]) -> dict[str, Workspace]:
+    if not ids:
+        return {}
+    return {w.id: w for w in session.scalars(select(Workspace).where(Workspace.id.in_(ids)))}

@@ -1,0 +1,287 @@
+"""The worker: claims queued executions and runs each in a fresh sandboxed runner process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flowlink.executions import service as executions
+from flowlink.executions.calls import FlowApiCalls
+from flowlink.runtime.pool import RunnerLimits, RunnerPool
+from flowlink.runtime.session import drive
+from flowlink.settings import ServerSettings, secret_key_path
+from flowlink.store import notify
+from flowlink.store.engine import Store, protected_paths
+
+log = logging.getLogger(__name__)
+FINISH_BATCH = 64
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """An execution's end, waiting to be recorded by the finisher."""
+
+    id: str
+    outcome: executions.Outcome
+    logs: list[str]
+
+
+class Worker:
+    """Runs queued executions; any number of workers may share one store.
+
+    ``concurrency`` bounds executions that are actually running. An execution waiting on a
+    child gives its slot back while it waits, so nested ``this.flow(..., wait=True)`` calls can
+    never starve their own children of runners, however deep they go.
+    """
+
+    def __init__(self, store: Store, settings: ServerSettings, *, name: str | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.pool = RunnerPool(
+            warm_size=settings.warm_runners,
+            limits=RunnerLimits(
+                cpu_seconds=settings.runner_cpu_seconds,
+                memory_mb=settings.runner_memory_mb,
+                open_files=settings.runner_open_files,
+                processes=settings.runner_processes,
+            ),
+            protected_paths=protected_paths(store.engine, [str(secret_key_path(settings))]),
+        )
+        self._runs: dict[str, threading.Event] = {}
+        self._runs_lock = threading.Lock()
+        self._busy = 0
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._unsubscribe: list[Any] = []
+        self._endings: queue.SimpleQueue[_Ending] = queue.SimpleQueue()
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the runner pool and the claim, heartbeat and reaper loops."""
+        self.pool.start()
+        self.store.start_listening()
+        self._unsubscribe.append(self.store.notifier.subscribe(notify.CANCEL, self._on_cancel))
+        for target, name in (
+            (self._claim_loop, "claim"),
+            (self._heartbeat_loop, "heartbeat"),
+            (self._reaper_loop, "reaper"),
+            (self._finish_loop, "finish"),
+        ):
+            thread = threading.Thread(target=target, name=f"flowlink-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("worker %s started (concurrency %d)", self.id, self.settings.worker_concurrency)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming, give running executions ``grace`` seconds, then cancel the rest."""
+        self._stopping.set()
+        self.store.notifier.fire(notify.QUEUED)
+        deadline = time.monotonic() + grace
+        while self.active_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._runs_lock:
+            for event in self._runs.values():
+                event.set()
+        while self.active_ids() and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self.pool.close()
+
+    def active_ids(self) -> list[str]:
+        """Ids of the executions this worker is running."""
+        with self._runs_lock:
+            return list(self._runs)
+
+    # --- slots ----------------------------------------------------------------------------
+
+    def _take_slot(self) -> None:
+        with self._runs_lock:
+            self._busy += 1
+
+    def _give_slot(self) -> None:
+        with self._runs_lock:
+            self._busy -= 1
+        self.store.notifier.fire(notify.QUEUED)  # a slot is free: look for work
+
+    def _free_slots(self) -> int:
+        with self._runs_lock:
+            return self.settings.worker_concurrency - self._busy
+
+    # --- loops ----------------------------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        notifier = self.store.notifier
+        while not self._stopping.is_set():
+            seen = notifier.counter(notify.QUEUED)
+            free = self._free_slots()
+            claimed: list[executions.Claimed] = []
+            if free > 0:
+                try:
+                    with self.store.write() as session:
+                        claimed = executions.claim(
+                            session, self.id, min(free, 32), self.settings.lease_seconds
+                        )
+                except Exception:
+                    log.exception("claiming executions failed")
+                    self._stopping.wait(1.0)
+                    continue
+            for item in claimed:
+                self._launch(item)
+            if not claimed:
+                notifier.wait(notify.QUEUED, seen, self.settings.poll_interval)
+
+    def _launch(self, claimed: executions.Claimed) -> None:
+        cancelled = threading.Event()
+        with self._runs_lock:
+            self._runs[claimed.execution.id] = cancelled
+            self._busy += 1
+        thread = threading.Thread(
+            target=self._run, args=(claimed, cancelled), name="flowlink-run", daemon=True
+        )
+        thread.start()
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(self.settings.lease_seconds / 3, 0.2)
+        while not self._stopping.wait(interval):
+            ids = self.active_ids()
+            if not ids:
+                continue
+            try:
+                with self.store.write() as session:
+                    to_cancel = executions.renew_leases(
+                        session, self.id, ids, self.settings.lease_seconds
+                    )
+            except Exception:
+                log.exception("renewing leases failed")
+                continue
+            for execution_id in to_cancel:
+                self._on_cancel(execution_id)
+
+    def _reaper_loop(self) -> None:
+        interval = max(self.settings.lease_seconds / 2, 0.5)
+        while not self._stopping.wait(interval):
+            try:
+                with self.store.write() as session:
+                    lost = executions.reap_expired(session)
+                if lost:
+                    log.warning("ended %d execution(s) whose worker was lost", len(lost))
+            except Exception:
+                log.exception("reaping expired leases failed")
+
+    def _on_cancel(self, execution_id: str) -> None:
+        with self._runs_lock:
+            event = self._runs.get(execution_id)
+        if event is not None:
+            event.set()
+
+    # --- one execution --------------------------------------------------------------------
+
+    def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> None:
+        execution = claimed.execution
+        logs: list[str] = []
+        outcome: executions.Outcome
+        try:
+            outcome, logs = self._execute(claimed, cancelled)
+        except Exception as exc:
+            log.exception("execution %s failed inside the worker", execution.id)
+            outcome = executions.Outcome(
+                executions.ERROR, f"internal error in the worker: {exc}", None, "internal"
+            )
+        if self._stopping.is_set() and outcome.status == executions.CANCELLED:
+            outcome = executions.Outcome(
+                executions.ERROR,
+                "the worker shut down before the execution finished",
+                None,
+                "worker_stopped",
+            )
+        self._endings.put(_Ending(execution.id, outcome, logs))
+
+    def _finish_loop(self) -> None:
+        """Record endings in batches: one transaction for all that ended meanwhile."""
+        while True:
+            try:
+                first = self._endings.get(timeout=0.2)
+            except queue.Empty:
+                if self._stopping.is_set() and not self.active_ids():
+                    return
+                continue
+            batch = [first]
+            while len(batch) < FINISH_BATCH:
+                try:
+                    batch.append(self._endings.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._record_endings(batch)
+            except Exception:
+                log.exception("recording %d endings together failed; one by one", len(batch))
+                for ending in batch:
+                    try:
+                        self._record_endings([ending])
+                    except Exception:
+                        log.exception("could not record the end of execution %s", ending.id)
+            with self._runs_lock:
+                for ending in batch:
+                    self._runs.pop(ending.id, None)
+                self._busy -= len(batch)
+            self.store.notifier.fire(notify.QUEUED)  # slots are free: look for work
+
+    def _record_endings(self, batch: list[_Ending]) -> None:
+        with self.store.write() as session:
+            for ending in batch:
+                if ending.logs:
+                    executions.append_logs(session, ending.id, ending.logs)
+                executions.finish(session, ending.id, ending.outcome, worker_id=self.id)
+
+    def _execute(
+        self, claimed: executions.Claimed, cancelled: threading.Event
+    ) -> tuple[executions.Outcome, list[str]]:
+        execution, slug = claimed.execution, claimed.workspace_slug
+        start = {
+            "op": "start",
+            "execution": executions.execution_view(execution, slug),
+            "script": execution.script,
+            "inputs": execution.inputs or {},
+            "config": claimed.config,
+        }
+        started = execution.started_at.timestamp() if execution.started_at else time.time()
+        deadline = time.monotonic() + execution.max_runtime - max(0.0, time.time() - started)
+        calls = FlowApiCalls(
+            self.store,
+            self.settings,
+            execution=execution,
+            workspace_slug=slug,
+            cancelled=cancelled,
+            deadline=deadline,
+            release_slot=self._give_slot,
+            retake_slot=self._take_slot,
+        )
+        runner = self.pool.acquire()
+        result = drive(
+            runner,
+            start,
+            handle_call=calls.handle,
+            on_logs=calls.write_logs,
+            deadline=deadline,
+            cancelled=cancelled,
+        )
+        logs = calls.take_pending_logs()
+        if result.traceback:
+            logs += result.traceback.rstrip("\n").splitlines()
+        message = result.message
+        if result.status == executions.CANCELLED:
+            message = message or "cancelled"
+        outcome = executions.Outcome(result.status, message, result.outputs, result.error_kind)
+        return outcome, logs

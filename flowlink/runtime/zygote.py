@@ -1,0 +1,391 @@
+"""Fork server: ``python -I -m flowlink.runtime.zygote <fd>``.
+
+Started by :class:`flowlink.runtime.pool.RunnerPool` with a scrubbed
+environment. Pre-imports the runtime and common stdlib modules once, becomes
+child subreaper and serves commands over a ``SOCK_SEQPACKET`` socket (one JSON
+object per packet):
+
+pool -> zygote
+    ``{"op":"init","config":{...}}`` (first message),
+    ``{"op":"fork","rid":n}`` + two fds via SCM_RIGHTS (runner socket, output pipe),
+    ``{"op":"kill","pid":n}``, ``{"op":"shutdown"}``.
+zygote -> pool
+    ``{"op":"hello","pid":..,"mode":..,"hide_proc":..}``,
+    ``{"op":"forked","rid":n,"pid":p}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
+    ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null}``.
+
+``exited`` is only sent once the runner is reaped *and* (root modes) every
+process of its sandbox uid has been killed ("swept"). Sweeping is done by a
+small helper process forked at start-up (the "sweeper"), which switches to
+``ruid=euid=<runner uid>, suid=0``, calls ``kill(-1, SIGKILL)`` and switches
+back; if a sandboxed process manages to kill the sweeper in that window the
+zygote simply starts a new one and repeats the sweep.
+"""
+
+from __future__ import annotations
+
+# Pre-imported for every runner (fork shares them copy-on-write).
+import base64  # noqa: F401
+import collections  # noqa: F401
+import contextlib
+import copy  # noqa: F401
+import csv  # noqa: F401
+import dataclasses  # noqa: F401
+import datetime  # noqa: F401
+import decimal  # noqa: F401
+import enum  # noqa: F401
+import functools  # noqa: F401
+import gc
+import hashlib  # noqa: F401
+import itertools  # noqa: F401
+import json
+import logging  # noqa: F401
+import math  # noqa: F401
+import mmap  # noqa: F401
+import os
+import random  # noqa: F401
+import re  # noqa: F401
+import selectors
+import signal
+import socket
+import string  # noqa: F401
+import sys
+import textwrap  # noqa: F401
+import time
+import traceback
+import typing  # noqa: F401
+import urllib.parse  # noqa: F401
+import uuid  # noqa: F401
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from flowlink.runtime import flow_api, runner, sandbox
+
+_MAX_PACKET = 1 << 20
+
+
+def _send(ctl: socket.socket, message: dict[str, Any]) -> None:
+    ctl.send(json.dumps(message, separators=(",", ":")).encode())
+
+
+class _Sweeper:
+    """Helper process that kills every process of a sandbox uid."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.to_fd = -1
+        self.from_fd = -1
+
+    def start(self, child_cleanup: Callable[[], None]) -> None:
+        """Fork the sweeper (``child_cleanup`` drops zygote resources in the child)."""
+        req_r, req_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - sweeper process
+            try:
+                child_cleanup()
+                os.close(req_w)
+                os.close(ack_r)
+                _sweeper_main(req_r, ack_w)
+            finally:
+                os._exit(0)
+        os.close(req_r)
+        os.close(ack_w)
+        self.pid = pid
+        self.to_fd = req_w
+        self.from_fd = ack_r
+
+    def close(self) -> None:
+        """Close the pipes and kill the sweeper."""
+        for fd in (self.to_fd, self.from_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.to_fd = self.from_fd = -1
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.pid = 0
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+def _kill_all_of(uid: int) -> None:
+    """``kill(-1, SIGKILL)`` as ``uid``: signals every process of that uid (and nothing else)."""
+    os.setresuid(uid, uid, 0)
+    try:
+        if os.getresuid() == (uid, uid, 0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+    finally:
+        os.setresuid(0, 0, 0)
+
+
+def _sweeper_main(req_fd: int, ack_fd: int) -> NoReturn:  # pragma: no cover - sweeper process
+    while True:
+        data = _read_exact(req_fd, 4)
+        if not data:
+            os._exit(0)
+        uid = int.from_bytes(data, "big")
+        if uid >= sandbox.UID_BASE:
+            # Repeat until nothing of the uid is left: killed processes need a moment to
+            # finish exiting, zombies are reaped by the zygote (their subreaper).
+            give_up = time.monotonic() + 5.0
+            while sandbox.uid_in_use(uid) and time.monotonic() < give_up:
+                _kill_all_of(uid)
+                if sandbox.uid_in_use(uid):
+                    time.sleep(0.0005)
+            if os.getresuid() != (0, 0, 0):
+                os._exit(1)
+        os.write(ack_fd, data)
+
+
+class Zygote:
+    """The fork-server loop."""
+
+    def __init__(self, ctl: socket.socket, config: dict[str, Any]) -> None:
+        self.ctl = ctl
+        self.config = config
+        self.root = config["mode"] in ("full", "uid")
+        self.runners: dict[int, int] = {}  # live runner pid -> uid
+        self.pending_sweeps: dict[int, list[dict[str, Any]]] = {}  # uid -> messages to send after
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel = selectors.DefaultSelector()
+        self.sweeper = _Sweeper()
+        self.shutting_down = False
+
+    # ---------------------------------------------------------------- setup
+
+    def _child_cleanup(self) -> None:
+        """In a freshly forked child: drop every zygote resource."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        fds = [self.wake_r, self.wake_w, self.sweeper.to_fd, self.sweeper.from_fd]
+        if self.ctl.fileno() >= 0:
+            fds.append(self.ctl.detach())
+        with contextlib.suppress(OSError):
+            self.sel.close()
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _start_sweeper(self) -> None:
+        if not self.root:
+            return
+        if self.sweeper.from_fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.sweeper.from_fd)
+        self.sweeper.close()
+        self.sweeper.start(self._child_cleanup)
+        self.sel.register(self.sweeper.from_fd, selectors.EVENT_READ, "sweeper")
+        for uid in self.pending_sweeps:
+            self._request_sweep(uid)
+
+    def _request_sweep(self, uid: int) -> None:
+        # if the sweeper died it is restarted on SIGCHLD, which re-sends pending sweeps
+        with contextlib.suppress(OSError):
+            os.write(self.sweeper.to_fd, uid.to_bytes(4, "big"))
+
+    def sweep(self, uid: int, then: dict[str, Any] | None = None) -> None:
+        """Kill every process of ``uid``; send ``then`` to the pool afterwards."""
+        first = uid not in self.pending_sweeps
+        waiting = self.pending_sweeps.setdefault(uid, [])
+        if then is not None:
+            waiting.append(then)
+        if first:
+            self._request_sweep(uid)
+
+    # ---------------------------------------------------------------- loop
+
+    def serve(self) -> None:
+        """Serve commands until shut down and every runner is gone."""
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.sel.register(self.ctl, selectors.EVENT_READ, "ctl")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self._start_sweeper()
+        gc.freeze()
+        while True:
+            for key, _ in self.sel.select(timeout=1.0):
+                if key.data == "ctl":
+                    self._on_ctl()
+                elif key.data == "wake":
+                    try:
+                        while os.read(self.wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif key.data == "sweeper":
+                    self._on_sweeper()
+            self._reap()
+            if self.shutting_down and not self.runners and not self.pending_sweeps:
+                return
+
+    def _on_ctl(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.ctl, 65536, 4)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._shutdown()
+            return
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            msg = {}
+        op = msg.get("op")
+        if op == "fork":
+            self._fork(msg, fds)
+            return
+        for fd in fds:
+            os.close(fd)
+        if op == "kill":
+            self._kill(int(msg.get("pid") or 0))
+        elif op == "shutdown":
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.ctl)
+        for pid in list(self.runners):
+            self._kill(pid)
+
+    def _kill(self, pid: int) -> None:
+        uid = self.runners.get(pid)
+        if uid is None:
+            return  # already reaped: its "exited" message was sent or is pending
+        for killer in (os.kill, os.killpg):
+            with contextlib.suppress(OSError):
+                killer(pid, signal.SIGKILL)
+        if self.root:
+            self.sweep(uid)
+
+    def _fork(self, msg: dict[str, Any], fds: list[int]) -> None:
+        rid = msg.get("rid")
+        if len(fds) != 2 or self.shutting_down:
+            for fd in fds:
+                os.close(fd)
+            self._reply({"op": "fork_failed", "rid": rid, "message": "bad fork request"})
+            return
+        chan_fd, out_fd = fds
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(chan_fd)
+            os.close(out_fd)
+            self._reply({"op": "fork_failed", "rid": rid, "message": f"fork failed: {exc}"})
+            return
+        if pid == 0:  # pragma: no cover - runner process
+            try:
+                self._child_cleanup()
+                runner.runner_main(chan_fd, out_fd, self.config)
+            finally:
+                os._exit(runner.EXIT_SANDBOX_FAILED)
+        os.close(chan_fd)
+        os.close(out_fd)
+        self.runners[pid] = sandbox.runner_uid(pid) if self.root else os.getuid()
+        self._reply({"op": "forked", "rid": rid, "pid": pid})
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        if self.shutting_down and message.get("op") != "exited":
+            return
+        with contextlib.suppress(OSError):
+            _send(self.ctl, message)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.sweeper.pid:
+                self.sweeper.pid = 0
+                if not (self.shutting_down and not self.pending_sweeps):
+                    self._start_sweeper()
+                continue
+            uid = self.runners.pop(pid, None)
+            if uid is None:
+                continue  # an orphan of some runner, or the mode probe
+            rc: int | None = None
+            sig: int | None = None
+            if os.WIFSIGNALED(status):
+                sig = os.WTERMSIG(status)
+            else:
+                rc = os.waitstatus_to_exitcode(status)
+            exited = {"op": "exited", "pid": pid, "returncode": rc, "signal": sig}
+            if self.root:
+                self.sweep(uid, exited)
+            else:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+                self._reply(exited)
+
+    def _on_sweeper(self) -> None:
+        try:
+            data = os.read(self.sweeper.from_fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.sweeper.from_fd)
+            return  # restarted when reaped
+        for i in range(0, len(data) - len(data) % 4, 4):
+            uid = int.from_bytes(data[i : i + 4], "big")
+            for message in self.pending_sweeps.pop(uid, []):
+                self._reply(message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Zygote entry point."""
+    args = sys.argv[1:] if argv is None else argv
+    ctl = socket.socket(fileno=int(args[0]))
+    ctl.setblocking(True)
+    os.set_inheritable(ctl.fileno(), False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    try:
+        init = json.loads(ctl.recv(_MAX_PACKET))
+        config = dict(init["config"])
+        mode, hide_proc = sandbox.detect_mode(bool(config.get("force_unprivileged")))
+        config["mode"] = mode
+        config["hide_proc"] = hide_proc
+        if mode == "full":
+            expose, links = sandbox.exposed_python_paths()
+            config["expose"] = expose
+            config["links"] = links
+        sys.modules["flow_api"] = flow_api
+        sandbox.set_child_subreaper()
+        sandbox.limit_malloc_arenas()
+        _send(ctl, {"op": "hello", "pid": os.getpid(), "mode": mode, "hide_proc": hide_proc})
+    except BaseException as exc:
+        try:
+            _send(
+                ctl,
+                {"op": "error", "message": "".join(traceback.format_exception_only(exc)).strip()},
+            )
+        finally:
+            os._exit(2)
+    Zygote(ctl, config).serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

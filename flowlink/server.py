@@ -1,0 +1,135 @@
+"""Composing a server process: store, API, worker, demo workspace."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from flowlink.access.service import AdminCredentials, admin_exists, init_admin
+from flowlink.api.app import create_app
+from flowlink.api.deps import ServerContext
+from flowlink.executions.worker import Worker
+from flowlink.settings import ServerSettings, resolve_secret_key
+from flowlink.store.engine import Store
+from flowlink.workspaces import service as workspaces
+from flowlink.workspaces.folder import read_folder
+
+log = logging.getLogger(__name__)
+DEMO_SLUG = "demo"
+
+
+def open_store(settings: ServerSettings) -> Store:
+    """Connect to the store and bring its schema up to date."""
+    store = Store(settings.database_url)
+    store.migrate()
+    return store
+
+
+def credentials_path() -> Path:
+    """Where the CLI keeps the server URL and token saved by ``init --save`` or ``make run``."""
+    base = os.environ.get("FLOWLINK_CONFIG_DIR") or os.path.join(
+        os.path.expanduser("~"), ".config", "flowlink"
+    )
+    return Path(base) / "credentials.json"
+
+
+def save_credentials(server: str, credentials: AdminCredentials) -> Path:
+    """Save the admin login for the CLI, readable by this user only."""
+    path = credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "server": server,
+        "user": credentials.user,
+        "password": credentials.password,
+        "token": credentials.token,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    return path
+
+
+def load_credentials() -> dict[str, Any]:
+    """The saved CLI credentials, or an empty dict."""
+    path = credentials_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def demo_folder() -> Path:
+    """The bundled demo workspace folder."""
+    return Path(str(resources.files("flowlink") / "demo" / "workspace"))
+
+
+def prepare_demo(store: Store, server_url: str) -> dict[str, Any]:
+    """Apply the demo workspace and make sure an admin login exists; returns the login."""
+    bundle = workspaces.parse_files(read_folder(demo_folder()))
+    with store.write() as session:
+        workspaces.apply_bundle(session, bundle, os.environ)
+        if not admin_exists(session):
+            credentials = init_admin(session)
+            save_credentials(server_url, credentials)
+    saved = load_credentials()
+    return saved if saved.get("token") else {}
+
+
+@dataclass
+class RunningServer:
+    """A server that is up: its context, its worker (if any) and its uvicorn instance."""
+
+    context: ServerContext
+    worker: Worker | None
+    server: uvicorn.Server
+
+
+def build_server(
+    settings: ServerSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    with_worker: bool = True,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    log_level: str = "warning",
+) -> RunningServer:
+    """Open the store and build the API app and (optionally) its in-process worker."""
+    resolve_secret_key(settings)
+    store = open_store(settings)
+    with store.write() as session:
+        workspaces.rerender_all(session, os.environ)
+    context = ServerContext(store=store, settings=settings)
+    app = create_app(context)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        access_log=False,
+        lifespan="off",
+    )
+    worker = Worker(store, settings) if with_worker else None
+    return RunningServer(context=context, worker=worker, server=uvicorn.Server(config))
+
+
+def serve(running: RunningServer) -> None:
+    """Run until interrupted, then stop the worker gracefully."""
+    if running.worker is not None:
+        running.worker.start()
+    try:
+        running.server.run()
+    finally:
+        if running.worker is not None:
+            running.worker.stop()
+        running.context.store.dispose()

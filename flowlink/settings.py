@@ -1,0 +1,89 @@
+"""Server settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///flowlink.db"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything a server or worker process needs to know about its deployment."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    secret_key: str | None = None
+    worker_concurrency: int = 16
+    warm_runners: int = 4
+    lease_seconds: float = 15.0
+    default_max_runtime: float = 3600.0
+    runner_memory_mb: int = 2048
+    runner_cpu_seconds: int = 3600
+    runner_open_files: int = 256
+    runner_processes: int = 64
+    poll_interval: float = 0.5
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServerSettings:
+        """Build settings from ``FLOWLINK_*`` environment variables."""
+        env = dict(os.environ if environ is None else environ)
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError as exc:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+        return cls(
+            database_url=env.get("FLOWLINK_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            secret_key=env.get("FLOWLINK_SECRET_KEY") or None,
+            worker_concurrency=int(number("FLOWLINK_WORKER_CONCURRENCY", 16)),
+            warm_runners=int(number("FLOWLINK_WARM_RUNNERS", 4)),
+            lease_seconds=number("FLOWLINK_LEASE_SECONDS", 15.0),
+            default_max_runtime=number("FLOWLINK_MAX_RUNTIME", 3600.0),
+            runner_memory_mb=int(number("FLOWLINK_RUNNER_MEMORY_MB", 2048)),
+            runner_cpu_seconds=int(number("FLOWLINK_RUNNER_CPU_SECONDS", 3600)),
+            runner_open_files=int(number("FLOWLINK_RUNNER_OPEN_FILES", 256)),
+            runner_processes=int(number("FLOWLINK_RUNNER_PROCESSES", 64)),
+            poll_interval=number("FLOWLINK_POLL_INTERVAL", 0.5),
+        )
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL, or None for other stores."""
+    if not database_url.startswith("sqlite"):
+        return None
+    path = database_url.split(":///", 1)[-1]
+    if not path or path == ":memory:":
+        return None
+    return Path(path).resolve()
+
+
+def resolve_secret_key(settings: ServerSettings) -> str:
+    """The server's secret key: ``FLOWLINK_SECRET_KEY`` or a 0600 key file beside the store."""
+    if settings.secret_key:
+        return settings.secret_key
+    key_file = secret_key_path(settings)
+    if key_file.exists():
+        return key_file.read_text().strip()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def secret_key_path(settings: ServerSettings) -> Path:
+    """Where the secret key file lives when ``FLOWLINK_SECRET_KEY`` is not set."""
+    db_file = sqlite_path(settings.database_url)
+    base = db_file.parent if db_file else Path.cwd()
+    stem = db_file.name if db_file else "flowlink"
+    return base / f"{stem}.secret"

@@ -1,0 +1,172 @@
+"""Connecting to the store: SQLite (embedded default) or PostgreSQL, and migrating it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from flowlink.settings import sqlite_path
+from flowlink.store import notify
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK_ID = 0x666C6F77  # PostgreSQL advisory lock key for schema upgrades
+
+
+def normalize_url(url: str) -> str:
+    """Map the user-facing ``postgresql://`` URL onto the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" hook below choose the transaction mode.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Writers take the write lock up front (BEGIN IMMEDIATE): a deferred transaction that
+        # later upgrades to a writer fails at once with SQLITE_BUSY instead of waiting.
+        mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(database_url: str) -> Engine:
+    """Create an engine for a store URL with the right per-backend settings."""
+    url = normalize_url(database_url)
+    if url.startswith("sqlite"):
+        db_file = sqlite_path(url)
+        if db_file is not None:
+            db_file.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=20,
+            max_overflow=40,
+        )
+        _install_sqlite_hooks(engine)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
+
+
+def alembic_config(connection: Any | None = None) -> Config:
+    """An Alembic configuration pointing at the bundled migrations."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the schema to the newest version; safe when several processes start at once."""
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
+        command.upgrade(alembic_config(connection), "head")
+    protect_sqlite_files(engine)
+
+
+def protect_sqlite_files(engine: Engine) -> None:
+    """Make the SQLite file and its WAL readable by the server's user only."""
+    db_file = sqlite_path(str(engine.url))
+    if db_file is None:
+        return
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(str(db_file) + suffix)
+        if path.exists():
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o600)
+
+
+def protected_paths(engine: Engine, extra: list[str] | None = None) -> list[str]:
+    """Files that flow scripts must never be able to read (the store and its companions)."""
+    paths = list(extra or [])
+    db_file = sqlite_path(str(engine.url))
+    if db_file is not None:
+        paths += [str(db_file) + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+    return paths
+
+
+class Store:
+    """The engine plus a session factory; one per process."""
+
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+        self.engine = make_engine(database_url)
+        # A Session subclass of our own, so commit hooks fire for this store only.
+        session_class: type[Session] = type("StoreSession", (Session,), {})
+        self._sessions: sessionmaker[Session] = sessionmaker(
+            self.engine, class_=session_class, expire_on_commit=False
+        )
+        self._read_sessions: sessionmaker[Session] = sessionmaker(
+            self.engine.execution_options(sqlite_begin="DEFERRED"),
+            class_=session_class,
+            expire_on_commit=False,
+        )
+        self.notifier = notify.Notifier()
+        notify.install(session_class, self.notifier)
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        self._listener: notify.PostgresListener | None = None
+
+    def start_listening(self) -> None:
+        """Receive other processes' notifications (PostgreSQL only; SQLite is single-process)."""
+        if self.dialect == "postgresql" and self._listener is None:
+            url = self.engine.url.set(drivername="postgresql")
+            self._listener = notify.PostgresListener(
+                url.render_as_string(hide_password=False), self.notifier
+            )
+            self._listener.start()
+            self._listener.ready.wait(timeout=5)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A read-write transaction: committed on success, rolled back on any error."""
+        if self._write_lock is None:
+            with self._sessions.begin() as session:
+                yield session
+            return
+        # SQLite has one writer at a time. Queue this process's writers on a lock instead of
+        # SQLite's busy handler, which sleeps in steps of up to 100 ms while it waits.
+        with self._write_lock, self._sessions.begin() as session:
+            yield session
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (never takes SQLite's write lock)."""
+        with self._read_sessions.begin() as session:
+            yield session
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest version."""
+        migrate(self.engine)
+
+    def dispose(self) -> None:
+        """Stop listening and close all pooled connections."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        self.engine.dispose()

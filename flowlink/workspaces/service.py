@@ -1,0 +1,530 @@
+"""Workspaces, flows and settings in the store; applying and exporting workspace folders."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from flowlink.errors import Conflict, Invalid, NotFound
+from flowlink.events.service import record
+from flowlink.store.models import Automation, AutomationTrigger, Flow, Setting, Workspace, utcnow
+from flowlink.workspaces.spec import (
+    FLOW_NAME_RE,
+    SLUG_RE,
+    AutomationSpec,
+    RoleRule,
+    SpecError,
+    WorkspaceBundle,
+    WorkspaceSpec,
+    bundle_to_files,
+    parse_bundle,
+    validate_script,
+)
+from flowlink.workspaces.templating import render_config
+
+_SLUG = re.compile(SLUG_RE)
+_NAME = re.compile(FLOW_NAME_RE)
+
+
+def spec_error_to_invalid(error: SpecError) -> Invalid:
+    """Turn a workspace-as-code error into the API's validation error."""
+    return Invalid(str(error), details=error.to_dict())
+
+
+def check_slug(slug: str) -> None:
+    """Reject a workspace slug outside ``^[a-z0-9][a-z0-9-]{1,62}$``."""
+    if not isinstance(slug, str) or not _SLUG.match(slug):
+        raise Invalid(
+            f"invalid workspace slug {slug!r}: 2-63 of a-z 0-9 -, starting with a letter or digit",
+            details={"field": "slug"},
+        )
+
+
+def check_name(kind: str, name: str) -> None:
+    """Reject a flow, setting or automation name outside the allowed pattern."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise Invalid(
+            f"invalid {kind} name {name!r}: 1-128 of A-Z a-z 0-9 _ . -, starting with a letter"
+            " or digit",
+            details={"field": "name"},
+        )
+
+
+# --- workspaces -------------------------------------------------------------------------------
+
+
+def find_workspace(session: Session, slug: str) -> Workspace | None:
+    """The workspace with this slug, or None."""
+    return session.scalar(select(Workspace).where(Workspace.slug == slug))
+
+
+def get_workspace(session: Session, slug: str) -> Workspace:
+    """The workspace with this slug, or NotFound."""
+    workspace = find_workspace(session, slug)
+    if workspace is None:
+        raise NotFound(f"workspace {slug!r} not found", details={"workspace": slug})
+    return workspace
+
+
+def list_workspaces(session: Session) -> list[Workspace]:
+    """All workspaces, by slug."""
+    return list(session.scalars(select(Workspace).order_by(Workspace.slug)))
+
+
+def create_workspace(
+    session: Session, slug: str, name: str | None = None, description: str | None = None
+) -> Workspace:
+    """Create an empty workspace."""
+    check_slug(slug)
+    if session.scalar(select(Workspace.id).where(Workspace.slug == slug)):
+        raise Conflict(f"workspace {slug!r} already exists", details={"workspace": slug})
+    workspace = Workspace(slug=slug, name=name or slug, description=description, spec={})
+    session.add(workspace)
+    session.flush()
+    record(session, workspace, "workspaces.created", {"slug": slug, "name": workspace.name})
+    return workspace
+
+
+def delete_workspace(session: Session, slug: str) -> None:
+    """Delete a workspace and everything in it (its events stay, for retention)."""
+    workspace = get_workspace(session, slug)
+    record(
+        session, workspace, "workspaces.deleted", {"slug": slug, "deletedAt": utcnow().isoformat()}
+    )
+    session.delete(workspace)
+
+
+def workspace_view(workspace: Workspace) -> dict[str, Any]:
+    """The API representation of a workspace."""
+    return {
+        "id": workspace.id,
+        "slug": workspace.slug,
+        "name": workspace.name,
+        "description": workspace.description,
+        "config": workspace.config_rendered,
+        "automations": workspace.spec.get("automations", {}),
+        "custom_domains": workspace.spec.get("customDomains", []),
+        "version": workspace.version,
+        "created_at": workspace.created_at,
+        "updated_at": workspace.updated_at,
+    }
+
+
+# --- apply / export ---------------------------------------------------------------------------
+
+
+@dataclass
+class ApplyResult:
+    """What an apply changed."""
+
+    workspace: Workspace
+    created: bool
+    changes: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything at all changed."""
+        return self.created or any(self.changes.values())
+
+    def view(self) -> dict[str, Any]:
+        """The API representation."""
+        return {
+            "workspace": workspace_view(self.workspace),
+            "created": self.created,
+            "changed": self.changed,
+            "changes": self.changes,
+        }
+
+
+def parse_files(files: Mapping[str, str]) -> WorkspaceBundle:
+    """Parse a workspace folder's files, mapping spec errors onto Invalid."""
+    try:
+        return parse_bundle(files)
+    except SpecError as error:
+        raise spec_error_to_invalid(error) from error
+
+
+def render_workspace_config(
+    slug: str,
+    value: Mapping[str, Any],
+    environ: Mapping[str, str],
+    source_text: str | None = None,
+) -> Any:
+    """Render ``config.value`` with templating and environment overrides."""
+    try:
+        return render_config(slug, value, environ, source_text=source_text)
+    except SpecError as error:
+        raise spec_error_to_invalid(error) from error
+
+
+def _automation_spec(automation: AutomationSpec) -> dict[str, Any]:
+    return {
+        "flow": automation.flow,
+        "when": {
+            "events": list(automation.events),
+            "schedules": list(automation.schedules),
+            "endpoint": automation.endpoint,
+        },
+        "public": automation.public,
+        "description": automation.description,
+    }
+
+
+def apply_bundle(
+    session: Session,
+    bundle: WorkspaceBundle,
+    environ: Mapping[str, str],
+    *,
+    expected_slug: str | None = None,
+) -> ApplyResult:
+    """Create or update a workspace from a parsed folder, all or nothing, idempotently.
+
+    Flows and automations are declarative (those missing from the folder are removed);
+    settings from ``settings.yml`` are initial values: created when missing, never overwritten
+    (flows own settings at run time).
+    """
+    spec = bundle.spec
+    if expected_slug is not None and spec.slug != expected_slug:
+        raise Invalid(
+            f"workspace.yml declares slug {spec.slug!r} but was applied to {expected_slug!r}",
+            details={"file": "workspace.yml", "field": "slug"},
+        )
+    rendered = render_workspace_config(
+        spec.slug, spec.config_value, environ, spec.source_text or None
+    )
+    workspace = find_workspace(session, spec.slug)
+    created = workspace is None
+    if workspace is None:
+        workspace = Workspace(slug=spec.slug, name=spec.name, spec={}, version=0)
+        session.add(workspace)
+        session.flush()
+    result = ApplyResult(workspace=workspace, created=created)
+
+    new_spec = {
+        "automations": {slug: _automation_spec(a) for slug, a in spec.automations.items()},
+        "customDomains": list(spec.custom_domains),
+        "roles": {
+            name: [
+                {"action": r.action, "subject": r.subject, "conditions": dict(r.conditions)}
+                for r in rules
+            ]
+            for name, rules in spec.roles.items()
+        },
+    }
+    meta_changed = (
+        workspace.name != spec.name
+        or workspace.description != spec.description
+        or workspace.spec != new_spec
+        or workspace.source_text != spec.source_text
+    )
+    config_changed = (
+        workspace.config_value != dict(spec.config_value)
+        or workspace.config_rendered != rendered
+        or workspace.config_schema != dict(spec.config_schema)
+    )
+    workspace.name = spec.name
+    workspace.description = spec.description
+    workspace.spec = new_spec
+    workspace.source_text = spec.source_text
+    workspace.config_value = dict(spec.config_value)
+    workspace.config_schema = dict(spec.config_schema)
+    workspace.config_rendered = rendered
+
+    result.changes["flows"] = _sync_flows(session, workspace, bundle.flows)
+    result.changes["automations"] = _sync_automations(session, workspace, spec.automations)
+    result.changes["settings"] = _apply_settings(session, workspace, bundle.settings)
+    if meta_changed:
+        result.changes["workspace"] = ["name/description/spec"]
+    if config_changed:
+        result.changes["config"] = sorted(rendered)
+
+    if created:
+        record(session, workspace, "workspaces.created", {"slug": spec.slug, "name": spec.name})
+    if result.changed:
+        workspace.version += 1
+        workspace.updated_at = utcnow()
+        if not created:
+            record(
+                session,
+                workspace,
+                "workspaces.updated",
+                {"slug": spec.slug, "changes": result.changes, "version": workspace.version},
+            )
+        if config_changed:
+            record(session, workspace, "workspaces.configured", {"keys": sorted(rendered)})
+    session.flush()
+    return result
+
+
+def _sync_flows(session: Session, workspace: Workspace, flows: Mapping[str, str]) -> list[str]:
+    existing = {
+        f.name: f for f in session.scalars(select(Flow).where(Flow.workspace_id == workspace.id))
+    }
+    changes: list[str] = []
+    for name, script in flows.items():
+        flow = existing.pop(name, None)
+        if flow is None:
+            session.add(Flow(workspace_id=workspace.id, name=name, script=script))
+            changes.append(f"+{name}")
+        elif flow.script != script:
+            flow.script = script
+            flow.updated_at = utcnow()
+            changes.append(f"~{name}")
+    for name, flow in existing.items():
+        session.delete(flow)
+        changes.append(f"-{name}")
+    return changes
+
+
+def _sync_automations(
+    session: Session, workspace: Workspace, automations: Mapping[str, AutomationSpec]
+) -> list[str]:
+    existing = {
+        a.slug: a
+        for a in session.scalars(select(Automation).where(Automation.workspace_id == workspace.id))
+    }
+    changes: list[str] = []
+    for slug, automation_spec in automations.items():
+        spec = _automation_spec(automation_spec)
+        automation = existing.pop(slug, None)
+        if automation is not None and automation.spec == spec:
+            continue
+        if automation is None:
+            automation = Automation(workspace_id=workspace.id, slug=slug)
+            session.add(automation)
+            changes.append(f"+{slug}")
+        else:
+            changes.append(f"~{slug}")
+            session.execute(
+                delete(AutomationTrigger).where(AutomationTrigger.automation_id == automation.id)
+            )
+        automation.flow_name = automation_spec.flow
+        automation.spec = spec
+        automation.updated_at = utcnow()
+        session.flush()
+        for event_type in automation_spec.events:
+            session.add(
+                AutomationTrigger(
+                    workspace_id=workspace.id, automation_id=automation.id, event_type=event_type
+                )
+            )
+    for slug, automation in existing.items():
+        session.delete(automation)
+        changes.append(f"-{slug}")
+    return changes
+
+
+def _apply_settings(
+    session: Session, workspace: Workspace, settings: Mapping[str, Any]
+) -> list[str]:
+    """``settings.yml`` holds initial values: missing settings are created, existing ones kept."""
+    changes = []
+    for name, value in settings.items():
+        if find_setting(session, workspace, name) is None:
+            put_setting(session, workspace, name, value)
+            changes.append(f"+{name}")
+    return changes
+
+
+def export_files(session: Session, slug: str) -> dict[str, str]:
+    """The workspace as folder files (``workspace.yml``, ``flows/*.py``, ``settings.yml``)."""
+    workspace = get_workspace(session, slug)
+    flows = {f.name: f.script for f in list_flows(session, workspace)}
+    settings = {s.name: s.value for s in list_settings(session, workspace)}
+    bundle = WorkspaceBundle(spec=stored_spec(workspace), flows=flows, settings=settings, pages={})
+    return bundle_to_files(bundle)
+
+
+def stored_spec(workspace: Workspace) -> WorkspaceSpec:
+    """The workspace's definition as a spec, rebuilt from the store."""
+    automations = {
+        slug: AutomationSpec(
+            slug=slug,
+            flow=a["flow"],
+            events=tuple(a["when"]["events"]),
+            schedules=tuple(a["when"]["schedules"]),
+            endpoint=bool(a["when"]["endpoint"]),
+            public=bool(a.get("public")),
+            description=a.get("description"),
+        )
+        for slug, a in workspace.spec.get("automations", {}).items()
+    }
+    roles = {
+        name: tuple(RoleRule(r["action"], r["subject"], r.get("conditions") or {}) for r in rules)
+        for name, rules in workspace.spec.get("roles", {}).items()
+    }
+    return WorkspaceSpec(
+        slug=workspace.slug,
+        name=workspace.name,
+        description=workspace.description,
+        config_value=workspace.config_value,
+        config_schema=workspace.config_schema,
+        automations=automations,
+        custom_domains=tuple(workspace.spec.get("customDomains", [])),
+        roles=roles,
+        source_text=workspace.source_text or "",
+    )
+
+
+def rerender_all(session: Session, environ: Mapping[str, str]) -> None:
+    """Re-render every workspace's config (environment overrides may have changed)."""
+    for workspace in list_workspaces(session):
+        try:
+            rendered = render_config(workspace.slug, workspace.config_value, environ)
+        except SpecError:
+            continue  # keep the last good rendering; the next apply reports the error
+        if rendered != workspace.config_rendered:
+            workspace.config_rendered = rendered
+            record(session, workspace, "workspaces.configured", {"keys": sorted(rendered)})
+
+
+# --- flows ------------------------------------------------------------------------------------
+
+
+def list_flows(session: Session, workspace: Workspace) -> list[Flow]:
+    """All flows of a workspace, by name."""
+    return list(
+        session.scalars(select(Flow).where(Flow.workspace_id == workspace.id).order_by(Flow.name))
+    )
+
+
+def find_flow(session: Session, workspace: Workspace, name: str) -> Flow | None:
+    """The flow with this name, or None."""
+    return session.scalar(select(Flow).where(Flow.workspace_id == workspace.id, Flow.name == name))
+
+
+def get_flow(session: Session, workspace: Workspace, name: str) -> Flow:
+    """The flow with this name, or NotFound."""
+    flow = find_flow(session, workspace, name)
+    if flow is None:
+        raise NotFound(
+            f"flow {name!r} not found in workspace {workspace.slug!r}",
+            details={"workspace": workspace.slug, "flow": name},
+        )
+    return flow
+
+
+def put_flow(
+    session: Session, workspace: Workspace, name: str, script: str, description: str | None = None
+) -> tuple[Flow, bool]:
+    """Create or replace a flow; returns it and whether it was created."""
+    check_name("flow", name)
+    try:
+        validate_script(name, script, file=f"flows/{name}.py")
+    except SpecError as error:
+        raise spec_error_to_invalid(error) from error
+    flow = find_flow(session, workspace, name)
+    created = flow is None
+    if flow is None:
+        flow = Flow(workspace_id=workspace.id, name=name, script=script, description=description)
+        session.add(flow)
+    else:
+        flow.script = script
+        flow.description = description
+        flow.updated_at = utcnow()
+    session.flush()
+    return flow, created
+
+
+def delete_flow(session: Session, workspace: Workspace, name: str) -> None:
+    """Delete a flow (its past executions keep their script snapshot)."""
+    session.delete(get_flow(session, workspace, name))
+
+
+def flow_view(flow: Flow) -> dict[str, Any]:
+    """The API representation of a flow."""
+    return {
+        "id": flow.id,
+        "name": flow.name,
+        "script": flow.script,
+        "description": flow.description,
+        "created_at": flow.created_at,
+        "updated_at": flow.updated_at,
+    }
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def list_settings(session: Session, workspace: Workspace) -> list[Setting]:
+    """All settings of a workspace, by name."""
+    return list(
+        session.scalars(
+            select(Setting).where(Setting.workspace_id == workspace.id).order_by(Setting.name)
+        )
+    )
+
+
+def find_setting(session: Session, workspace: Workspace, name: str) -> Setting | None:
+    """The setting with this name, or None."""
+    return session.scalar(
+        select(Setting).where(Setting.workspace_id == workspace.id, Setting.name == name)
+    )
+
+
+def get_setting(session: Session, workspace: Workspace, name: str) -> Setting:
+    """The setting with this name, or NotFound."""
+    setting = find_setting(session, workspace, name)
+    if setting is None:
+        raise NotFound(
+            f"setting {name!r} not found in workspace {workspace.slug!r}",
+            details={"workspace": workspace.slug, "setting": name},
+        )
+    return setting
+
+
+def put_setting(
+    session: Session,
+    workspace: Workspace,
+    name: str,
+    value: Any,
+    *,
+    execution_id: str | None = None,
+) -> None:
+    """Create or overwrite a setting; records ``settings.updated`` (never with the value)."""
+    check_name("setting", name)
+    setting = find_setting(session, workspace, name)
+    created = setting is None
+    if setting is None:
+        setting = Setting(workspace_id=workspace.id, name=name, value=value)
+        session.add(setting)
+    else:
+        setting.value = value
+        setting.updated_at = utcnow()
+    record(
+        session,
+        workspace,
+        "settings.updated",
+        {"name": name, "created": created},
+        execution_id=execution_id,
+    )
+    session.flush()
+
+
+def delete_setting(
+    session: Session, workspace: Workspace, name: str, *, execution_id: str | None = None
+) -> None:
+    """Delete a setting."""
+    session.delete(get_setting(session, workspace, name))
+    record(
+        session,
+        workspace,
+        "settings.updated",
+        {"name": name, "deleted": True},
+        execution_id=execution_id,
+    )
+
+
+def setting_view(setting: Setting) -> dict[str, Any]:
+    """The API representation of a setting."""
+    return {
+        "name": setting.name,
+        "value": setting.value,
+        "created_at": setting.created_at,
+        "updated_at": setting.updated_at,
+    }

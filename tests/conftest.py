@@ -1,0 +1,183 @@
+"""Shared fixtures: a clean store per test on SQLite and PostgreSQL, and live servers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flowlink.access.service import init_admin
+from flowlink.settings import ServerSettings
+from flowlink.store.engine import Store, make_engine, migrate
+
+POSTGRES_URL = os.environ.get("FLOWLINK_TEST_POSTGRES_URL", "")
+_template: dict[str, str] = {}
+
+
+def _postgres_admin_url() -> str:
+    return POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _postgres_reason() -> str | None:
+    """Why PostgreSQL tests cannot run here, or None when they can."""
+    if not POSTGRES_URL:
+        return "FLOWLINK_TEST_POSTGRES_URL is not set (CI sets it; see README)"
+    import psycopg
+
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL at FLOWLINK_TEST_POSTGRES_URL is not reachable: {exc}"
+    return None
+
+
+def _admin_execute(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def _database_url(base: str, name: str) -> str:
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def _postgres_template() -> str:
+    """A migrated template database, made once per test session and copied per test."""
+    if "name" not in _template:
+        name = f"flowlink_tpl_{os.getpid()}"
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _admin_execute(f'CREATE DATABASE "{name}"')
+        engine = make_engine(_database_url(POSTGRES_URL, name))
+        migrate(engine)
+        engine.dispose()
+        _template["name"] = name
+    return _template["name"]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "name" in _template:
+        _admin_execute(f'DROP DATABASE IF EXISTS "{_template["name"]}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A clean, migrated, empty store URL: a fresh SQLite file or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'flowlink.db'}"
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
+        return
+    reason = _postgres_reason()
+    if reason:
+        pytest.skip(reason)
+    template = _postgres_template()
+    name = f"flowlink_t_{uuid.uuid4().hex[:12]}"
+    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield _database_url(POSTGRES_URL, name)
+    finally:
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A Store on a clean database."""
+    s = Store(database_url)
+    yield s
+    s.dispose()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_settings(database_url: str, **overrides: object) -> ServerSettings:
+    """Server settings for tests: small pool, short leases."""
+    base = ServerSettings(
+        database_url=database_url,
+        secret_key="test-secret-key",
+        warm_runners=2,
+        lease_seconds=5.0,
+        poll_interval=0.2,
+        worker_concurrency=8,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@dataclass
+class LiveServer:
+    """A real flowlink server (API + worker) listening on 127.0.0.1 in this process."""
+
+    url: str
+    token: str
+    store: Store
+    client: httpx.Client
+
+    def wait_for(self, ws: str, execution_id: str, timeout: float = 30.0) -> dict[str, object]:
+        """Poll until the execution ends; returns its record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.client.get(f"/api/v1/workspaces/{ws}/executions/{execution_id}").json()
+            if record["status"] in ("success", "error", "cancelled"):
+                return dict(record)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"execution did not end in {timeout}s: {record}")
+            time.sleep(0.05)
+
+
+SETTING_PRESETS: dict[str, dict[str, object]] = {
+    "concurrency-1": {"worker_concurrency": 1, "warm_runners": 1},
+    "memory-256": {"runner_memory_mb": 256},
+}
+
+
+@pytest.fixture
+def server_settings(request: pytest.FixtureRequest, database_url: str) -> ServerSettings:
+    """Settings for the live server; parametrize indirectly with a SETTING_PRESETS name."""
+    preset = SETTING_PRESETS[request.param] if hasattr(request, "param") else {}
+    return make_settings(database_url, **preset)
+
+
+@pytest.fixture
+def live_server(server_settings: ServerSettings) -> Iterator[LiveServer]:
+    """Start a real server on a free port and an admin token for it."""
+    from flowlink.server import build_server, serve
+
+    port = free_port()
+    running = build_server(server_settings, port=port)
+    with running.context.store.write() as session:
+        credentials = init_admin(session)
+    thread = threading.Thread(target=serve, args=(running,), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {credentials.token}"}, timeout=60
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if client.get("/api/v1/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not come up")
+        time.sleep(0.05)
+    yield LiveServer(url=url, token=credentials.token, store=running.context.store, client=client)
+    client.close()
+    running.server.should_exit = True
+    thread.join(timeout=30)

@@ -1,0 +1,207 @@
+"""The executions queue on the real store, both backends: claim, lease, reap, cancel, end."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from flowlink.errors import Conflict, Invalid, NotFound
+from flowlink.executions import service as executions
+from flowlink.store.engine import Store
+from flowlink.store.models import Event, Execution, Workspace, utcnow
+from flowlink.workspaces import service as workspaces
+
+SCRIPT = "def handler(system, this, inputs):\n    return this.success('ok')\n"
+
+
+@pytest.fixture
+def workspace(store: Store) -> Workspace:
+    with store.write() as session:
+        ws = workspaces.create_workspace(session, "queue-test")
+        workspaces.put_flow(session, ws, "hello", SCRIPT)
+        return ws
+
+
+def _create(store: Store, workspace: Workspace, n: int = 1) -> list[str]:
+    with store.write() as session:
+        ws = session.get(Workspace, workspace.id)
+        assert ws is not None
+        return [executions.create_execution(session, ws, flow_name="hello").id for _ in range(n)]
+
+
+def test_create_snapshots_script_and_records_event(store: Store, workspace: Workspace) -> None:
+    (execution_id,) = _create(store, workspace)
+    with store.write() as session:
+        ws = session.get(Workspace, workspace.id)
+        assert ws is not None
+        workspaces.put_flow(session, ws, "hello", SCRIPT.replace("ok", "changed"))
+    with store.read() as session:
+        execution = session.get(Execution, execution_id)
+        assert execution is not None
+        assert execution.script == SCRIPT
+        assert execution.status == "queued"
+        created = session.scalars(select(Event).where(Event.type == "executions.created")).one()
+        assert created.payload["id"] == execution_id
+        assert created.correlation_id == execution.correlation_id
+
+
+def test_unknown_flow_and_bad_inputs(store: Store, workspace: Workspace) -> None:
+    with store.write() as session:
+        ws = session.get(Workspace, workspace.id)
+        assert ws is not None
+        with pytest.raises(NotFound, match="flow 'nope' not found"):
+            executions.create_execution(session, ws, flow_name="nope")
+        with pytest.raises(Invalid) as info:
+            executions.create_execution(session, ws, flow_name="hello", inputs=[1, 2])  # type: ignore[arg-type]
+        assert info.value.details["field"] == "inputs"
+
+
+def test_claim_lifecycle_and_events(store: Store, workspace: Workspace) -> None:
+    (execution_id,) = _create(store, workspace)
+    with store.write() as session:
+        claimed = [c.execution for c in executions.claim(session, "w1", 10, 15)]
+    assert [e.id for e in claimed] == [execution_id]
+    assert claimed[0].status == "running" and claimed[0].worker_id == "w1"
+    with store.write() as session:
+        assert executions.claim(session, "w2", 10, 15) == []
+    with store.write() as session:
+        ended = executions.finish(
+            session, execution_id, executions.Outcome("success", "done", {"a": 1}), worker_id="w1"
+        )
+        assert ended is not None
+    with store.write() as session:
+        # Ended executions are immutable: a second finish is ignored.
+        assert executions.finish(session, execution_id, executions.Outcome("error", "x")) is None
+        with pytest.raises(Conflict):
+            executions.save_progress(session, execution_id, outputs={"b": 2}, message=None)
+    with store.read() as session:
+        execution = session.get(Execution, execution_id)
+        assert execution is not None
+        assert (execution.status, execution.message, execution.outputs) == (
+            "success",
+            "done",
+            {"a": 1},
+        )
+        types = list(session.scalars(select(Event.type).order_by(Event.seq)))
+    assert types[-3:] == ["executions.created", "executions.started", "executions.ended"]
+
+
+def test_concurrent_claimers_never_share_an_execution(store: Store, workspace: Workspace) -> None:
+    ids = set(_create(store, workspace, 300))
+    seen: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        try:
+            while True:
+                with store.write() as session:
+                    batch = executions.claim(session, name, 7, 15)
+                if not batch:
+                    return
+                with lock:
+                    seen.extend(c.execution.id for c in batch)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(seen) == len(set(seen)) == 300
+    assert set(seen) == ids
+
+
+def test_children_are_claimed_before_older_roots(store: Store, workspace: Workspace) -> None:
+    roots = _create(store, workspace, 3)
+    with store.write() as session:
+        ws = session.get(Workspace, workspace.id)
+        parent = session.get(Execution, roots[0])
+        assert ws is not None and parent is not None
+        child = executions.create_execution(session, ws, flow_name="hello", parent=parent)
+        child_id = child.id
+    with store.write() as session:
+        first = executions.claim(session, "w", 1, 15)
+    assert [c.execution.id for c in first] == [child_id]
+
+
+def test_expired_lease_ends_as_worker_lost(store: Store, workspace: Workspace) -> None:
+    (execution_id,) = _create(store, workspace)
+    with store.write() as session:
+        executions.claim(session, "dead-worker", 1, 15)
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    with store.write() as session:
+        assert executions.reap_expired(session) == [execution_id]
+    with store.read() as session:
+        execution = session.get(Execution, execution_id)
+        assert execution is not None
+        assert execution.status == "error"
+        assert execution.error_kind == "worker_lost"
+        assert "worker lost" in (execution.message or "")
+
+
+def test_renewed_lease_is_not_reaped(store: Store, workspace: Workspace) -> None:
+    (execution_id,) = _create(store, workspace)
+    with store.write() as session:
+        executions.claim(session, "w", 1, 0.5)
+    with store.write() as session:
+        executions.renew_leases(session, "w", [execution_id], 60)
+    with store.write() as session:
+        assert executions.reap_expired(session) == []
+
+
+def test_cancel_queued_and_running(store: Store, workspace: Workspace) -> None:
+    queued_id, running_id = _create(store, workspace, 2)
+    with store.write() as session:
+        claimed = executions.claim(session, "w", 1, 15)
+    assert claimed[0].execution.id == queued_id  # oldest first; swap roles accordingly
+    running_id, queued_id = queued_id, running_id
+    with store.write() as session:
+        for execution_id in (queued_id, running_id):
+            execution = session.get(Execution, execution_id)
+            assert execution is not None
+            executions.request_cancel(session, execution)
+    with store.write() as session:
+        to_cancel = executions.renew_leases(session, "w", [running_id], 15)
+    assert to_cancel == {running_id}
+    with store.read() as session:
+        queued = session.get(Execution, queued_id)
+        running = session.get(Execution, running_id)
+        assert queued is not None and running is not None
+        assert queued.status == "cancelled"
+        assert running.status == "running" and running.cancel_requested
+        with pytest.raises(Conflict):
+            executions.request_cancel(session, queued)
+
+
+def test_list_pages_newest_first(store: Store, workspace: Workspace) -> None:
+    ids = _create(store, workspace, 5)
+    with store.read() as session:
+        ws = session.get(Workspace, workspace.id)
+        assert ws is not None
+        page1 = executions.list_executions(session, ws, limit=3)
+        page2 = executions.list_executions(session, ws, limit=3, before=page1[-1].id)
+        count = session.scalar(select(func.count()).select_from(Execution))
+    listed = [e.id for e in page1 + page2]
+    assert count == 5
+    assert sorted(listed) == sorted(ids) and len(set(listed)) == 5
+
+
+def test_claim_takes_at_most_the_limit(store: Store, workspace: Workspace) -> None:
+    _create(store, workspace, 5)
+    with store.write() as session:
+        assert len(executions.claim(session, "w", 2, 15)) == 2
+    with store.read() as session:
+        running = session.scalar(
+            select(func.count()).select_from(Execution).where(Execution.status == "running")
+        )
+    assert running == 2
