@@ -25,13 +25,13 @@ run: install
 	$(BIN)/flowlink server --demo --host $(HOST) --port $(PORT)
 
 lint: install-test
-	$(BIN)/ruff check flowlink tests bench
-	$(BIN)/ruff format --check flowlink tests bench
-	$(BIN)/mypy flowlink
+	$(BIN)/ruff check flowlink flow_api.py tests bench
+	$(BIN)/ruff format --check flowlink flow_api.py tests bench
+	$(BIN)/mypy flowlink flow_api.py
 
 format: install-test
-	$(BIN)/ruff format flowlink tests bench
-	$(BIN)/ruff check --fix flowlink tests bench
+	$(BIN)/ruff format flowlink flow_api.py tests bench
+	$(BIN)/ruff check --fix flowlink flow_api.py tests bench
 
 test: lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)

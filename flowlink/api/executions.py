@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from flowlink.access.policy import authorize
 from flowlink.api.deps import Caller, Context
+from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
 from flowlink.store import notify
 from flowlink.store.engine import Store
@@ -18,6 +19,7 @@ from flowlink.workspaces import service as workspaces
 
 router = APIRouter(prefix="/api/v1/workspaces/{ws}/executions", tags=["executions"])
 MAX_WAIT_SECONDS = 300.0
+MAX_BATCH = 1000
 
 
 class ExecutionCreate(BaseModel):
@@ -32,6 +34,12 @@ class ExecutionCreate(BaseModel):
     )
     wait: float | None = Field(
         None, ge=0, le=MAX_WAIT_SECONDS, description="Block up to this many seconds for the end"
+    )
+
+
+class ExecutionBatch(BaseModel):
+    executions: list[ExecutionCreate] = Field(
+        min_length=1, max_length=MAX_BATCH, description="Executions to start, all or none"
     )
 
 
@@ -89,6 +97,38 @@ def start_execution(
         execution_id = execution.id
     wait_for_end(context.store, execution_id, body.wait)
     return _detail(context.store, ws, execution_id)
+
+
+@router.post("/batch", status_code=201)
+def start_executions(
+    ws: str, body: ExecutionBatch, context: Context, caller: Caller
+) -> dict[str, Any]:
+    """Start many executions in one transaction: all of them or, on any error, none."""
+    if any(item.wait for item in body.executions):
+        raise Invalid("wait is not supported in a batch", details={"field": "executions.wait"})
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "execute", "executions", workspace)
+        items = []
+        for index, item in enumerate(body.executions):
+            try:
+                execution = executions.create_execution(
+                    session,
+                    workspace,
+                    flow_name=item.flow if item.script is None else (item.name or item.flow),
+                    script=item.script,
+                    inputs=item.inputs,
+                    user_id=caller.user_id,
+                    trigger={"type": "api", "token": caller.token_id},
+                    max_runtime=item.max_runtime,
+                    default_max_runtime=context.settings.default_max_runtime,
+                )
+            except FlowlinkError as error:
+                error.message = f"executions[{index}]: {error.message}"
+                error.details = {**error.details, "index": index}
+                raise
+            items.append(executions.execution_view(execution, workspace.slug, children=[]))
+        return {"items": items}
 
 
 @router.get("")

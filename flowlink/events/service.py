@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
@@ -25,9 +26,9 @@ def validate_event_type(event_type: str) -> None:
         )
 
 
-def record(
-    session: Session,
-    workspace: Workspace | None,
+def event_row(
+    workspace_id: str | None,
+    workspace_slug: str | None,
     event_type: str,
     payload: Any = None,
     *,
@@ -35,35 +36,62 @@ def record(
     execution_id: str | None = None,
     user_id: str | None = None,
     extra_source: dict[str, Any] | None = None,
-) -> Event:
-    """Add an event to the current transaction and announce it once committed."""
+) -> dict[str, Any]:
+    """The stored row of one event, as column values (see DESIGN section 5 for the envelope)."""
     try:
         body = json.dumps(payload, separators=(",", ":"))
     except TypeError:  # e.g. a datetime: store what JSON can hold
         body = json.dumps(payload, separators=(",", ":"), default=str)
         payload = json.loads(body)
     source: dict[str, Any] = {
-        "workspaceId": workspace.id if workspace else None,
-        "workspaceSlug": workspace.slug if workspace else None,
+        "workspaceId": workspace_id,
+        "workspaceSlug": workspace_slug,
         "correlationId": correlation_id,
         "executionId": execution_id,
         "userId": user_id,
     }
     if extra_source:
         source.update(extra_source)
+    return {
+        "id": new_id(),
+        "workspace_id": workspace_id,
+        "type": event_type,
+        "created_at": utcnow(),
+        "size": len(body),
+        "source": {k: v for k, v in source.items() if v is not None},
+        "payload": payload,
+        "correlation_id": correlation_id,
+    }
+
+
+def record(
+    session: Session,
+    workspace: Workspace | None,
+    event_type: str,
+    payload: Any = None,
+    **kwargs: Any,
+) -> Event:
+    """Add an event to the current transaction and announce it once committed."""
     event = Event(
-        id=new_id(),
-        workspace_id=workspace.id if workspace else None,
-        type=event_type,
-        created_at=utcnow(),
-        size=len(body),
-        source={k: v for k, v in source.items() if v is not None},
-        payload=payload,
-        correlation_id=correlation_id,
+        **event_row(
+            workspace.id if workspace else None,
+            workspace.slug if workspace else None,
+            event_type,
+            payload,
+            **kwargs,
+        )
     )
     session.add(event)
     notify.announce(session, notify.EVENTS, workspace.id if workspace else "")
     return event
+
+
+def record_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert many events (rows from ``event_row``) in one statement and announce them."""
+    if not rows:
+        return
+    session.execute(insert(Event), rows)
+    notify.announce(session, notify.EVENTS, "")
 
 
 def record_custom(

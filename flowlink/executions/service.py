@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
-from flowlink.events.service import record
+from flowlink.events.service import event_row, record, record_rows
 from flowlink.store import notify
 from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
 from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
@@ -278,12 +278,11 @@ def request_cancel(session: Session, execution: Execution, *, reason: str = "can
             f"execution {execution.id} has already ended ({execution.status})",
             details={"status": execution.status},
         )
-    workspace = session.get(Workspace, execution.workspace_id)
     pending = [execution]
     while pending:
         current = pending.pop()
         if current.status == QUEUED:
-            _end(session, workspace, current, Outcome(CANCELLED, reason, None, "cancelled"))
+            finish_many(session, [(current.id, Outcome(CANCELLED, reason, None, "cancelled"))])
         elif current.status in ACTIVE:
             current.cancel_requested = True
             notify.announce(session, notify.CANCEL, current.id)
@@ -387,48 +386,100 @@ def renew_leases(
 
 def finish(
     session: Session, execution_id: str, outcome: Outcome, *, worker_id: str | None = None
-) -> Execution | None:
-    """End an active execution; returns None if it already ended (or another worker owns it)."""
-    execution = session.get(Execution, execution_id, with_for_update=True)
-    if execution is None or execution.status in ENDED:
-        return None
-    if worker_id is not None and execution.worker_id != worker_id:
-        return None
-    workspace = session.get(Workspace, execution.workspace_id)
-    _end(session, workspace, execution, outcome)
-    return execution
+) -> bool:
+    """End one active execution; False if it already ended (or another worker owns it)."""
+    return bool(finish_many(session, [(execution_id, outcome)], worker_id=worker_id))
 
 
-def _end(
-    session: Session, workspace: Workspace | None, execution: Execution, outcome: Outcome
-) -> None:
-    execution.status = outcome.status
-    if outcome.message is not None:
-        execution.message = outcome.message
-    if outcome.outputs:
-        execution.outputs = {**(execution.outputs or {}), **outcome.outputs}
-    execution.error_kind = outcome.error_kind
-    execution.ended_at = utcnow()
-    execution.started_at = execution.started_at or execution.ended_at
-    execution.lease_expires_at = None
-    duration = (execution.ended_at - execution.started_at).total_seconds()
-    record(
-        session,
-        workspace,
-        "executions.ended",
-        {
-            "id": execution.id,
-            "flow": execution.flow_name,
-            "status": execution.status,
-            "message": execution.message,
-            "duration": duration,
-            "errorKind": execution.error_kind,
-        },
-        correlation_id=execution.correlation_id,
-        execution_id=execution.id,
-        user_id=execution.user_id,
-    )
-    notify.announce(session, notify.ENDED, execution.id)
+def finish_many(
+    session: Session,
+    endings: Sequence[tuple[str, Outcome]],
+    *,
+    worker_id: str | None = None,
+) -> list[str]:
+    """End many active executions in this transaction; returns the ids that were ended.
+
+    An execution that has already ended (ended executions are immutable), or that another
+    worker now owns, is left as it is. Each ending records ``executions.ended``.
+    """
+    if not endings:
+        return []
+    rows = {
+        row.id: row
+        for row in session.execute(
+            select(
+                Execution.id,
+                Execution.workspace_id,
+                Execution.status,
+                Execution.worker_id,
+                Execution.started_at,
+                Execution.flow_name,
+                Execution.correlation_id,
+                Execution.user_id,
+                Execution.outputs,
+                Execution.message,
+            )
+            .where(Execution.id.in_([execution_id for execution_id, _ in endings]))
+            .with_for_update()
+        )
+    }
+    slugs = {
+        workspace_id: slug
+        for workspace_id, slug in session.execute(
+            select(Workspace.id, Workspace.slug).where(
+                Workspace.id.in_({row.workspace_id for row in rows.values()})
+            )
+        )
+    }
+    now = utcnow()
+    updates: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    done: set[str] = set()  # an id listed twice ends once
+    for execution_id, outcome in endings:
+        row = rows.get(execution_id)
+        if row is None or row.status in ENDED or execution_id in done:
+            continue
+        if worker_id is not None and row.worker_id != worker_id:
+            continue
+        started = row.started_at or now
+        message = outcome.message if outcome.message is not None else row.message
+        outputs = {**(row.outputs or {}), **(outcome.outputs or {})}
+        updates.append(
+            {
+                "id": execution_id,
+                "status": outcome.status,
+                "message": message,
+                "outputs": outputs,
+                "error_kind": outcome.error_kind,
+                "started_at": started,
+                "ended_at": now,
+                "lease_expires_at": None,
+            }
+        )
+        events.append(
+            event_row(
+                row.workspace_id,
+                slugs.get(row.workspace_id),
+                "executions.ended",
+                {
+                    "id": execution_id,
+                    "flow": row.flow_name,
+                    "status": outcome.status,
+                    "message": message,
+                    "duration": (now - started).total_seconds(),
+                    "errorKind": outcome.error_kind,
+                },
+                correlation_id=row.correlation_id,
+                execution_id=execution_id,
+                user_id=row.user_id,
+            )
+        )
+        done.add(execution_id)
+    if updates:
+        session.execute(update(Execution), updates)
+        record_rows(session, events)
+        notify.announce(session, notify.ENDED, "")
+    return [u["id"] for u in updates]
 
 
 def reap_expired(session: Session) -> list[str]:
@@ -440,19 +491,21 @@ def reap_expired(session: Session) -> list[str]:
             .with_for_update(skip_locked=True)
         )
     )
-    workspaces = _workspaces(session, {e.workspace_id for e in expired})
-    for execution in expired:
-        _end(
-            session,
-            workspaces.get(execution.workspace_id),
-            execution,
-            Outcome(
-                ERROR,
-                f"worker lost: worker {execution.worker_id} stopped renewing its lease",
-                None,
-                "worker_lost",
-            ),
-        )
+    finish_many(
+        session,
+        [
+            (
+                execution.id,
+                Outcome(
+                    ERROR,
+                    f"worker lost: worker {execution.worker_id} stopped renewing its lease",
+                    None,
+                    "worker_lost",
+                ),
+            )
+            for execution in expired
+        ],
+    )
     return [e.id for e in expired]
 
 

@@ -243,7 +243,7 @@ class Worker:
             for ending in batch:
                 if ending.logs:
                     executions.append_logs(session, ending.id, ending.logs)
-                executions.finish(session, ending.id, ending.outcome, worker_id=self.id)
+            executions.finish_many(session, [(e.id, e.outcome) for e in batch], worker_id=self.id)
 
     def _execute(
         self, claimed: executions.Claimed, cancelled: threading.Event

@@ -325,6 +325,23 @@ def _setup_mounts(
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
 
 
+def enter_shared_namespace(config: dict[str, Any]) -> None:
+    """Give the zygote (and so every runner it forks) its private mount namespace.
+
+    Done once per zygote, not per runner: runners inherit the namespace through fork, so a
+    runner costs no unshare and no mounts. They see the same filesystem view (store hidden,
+    ``/root`` covered, ``/proc`` with ``hidepid``); they are kept apart from each other by
+    their own uids and 0700 temp dirs, and without capabilities they cannot change mounts.
+    """
+    _setup_mounts(
+        config.get("protected_paths", ()),
+        config["base_dir"],
+        config.get("expose", ()),
+        [(str(x[0]), str(x[1])) for x in config.get("links", ())],
+        bool(config.get("hide_proc")),
+    )
+
+
 def uid_in_use(uid: int) -> bool:
     """True while any process (zombies included) has real uid ``uid``.
 
@@ -430,14 +447,6 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
     os.mkdir(tmpdir, 0o700)
     if mode in ("full", "uid"):
         uid = runner_uid(pid)
-        if mode == "full":
-            _setup_mounts(
-                config.get("protected_paths", ()),
-                tmpdir,
-                config.get("expose", ()),
-                [(str(x[0]), str(x[1])) for x in config.get("links", ())],
-                bool(config.get("hide_proc")),
-            )
         os.chown(tmpdir, uid, uid)
         _set_limits(limits, int(limits["processes"]))
         os.setgroups([])

@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
             expose, links = sandbox.exposed_python_paths()
             config["expose"] = expose
             config["links"] = links
+            sandbox.enter_shared_namespace(config)
         sys.modules["flow_api"] = flow_api
         sandbox.set_child_subreaper()
         sandbox.limit_malloc_arenas()

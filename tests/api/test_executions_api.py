@@ -363,3 +363,23 @@ def test_list_filters_and_pages(ws: LiveServer) -> None:
     assert sorted(listed) == sorted(ids)
     bad = ws.client.get("/api/v1/workspaces/api-test/executions", params={"status": "weird"})
     assert bad.status_code == 422
+
+
+def test_batch_start_is_all_or_nothing(ws: LiveServer) -> None:
+    batch = {"executions": [{"flow": "seed"}, {"flow": "echo", "inputs": {"k": 1}}]}
+    response = ws.client.post("/api/v1/workspaces/api-test/executions/batch", json=batch)
+    assert response.status_code == 201, response.text
+    items = response.json()["items"]
+    assert [item["name"] for item in items] == ["seed", "echo"]
+    for item in items:
+        assert ws.wait_for("api-test", item["id"])["status"] == "success"
+    before = len(ws.client.get("/api/v1/workspaces/api-test/executions").json()["items"])
+    bad = {"executions": [{"flow": "seed"}, {"flow": "seed"}, {"flow": "missing"}]}
+    response = ws.client.post("/api/v1/workspaces/api-test/executions/batch", json=bad)
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["message"].startswith("executions[2]:") and error["details"]["index"] == 2
+    after = len(ws.client.get("/api/v1/workspaces/api-test/executions").json()["items"])
+    assert after == before
+    empty = ws.client.post("/api/v1/workspaces/api-test/executions/batch", json={"executions": []})
+    assert empty.status_code == 422

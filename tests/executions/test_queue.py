@@ -68,13 +68,12 @@ def test_claim_lifecycle_and_events(store: Store, workspace: Workspace) -> None:
     with store.write() as session:
         assert executions.claim(session, "w2", 10, 15) == []
     with store.write() as session:
-        ended = executions.finish(
+        assert executions.finish(
             session, execution_id, executions.Outcome("success", "done", {"a": 1}), worker_id="w1"
         )
-        assert ended is not None
     with store.write() as session:
         # Ended executions are immutable: a second finish is ignored.
-        assert executions.finish(session, execution_id, executions.Outcome("error", "x")) is None
+        assert not executions.finish(session, execution_id, executions.Outcome("error", "x"))
         with pytest.raises(Conflict):
             executions.save_progress(session, execution_id, outputs={"b": 2}, message=None)
     with store.read() as session:
@@ -205,3 +204,31 @@ def test_claim_takes_at_most_the_limit(store: Store, workspace: Workspace) -> No
             select(func.count()).select_from(Execution).where(Execution.status == "running")
         )
     assert running == 2
+
+
+def test_finish_many_ends_each_once_and_skips_foreign_or_ended(
+    store: Store, workspace: Workspace
+) -> None:
+    ids = _create(store, workspace, 4)
+    with store.write() as session:
+        executions.claim(session, "mine", 3, 15)
+        claimed_ids = set(
+            session.scalars(select(Execution.id).where(Execution.worker_id == "mine"))
+        )
+    mine = sorted(claimed_ids)
+    (unclaimed,) = set(ids) - claimed_ids
+    ok = executions.Outcome("success", "done", {"n": 1})
+    with store.write() as session:
+        ended = executions.finish_many(
+            session,
+            [(mine[0], ok), (mine[0], ok), (mine[1], ok), (unclaimed, ok)],
+            worker_id="mine",
+        )
+    assert sorted(ended) == sorted(mine[:2])  # duplicates once, unclaimed not ours
+    with store.read() as session:
+        ended_events = session.scalars(
+            select(Event.payload["id"].as_string()).where(Event.type == "executions.ended")
+        ).all()
+        statuses = {e.id: e.status for e in session.scalars(select(Execution))}
+    assert sorted(ended_events) == sorted(mine[:2])
+    assert statuses[mine[2]] == "running" and statuses[unclaimed] == "queued"
