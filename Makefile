@@ -38,6 +38,8 @@ test: lint
 
 bench: install-test
 	$(BIN)/python bench/executions.py
+	$(BIN)/python bench/events.py
+	$(BIN)/python bench/access.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache flowlink.db flowlink.db-* flowlink.db.secret

@@ -50,3 +50,14 @@ class Forbidden(FlowlinkError):
 
     code = "forbidden"
     status = 403
+
+
+class TooManyRequests(FlowlinkError):
+    """Too many attempts (failed logins); ``retry_after`` seconds until the next may succeed."""
+
+    code = "too_many_requests"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, details={"retry_after": retry_after})
+        self.retry_after = retry_after

@@ -11,13 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from flowlink.access.service import AdminCredentials, admin_exists, init_admin
+from flowlink.access.service import (
+    AdminCredentials,
+    admin_exists,
+    authenticate_token,
+    check_login,
+    init_admin,
+    reset_admin_login,
+)
 from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
+from flowlink.errors import Unauthorized
 from flowlink.executions.worker import Worker
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
+from flowlink.store.models import User
 from flowlink.workspaces import service as workspaces
 from flowlink.workspaces.folder import read_folder
 
@@ -79,8 +90,30 @@ def prepare_demo(store: Store, server_url: str) -> dict[str, Any]:
         if not admin_exists(session):
             credentials = init_admin(session)
             save_credentials(server_url, credentials)
+        else:
+            ensure_demo_login(session, server_url)
     saved = load_credentials()
     return saved if saved.get("token") else {}
+
+
+def ensure_demo_login(session: Session, server_url: str) -> None:
+    """Make the saved admin login work on this store (a fresh password and token if stale)."""
+    saved = load_credentials()
+    user, password, token = saved.get("user"), saved.get("password"), saved.get("token")
+    strings = all(isinstance(v, str) for v in (user, password, token))
+    if strings and check_login(session, str(user), str(password)):
+        try:
+            if authenticate_token(session, str(token)).is_admin:
+                return
+        except Unauthorized:
+            pass
+    admin = session.scalar(
+        select(User)
+        .where(User.is_admin.is_(True), User.disabled.is_(False))
+        .order_by(User.created_at)
+    )
+    if admin is not None:
+        save_credentials(server_url, reset_admin_login(session, admin.username))
 
 
 @dataclass
@@ -125,11 +158,17 @@ def build_server(
 
 def serve(running: RunningServer) -> None:
     """Run until interrupted, then stop the worker gracefully."""
+    from flowlink.events.scheduler import start_event_loops
+
+    stop_event_loops = start_event_loops(
+        running.context.store, running.context.settings, server=running.server
+    )
     if running.worker is not None:
         running.worker.start()
     try:
         running.server.run()
     finally:
+        stop_event_loops()
         if running.worker is not None:
             running.worker.stop()
         running.context.store.dispose()

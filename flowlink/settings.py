@@ -25,6 +25,13 @@ class ServerSettings:
     runner_open_files: int = 256
     runner_processes: int = 64
     poll_interval: float = 0.5
+    event_trigger_depth: int = 20
+    scheduler_interval: float = 5.0
+    event_retention_days: float = 3 * 365
+    event_inactive_days: float = 15
+    event_inactive_min_events: int = 100
+    event_deleted_workspace_days: float = 183
+    event_cleanup_interval: float = 3600.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -53,6 +60,13 @@ class ServerSettings:
             runner_open_files=int(number("FLOWLINK_RUNNER_OPEN_FILES", 256)),
             runner_processes=int(number("FLOWLINK_RUNNER_PROCESSES", 64)),
             poll_interval=number("FLOWLINK_POLL_INTERVAL", 0.5),
+            event_trigger_depth=int(number("FLOWLINK_EVENT_TRIGGER_DEPTH", 20)),
+            scheduler_interval=number("FLOWLINK_SCHEDULER_INTERVAL", 5.0),
+            event_retention_days=number("FLOWLINK_EVENT_RETENTION_DAYS", 3 * 365),
+            event_inactive_days=number("FLOWLINK_EVENT_INACTIVE_DAYS", 15),
+            event_inactive_min_events=int(number("FLOWLINK_EVENT_INACTIVE_MIN_EVENTS", 100)),
+            event_deleted_workspace_days=number("FLOWLINK_EVENT_DELETED_WORKSPACE_DAYS", 183),
+            event_cleanup_interval=number("FLOWLINK_EVENT_CLEANUP_INTERVAL", 3600.0),
         )
 
 

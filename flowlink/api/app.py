@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from flowlink import __version__
-from flowlink.api import executions, system, workspaces
+from flowlink.api import access, events, executions, linking, system, workspaces
 from flowlink.api.deps import ServerContext
 from flowlink.api.errors import install_error_handlers
 
@@ -23,4 +23,7 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(system.router)
     app.include_router(workspaces.router)
     app.include_router(executions.router)
+    app.include_router(events.router)
+    app.include_router(access.router)
+    app.include_router(linking.router)
     return app

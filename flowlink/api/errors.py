@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flowlink.errors import FlowlinkError, Unauthorized
+from flowlink.access.audit import record_denials
+from flowlink.errors import FlowlinkError, TooManyRequests, Unauthorized
 
 
 def error_response(
@@ -35,8 +37,20 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors, validation errors and HTTP errors onto the error shape."""
 
     @app.exception_handler(FlowlinkError)
-    async def _domain(_request: Request, exc: FlowlinkError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+    async def _domain(request: Request, exc: FlowlinkError) -> JSONResponse:
+        denial = getattr(exc, "denial", None)
+        if denial is not None:
+            http = {
+                "method": request.method,
+                "path": request.url.path,
+                "ip": request.client.host if request.client else None,
+            }
+            store = request.app.state.context.store
+            await run_in_threadpool(record_denials, store, [denial], http)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

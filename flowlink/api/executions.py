@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
-from flowlink.access.policy import authorize
-from flowlink.api.deps import Caller, Context
+from flowlink.access.policy import allows, authorize
+from flowlink.access.service import Principal
+from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
 from flowlink.store import notify
@@ -43,10 +45,16 @@ class ExecutionBatch(BaseModel):
     )
 
 
-def _detail(store: Store, workspace_slug: str, execution_id: str) -> dict[str, Any]:
+def _detail(
+    store: Store, workspace_slug: str, execution_id: str, caller: Principal | None = None
+) -> dict[str, Any]:
     with store.read() as session:
         workspace = workspaces.get_workspace(session, workspace_slug)
+        if caller is not None:
+            authorize(caller, "read", "executions", workspace)
         execution = executions.get_execution(session, workspace, execution_id)
+        if caller is not None:
+            authorize(caller, "read", "executions", workspace, {"flow": execution.flow_name})
         return executions.execution_view(
             execution,
             workspace.slug,
@@ -71,6 +79,33 @@ def wait_for_end(store: Store, execution_id: str, timeout: float) -> None:
         notifier.wait(notify.ENDED, seen, min(remaining, 0.5))
 
 
+def _start(
+    session: Session,
+    workspace: Workspace,
+    body: ExecutionCreate,
+    context: ServerContext,
+    caller: Principal,
+) -> Execution:
+    """Check the caller may run this and queue it (an ad-hoc script also needs flow rights)."""
+    flow_name = body.flow if body.script is None else (body.name or body.flow)
+    attributes = {"flow": flow_name or "script"}
+    authorize(caller, "execute", "executions", workspace, attributes)
+    if body.script is not None:
+        authorize(caller, "create", "flows", workspace, attributes)
+    return executions.create_execution(
+        session,
+        workspace,
+        flow_name=flow_name,
+        script=body.script,
+        inputs=body.inputs,
+        user_id=caller.user_id,
+        trigger={"type": "api", "token": caller.token_id},
+        principal=caller.describe(),
+        max_runtime=body.max_runtime,
+        default_max_runtime=context.settings.default_max_runtime,
+    )
+
+
 @router.post("", status_code=201)
 def start_execution(
     ws: str, body: ExecutionCreate, context: Context, caller: Caller
@@ -78,18 +113,7 @@ def start_execution(
     """Start an execution of a flow (or of an ad-hoc script) and return it."""
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "execute", "executions", workspace)
-        execution = executions.create_execution(
-            session,
-            workspace,
-            flow_name=body.flow if body.script is None else (body.name or body.flow),
-            script=body.script,
-            inputs=body.inputs,
-            user_id=caller.user_id,
-            trigger={"type": "api", "token": caller.token_id},
-            max_runtime=body.max_runtime,
-            default_max_runtime=context.settings.default_max_runtime,
-        )
+        execution = _start(session, workspace, body, context, caller)
         if not body.wait:
             view = executions.execution_view(execution, workspace.slug, children=[])
             view["script"] = execution.script
@@ -112,17 +136,7 @@ def start_executions(
         items = []
         for index, item in enumerate(body.executions):
             try:
-                execution = executions.create_execution(
-                    session,
-                    workspace,
-                    flow_name=item.flow if item.script is None else (item.name or item.flow),
-                    script=item.script,
-                    inputs=item.inputs,
-                    user_id=caller.user_id,
-                    trigger={"type": "api", "token": caller.token_id},
-                    max_runtime=item.max_runtime,
-                    default_max_runtime=context.settings.default_max_runtime,
-                )
+                execution = _start(session, workspace, item, context, caller)
             except FlowlinkError as error:
                 error.message = f"executions[{index}]: {error.message}"
                 error.details = {**error.details, "index": index}
@@ -156,7 +170,11 @@ def list_executions(
             before=before,
         )
         return {
-            "items": [executions.execution_view(e, workspace.slug) for e in items],
+            "items": [
+                executions.execution_view(e, workspace.slug)
+                for e in items
+                if allows(caller, "read", "executions", workspace, {"flow": e.flow_name})
+            ],
             "next_cursor": items[-1].id if len(items) == limit else None,
         }
 
@@ -164,9 +182,7 @@ def list_executions(
 @router.get("/{execution_id}")
 def get_execution(ws: str, execution_id: str, context: Context, caller: Caller) -> dict[str, Any]:
     """One execution with its script snapshot and children."""
-    with context.store.read() as session:
-        authorize(caller, "read", "executions", workspaces.get_workspace(session, ws))
-    return _detail(context.store, ws, execution_id)
+    return _detail(context.store, ws, execution_id, caller)
 
 
 @router.get("/{execution_id}/logs")
@@ -183,6 +199,7 @@ def get_logs(
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "read", "executions", workspace)
         execution = executions.get_execution(session, workspace, execution_id)
+        authorize(caller, "read", "executions", workspace, {"flow": execution.flow_name})
         lines = executions.get_logs(session, execution.id, after=after, limit=limit)
         return {
             "items": [executions.log_view(line) for line in lines],
@@ -199,5 +216,6 @@ def cancel_execution(
         workspace: Workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "execute", "executions", workspace)
         execution = executions.get_execution(session, workspace, execution_id)
+        authorize(caller, "execute", "executions", workspace, {"flow": execution.flow_name})
         executions.request_cancel(session, execution)
     return _detail(context.store, ws, execution_id)

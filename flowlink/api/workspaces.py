@@ -8,8 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from flowlink.access.policy import authorize
+from flowlink.access.policy import allows, authorize, authorize_admin, visible
 from flowlink.api.deps import Caller, Context
+from flowlink.events.triggers import ensure_webhook_keys
 from flowlink.workspaces import service as workspaces
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
@@ -43,7 +44,7 @@ def list_workspaces(context: Context, caller: Caller) -> dict[str, Any]:
         items = [
             workspaces.workspace_view(w)
             for w in workspaces.list_workspaces(session)
-            if caller.workspace_id in (None, w.id)
+            if visible(caller, w)
         ]
     return {"items": items}
 
@@ -51,7 +52,7 @@ def list_workspaces(context: Context, caller: Caller) -> dict[str, Any]:
 @router.post("", status_code=201)
 def create_workspace(body: WorkspaceCreate, context: Context, caller: Caller) -> dict[str, Any]:
     """Create an empty workspace."""
-    authorize(caller, "create", "workspace", None)
+    authorize_admin(caller, "create workspaces")
     with context.store.write() as session:
         workspace = workspaces.create_workspace(session, body.slug, body.name, body.description)
         return workspaces.workspace_view(workspace)
@@ -81,9 +82,15 @@ def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) 
     bundle = workspaces.parse_files(body.files)
     with context.store.write() as session:
         existing = workspaces.find_workspace(session, ws)
-        authorize(caller, "update" if existing else "create", "workspace", existing)
+        if existing is None:
+            authorize_admin(caller, "create workspaces")
+        else:
+            authorize(caller, "update", "workspace", existing)
         result = workspaces.apply_bundle(session, bundle, os.environ, expected_slug=ws)
-        return result.view()
+        view = result.view()
+        # New webhook keys are shown once, here (rotate: POST .../automations/{a}/webhook_key).
+        view["webhookKeys"] = ensure_webhook_keys(session, result.workspace)
+        return view
 
 
 @router.get("/{ws}/export")
@@ -101,7 +108,11 @@ def list_flows(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "read", "flows", workspace)
         return {
-            "items": [workspaces.flow_view(f) for f in workspaces.list_flows(session, workspace)]
+            "items": [
+                workspaces.flow_view(f)
+                for f in workspaces.list_flows(session, workspace)
+                if allows(caller, "read", "flows", workspace, {"flow": f.name})
+            ]
         }
 
 
@@ -110,7 +121,7 @@ def get_flow(ws: str, name: str, context: Context, caller: Caller) -> dict[str, 
     """One flow with its script."""
     with context.store.read() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "read", "flows", workspace)
+        authorize(caller, "read", "flows", workspace, {"flow": name})
         return workspaces.flow_view(workspaces.get_flow(session, workspace, name))
 
 
@@ -121,7 +132,8 @@ def put_flow(
     """Create or replace a flow (its script must compile)."""
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "update", "flows", workspace)
+        exists = workspaces.find_flow(session, workspace, name) is not None
+        authorize(caller, "update" if exists else "create", "flows", workspace, {"flow": name})
         flow, created = workspaces.put_flow(session, workspace, name, body.script, body.description)
         response.status_code = 201 if created else 200
         return workspaces.flow_view(flow)
@@ -132,7 +144,7 @@ def delete_flow(ws: str, name: str, context: Context, caller: Caller) -> Respons
     """Delete a flow."""
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "delete", "flows", workspace)
+        authorize(caller, "delete", "flows", workspace, {"flow": name})
         workspaces.delete_flow(session, workspace, name)
     return Response(status_code=204)
 
@@ -145,7 +157,9 @@ def list_settings(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
         authorize(caller, "read", "settings", workspace)
         return {
             "items": [
-                workspaces.setting_view(s) for s in workspaces.list_settings(session, workspace)
+                workspaces.setting_view(s)
+                for s in workspaces.list_settings(session, workspace)
+                if allows(caller, "read", "settings", workspace, {"setting": s.name})
             ]
         }
 
@@ -155,7 +169,7 @@ def get_setting(ws: str, name: str, context: Context, caller: Caller) -> dict[st
     """One setting with its value."""
     with context.store.read() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "read", "settings", workspace)
+        authorize(caller, "read", "settings", workspace, {"setting": name})
         return workspaces.setting_view(workspaces.get_setting(session, workspace, name))
 
 
@@ -166,7 +180,9 @@ def put_setting(
     """Create or overwrite a setting."""
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "update", "settings", workspace)
+        exists = workspaces.find_setting(session, workspace, name) is not None
+        action = "update" if exists else "create"
+        authorize(caller, action, "settings", workspace, {"setting": name})
         workspaces.put_setting(session, workspace, name, body.value)
         return workspaces.setting_view(workspaces.get_setting(session, workspace, name))
 
@@ -176,6 +192,6 @@ def delete_setting(ws: str, name: str, context: Context, caller: Caller) -> Resp
     """Delete a setting."""
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "delete", "settings", workspace)
+        authorize(caller, "delete", "settings", workspace, {"setting": name})
         workspaces.delete_setting(session, workspace, name)
     return Response(status_code=204)

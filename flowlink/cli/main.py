@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from flowlink.cli.client import ApiError, Client
+from flowlink.cli.access import tokens_app, users_app
+from flowlink.cli.client import Client
+from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, err, fail, print_json
+from flowlink.cli.events import events_app
 from flowlink.settings import ServerSettings
 
 app = typer.Typer(
@@ -24,40 +25,7 @@ app = typer.Typer(
 )
 executions_app = typer.Typer(help="List, show and cancel executions.", no_args_is_help=True)
 app.add_typer(executions_app, name="executions")
-console = Console()
-err = Console(stderr=True)
-
-ServerOpt = Annotated[
-    str | None, typer.Option("--server", envvar="FLOWLINK_SERVER", help="Server URL")
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option("--token", envvar="FLOWLINK_TOKEN", help="API token", show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
 ENDED = ("success", "error", "cancelled")
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error and return the exit to raise."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
-    return typer.Exit(code)
-
-
-def print_json(data: Any) -> None:
-    """Print JSON for scripts."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def call(client: Client, method: str, path: str, **kwargs: Any) -> Any:
-    """Call the API, turning errors into a clean exit."""
-    try:
-        return client.request(method, path, **kwargs)
-    except ApiError as exc:
-        detail = ""
-        if isinstance(exc.details, dict) and exc.details.get("errors"):
-            detail = "".join(f"\n  {e['field']}: {e['message']}" for e in exc.details["errors"])
-        raise fail(f"{exc.message}{detail}") from None
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -201,6 +169,8 @@ def apply(
     for kind, changes in result["changes"].items():
         if changes:
             console.print(f"  {kind}: {', '.join(changes)}")
+    for automation, key in (result.get("webhookKeys") or {}).items():
+        console.print(f"  webhook key of {automation}: {key} (shown once)")
 
 
 @app.command()
@@ -331,16 +301,17 @@ def executions_list(
     if as_json:
         print_json(page["items"])
         return
-    table = Table("id", "flow", "status", "created", "duration", "message")
+    table = Table("flow", "status", "created", "duration", "message")
+    table.add_column("id", no_wrap=True, min_width=36)  # whole, so it can be copied
     for item in page["items"]:
         duration = f"{item['duration']:.3f}s" if item["duration"] is not None else ""
         table.add_row(
-            item["id"],
             item["name"],
             item["status"],
             item["created_at"],
             duration,
             (item["message"] or "")[:60],
+            item["id"],
         )
     console.print(table)
 
@@ -403,6 +374,54 @@ def executions_cancel(
         print_json(result)
     else:
         console.print(f"{result['id']} {result['status']}")
+
+
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+
+
+app.add_typer(events_app, name="events")
+
+
+keys_app = typer.Typer(help="Key pairs for workspace links.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    name: Annotated[
+        Path, typer.Argument(help="Private key file to write; NAME.pub gets the public key")
+    ],
+    bits: Annotated[int, typer.Option(help="RSA key size")] = 3072,
+    force: Annotated[bool, typer.Option(help="Overwrite existing files")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write an RSA key pair (PEM; the private file readable by you only), print its fingerprint."""
+    import os
+
+    from flowlink.errors import Invalid
+    from flowlink.linking.keys import generate_key_pair
+
+    public = name.with_name(name.name + ".pub")
+    if not force and (name.exists() or public.exists()):
+        raise fail(f"{name} or {public} exists; pass --force to overwrite")
+    try:
+        pair = generate_key_pair(bits)
+    except Invalid as exc:
+        raise fail(exc.message) from None
+    name.parent.mkdir(parents=True, exist_ok=True)
+    if name.exists():
+        name.unlink()
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(pair.private_pem)
+    public.write_text(pair.public_pem)
+    if as_json:
+        print_json({"private": str(name), "public": str(public), "fingerprint": pair.fingerprint})
+        return
+    console.print(f"private key: {name} (mode 0600)")
+    console.print(f"public key:  {public}")
+    console.print(f"fingerprint: {pair.fingerprint}")
 
 
 def main() -> None:

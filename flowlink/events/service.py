@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import ColumnElement, Select, String, cast, false, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
@@ -15,6 +18,13 @@ from flowlink.store.models import Event, Workspace, new_id, utcnow
 
 EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_PAYLOAD_BYTES = 100_000
+
+
+class PayloadTooLarge(Invalid):
+    """A custom event's payload is over the size limit (HTTP 413)."""
+
+    code = "payload_too_large"
+    status = 413
 
 
 def validate_event_type(event_type: str) -> None:
@@ -57,7 +67,7 @@ def event_row(
         "workspace_id": workspace_id,
         "type": event_type,
         "created_at": utcnow(),
-        "size": len(body),
+        "size": len(body.encode()),
         "source": {k: v for k, v in source.items() if v is not None},
         "payload": payload,
         "correlation_id": correlation_id,
@@ -94,6 +104,21 @@ def record_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     notify.announce(session, notify.EVENTS, "")
 
 
+def check_custom(event_type: str, payload: Any) -> None:
+    """Validate a custom event's type name and payload size."""
+    validate_event_type(event_type)
+    check_payload_size(len(json.dumps(payload, default=str, separators=(",", ":")).encode()))
+
+
+def check_payload_size(size: int) -> None:
+    """Reject a custom event payload over ``MAX_PAYLOAD_BYTES`` (HTTP 413)."""
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(
+            f"event payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+            details={"field": "payload", "size": size, "limit": MAX_PAYLOAD_BYTES},
+        )
+
+
 def record_custom(
     session: Session,
     workspace: Workspace,
@@ -102,11 +127,250 @@ def record_custom(
     **kwargs: Any,
 ) -> Event:
     """Validate and record a custom event (from a flow, the API or the CLI)."""
-    validate_event_type(event_type)
-    size = len(json.dumps(payload, default=str))
-    if size > MAX_PAYLOAD_BYTES:
-        raise Invalid(
-            f"event payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
-            details={"field": "payload", "size": size, "limit": MAX_PAYLOAD_BYTES},
-        )
+    check_custom(event_type, payload)
     return record(session, workspace, event_type, payload, **kwargs)
+
+
+def automation_executed_row(
+    workspace_id: str,
+    workspace_slug: str | None,
+    execution_id: str,
+    trigger: Mapping[str, Any] | None,
+    *,
+    status: str,
+    duration: float,
+    outputs: Any,
+    correlation_id: str | None,
+    user_id: str | None,
+) -> dict[str, Any] | None:
+    """The ``runtime.automations.executed`` row of an ending, if an automation started it."""
+    slug = (trigger or {}).get("automation")
+    if not slug:
+        return None
+    return event_row(
+        workspace_id,
+        workspace_slug,
+        "runtime.automations.executed",
+        {
+            "slug": slug,
+            "executionId": execution_id,
+            "trigger": (trigger or {}).get("type"),
+            "status": status,
+            "duration": duration,
+            "output": outputs,
+        },
+        correlation_id=correlation_id,
+        execution_id=execution_id,
+        user_id=user_id,
+        extra_source={"automationSlug": slug},
+    )
+
+
+# --- reading: views, search, the live feed ------------------------------------------------------
+
+TYPE_FILTER_RE = re.compile(r"^[A-Za-z0-9._-]{0,128}\*?$")
+FIELD_PATH_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
+MAX_SEARCH_LIMIT = 1000
+_FTS_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+
+
+def iso_time(value: datetime) -> str:
+    """A timestamp as ISO 8601 UTC with milliseconds and a ``Z``."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_view(event: Event) -> dict[str, Any]:
+    """The envelope of DESIGN section 5 for one stored event."""
+    return {
+        "id": event.id,
+        "seq": event.seq,
+        "type": event.type,
+        "createdAt": iso_time(event.created_at),
+        "size": event.size,
+        "source": event.source or {},
+        "payload": event.payload,
+    }
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """A validated search or stream filter (see ``parse_filter``)."""
+
+    types: tuple[str, ...] = ()
+    text: str | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+    correlation_id: str | None = None
+    source: tuple[tuple[str, str], ...] = ()
+    payload: tuple[tuple[str, str], ...] = ()
+
+
+def _parse_date(name: str, raw: str | None) -> datetime | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise Invalid(
+            f"{name} must be an ISO 8601 date or time, got {raw!r}",
+            details={"parameter": name, "value": raw},
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def parse_filter(
+    *,
+    types: str | None = None,
+    text: str | None = None,
+    after_date: str | None = None,
+    before_date: str | None = None,
+    correlation_id: str | None = None,
+    matches: Mapping[str, str] | None = None,
+) -> EventFilter:
+    """Validate raw query parameters; a malformed one is a 422 that names the parameter.
+
+    ``matches`` holds the ``source.<field>`` and ``payload.<path>`` parameters as given.
+    """
+    type_list: list[str] = []
+    if types:
+        for item in (t.strip() for t in types.split(",")):
+            if not item or not TYPE_FILTER_RE.match(item) or item == "":
+                raise Invalid(
+                    f"types: {item!r} is not an event type or a prefix ending in '*'",
+                    details={"parameter": "types", "value": item},
+                )
+            type_list.append(item)
+    if text is not None and len(text) > 500:
+        raise Invalid("text is longer than 500 characters", details={"parameter": "text"})
+    source: list[tuple[str, str]] = []
+    payload: list[tuple[str, str]] = []
+    for key, value in (matches or {}).items():
+        prefix, _, path = key.partition(".")
+        if prefix not in ("source", "payload") or not FIELD_PATH_RE.match(path):
+            raise Invalid(
+                f"{key}: use source.<field> or payload.<path> with A-Z a-z 0-9 _ - and dots",
+                details={"parameter": key},
+            )
+        (source if prefix == "source" else payload).append((path, value))
+    after = _parse_date("afterDate", after_date)
+    before = _parse_date("beforeDate", before_date)
+    if after and before and after > before:
+        raise Invalid("afterDate is later than beforeDate", details={"parameter": "afterDate"})
+    if correlation_id is not None and len(correlation_id) > 64:
+        raise Invalid("correlationId is too long", details={"parameter": "correlationId"})
+    return EventFilter(
+        types=tuple(type_list),
+        text=text or None,
+        after=after,
+        before=before,
+        correlation_id=correlation_id or None,
+        source=tuple(source),
+        payload=tuple(payload),
+    )
+
+
+def _json_text(column: Any, path: str) -> Any:
+    parts = tuple(path.split("."))
+    element = column[parts] if len(parts) > 1 else column[parts[0]]
+    return element.as_string()
+
+
+def _filtered(query: Select[Any], session: Session, criteria: EventFilter) -> Select[Any]:
+    if criteria.types:
+        clauses: list[ColumnElement[bool]] = []
+        for item in criteria.types:
+            if item.endswith("*"):
+                prefix = item[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                clauses.append(Event.type.like(prefix + "%", escape="\\"))
+            else:
+                clauses.append(Event.type == item)
+        query = query.where(or_(*clauses))
+    if criteria.after:
+        query = query.where(Event.created_at >= criteria.after)
+    if criteria.before:
+        query = query.where(Event.created_at <= criteria.before)
+    if criteria.correlation_id:
+        query = query.where(Event.correlation_id == criteria.correlation_id)
+    for path, value in criteria.source:
+        query = query.where(cast(_json_text(Event.source, path), String) == value)
+    for path, value in criteria.payload:
+        query = query.where(cast(_json_text(Event.payload, path), String) == value)
+    if criteria.text:
+        tokens = _FTS_TOKEN_RE.findall(criteria.text)
+        if not tokens:
+            return query.where(false())
+        if session.get_bind().dialect.name == "sqlite":
+            match = " ".join('"' + token.replace('"', "") + '"' for token in tokens)
+            query = query.where(
+                Event.seq.in_(text("SELECT rowid FROM events_fts WHERE events_fts MATCH :fts"))
+            ).params(fts=match)
+        else:
+            query = query.where(
+                text(
+                    "to_tsvector('simple'::regconfig, translate(events.type || ' ' || "
+                    "coalesce(events.payload::text, ''), '._-/', '    ')) @@ "
+                    "plainto_tsquery('simple'::regconfig, :fts)"
+                )
+            ).params(fts=" ".join(tokens))
+    return query
+
+
+def search(
+    session: Session,
+    workspace: Workspace,
+    criteria: EventFilter,
+    *,
+    limit: int = 50,
+    before_seq: int | None = None,
+) -> list[Event]:
+    """Events of a workspace matching ``criteria``, newest first; page with ``before_seq``."""
+    query = select(Event).where(Event.workspace_id == workspace.id)
+    if before_seq is not None:
+        query = query.where(Event.seq < before_seq)
+    query = _filtered(query, session, criteria)
+    return list(session.scalars(query.order_by(Event.seq.desc()).limit(limit)))
+
+
+def read_after(
+    session: Session,
+    workspace_id: str,
+    criteria: EventFilter,
+    after_seq: int,
+    *,
+    limit: int = 500,
+    exclude: Iterable[int] = (),
+) -> list[Event]:
+    """Events of a workspace after ``after_seq``, oldest first (the live stream's read)."""
+    query = select(Event).where(Event.workspace_id == workspace_id, Event.seq > after_seq)
+    skip = list(exclude)
+    if skip:
+        query = query.where(Event.seq.not_in(skip))
+    query = _filtered(query, session, criteria)
+    return list(session.scalars(query.order_by(Event.seq).limit(limit)))
+
+
+def last_seq(session: Session, workspace_id: str) -> int:
+    """The newest event's seq in a workspace (0 when it has none)."""
+    return int(
+        session.scalar(select(func.max(Event.seq)).where(Event.workspace_id == workspace_id)) or 0
+    )
+
+
+def cloudevent(view: Mapping[str, Any]) -> dict[str, Any]:
+    """An event envelope as a CloudEvents 1.0 JSON object (correlation id as an extension)."""
+    source = view.get("source") or {}
+    result: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": view["id"],
+        "source": f"/workspaces/{source.get('workspaceSlug') or source.get('workspaceId') or '-'}",
+        "type": view["type"],
+        "time": view["createdAt"],
+        "datacontenttype": "application/json",
+        "data": view.get("payload"),
+        "sequence": str(view["seq"]),
+    }
+    if source.get("correlationId"):
+        result["correlationid"] = source["correlationId"]
+    if source.get("executionId"):
+        result["subject"] = f"executions/{source['executionId']}"
+    return result

@@ -5,14 +5,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
+from flowlink.access import policy
+from flowlink.access.audit import record_denials
+from flowlink.access.service import Principal, principal_from_descriptor
 from flowlink.errors import FlowlinkError, Invalid, NotFound
-from flowlink.events.service import record_custom
+from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
-from flowlink.runtime.errors import DependencyFailed, FlowApiError, ResourceNotFound
+from flowlink.runtime.errors import (
+    DependencyFailed,
+    FlowApiError,
+    PermissionDenied,
+    ResourceNotFound,
+)
 from flowlink.settings import ServerSettings
 from flowlink.store import notify
 from flowlink.store.engine import Store
@@ -20,6 +28,20 @@ from flowlink.store.models import Execution, User, Workspace
 from flowlink.workspaces import service as workspaces
 
 LOG_FLUSH_SECONDS = 0.1
+
+
+class ChildLauncher(Protocol):
+    """What the worker offers for starting a child directly (see ``_start_child_now``)."""
+
+    id: str
+
+    def reserve_slot(self) -> bool: ...
+
+    def release_reservation(self) -> None: ...
+
+    def launch_reserved(self, claimed: executions.Claimed) -> None: ...
+
+
 LOG_FLUSH_LINES = 200
 
 
@@ -37,6 +59,7 @@ class FlowApiCalls:
         deadline: float,
         release_slot: Callable[[], None],
         retake_slot: Callable[[], None],
+        worker: ChildLauncher | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -47,12 +70,15 @@ class FlowApiCalls:
         self.deadline = deadline
         self._release_slot = release_slot
         self._retake_slot = retake_slot
+        self._worker = worker
         self._pending_logs: list[str] = []
         self._last_flush = time.monotonic()
+        self._acting = (execution.principal, execution.user_id)
+        self._principal: Principal | None = None
+        self._denials: list[dict[str, Any]] = []
         self._handlers: dict[str, Callable[[Session, Workspace, dict[str, Any]], Any]] = {
             "execution.get": self._execution_get,
             "execution.save": self._execution_save,
-            "execution.start_child": self._start_child,
             "execution.emit": self._emit,
             "setting.get": self._setting_get,
             "setting.save": self._setting_save,
@@ -69,6 +95,8 @@ class FlowApiCalls:
         self.flush_logs()
         if method == "execution.wait":
             return self._wait(str(params.get("id")))
+        if method == "execution.start_child":
+            return self._start_child_now(params)
         handler = self._handlers.get(method)
         if handler is None:
             raise FlowApiError(f"unknown flow_api call {method!r}")
@@ -94,17 +122,48 @@ class FlowApiCalls:
 
     def take_pending_logs(self) -> list[str]:
         """Hand over the log lines not yet written (the worker writes them with the ending)."""
+        self._record_denials()
         lines, self._pending_logs = self._pending_logs, []
         return lines
 
     def flush_logs(self) -> None:
         """Write buffered log lines now."""
         self._last_flush = time.monotonic()
+        self._record_denials()
         if not self._pending_logs:
             return
         lines, self._pending_logs = self._pending_logs, []
         with self.store.write() as session:
             executions.append_logs(session, self.execution_id, lines)
+
+    # --- permissions ----------------------------------------------------------------------
+
+    def _authorize(
+        self,
+        session: Session,
+        workspace: Workspace,
+        action: str,
+        subject: str,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """Raise PermissionDenied unless the execution's principal may do this (see policy)."""
+        if self._principal is None:
+            descriptor, user_id = self._acting
+            self._principal = principal_from_descriptor(
+                session, descriptor, user_id, self.workspace_id
+            )
+        try:
+            policy.authorize(self._principal, action, subject, workspace, attributes)
+        except (policy.AccessDenied, policy.WorkspaceHidden) as error:
+            self._denials.append({**error.denial, "execution_id": self.execution_id})
+            reason = error.denial["reason"]
+            raise PermissionDenied(f"permission denied: {reason}") from None
+
+    def _record_denials(self) -> None:
+        """Write denials as ``access.denied`` events (outside the denied call's transaction)."""
+        if self._denials:
+            denials, self._denials = self._denials, []
+            record_denials(self.store, denials)
 
     # --- calls ----------------------------------------------------------------------------
 
@@ -118,6 +177,8 @@ class FlowApiCalls:
 
     def _execution_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         execution = self._target(session, workspace, params.get("id"))
+        if execution.id != self.execution_id:
+            self._authorize(session, workspace, "read", "executions", {"flow": execution.flow_name})
         field = str(params.get("field") or "")
         if field == "script":
             return execution.script
@@ -149,6 +210,7 @@ class FlowApiCalls:
         )
 
     def _start_child(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        self._authorize(session, workspace, "execute", "executions", {"flow": params.get("flow")})
         if params.get("remote"):
             raise FlowApiError(
                 f"no workspace link named {params['remote']!r} is configured in workspace"
@@ -173,22 +235,54 @@ class FlowApiCalls:
         )
         return {"id": child.id}
 
+    def _start_child_now(self, params: dict[str, Any]) -> Any:
+        """Create a child; if this worker has a free slot, it starts here at once.
+
+        The hand-over skips the queue: no claim transaction and no wake-up round trip, which
+        is most of the cost of a short child (the parent usually waits on it next).
+        """
+        reserved = self._worker is not None and self._worker.reserve_slot()
+        claimed: executions.Claimed | None = None
+        try:
+            with self.store.write() as session:
+                workspace = session.get(Workspace, self.workspace_id)
+                if workspace is None:
+                    raise ResourceNotFound("the workspace of this execution was deleted")
+                result = self._start_child(session, workspace, params)
+                if reserved and self._worker is not None:
+                    child = session.get(Execution, result["id"])
+                    assert child is not None
+                    claimed = executions.claim_new_child(
+                        session, child, workspace, self._worker.id, self.settings.lease_seconds
+                    )
+        except NotFound as error:
+            raise ResourceNotFound(error.message) from error
+        except FlowlinkError as error:
+            raise FlowApiError(error.message) from error
+        finally:
+            if reserved and claimed is None and self._worker is not None:
+                self._worker.release_reservation()
+        if claimed is not None and self._worker is not None:
+            self._worker.launch_reserved(claimed)
+        return result
+
     def _emit(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
-        execution = session.get(Execution, self.execution_id)
-        record_custom(
+        self._authorize(session, workspace, "create", "events", {"type": params.get("type")})
+        emit_from_execution(
             session,
             workspace,
+            self.execution_id,
             str(params.get("type")),
             params.get("payload"),
-            correlation_id=execution.correlation_id if execution else None,
-            execution_id=self.execution_id,
-            user_id=execution.user_id if execution else None,
+            max_depth=self.settings.event_trigger_depth,
         )
 
     def _setting_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        self._authorize(session, workspace, "read", "settings", {"setting": params.get("name")})
         return workspaces.get_setting(session, workspace, str(params.get("name"))).value
 
     def _setting_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        self._authorize(session, workspace, "update", "settings", {"setting": params.get("name")})
         workspaces.put_setting(
             session,
             workspace,
@@ -200,16 +294,19 @@ class FlowApiCalls:
     def _setting_exists(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
     ) -> bool:
+        self._authorize(session, workspace, "read", "settings", {"setting": params.get("name")})
         return workspaces.find_setting(session, workspace, str(params.get("name"))) is not None
 
     def _setting_delete(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
     ) -> None:
+        self._authorize(session, workspace, "delete", "settings", {"setting": params.get("name")})
         workspaces.delete_setting(
             session, workspace, str(params.get("name")), execution_id=self.execution_id
         )
 
     def _flow_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        self._authorize(session, workspace, "read", "flows", {"flow": params.get("name")})
         flow = workspaces.get_flow(session, workspace, str(params.get("name")))
         view = workspaces.flow_view(flow)
         field = str(params.get("field") or "script")

@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
-from flowlink.events.service import event_row, record, record_rows
+from flowlink.events.service import automation_executed_row, event_row, record, record_rows
 from flowlink.store import notify
 from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
 from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
@@ -52,8 +52,12 @@ def create_execution(
     trigger: dict[str, Any] | None = None,
     max_runtime: float | None = None,
     default_max_runtime: float = 3600.0,
+    principal: dict[str, Any] | None = None,
 ) -> Execution:
-    """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script."""
+    """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script.
+
+    ``principal`` (``Principal.describe()``) is who it acts as; a child inherits its parent's.
+    """
     if inputs is not None and not isinstance(inputs, dict):
         raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
     if max_runtime is not None and not (0 < max_runtime <= 7 * 24 * 3600):
@@ -88,6 +92,7 @@ def create_execution(
         user_id=user_id or (parent.user_id if parent else None),
         trigger=trigger or {"type": "api"},
         cancel_requested=False,
+        principal=principal if principal is not None else (parent.principal if parent else None),
     )
     session.add(execution)
     record(
@@ -339,24 +344,41 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
         )
     )
     workspaces = _workspaces(session, {e.workspace_id for e in claimed})
-    for execution in claimed:
-        record(
-            session,
-            workspaces[execution.workspace_id],
-            "executions.started",
-            {"id": execution.id, "flow": execution.flow_name, "worker": worker_id},
-            correlation_id=execution.correlation_id,
-            execution_id=execution.id,
-            user_id=execution.user_id,
-        )
-    return [
-        Claimed(
-            execution,
-            workspaces[execution.workspace_id].slug,
-            workspaces[execution.workspace_id].config_rendered or {},
-        )
-        for execution in claimed
-    ]
+    return [_started(session, e, workspaces[e.workspace_id], worker_id) for e in claimed]
+
+
+def claim_new_child(
+    session: Session,
+    child: Execution,
+    workspace: Workspace,
+    worker_id: str,
+    lease_seconds: float,
+) -> Claimed:
+    """Claim a child created in this transaction for the worker of its parent.
+
+    Used when that worker has a free slot: the child starts without a queue round trip.
+    """
+    now = utcnow()
+    child.status = RUNNING
+    child.started_at = now
+    child.worker_id = worker_id
+    child.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    return _started(session, child, workspace, worker_id)
+
+
+def _started(
+    session: Session, execution: Execution, workspace: Workspace, worker_id: str
+) -> Claimed:
+    record(
+        session,
+        workspace,
+        "executions.started",
+        {"id": execution.id, "flow": execution.flow_name, "worker": worker_id},
+        correlation_id=execution.correlation_id,
+        execution_id=execution.id,
+        user_id=execution.user_id,
+    )
+    return Claimed(execution, workspace.slug, workspace.config_rendered or {})
 
 
 def renew_leases(
@@ -418,6 +440,7 @@ def finish_many(
                 Execution.user_id,
                 Execution.outputs,
                 Execution.message,
+                Execution.trigger,
             )
             .where(Execution.id.in_([execution_id for execution_id, _ in endings]))
             .with_for_update()
@@ -474,6 +497,19 @@ def finish_many(
                 user_id=row.user_id,
             )
         )
+        automation_row = automation_executed_row(
+            row.workspace_id,
+            slugs.get(row.workspace_id),
+            execution_id,
+            row.trigger,
+            status=outcome.status,
+            duration=(now - started).total_seconds(),
+            outputs=outputs,
+            correlation_id=row.correlation_id,
+            user_id=row.user_id,
+        )
+        if automation_row is not None:
+            events.append(automation_row)
         done.add(execution_id)
     if updates:
         session.execute(update(Execution), updates)

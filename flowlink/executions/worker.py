@@ -143,10 +143,27 @@ class Worker:
                 notifier.wait(notify.QUEUED, seen, self.settings.poll_interval)
 
     def _launch(self, claimed: executions.Claimed) -> None:
+        with self._runs_lock:
+            self._busy += 1
+        self.launch_reserved(claimed)
+
+    def reserve_slot(self) -> bool:
+        """Take a slot now if one is free (for a child handed over directly)."""
+        with self._runs_lock:
+            if self._stopping.is_set() or self._busy >= self.settings.worker_concurrency:
+                return False
+            self._busy += 1
+            return True
+
+    def release_reservation(self) -> None:
+        """Give back a slot taken with ``reserve_slot`` that was not used."""
+        self._give_slot()
+
+    def launch_reserved(self, claimed: executions.Claimed) -> None:
+        """Run a claimed execution on a slot that is already counted."""
         cancelled = threading.Event()
         with self._runs_lock:
             self._runs[claimed.execution.id] = cancelled
-            self._busy += 1
         thread = threading.Thread(
             target=self._run, args=(claimed, cancelled), name="flowlink-run", daemon=True
         )
@@ -267,6 +284,7 @@ class Worker:
             deadline=deadline,
             release_slot=self._give_slot,
             retake_slot=self._take_slot,
+            worker=self,
         )
         runner = self.pool.acquire()
         result = drive(

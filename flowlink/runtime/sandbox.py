@@ -382,7 +382,7 @@ def uid_processes(uid: int) -> list[tuple[int, str]]:
     return found
 
 
-def _count_user_tasks(uid: int) -> int:
+def count_user_tasks(uid: int) -> int:
     """Threads of all processes of ``uid`` (what RLIMIT_NPROC counts)."""
     total = 0
     for pid, _state in uid_processes(uid):
@@ -458,7 +458,10 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
         prctl(PR_SET_DUMPABLE, 1)
     else:
         uid = os.getuid()
-        _set_limits(limits, _count_user_tasks(uid) + int(limits["processes"]))
+        current = config.get("user_tasks")
+        if current is None:
+            current = count_user_tasks(uid)
+        _set_limits(limits, int(current) + int(limits["processes"]))
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     os.umask(0o077)

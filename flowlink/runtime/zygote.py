@@ -284,6 +284,8 @@ class Zygote:
             self._reply({"op": "fork_failed", "rid": rid, "message": "bad fork request"})
             return
         chan_fd, out_fd = fds
+        if not self.root:
+            self._refresh_user_tasks()
         try:
             pid = os.fork()
         except OSError as exc:
@@ -301,6 +303,18 @@ class Zygote:
         os.close(out_fd)
         self.runners[pid] = sandbox.runner_uid(pid) if self.root else os.getuid()
         self._reply({"op": "forked", "rid": rid, "pid": pid})
+
+    def _refresh_user_tasks(self) -> None:
+        """Count this user's tasks for the runners' process limit, at most once a second.
+
+        Without root the limit counts every process of the user, so a runner's budget is
+        "what the user runs now + the limit". Counting scans /proc; once per fork that was
+        most of a runner's cost, and a second-old count is exact enough for a budget.
+        """
+        now = time.monotonic()
+        if now - self.config.get("user_tasks_at", -10.0) >= 1.0:
+            self.config["user_tasks"] = sandbox.count_user_tasks(os.getuid())
+            self.config["user_tasks_at"] = now
 
     def _reply(self, message: dict[str, Any]) -> None:
         if self.shutting_down and message.get("op") != "exited":

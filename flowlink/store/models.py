@@ -193,6 +193,8 @@ class Execution(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     user_id: Mapped[str | None] = mapped_column(String(36))
     trigger: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # Who the execution acts as (see flowlink.access.service.principal_descriptor).
+    principal: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class ExecutionLog(Base):
@@ -224,3 +226,96 @@ class Event(Base):
     source: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     payload: Mapped[Any] = mapped_column(JSONType, nullable=True)
     correlation_id: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class Membership(Base):
+    """A user's role in one workspace (built-in or a custom role of the workspace)."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("user_id", "workspace_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class UserSession(Base):
+    """A login session of the web UI (the cookie holds the secret; the store its hash)."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AutomationKey(Base):
+    """The hashed key that authenticates calls to an automation's webhook."""
+
+    __tablename__ = "automation_keys"
+
+    automation_id: Mapped[str] = mapped_column(
+        ForeignKey("automations.id", ondelete="CASCADE"), primary_key=True
+    )
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ScheduleSlot(Base):
+    """One fired cron slot of an automation; the unique pair makes a slot fire exactly once."""
+
+    __tablename__ = "schedule_slots"
+    __table_args__ = (
+        UniqueConstraint("automation_id", "slot", name="uq_schedule_slots_automation_slot"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    automation_id: Mapped[str] = mapped_column(ForeignKey("automations.id", ondelete="CASCADE"))
+    slot: Mapped[datetime] = mapped_column(UTCDateTime())
+    execution_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SyncConfig(Base):
+    """One end of a workspace link (DESIGN section 6). Keys are write-only."""
+
+    __tablename__ = "sync_configs"
+    __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_sync_configs_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    remote_url: Mapped[str | None] = mapped_column(String(2048))
+    ca_certificate: Mapped[str | None] = mapped_column(Text)
+    verify_ssl: Mapped[bool] = mapped_column(Boolean, default=True)
+    own_private_key: Mapped[str] = mapped_column(Text)  # encrypted with the server's secret key
+    own_fingerprint: Mapped[str] = mapped_column(String(64))
+    remote_public_key: Mapped[str] = mapped_column(Text)  # one or two SPKI PEM keys
+    remote_fingerprints: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    send_all_executions: Mapped[bool] = mapped_column(Boolean, default=False)
+    sync_interval: Mapped[float | None] = mapped_column(Float)
+    direction: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LinkNonce(Base):
+    """A signature nonce seen on a link: a second request with it is a replay."""
+
+    __tablename__ = "link_nonces"
+    __table_args__ = (
+        UniqueConstraint("sync_config_id", "nonce", name="uq_link_nonces"),
+        Index("ix_link_nonces_seen", "seen_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sync_config_id: Mapped[str] = mapped_column(ForeignKey("sync_configs.id", ondelete="CASCADE"))
+    nonce: Mapped[str] = mapped_column(String(128))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

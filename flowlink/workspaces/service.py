@@ -238,7 +238,7 @@ def apply_bundle(
     result.changes["flows"] = _sync_flows(session, workspace, bundle.flows)
     result.changes["automations"] = _sync_automations(session, workspace, spec.automations)
     result.changes["settings"] = _apply_settings(session, workspace, bundle.settings)
-    if meta_changed:
+    if meta_changed and not created:
         result.changes["workspace"] = ["name/description/spec"]
     if config_changed:
         result.changes["config"] = sorted(rendered)

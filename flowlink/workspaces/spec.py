@@ -38,6 +38,7 @@ from .yamlsource import (
 __all__ = [
     "ACTIONS",
     "BUILTIN_ROLES",
+    "CONDITION_KEYS",
     "EVENT_TYPE_RE",
     "FLOW_NAME_RE",
     "SETTINGS_FILE",
@@ -83,6 +84,20 @@ SUBJECTS: tuple[str, ...] = (
     "tokens",
 )
 BUILTIN_ROLES: tuple[str, ...] = ("owner", "editor", "operator", "viewer")
+# Condition keys a custom role rule may use, per subject (values are glob patterns);
+# ``name`` is accepted everywhere as the name of the resource (flow, setting, event type...).
+CONDITION_KEYS: dict[str, tuple[str, ...]] = {
+    "workspace": (),
+    "flows": ("flow", "name"),
+    "executions": ("flow", "name"),
+    "settings": ("setting", "name"),
+    "events": ("type", "name"),
+    "automations": ("automation", "flow", "name"),
+    "pages": ("page", "name"),
+    "apps": ("app", "name"),
+    "sync_configs": ("sync_config", "name"),
+    "tokens": ("role", "name"),
+}
 
 WORKSPACE_FILE = "workspace.yml"
 SETTINGS_FILE = "settings.yml"
@@ -338,6 +353,29 @@ def _checks(
                     ("roles", role),
                     f"role {role!r} shadows the built-in role of that name "
                     f"(built-in roles: {_one_of(BUILTIN_ROLES)})",
+                    at_key=True,
+                )
+            rules = roles[role]
+            if isinstance(rules, list):
+                yield from _rule_checks(role, rules, smap)
+
+
+def _rule_checks(role: str, rules: list[Any], smap: SourceMap) -> Iterator[SpecError]:
+    """Condition keys must fit the rule's subject (unknown actions/subjects fail the schema)."""
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, dict) or rule.get("subject") not in CONDITION_KEYS:
+            continue
+        conditions = rule.get("conditions")
+        if not isinstance(conditions, dict):
+            continue
+        allowed = CONDITION_KEYS[rule["subject"]]
+        for key in conditions:
+            if key not in allowed:
+                known = ", ".join(allowed) if allowed else "none"
+                yield smap.error(
+                    ("roles", role, index, "conditions", key),
+                    f"unknown condition {key!r} in role {role!r} for subject "
+                    f"{rule['subject']!r} (known: {known})",
                     at_key=True,
                 )
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from flowlink.workspaces.spec import (
     ACTIONS,
     BUILTIN_ROLES,
+    CONDITION_KEYS,
     SUBJECTS,
     AutomationSpec,
     RoleRule,
@@ -906,16 +907,15 @@ def bundles(draw: st.DrawFn) -> WorkspaceBundle:
                 description=draw(st.none() | TEXT),
             )
     role_names = st.lists(NAME.filter(lambda n: n not in BUILTIN_ROLES), max_size=2, unique=True)
+
+    def rule() -> RoleRule:
+        subject = draw(st.sampled_from(SUBJECTS))
+        keys = CONDITION_KEYS[subject]
+        conditions = draw(st.dictionaries(st.sampled_from(keys), TEXT, max_size=2)) if keys else {}
+        return RoleRule(draw(st.sampled_from(ACTIONS)), subject, conditions)
+
     roles = {
-        role: tuple(
-            RoleRule(
-                draw(st.sampled_from(ACTIONS)),
-                draw(st.sampled_from(SUBJECTS)),
-                draw(st.dictionaries(NAME, TEXT, max_size=2)),
-            )
-            for _ in range(draw(st.integers(0, 2)))
-        )
-        for role in draw(role_names)
+        role: tuple(rule() for _ in range(draw(st.integers(0, 2)))) for role in draw(role_names)
     }
     spec = WorkspaceSpec(
         slug=draw(SLUG),

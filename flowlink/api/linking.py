@@ -1,0 +1,112 @@
+"""Routes for sync configs (one end of a workspace link). Keys are write-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from flowlink.access.policy import authorize
+from flowlink.api.deps import Caller, Context
+from flowlink.linking import service as linking
+from flowlink.settings import resolve_secret_key
+from flowlink.workspaces import service as workspaces
+
+router = APIRouter(prefix="/api/v1/workspaces/{ws}/sync_config", tags=["linking"])
+
+
+class SyncConfigFields(BaseModel):
+    """The fields of DESIGN section 6; keys are accepted here and never returned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None
+    remote_url: str | None = Field(
+        None, description="The other side's sync endpoint; set on the end that connects"
+    )
+    ca_certificate: str | None = Field(None, description="PEM CA certificate to trust")
+    verify_ssl: bool | None = None
+    own_private_key: str | None = Field(
+        None, description="PEM (PKCS#1, PKCS#8) or OpenSSH RSA private key, >= 2048 bits"
+    )
+    remote_public_key: str | None = Field(
+        None, description="The other end's public key(s): one, or two while keys rotate"
+    )
+    send_all_executions: bool | None = None
+    sync_interval: float | None = Field(None, description="Seconds; null = immediate mode")
+    direction: str | None = Field(None, description="controlling | controlled")
+
+
+class SyncConfigCreate(SyncConfigFields):
+    name: str
+
+
+def _fields(body: SyncConfigFields) -> dict[str, Any]:
+    # Only what the caller sent: an omitted key keeps the stored one.
+    data = body.model_dump(exclude_unset=True)
+    for field in ("enabled", "verify_ssl", "send_all_executions"):
+        if field in data and data[field] is None:
+            del data[field]
+    return data
+
+
+@router.get("")
+def list_sync_configs(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """The workspace's sync configs, with key fingerprints."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "sync_configs", workspace)
+        return {
+            "items": [
+                linking.sync_config_view(c, workspace.slug)
+                for c in linking.list_sync_configs(session, workspace)
+            ]
+        }
+
+
+@router.post("", status_code=201)
+def create_sync_config(
+    ws: str, body: SyncConfigCreate, context: Context, caller: Caller
+) -> dict[str, Any]:
+    """Create one end of a link (organization admins only)."""
+    secret = resolve_secret_key(context.settings)
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "manage", "sync_configs", workspace)
+        config = linking.create_sync_config(session, workspace, _fields(body), secret)
+        return linking.sync_config_view(config, workspace.slug)
+
+
+@router.get("/{name}")
+def get_sync_config(ws: str, name: str, context: Context, caller: Caller) -> dict[str, Any]:
+    """One sync config, with key fingerprints."""
+    with context.store.read() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "read", "sync_configs", workspace)
+        return linking.sync_config_view(
+            linking.get_sync_config(session, workspace, name), workspace.slug
+        )
+
+
+@router.patch("/{name}")
+def update_sync_config(
+    ws: str, name: str, body: SyncConfigFields, context: Context, caller: Caller
+) -> dict[str, Any]:
+    """Change fields of a sync config (enable, rotate keys, ...); organization admins only."""
+    secret = resolve_secret_key(context.settings)
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "manage", "sync_configs", workspace)
+        config = linking.update_sync_config(session, workspace, name, _fields(body), secret)
+        return linking.sync_config_view(config, workspace.slug)
+
+
+@router.delete("/{name}", status_code=204)
+def delete_sync_config(ws: str, name: str, context: Context, caller: Caller) -> Response:
+    """Delete one end of a link (organization admins only)."""
+    with context.store.write() as session:
+        workspace = workspaces.get_workspace(session, ws)
+        authorize(caller, "manage", "sync_configs", workspace)
+        linking.delete_sync_config(session, workspace, name)
+    return Response(status_code=204)

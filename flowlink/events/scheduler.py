@@ -1,0 +1,178 @@
+"""Cron schedules: a loop in the server that fires every due slot exactly once.
+
+Several servers may share one PostgreSQL store: each slot is claimed by inserting the unique
+``(automation_id, slot)`` row of ``schedule_slots`` in the same transaction that queues the
+execution, so exactly one server wins a slot and a crash between the two is impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from croniter import croniter
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from flowlink.events.triggers import start_automation
+from flowlink.settings import ServerSettings
+from flowlink.store.engine import Store
+from flowlink.store.models import Automation, ScheduleSlot, Workspace, new_id, utcnow
+
+log = logging.getLogger(__name__)
+DEFAULT_GRACE = timedelta(seconds=90)
+
+
+def latest_slot(expression: str, now: datetime) -> datetime:
+    """The newest time at or before ``now`` that the cron expression (UTC) matches."""
+    start = now.replace(microsecond=0) + timedelta(microseconds=1)
+    slot: datetime = croniter(expression, start).get_prev(datetime)
+    return slot
+
+
+def _claim(session: Session, automation_id: str, slot: datetime) -> bool:
+    """Insert the slot row; False when another server (or an earlier tick) already did."""
+    dialect = session.get_bind().dialect.name
+    values = {"automation_id": automation_id, "slot": slot, "created_at": utcnow()}
+    statement: Any
+    if dialect == "postgresql":
+        statement = postgresql.insert(ScheduleSlot).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(ScheduleSlot).values(**values).on_conflict_do_nothing()
+    else:  # pragma: no cover - only the two supported backends
+        statement = insert(ScheduleSlot).values(**values)
+    inserted = session.execute(statement.returning(ScheduleSlot.id)).scalar()
+    return inserted is not None
+
+
+def fire_due(
+    session: Session, now: datetime, *, grace: timedelta = DEFAULT_GRACE
+) -> list[tuple[str, datetime, str | None]]:
+    """Fire every schedule slot that is due at ``now`` and not fired yet.
+
+    A slot older than ``grace`` (a server that was down) is skipped rather than replayed.
+    Returns ``(automation slug, slot, execution id)`` for the slots this call fired.
+    """
+    fired: list[tuple[str, datetime, str | None]] = []
+    rows = session.execute(
+        select(Automation, Workspace).join(Workspace, Workspace.id == Automation.workspace_id)
+    ).all()
+    for automation, workspace in rows:
+        schedules = (automation.spec.get("when") or {}).get("schedules") or []
+        if not schedules:
+            continue
+        due: dict[datetime, str] = {}
+        for expression in schedules:
+            try:
+                slot = latest_slot(expression, now)
+            except (ValueError, KeyError):  # validated at apply; never stop the loop
+                continue
+            if slot < now - grace or slot < automation.updated_at.replace(second=0, microsecond=0):
+                continue
+            due.setdefault(slot, expression)
+        for slot, expression in sorted(due.items()):
+            if not _claim(session, automation.id, slot):
+                continue
+            execution = start_automation(
+                session,
+                workspace,
+                automation_id=automation.id,
+                slug=automation.slug,
+                flow=automation.flow_name,
+                inputs={"schedule": expression, "slot": slot.isoformat().replace("+00:00", "Z")},
+                trigger_type="schedule",
+                trigger_value=expression,
+                correlation_id=new_id(),
+                depth=0,
+                extra_trigger={"slot": slot.isoformat()},
+            )
+            execution_id = execution.id if execution else None
+            if execution_id:
+                session.execute(
+                    update(ScheduleSlot)
+                    .where(ScheduleSlot.automation_id == automation.id, ScheduleSlot.slot == slot)
+                    .values(execution_id=execution_id)
+                )
+            fired.append((automation.slug, slot, execution_id))
+    return fired
+
+
+class Scheduler:
+    """The scheduler loop of a server process; ``tick`` can also be called directly (tests)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
+        grace: timedelta = DEFAULT_GRACE,
+    ) -> None:
+        self.store = store
+        self.interval = interval
+        self.clock = clock
+        self.grace = grace
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self, now: datetime | None = None) -> list[tuple[str, datetime, str | None]]:
+        """Fire the slots due now (one transaction)."""
+        with self.store.write() as session:
+            return fire_due(session, now or self.clock(), grace=self.grace)
+
+    def start(self) -> None:
+        """Run ``tick`` every ``interval`` seconds in a background thread."""
+        self._thread = threading.Thread(target=self._run, name="flowlink-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed; retrying")
+            self._stop.wait(self.interval)
+
+
+def start_event_loops(
+    store: Store, settings: ServerSettings, *, server: Any = None
+) -> Callable[[], None]:
+    """Start the scheduler and the retention loop of a server; returns the function to stop them.
+
+    An interval of 0 (``FLOWLINK_SCHEDULER_INTERVAL``, ``FLOWLINK_EVENT_CLEANUP_INTERVAL``)
+    turns a loop off. ``server`` (the uvicorn server) lets live streams end when it shuts down.
+    """
+    if server is not None:
+        server.config.app.state.should_exit = lambda: bool(server.should_exit)
+    from flowlink.events.retention import RetentionLoop, RetentionPolicy
+
+    store.start_listening()  # live streams hear other processes' events (PostgreSQL)
+    loops: list[Scheduler | RetentionLoop] = []
+    if settings.scheduler_interval > 0:
+        loops.append(Scheduler(store, interval=settings.scheduler_interval))
+    if settings.event_cleanup_interval > 0:
+        loops.append(
+            RetentionLoop(
+                store,
+                RetentionPolicy.from_settings(settings),
+                interval=settings.event_cleanup_interval,
+            )
+        )
+    for loop in loops:
+        loop.start()
+
+    def stop() -> None:
+        for loop in loops:
+            loop.stop()
+
+    return stop

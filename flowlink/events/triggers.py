@@ -1,0 +1,501 @@
+"""Automations reacting to events, webhooks and schedules: who listens, and starting them.
+
+Custom events start every automation listening to their type (an indexed lookup on
+``automation_triggers``), in the same transaction as the event. Each start carries the trigger
+chain depth; a chain deeper than the limit stops with an ``error`` event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from flowlink.access.service import identity_principal
+from flowlink.errors import FlowlinkError, NotFound, Unauthorized
+from flowlink.events.service import (
+    check_payload_size,
+    event_row,
+    iso_time,
+    record,
+    validate_event_type,
+)
+from flowlink.executions.service import create_execution
+from flowlink.store import notify
+from flowlink.store.models import (
+    Automation,
+    AutomationKey,
+    AutomationTrigger,
+    Event,
+    Execution,
+    Workspace,
+    new_id,
+    utcnow,
+)
+
+DEFAULT_MAX_DEPTH = 20
+IDENTITY_KIND = {"endpoint": "webhook", "schedule": "schedule", "event": "automation"}
+WEBHOOK_KEY_PREFIX = "whk_"
+# Request headers never passed to a webhook's flow (credentials and hop-by-hop noise).
+HIDDEN_HEADERS = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "proxy-authorization",
+        "x-flowlink-key",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+    }
+)
+
+
+def chain_depth(session: Session, execution: Execution | None) -> int:
+    """The trigger chain depth an execution runs at (inherited by its child executions)."""
+    current = execution
+    for _ in range(64):
+        if current is None:
+            return 0
+        depth = (current.trigger or {}).get("chainDepth")
+        if isinstance(depth, int):
+            return depth
+        if current.parent_id is None:
+            return 0
+        current = session.get(Execution, current.parent_id)
+    return 0
+
+
+def _listeners(
+    session: Session, workspace_id: str, event_types: Sequence[str]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """(automation id, slug, flow) of the automations listening to each type: one indexed query."""
+    found: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    if not event_types:
+        return found
+    rows = session.execute(
+        select(AutomationTrigger.event_type, Automation.id, Automation.slug, Automation.flow_name)
+        .join(Automation, Automation.id == AutomationTrigger.automation_id)
+        .where(
+            AutomationTrigger.workspace_id == workspace_id,
+            AutomationTrigger.event_type.in_(sorted(set(event_types))),
+        )
+        .order_by(Automation.slug)
+    )
+    for event_type, automation_id, slug, flow in rows:
+        found[event_type].append((automation_id, slug, flow))
+    return found
+
+
+def start_automation(
+    session: Session,
+    workspace: Workspace,
+    *,
+    automation_id: str,
+    slug: str,
+    flow: str,
+    inputs: dict[str, Any],
+    trigger_type: str,
+    trigger_value: Any,
+    correlation_id: str,
+    depth: int,
+    user_id: str | None = None,
+    extra_trigger: Mapping[str, Any] | None = None,
+    http: Mapping[str, Any] | None = None,
+) -> Execution | None:
+    """Queue one automation's flow and record ``runtime.interactions.triggered``.
+
+    A missing flow does not undo the trigger: it is recorded as an ``error`` event instead.
+    """
+    source: dict[str, Any] = {"automationSlug": slug, "triggerDepth": depth}
+    if http:
+        source["http"] = dict(http)
+    trigger = {
+        "type": trigger_type,
+        "automation": slug,
+        "automationId": automation_id,
+        "identity": f"automation:{automation_id}",
+        "chainDepth": depth,
+        **(extra_trigger or {}),
+    }
+    # The execution acts as the trigger's identity (webhook, schedule or automation), which
+    # access control gives its roles.
+    identity = identity_principal(
+        IDENTITY_KIND[trigger_type], f"{workspace.slug}/{slug}", workspace
+    ).describe()
+    try:
+        execution = create_execution(
+            session,
+            workspace,
+            flow_name=flow,
+            inputs=inputs,
+            correlation_id=correlation_id,
+            user_id=user_id,
+            trigger=trigger,
+            principal=identity,
+        )
+    except FlowlinkError as error:
+        record(
+            session,
+            workspace,
+            "error",
+            {
+                "message": f"automation {slug!r} could not start: {error.message}",
+                "automation": slug,
+                "trigger": {"type": trigger_type, "value": trigger_value},
+            },
+            correlation_id=correlation_id,
+            extra_source=source,
+        )
+        return None
+    record(
+        session,
+        workspace,
+        "runtime.interactions.triggered",
+        {
+            "trigger": {"type": trigger_type, "value": trigger_value},
+            "automation": slug,
+            "flow": flow,
+            "executionId": execution.id,
+        },
+        correlation_id=correlation_id,
+        execution_id=execution.id,
+        user_id=user_id,
+        extra_source=source,
+    )
+    return execution
+
+
+def _dispatch(
+    session: Session,
+    workspace: Workspace,
+    envelopes: Sequence[dict[str, Any]],
+    depth: int,
+    max_depth: int,
+    user_id: str | None,
+) -> None:
+    listeners = _listeners(session, workspace.id, [e["type"] for e in envelopes])
+    if not listeners:
+        return
+    for envelope in envelopes:
+        targets = listeners.get(envelope["type"])
+        if not targets:
+            continue
+        correlation_id = envelope["source"].get("correlationId") or new_id()
+        if depth + 1 > max_depth:
+            record(
+                session,
+                workspace,
+                "error",
+                {
+                    "message": (
+                        f"trigger chain stopped: event {envelope['type']!r} would start "
+                        f"automations at depth {depth + 1}, over the limit of {max_depth}"
+                    ),
+                    "reason": "trigger_depth_limit",
+                    "eventId": envelope["id"],
+                    "eventType": envelope["type"],
+                    "automations": [slug for _, slug, _ in targets],
+                    "limit": max_depth,
+                },
+                correlation_id=correlation_id,
+                extra_source={"triggerDepth": depth},
+            )
+            continue
+        for automation_id, slug, flow in targets:
+            start_automation(
+                session,
+                workspace,
+                automation_id=automation_id,
+                slug=slug,
+                flow=flow,
+                inputs=envelope,
+                trigger_type="event",
+                trigger_value=envelope["type"],
+                correlation_id=correlation_id,
+                depth=depth + 1,
+                user_id=user_id,
+                extra_trigger={"eventId": envelope["id"], "eventType": envelope["type"]},
+            )
+
+
+_SQLITE_INSERT = (
+    "INSERT INTO events (id, workspace_id, type, created_at, size, source, payload, "
+    "correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_sqlite(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Batch ingest on SQLite: one executemany of plain tuples, without per-value processing.
+
+    Values are stored exactly as the ``Event`` model stores them (JSON text, naive UTC times).
+    """
+    session.connection().exec_driver_sql(
+        _SQLITE_INSERT,
+        [
+            (
+                row["id"],
+                row["workspace_id"],
+                row["type"],
+                row["created_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
+                row["size"],
+                json.dumps(row["source"]),
+                json.dumps(row["payload"]),
+                row["correlation_id"],
+            )
+            for row in rows
+        ],
+    )
+
+
+def emit_many(
+    session: Session,
+    workspace: Workspace,
+    items: Sequence[tuple[str, Any]],
+    *,
+    correlation_id: str | None = None,
+    execution_id: str | None = None,
+    user_id: str | None = None,
+    depth: int = 0,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    source: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Record custom events ``(type, payload)`` in one statement and start their listeners.
+
+    Every event of the call shares one correlation id (a new one unless given). Returns the
+    stored envelopes, in order.
+    """
+    correlation_id = correlation_id or new_id()
+    extra: dict[str, Any] = dict(source or {})
+    if depth:
+        extra["triggerDepth"] = depth
+    rows = []
+    for index, (event_type, payload) in enumerate(items):
+        try:
+            validate_event_type(event_type)
+            row = event_row(
+                workspace.id,
+                workspace.slug,
+                event_type,
+                payload,
+                correlation_id=correlation_id,
+                execution_id=execution_id,
+                user_id=user_id,
+                extra_source=extra or None,
+            )
+            check_payload_size(row["size"])
+        except FlowlinkError as error:
+            if len(items) > 1:
+                error.message = f"events[{index}]: {error.message}"
+                error.details = {**error.details, "index": index}
+            raise
+        rows.append(row)
+    # A plain executemany, then one indexed read of the seqs: RETURNING with a guaranteed
+    # order falls back to one statement per row on SQLite.
+    if session.get_bind().dialect.name == "sqlite":
+        _insert_sqlite(session, rows)
+    else:
+        session.execute(insert(Event), rows)
+    seqs: dict[str, int] = {}
+    ids = [row["id"] for row in rows]
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        for event_id, seq in session.execute(
+            select(Event.id, Event.seq).where(Event.id.in_(chunk))
+        ):
+            seqs[event_id] = seq
+    notify.announce(session, notify.EVENTS, workspace.id)
+    envelopes = []
+    for row in rows:
+        envelopes.append(
+            {
+                "id": row["id"],
+                "seq": seqs[row["id"]],
+                "type": row["type"],
+                "createdAt": iso_time(row["created_at"]),
+                "size": row["size"],
+                "source": row["source"],
+                "payload": row["payload"],
+            }
+        )
+    _dispatch(session, workspace, envelopes, depth, max_depth, user_id)
+    return envelopes
+
+
+def emit(
+    session: Session,
+    workspace: Workspace,
+    event_type: str,
+    payload: Any = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Record one custom event and start its listeners (see ``emit_many``)."""
+    return emit_many(session, workspace, [(event_type, payload)], **kwargs)[0]
+
+
+def emit_from_execution(
+    session: Session,
+    workspace: Workspace,
+    execution_id: str,
+    event_type: str,
+    payload: Any,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> dict[str, Any]:
+    """``this.emit``: an event in the execution's correlation, one level deeper in the chain."""
+    execution = session.get(Execution, execution_id)
+    source: dict[str, Any] = {}
+    if execution is not None and (execution.trigger or {}).get("automation"):
+        source["automationSlug"] = execution.trigger["automation"]
+    return emit(
+        session,
+        workspace,
+        event_type,
+        payload,
+        correlation_id=execution.correlation_id if execution else None,
+        execution_id=execution_id,
+        user_id=execution.user_id if execution else None,
+        depth=chain_depth(session, execution),
+        max_depth=max_depth,
+        source=source,
+    )
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_automation(session: Session, workspace: Workspace, slug: str) -> Automation:
+    """An automation of the workspace, or NotFound."""
+    automation = session.scalar(
+        select(Automation).where(Automation.workspace_id == workspace.id, Automation.slug == slug)
+    )
+    if automation is None:
+        raise NotFound(
+            f"automation {slug!r} not found in workspace {workspace.slug!r}",
+            details={"workspace": workspace.slug, "automation": slug},
+        )
+    return automation
+
+
+def get_webhook(session: Session, workspace: Workspace, slug: str) -> Automation:
+    """An automation with ``when.endpoint: true``, or NotFound."""
+    automation = get_automation(session, workspace, slug)
+    if not (automation.spec.get("when") or {}).get("endpoint"):
+        raise NotFound(
+            f"automation {slug!r} has no webhook (set when.endpoint: true)",
+            details={"workspace": workspace.slug, "automation": slug},
+        )
+    return automation
+
+
+def is_public(automation: Automation) -> bool:
+    """Whether the webhook accepts calls without a key (``public: true``)."""
+    return bool(automation.spec.get("public"))
+
+
+def rotate_webhook_key(session: Session, automation: Automation) -> str:
+    """Create (or replace) the webhook key of an automation; the key is returned only now."""
+    key = WEBHOOK_KEY_PREFIX + secrets.token_urlsafe(32)
+    existing = session.get(AutomationKey, automation.id)
+    if existing is None:
+        session.add(AutomationKey(automation_id=automation.id, key_hash=_hash_key(key)))
+    else:
+        existing.key_hash = _hash_key(key)
+        existing.created_at = utcnow()
+    return key
+
+
+def ensure_webhook_keys(session: Session, workspace: Workspace) -> dict[str, str]:
+    """Give every non-public webhook of the workspace a key; returns the new keys by slug."""
+    automations = session.scalars(
+        select(Automation).where(Automation.workspace_id == workspace.id)
+    ).all()
+    have = set(
+        session.scalars(
+            select(AutomationKey.automation_id).where(
+                AutomationKey.automation_id.in_([a.id for a in automations])
+            )
+        )
+    )
+    created = {}
+    for automation in automations:
+        endpoint = (automation.spec.get("when") or {}).get("endpoint")
+        if endpoint and not is_public(automation) and automation.id not in have:
+            created[automation.slug] = rotate_webhook_key(session, automation)
+    return created
+
+
+def check_webhook_key(session: Session, automation: Automation, key: str | None) -> None:
+    """Raise Unauthorized unless the webhook is public or ``key`` is its key."""
+    if is_public(automation):
+        return
+    if not key:
+        raise Unauthorized(
+            "this webhook needs its key: send 'X-Flowlink-Key: <key>' or '?key=<key>'",
+            details={"automation": automation.slug, "reason": "missing_key"},
+        )
+    stored = session.get(AutomationKey, automation.id)
+    if stored is None or not hmac.compare_digest(stored.key_hash, _hash_key(key)):
+        raise Unauthorized(
+            "wrong webhook key", details={"automation": automation.slug, "reason": "wrong_key"}
+        )
+
+
+def record_webhook_rejected(
+    session: Session,
+    workspace: Workspace,
+    slug: str,
+    reason: str,
+    http: Mapping[str, Any],
+) -> None:
+    """Record a refused webhook call as an ``error`` event (in its own transaction)."""
+    record(
+        session,
+        workspace,
+        "error",
+        {"message": f"webhook {slug!r} refused: {reason}", "reason": reason, "automation": slug},
+        extra_source={"automationSlug": slug, "http": dict(http)},
+    )
+
+
+def filter_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Request headers a webhook's flow may see (credentials removed)."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in HIDDEN_HEADERS}
+
+
+def start_webhook(
+    session: Session,
+    workspace: Workspace,
+    automation: Automation,
+    inputs: dict[str, Any],
+    http: Mapping[str, Any],
+    *,
+    correlation_id: str | None = None,
+) -> Execution | None:
+    """Queue the automation's flow for one webhook call (trigger type ``endpoint``)."""
+    return start_automation(
+        session,
+        workspace,
+        automation_id=automation.id,
+        slug=automation.slug,
+        flow=automation.flow_name,
+        inputs=inputs,
+        trigger_type="endpoint",
+        trigger_value=http.get("path"),
+        correlation_id=correlation_id or new_id(),
+        depth=0,
+        http=http,
+    )

@@ -1,0 +1,100 @@
+"""The gate of a sync endpoint: nothing in an exchange is acted on unless it passes here.
+
+``authenticate_exchange`` finds the sync config, refuses a disabled one, verifies the RFC 9421
+signature against the configured remote public keys and records the signature's nonce, so
+the same signed request is never accepted twice (the nonce table is in the store, so this
+holds across server processes). A refusal is a ``SyncRejected`` with its reason; the caller
+answers 401 and records ``sync.rejected`` with ``record_rejection`` in a transaction of its
+own, since the request's transaction is rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from flowlink.errors import Unauthorized
+from flowlink.events.service import record
+from flowlink.linking import signing
+from flowlink.linking.service import get_sync_config, public_keys_of
+from flowlink.store.models import LinkNonce, SyncConfig, Workspace, utcnow
+
+# A nonce must be remembered for as long as its signature could still be accepted.
+NONCE_MEMORY = signing.MAX_AGE + signing.CLOCK_SKEW + timedelta(seconds=5)
+REJECTION_REASONS = (*signing.REASONS, "replayed", "disabled")
+
+
+class SyncRejected(Unauthorized):
+    """An exchange refused before anything in it was acted on (HTTP 401)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"sync rejected ({reason}): {message}", details={"reason": reason})
+        self.reason = reason
+
+
+def authenticate_exchange(
+    session: Session,
+    workspace: Workspace,
+    config_name: str,
+    *,
+    method: str,
+    url: str,
+    headers: httpx.Headers,
+    body: bytes,
+) -> SyncConfig:
+    """The sync config an incoming exchange is for, once its signature holds; else raise.
+
+    An unknown config is ``NotFound``; every other refusal is ``SyncRejected``.
+    """
+    config = get_sync_config(session, workspace, config_name)
+    if not config.enabled:
+        raise SyncRejected("disabled", f"sync config {config_name!r} is disabled")
+    try:
+        verified = signing.verify_request(public_keys_of(config), method, url, headers, body)
+    except signing.SignatureRejected as exc:
+        raise SyncRejected(exc.reason, exc.message) from None
+    remember_nonce(session, config, verified.nonce)
+    return config
+
+
+def remember_nonce(session: Session, config: SyncConfig, nonce: str) -> None:
+    """Record a nonce; ``SyncRejected("replayed")`` if this config has seen it before."""
+    current = utcnow()
+    if len(nonce) > 128:
+        raise SyncRejected("malformed", "the nonce is longer than 128 characters")
+    try:
+        with session.begin_nested():
+            session.add(LinkNonce(sync_config_id=config.id, nonce=nonce, seen_at=current))
+    except IntegrityError:
+        raise SyncRejected("replayed", "this signed request was received before") from None
+    session.execute(delete(LinkNonce).where(LinkNonce.seen_at < current - NONCE_MEMORY))
+
+
+def seen_nonces(session: Session, config: SyncConfig) -> list[str]:
+    """The nonces remembered for a config (for diagnostics and tests)."""
+    return list(
+        session.scalars(select(LinkNonce.nonce).where(LinkNonce.sync_config_id == config.id))
+    )
+
+
+def record_rejection(
+    session: Session,
+    workspace: Workspace,
+    config_name: str,
+    rejection: SyncRejected,
+    http: Mapping[str, Any] | None = None,
+) -> None:
+    """Record ``sync.rejected`` (in its own transaction: the request's was rolled back)."""
+    record(
+        session,
+        workspace,
+        "sync.rejected",
+        {"syncConfig": config_name, "reason": rejection.reason, "message": rejection.message},
+        extra_source={"http": dict(http)} if http else None,
+    )

@@ -1,0 +1,184 @@
+"""The messages two linked workspaces exchange, and their validation.
+
+An exchange is one HTTP request and its response; both bodies are an *envelope*:
+
+```json
+{"messages": [{"id": "...", "type": "execution.start", "created_at": "...", ...}],
+ "poll": 25.0}
+```
+
+``poll`` (requests only) asks the answering side to hold the response up to that many seconds
+until it has something to send (the long poll of the immediate mode). Message types:
+
+- ``execution.start``: start a flow script for an origin execution (script included, or
+  ``use_remote_flow`` to run the receiver's own flow of that name);
+- ``execution.update``: the state of an execution started through the link (status, outputs,
+  message, timestamps, new log lines with their sequence numbers); ``mirror: true`` marks a
+  read-only copy sent because of ``send_all_executions``;
+- ``execution.cancel``: cancel the execution started for an origin execution;
+- ``ack``: the ids of messages received and stored; the sender may drop them from its outbox.
+
+Everything a remote server sends is validated here before anything is acted on; an invalid
+envelope is refused as a whole, naming the message index and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from flowlink.errors import Invalid
+
+MAX_MESSAGES = 1000
+MAX_POLL_SECONDS = 60.0
+STATUSES = ("queued", "running", "waiting", "success", "error", "cancelled")
+MESSAGE_TYPES = ("execution.start", "execution.update", "execution.cancel", "ack")
+
+_ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9._:-]+$"}
+_TIME = {"type": ["string", "null"], "maxLength": 40}
+_BASE = {
+    "id": _ID,
+    "type": {"enum": list(MESSAGE_TYPES)},
+    "created_at": {"type": "string", "maxLength": 40},
+}
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "execution.start": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "type", "created_at", "origin_execution_id", "flow", "inputs"],
+        "properties": {
+            **_BASE,
+            "origin_execution_id": _ID,
+            "origin_workspace": {"type": "string", "maxLength": 63},
+            "flow": {"type": "string", "minLength": 1, "maxLength": 128},
+            "script": {"type": ["string", "null"], "maxLength": 1_000_000},
+            "use_remote_flow": {"type": "boolean"},
+            "inputs": {"type": "object"},
+            "correlation_id": {"type": ["string", "null"], "maxLength": 64},
+            "max_runtime": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 604800},
+        },
+    },
+    "execution.update": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "type", "created_at", "origin_execution_id", "status"],
+        "properties": {
+            **_BASE,
+            "origin_execution_id": _ID,
+            "status": {"enum": list(STATUSES)},
+            "message": {"type": ["string", "null"], "maxLength": 100_000},
+            "outputs": {"type": "object"},
+            "error_kind": {"type": ["string", "null"], "maxLength": 32},
+            "flow": {"type": "string", "maxLength": 128},
+            "script": {"type": ["string", "null"], "maxLength": 1_000_000},
+            "inputs": {"type": "object"},
+            "created_at_origin": _TIME,
+            "started_at": _TIME,
+            "ended_at": _TIME,
+            "mirror": {"type": "boolean"},
+            "logs": {
+                "type": "array",
+                "maxItems": 10_000,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["seq", "line"],
+                    "properties": {
+                        "seq": {"type": "integer", "minimum": 0},
+                        "line": {"type": "string", "maxLength": 65_536},
+                    },
+                },
+            },
+        },
+    },
+    "execution.cancel": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "type", "created_at", "origin_execution_id"],
+        "properties": {
+            **_BASE,
+            "origin_execution_id": _ID,
+            "reason": {"type": ["string", "null"], "maxLength": 1000},
+        },
+    },
+    "ack": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "type", "created_at", "ids"],
+        "properties": {
+            **_BASE,
+            "ids": {"type": "array", "maxItems": 10 * MAX_MESSAGES, "items": _ID},
+        },
+    },
+}
+_ENVELOPE = Draft202012Validator(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["messages"],
+        "properties": {
+            "messages": {"type": "array", "maxItems": MAX_MESSAGES},
+            "poll": {"type": "number", "minimum": 0, "maximum": MAX_POLL_SECONDS},
+        },
+    }
+)
+_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in _SCHEMAS.items()}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A validated exchange body."""
+
+    messages: list[dict[str, Any]]
+    poll: float | None = None
+
+
+def _path(prefix: str, error_path: Any) -> str:
+    out = prefix
+    for part in error_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def parse_envelope(data: Any) -> Envelope:
+    """Validate an exchange body from the other side; ``Invalid`` names index and field."""
+    errors = sorted(_ENVELOPE.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        field = _path("", error.absolute_path).lstrip(".") or "body"
+        raise Invalid(f"{field}: {error.message}", details={"field": field})
+    messages: list[dict[str, Any]] = data["messages"]
+    seen: set[str] = set()
+    for index, message in enumerate(messages):
+        prefix = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise Invalid(f"{prefix}: a message must be an object", details={"field": prefix})
+        kind = message.get("type")
+        validator = _VALIDATORS.get(kind) if isinstance(kind, str) else None
+        if validator is None:
+            raise Invalid(
+                f"{prefix}.type: unknown message type {kind!r}; known: {', '.join(MESSAGE_TYPES)}",
+                details={"field": f"{prefix}.type", "index": index},
+            )
+        problems = sorted(validator.iter_errors(message), key=lambda e: list(e.absolute_path))
+        if problems:
+            problem = problems[0]
+            field = _path(prefix, problem.absolute_path)
+            raise Invalid(f"{field}: {problem.message}", details={"field": field, "index": index})
+        if message["id"] in seen:
+            raise Invalid(
+                f"{prefix}.id: message id {message['id']!r} appears twice",
+                details={"field": f"{prefix}.id", "index": index},
+            )
+        seen.add(message["id"])
+    return Envelope(messages=messages, poll=data.get("poll"))
+
+
+def envelope(messages: list[dict[str, Any]], poll: float | None = None) -> dict[str, Any]:
+    """An exchange body to send."""
+    body: dict[str, Any] = {"messages": messages}
+    if poll is not None:
+        body["poll"] = poll
+    return body

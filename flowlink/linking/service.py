@@ -1,0 +1,284 @@
+"""Sync configs: one end of a workspace link each, with write-only keys.
+
+Only organization admins manage them (``authorize(..., "manage", "sync_configs", ...)``).
+A private key is stored encrypted with the server's secret key; no view ever returns a key,
+only its SHA-256 fingerprint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from flowlink.errors import Conflict, Invalid, NotFound
+from flowlink.events.service import record
+from flowlink.linking import keys
+from flowlink.store.models import SyncConfig, Workspace, utcnow
+from flowlink.workspaces.service import check_name
+
+CONTROLLING = "controlling"
+CONTROLLED = "controlled"
+DIRECTIONS = (CONTROLLING, CONTROLLED)
+MAX_SYNC_INTERVAL = 86_400.0
+SYNC_PATH_RE = re.compile(
+    r"^/(?:.*/)?api/v1/workspaces/(?P<ws>[a-z0-9][a-z0-9-]{1,62})/sync_config/"
+    r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})/sync$"
+)
+FIELDS = (
+    "enabled",
+    "remote_url",
+    "ca_certificate",
+    "verify_ssl",
+    "own_private_key",
+    "remote_public_key",
+    "send_all_executions",
+    "sync_interval",
+    "direction",
+)
+
+
+def sync_path(workspace_slug: str, name: str) -> str:
+    """The path of a config's sync endpoint (the other side's ``remote_url`` ends with it)."""
+    return f"/api/v1/workspaces/{workspace_slug}/sync_config/{name}/sync"
+
+
+def _check_url(url: Any) -> str | None:
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        raise Invalid("remote_url: must be a string", details={"field": "remote_url"})
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(
+            "remote_url: must be an http:// or https:// URL with a host",
+            details={"field": "remote_url"},
+        )
+    if not SYNC_PATH_RE.match(parts.path) or parts.query or parts.fragment:
+        raise Invalid(
+            "remote_url: must be the other side's sync endpoint,"
+            " https://HOST/api/v1/workspaces/WORKSPACE/sync_config/NAME/sync",
+            details={"field": "remote_url"},
+        )
+    return url
+
+
+def _check_ca(text: Any) -> str | None:
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise Invalid("ca_certificate: must be PEM text", details={"field": "ca_certificate"})
+    try:
+        certificates = x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        raise Invalid(
+            "ca_certificate: not a readable PEM certificate", details={"field": "ca_certificate"}
+        ) from None
+    if not certificates:
+        raise Invalid("ca_certificate: no certificate found", details={"field": "ca_certificate"})
+    return text
+
+
+def _check_interval(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(
+            "sync_interval: seconds as a number, or null", details={"field": "sync_interval"}
+        )
+    if not 0 < value <= MAX_SYNC_INTERVAL:
+        raise Invalid(
+            f"sync_interval: between 0 and {int(MAX_SYNC_INTERVAL)} seconds, or null for"
+            " immediate mode",
+            details={"field": "sync_interval"},
+        )
+    return float(value)
+
+
+def _check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"{field}: must be true or false", details={"field": field})
+    return value
+
+
+def _apply(config: SyncConfig, data: Mapping[str, Any], secret_key: str) -> list[str]:
+    """Validate and set the given fields; returns the names of those that changed."""
+    unknown = sorted(set(data) - set(FIELDS) - {"name"})
+    if unknown:
+        raise Invalid(f"{unknown[0]}: unknown field", details={"field": unknown[0]})
+    changed: list[str] = []
+    if "own_private_key" in data:
+        private = keys.load_private_key(data["own_private_key"], field="own_private_key")
+        config.own_private_key = keys.encrypt_at_rest(secret_key, keys.private_pem(private))
+        config.own_fingerprint = keys.fingerprint(private)
+        changed.append("own_private_key")
+    if "remote_public_key" in data:
+        public = keys.load_public_keys(data["remote_public_key"], field="remote_public_key")
+        config.remote_public_key = "".join(keys.public_pem(k) for k in public)
+        config.remote_fingerprints = [keys.fingerprint(k) for k in public]
+        changed.append("remote_public_key")
+    setters = {
+        "remote_url": _check_url,
+        "ca_certificate": _check_ca,
+        "sync_interval": _check_interval,
+    }
+    for field, check in setters.items():
+        if field in data:
+            value = check(data[field])
+            if getattr(config, field) != value:
+                setattr(config, field, value)
+                changed.append(field)
+    for field in ("enabled", "verify_ssl", "send_all_executions"):
+        if field in data:
+            value = _check_bool(field, data[field])
+            if getattr(config, field) != value:
+                setattr(config, field, value)
+                changed.append(field)
+    if "direction" in data:
+        direction = data["direction"]
+        if direction not in (None, *DIRECTIONS):
+            raise Invalid(
+                "direction: 'controlling', 'controlled' or null (then the end with remote_url"
+                " controls)",
+                details={"field": "direction"},
+            )
+        if config.direction != direction:
+            config.direction = direction
+            changed.append("direction")
+    return changed
+
+
+def direction_of(config: SyncConfig) -> str:
+    """Whether this end controls the other (starts executions there) or is controlled."""
+    if config.direction:
+        return config.direction
+    return CONTROLLING if config.remote_url else CONTROLLED
+
+
+def list_sync_configs(session: Session, workspace: Workspace) -> list[SyncConfig]:
+    """A workspace's sync configs, by name."""
+    return list(
+        session.scalars(
+            select(SyncConfig)
+            .where(SyncConfig.workspace_id == workspace.id)
+            .order_by(SyncConfig.name)
+        )
+    )
+
+
+def find_sync_config(session: Session, workspace: Workspace, name: str) -> SyncConfig | None:
+    """The sync config with this name, or None."""
+    return session.scalar(
+        select(SyncConfig).where(SyncConfig.workspace_id == workspace.id, SyncConfig.name == name)
+    )
+
+
+def get_sync_config(session: Session, workspace: Workspace, name: str) -> SyncConfig:
+    """The sync config with this name, or NotFound."""
+    config = find_sync_config(session, workspace, name)
+    if config is None:
+        raise NotFound(
+            f"sync config {name!r} not found in workspace {workspace.slug!r}",
+            details={"workspace": workspace.slug, "sync_config": name},
+        )
+    return config
+
+
+def create_sync_config(
+    session: Session, workspace: Workspace, data: Mapping[str, Any], secret_key: str
+) -> SyncConfig:
+    """Create one end of a link; both keys are required."""
+    name = data.get("name")
+    check_name("sync config", name)  # type: ignore[arg-type]
+    for field in ("own_private_key", "remote_public_key"):
+        if not data.get(field):
+            raise Invalid(f"{field}: required", details={"field": field})
+    if find_sync_config(session, workspace, str(name)) is not None:
+        raise Conflict(f"sync config {name!r} already exists", details={"field": "name"})
+    config = SyncConfig(
+        workspace_id=workspace.id,
+        name=name,
+        enabled=True,
+        verify_ssl=True,
+        send_all_executions=False,
+        remote_fingerprints=[],
+        state={},
+    )
+    _apply(config, data, secret_key)
+    session.add(config)
+    session.flush()
+    record(session, workspace, "sync.configs.created", _audit(config))
+    return config
+
+
+def update_sync_config(
+    session: Session, workspace: Workspace, name: str, data: Mapping[str, Any], secret_key: str
+) -> SyncConfig:
+    """Change some fields of a sync config (keys are replaced only when given)."""
+    config = get_sync_config(session, workspace, name)
+    if "name" in data and data["name"] != name:
+        raise Invalid("name: a sync config cannot be renamed", details={"field": "name"})
+    changed = _apply(config, data, secret_key)
+    if changed:
+        config.updated_at = utcnow()
+        record(session, workspace, "sync.configs.updated", {**_audit(config), "changed": changed})
+    return config
+
+
+def delete_sync_config(session: Session, workspace: Workspace, name: str) -> None:
+    """Delete one end of a link."""
+    config = get_sync_config(session, workspace, name)
+    record(session, workspace, "sync.configs.deleted", _audit(config))
+    session.delete(config)
+
+
+def _audit(config: SyncConfig) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "remoteUrl": config.remote_url,
+        "ownFingerprint": config.own_fingerprint,
+        "remoteFingerprints": list(config.remote_fingerprints),
+    }
+
+
+def private_key_of(config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
+    """This end's private key, decrypted."""
+    return keys.load_private_key(keys.decrypt_at_rest(secret_key, config.own_private_key))
+
+
+def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
+    """The other end's public keys by fingerprint."""
+    return {keys.fingerprint(k): k for k in keys.load_public_keys(config.remote_public_key)}
+
+
+def sync_config_view(config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
+    """The API representation: every field but the keys, which show as fingerprints."""
+    warnings = []
+    if config.remote_url and config.remote_url.startswith("https") and not config.verify_ssl:
+        warnings.append("TLS certificate verification is off (verify_ssl: false)")
+    if config.remote_url and config.remote_url.startswith("http://"):
+        warnings.append("remote_url is plain http: messages are signed but not encrypted")
+    return {
+        "name": config.name,
+        "enabled": config.enabled,
+        "remote_url": config.remote_url,
+        "ca_certificate": config.ca_certificate,
+        "verify_ssl": config.verify_ssl,
+        "own_public_key_fingerprint": config.own_fingerprint,
+        "remote_public_key_fingerprints": list(config.remote_fingerprints),
+        "send_all_executions": config.send_all_executions,
+        "sync_interval": config.sync_interval,
+        "direction": direction_of(config),
+        "connects": bool(config.remote_url),
+        "sync_endpoint": sync_path(workspace_slug, config.name),
+        "state": config.state,
+        "warnings": warnings,
+        "created_at": config.created_at,
+        "updated_at": config.updated_at,
+    }

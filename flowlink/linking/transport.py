@@ -1,0 +1,134 @@
+"""The connecting side of one exchange: sign, send, verify the signed answer, validate it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from flowlink.errors import Invalid
+from flowlink.linking import signing
+from flowlink.linking.keys import fingerprint
+from flowlink.linking.protocol import Envelope, parse_envelope
+
+log = logging.getLogger(__name__)
+CONTENT_TYPE = "application/json"
+
+
+class LinkUnavailable(Exception):
+    """The other side could not be reached (network, TLS, timeout, 5xx): try again later."""
+
+
+class LinkRefused(Exception):
+    """The other side answered but refused the exchange (4xx), or its answer is not valid."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How to check the remote's certificate."""
+
+    ca_certificate: str | None = None
+    verify_ssl: bool = True
+
+
+def tls_verify(options: TlsOptions) -> ssl.SSLContext | bool:
+    """The ``verify`` argument for httpx: a context trusting the CA, the default, or off."""
+    if not options.verify_ssl:
+        return False
+    if options.ca_certificate:
+        try:
+            return ssl.create_default_context(cadata=options.ca_certificate)
+        except (ssl.SSLError, ValueError) as exc:
+            raise Invalid(
+                f"ca_certificate: not a readable PEM certificate ({exc})",
+                details={"field": "ca_certificate"},
+            ) from None
+    return True
+
+
+class Transport:
+    """Sends exchanges to one remote sync endpoint."""
+
+    def __init__(
+        self,
+        remote_url: str,
+        own_key: rsa.RSAPrivateKey,
+        remote_keys: list[rsa.RSAPublicKey],
+        tls: TlsOptions = TlsOptions(),
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        self.remote_url = remote_url
+        self.own_key = own_key
+        self.trusted = {fingerprint(key): key for key in remote_keys}
+        if remote_url.startswith("https://") and not tls.verify_ssl:
+            log.warning(
+                "link to %s: TLS certificate verification is OFF (verify_ssl: false)", remote_url
+            )
+        self.http = httpx.Client(verify=tls_verify(tls), timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def exchange(self, body: dict[str, Any], *, read_timeout: float | None = None) -> Envelope:
+        """Send our messages; return the other side's, verified and validated."""
+        content = json.dumps(body, separators=(",", ":")).encode()
+        headers = httpx.Headers({"content-type": CONTENT_TYPE})
+        signing.sign_request(self.own_key, "POST", self.remote_url, headers, content)
+        # A long poll holds the answer back: allow for it on top of the usual timeout.
+        timeout = self.http.timeout
+        if read_timeout is not None:
+            timeout = httpx.Timeout(
+                timeout.connect, read=read_timeout, write=timeout.write, pool=timeout.pool
+            )
+        try:
+            response = self.http.post(
+                self.remote_url, content=content, headers=headers, timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            raise LinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 500:
+            raise LinkUnavailable(f"the remote answered {response.status_code}")
+        if response.status_code != 200:
+            reason = None
+            try:
+                error = response.json()["error"]
+                message, reason = error["message"], (error.get("details") or {}).get("reason")
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500]
+            raise LinkRefused(
+                f"the remote refused the exchange ({response.status_code}): {message}",
+                status=response.status_code,
+                reason=reason,
+            )
+        try:
+            signing.verify_response(
+                self.trusted,
+                response.status_code,
+                response.headers,
+                response.content,
+                request_method="POST",
+                request_url=self.remote_url,
+            )
+        except signing.SignatureRejected as exc:
+            raise LinkRefused(
+                f"the remote's answer is not signed by its configured key ({exc.message})",
+                reason=exc.reason,
+            ) from None
+        try:
+            return parse_envelope(response.json())
+        except ValueError as exc:
+            raise LinkRefused(f"the remote's answer is not JSON: {exc}") from None
+        except Invalid as exc:
+            raise LinkRefused(f"the remote's answer is not valid: {exc.message}") from None

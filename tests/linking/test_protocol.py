@@ -1,0 +1,101 @@
+"""Exchange bodies from a remote server are validated before anything is acted on."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowlink.errors import Invalid
+from flowlink.linking.protocol import envelope, parse_envelope
+
+NOW = "2026-11-21T10:00:00Z"
+START = {
+    "id": "m1",
+    "type": "execution.start",
+    "created_at": NOW,
+    "origin_execution_id": "e-1",
+    "flow": "hello",
+    "script": "def handler(system, this, inputs):\n    return this.success('ok')\n",
+    "inputs": {"a": 1},
+    "correlation_id": "c-1",
+}
+UPDATE = {
+    "id": "m2",
+    "type": "execution.update",
+    "created_at": NOW,
+    "origin_execution_id": "e-1",
+    "status": "success",
+    "outputs": {"x": 1},
+    "logs": [{"seq": 1, "line": "hello"}],
+    "started_at": NOW,
+    "ended_at": NOW,
+}
+CANCEL = {"id": "m3", "type": "execution.cancel", "created_at": NOW, "origin_execution_id": "e-1"}
+ACK = {"id": "m4", "type": "ack", "created_at": NOW, "ids": ["m0"]}
+
+
+def test_every_message_type_round_trips() -> None:
+    body = envelope([START, UPDATE, CANCEL, ACK], poll=20)
+    parsed = parse_envelope(body)
+    assert parsed.messages == [START, UPDATE, CANCEL, ACK]
+    assert parsed.poll == 20
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([], "body"),
+        ({"messages": "x"}, "messages"),
+        ({"messages": [], "extra": 1}, "body"),
+        ({"messages": [], "poll": 600}, "poll"),
+        ({"messages": [1]}, "messages[0]"),
+        ({"messages": [{**START, "type": "execution.explode"}]}, "messages[0].type"),
+        ({"messages": [ACK, {**START, "inputs": [1]}]}, "messages[1].inputs"),
+        ({"messages": [{**UPDATE, "status": "weird"}]}, "messages[0].status"),
+        ({"messages": [{**UPDATE, "logs": [{"seq": -1, "line": "x"}]}]}, "messages[0].logs[0].seq"),
+        ({"messages": [{k: v for k, v in START.items() if k != "flow"}]}, "messages[0]"),
+        ({"messages": [{**START, "id": "bad id with spaces"}]}, "messages[0].id"),
+        ({"messages": [START, START]}, "messages[1].id"),
+        ({"messages": [{**CANCEL, "surprise": True}]}, "messages[0]"),
+    ],
+)
+def test_bad_envelopes_name_the_field(body: Any, field: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_envelope(body)
+    assert info.value.details["field"] == field, info.value.message
+    assert info.value.message.startswith(field)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["messages", "poll", "x"]), json_values, max_size=3))
+def test_arbitrary_bodies_only_ever_raise_invalid(body: dict[str, Any]) -> None:
+    with contextlib.suppress(Invalid):
+        parse_envelope(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["execution.start", "execution.update", "ack", "x"])},
+            optional={"id": st.text(max_size=70), "ids": json_values, "status": json_values},
+        ),
+        max_size=4,
+    )
+)
+def test_arbitrary_messages_only_ever_raise_invalid(messages: list[dict[str, Any]]) -> None:
+    with contextlib.suppress(Invalid):
+        parse_envelope({"messages": messages})
