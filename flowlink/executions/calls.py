@@ -28,6 +28,7 @@ from flowlink.store.models import Execution, User, Workspace
 from flowlink.workspaces import service as workspaces
 
 LOG_FLUSH_SECONDS = 0.1
+LOG_FLUSH_LINES = 200
 
 
 class ChildLauncher(Protocol):
@@ -40,9 +41,6 @@ class ChildLauncher(Protocol):
     def release_reservation(self) -> None: ...
 
     def launch_reserved(self, claimed: executions.Claimed) -> None: ...
-
-
-LOG_FLUSH_LINES = 200
 
 
 class FlowApiCalls:
