@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -26,7 +27,9 @@ from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
 from flowlink.errors import Unauthorized
 from flowlink.executions.worker import Worker
+from flowlink.linking.connector import LinkManager
 from flowlink.settings import ServerSettings, resolve_secret_key
+from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import User
 from flowlink.workspaces import service as workspaces
@@ -116,6 +119,19 @@ def ensure_demo_login(session: Session, server_url: str) -> None:
         save_credentials(server_url, reset_admin_login(session, admin.username))
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, telling long-running requests (link long polls) when it shuts down."""
+
+    def __init__(self, config: uvicorn.Config, context: ServerContext) -> None:
+        super().__init__(config)
+        self.context = context
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.context.stopping.set()
+        self.context.store.notifier.fire(notify.LINK, "")
+        super().handle_exit(sig, frame)
+
+
 @dataclass
 class RunningServer:
     """A server that is up: its context, its worker (if any) and its uvicorn instance."""
@@ -151,9 +167,10 @@ def build_server(
         ssl_keyfile=tls_key,
         access_log=False,
         lifespan="off",
+        timeout_graceful_shutdown=10,
     )
     worker = Worker(store, settings) if with_worker else None
-    return RunningServer(context=context, worker=worker, server=uvicorn.Server(config))
+    return RunningServer(context=context, worker=worker, server=_Server(config, context))
 
 
 def serve(running: RunningServer) -> None:
@@ -165,9 +182,12 @@ def serve(running: RunningServer) -> None:
     )
     if running.worker is not None:
         running.worker.start()
+    links = LinkManager(running.context.store, running.context.settings)
+    links.start()
     try:
         running.server.run()
     finally:
+        links.stop()
         stop_event_loops()
         if running.worker is not None:
             running.worker.stop()

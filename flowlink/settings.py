@@ -32,6 +32,10 @@ class ServerSettings:
     event_inactive_min_events: int = 100
     event_deleted_workspace_days: float = 183
     event_cleanup_interval: float = 3600.0
+    link_timeout: float = 30.0
+    link_poll: float = 25.0
+    link_backoff_max: float = 30.0
+    link_refresh: float = 2.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -67,6 +71,10 @@ class ServerSettings:
             event_inactive_min_events=int(number("FLOWLINK_EVENT_INACTIVE_MIN_EVENTS", 100)),
             event_deleted_workspace_days=number("FLOWLINK_EVENT_DELETED_WORKSPACE_DAYS", 183),
             event_cleanup_interval=number("FLOWLINK_EVENT_CLEANUP_INTERVAL", 3600.0),
+            link_timeout=number("FLOWLINK_LINK_TIMEOUT", 30.0),
+            link_poll=number("FLOWLINK_LINK_POLL", 25.0),
+            link_backoff_max=number("FLOWLINK_LINK_BACKOFF_MAX", 30.0),
+            link_refresh=number("FLOWLINK_LINK_REFRESH", 2.0),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -32,6 +33,8 @@ class ServerContext:
     store: Store
     settings: ServerSettings
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    # Set when the server shuts down: long polls answer at once instead of holding it up.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 def get_context(request: Request) -> ServerContext:

@@ -14,6 +14,7 @@ from flowlink.access.service import Principal
 from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
+from flowlink.linking import exchange
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
@@ -36,6 +37,12 @@ class ExecutionCreate(BaseModel):
     )
     wait: float | None = Field(
         None, ge=0, le=MAX_WAIT_SECONDS, description="Block up to this many seconds for the end"
+    )
+    remote: str | None = Field(
+        None, description="Run it in the linked workspace of this sync config (see linking)"
+    )
+    use_remote_flow: bool = Field(
+        False, description="With remote: run the linked workspace's own flow of that name"
     )
 
 
@@ -92,6 +99,29 @@ def _start(
     authorize(caller, "execute", "executions", workspace, attributes)
     if body.script is not None:
         authorize(caller, "create", "flows", workspace, attributes)
+    if body.remote is not None:
+        if body.script is not None or not body.flow:
+            raise Invalid(
+                "remote: give the flow to run in the linked workspace (not a script)",
+                details={"field": "remote"},
+            )
+        return exchange.start_remote_execution(
+            session,
+            workspace,
+            body.remote,
+            exchange.RemoteStart(
+                flow=body.flow,
+                inputs=body.inputs,
+                use_remote_flow=body.use_remote_flow,
+                max_runtime=body.max_runtime,
+            ),
+            user_id=caller.user_id,
+            trigger={"type": "api", "token": caller.token_id},
+            principal=caller.describe(),
+            default_max_runtime=context.settings.default_max_runtime,
+        )
+    if body.use_remote_flow:
+        raise Invalid("use_remote_flow: only with remote", details={"field": "use_remote_flow"})
     return executions.create_execution(
         session,
         workspace,

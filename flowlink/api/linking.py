@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+import httpx
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowlink.access.policy import authorize
 from flowlink.api.deps import Caller, Context
+from flowlink.linking import exchange
 from flowlink.linking import service as linking
+from flowlink.linking.endpoint import answer_exchange
 from flowlink.settings import resolve_secret_key
 from flowlink.workspaces import service as workspaces
 
@@ -36,6 +40,9 @@ class SyncConfigFields(BaseModel):
     send_all_executions: bool | None = None
     sync_interval: float | None = Field(None, description="Seconds; null = immediate mode")
     direction: str | None = Field(None, description="controlling | controlled")
+    role: str | None = Field(
+        None, description="Role of executions started through this link (default editor)"
+    )
 
 
 class SyncConfigCreate(SyncConfigFields):
@@ -78,6 +85,30 @@ def create_sync_config(
         return linking.sync_config_view(config, workspace.slug)
 
 
+@router.post(
+    "/{name}/sync",
+    responses={401: {"description": "Rejected: unsigned, bad signature, replay, disabled..."}},
+)
+async def sync(ws: str, name: str, request: Request, context: Context) -> Response:
+    """The sync endpoint of a link: a signed exchange of messages (no login; the signature is
+    the authentication). See docs/linking.md for the protocol."""
+    body = await request.body()
+    answer = await run_in_threadpool(
+        answer_exchange,
+        context.store,
+        context.settings,
+        ws,
+        name,
+        method=request.method,
+        url=str(request.url),
+        headers=httpx.Headers(list(request.headers.items())),
+        body=body,
+        client=request.client.host if request.client else None,
+        stopping=context.stopping,
+    )
+    return Response(content=answer.content, headers=dict(answer.headers.items()))
+
+
 @router.get("/{name}")
 def get_sync_config(ws: str, name: str, context: Context, caller: Caller) -> dict[str, Any]:
     """One sync config, with key fingerprints."""
@@ -108,5 +139,5 @@ def delete_sync_config(ws: str, name: str, context: Context, caller: Caller) -> 
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "manage", "sync_configs", workspace)
-        linking.delete_sync_config(session, workspace, name)
+        exchange.delete_link(session, workspace, name)
     return Response(status_code=204)

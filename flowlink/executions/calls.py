@@ -15,6 +15,7 @@ from flowlink.access.service import Principal, principal_from_descriptor
 from flowlink.errors import FlowlinkError, Invalid, NotFound
 from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
+from flowlink.linking.exchange import RemoteStart, start_remote_execution
 from flowlink.runtime.errors import (
     DependencyFailed,
     FlowApiError,
@@ -209,11 +210,6 @@ class FlowApiCalls:
 
     def _start_child(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         self._authorize(session, workspace, "execute", "executions", {"flow": params.get("flow")})
-        if params.get("remote"):
-            raise FlowApiError(
-                f"no workspace link named {params['remote']!r} is configured in workspace"
-                f" {workspace.slug!r}"
-            )
         if params.get("run") is False:
             raise FlowApiError("run=False is not supported: a child starts when it is created")
         parent = session.get(Execution, self.execution_id)
@@ -222,6 +218,23 @@ class FlowApiCalls:
         inputs = params.get("inputs")
         if inputs is not None and not isinstance(inputs, dict):
             raise FlowApiError("inputs must be a dict")
+        if params.get("remote"):
+            mirror = start_remote_execution(
+                session,
+                workspace,
+                str(params["remote"]),
+                RemoteStart(
+                    flow=str(params.get("flow")),
+                    inputs=inputs,
+                    use_remote_flow=bool(params.get("use_remote_flow")),
+                ),
+                parent=parent,
+                trigger={"type": "flow", "parent": parent.id},
+                default_max_runtime=self.settings.default_max_runtime,
+            )
+            return {"id": mirror.id, "remote": True}
+        if params.get("use_remote_flow"):
+            raise FlowApiError("use_remote_flow=True needs remote='<sync config name>'")
         child = executions.create_execution(
             session,
             workspace,
@@ -247,7 +260,7 @@ class FlowApiCalls:
                 if workspace is None:
                     raise ResourceNotFound("the workspace of this execution was deleted")
                 result = self._start_child(session, workspace, params)
-                if reserved and self._worker is not None:
+                if reserved and self._worker is not None and not result.get("remote"):
                     child = session.get(Execution, result["id"])
                     assert child is not None
                     claimed = executions.claim_new_child(

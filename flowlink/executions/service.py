@@ -53,10 +53,13 @@ def create_execution(
     max_runtime: float | None = None,
     default_max_runtime: float = 3600.0,
     principal: dict[str, Any] | None = None,
+    remote_config_id: str | None = None,
 ) -> Execution:
     """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script.
 
     ``principal`` (``Principal.describe()``) is who it acts as; a child inherits its parent's.
+    ``remote_config_id`` marks an execution that runs in a linked workspace and is only
+    mirrored here (see ``flowlink.linking.exchange``): no worker ever claims it.
     """
     if inputs is not None and not isinstance(inputs, dict):
         raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
@@ -93,6 +96,7 @@ def create_execution(
         trigger=trigger or {"type": "api"},
         cancel_requested=False,
         principal=principal if principal is not None else (parent.principal if parent else None),
+        remote_config_id=remote_config_id,
     )
     session.add(execution)
     record(
@@ -104,7 +108,8 @@ def create_execution(
         execution_id=execution.id,
         user_id=execution.user_id,
     )
-    notify.announce(session, notify.QUEUED, execution.id)
+    if remote_config_id is None:
+        notify.announce(session, notify.QUEUED, execution.id)
     return execution
 
 
@@ -206,6 +211,7 @@ def execution_view(
         "max_runtime": execution.max_runtime,
         "trigger": execution.trigger,
         "user_id": execution.user_id,
+        "mirrored": execution.remote_config_id is not None,
     }
     if children is not None:
         view["children"] = list(children)
@@ -286,7 +292,12 @@ def request_cancel(session: Session, execution: Execution, *, reason: str = "can
     pending = [execution]
     while pending:
         current = pending.pop()
-        if current.status == QUEUED:
+        if current.remote_config_id is not None:
+            # It runs in a linked workspace: the link carries the cancel over.
+            from flowlink.linking.exchange import cancel_mirrored
+
+            cancel_mirrored(session, current, reason)
+        elif current.status == QUEUED:
             finish_many(session, [(current.id, Outcome(CANCELLED, reason, None, "cancelled"))])
         elif current.status in ACTIVE:
             current.cancel_requested = True
@@ -321,7 +332,7 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
     candidates = list(
         session.scalars(
             select(Execution.id)
-            .where(Execution.status == QUEUED)
+            .where(Execution.status == QUEUED, Execution.remote_config_id.is_(None))
             .order_by(Execution.depth.desc(), Execution.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -547,7 +558,14 @@ def reap_expired(session: Session) -> list[str]:
 
 def queue_depth(session: Session) -> int:
     """How many executions wait to be claimed."""
-    return session.scalar(select(func.count()).where(Execution.status == QUEUED)) or 0
+    return (
+        session.scalar(
+            select(func.count()).where(
+                Execution.status == QUEUED, Execution.remote_config_id.is_(None)
+            )
+        )
+        or 0
+    )
 
 
 def _workspaces(session: Session, ids: set[str]) -> dict[str, Workspace]:

@@ -13,8 +13,9 @@ until it has something to send (the long poll of the immediate mode). Message ty
 - ``execution.start``: start a flow script for an origin execution (script included, or
   ``use_remote_flow`` to run the receiver's own flow of that name);
 - ``execution.update``: the state of an execution started through the link (status, outputs,
-  message, timestamps, new log lines with their sequence numbers); ``mirror: true`` marks a
-  read-only copy sent because of ``send_all_executions``;
+  message, timestamps, new log lines with their sequence numbers); ``revision`` counts the
+  updates of one execution, so a late duplicate never undoes a newer state; ``mirror: true``
+  marks a read-only copy sent because of ``send_all_executions``;
 - ``execution.cancel``: cancel the execution started for an origin execution;
 - ``ack``: the ids of messages received and stored; the sender may drop them from its outbox.
 
@@ -63,11 +64,13 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     "execution.update": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["id", "type", "created_at", "origin_execution_id", "status"],
+        "required": ["id", "type", "created_at", "origin_execution_id", "revision", "status"],
         "properties": {
             **_BASE,
             "origin_execution_id": _ID,
+            "revision": {"type": "integer", "minimum": 1},
             "status": {"enum": list(STATUSES)},
+            "correlation_id": {"type": ["string", "null"], "maxLength": 64},
             "message": {"type": ["string", "null"], "maxLength": 100_000},
             "outputs": {"type": "object"},
             "error_kind": {"type": ["string", "null"], "maxLength": 32},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from flowlink.access.policy import role_exists
+from flowlink.access.service import DEFAULT_IDENTITY_ROLE
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import record
 from flowlink.linking import keys
@@ -27,6 +30,7 @@ CONTROLLING = "controlling"
 CONTROLLED = "controlled"
 DIRECTIONS = (CONTROLLING, CONTROLLED)
 MAX_SYNC_INTERVAL = 86_400.0
+STATE_WRITE_EVERY = timedelta(seconds=2)
 SYNC_PATH_RE = re.compile(
     r"^/(?:.*/)?api/v1/workspaces/(?P<ws>[a-z0-9][a-z0-9-]{1,62})/sync_config/"
     r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})/sync$"
@@ -41,6 +45,7 @@ FIELDS = (
     "send_all_executions",
     "sync_interval",
     "direction",
+    "role",
 )
 
 
@@ -107,7 +112,9 @@ def _check_bool(field: str, value: Any) -> bool:
     return value
 
 
-def _apply(config: SyncConfig, data: Mapping[str, Any], secret_key: str) -> list[str]:
+def _apply(
+    config: SyncConfig, workspace: Workspace, data: Mapping[str, Any], secret_key: str
+) -> list[str]:
     """Validate and set the given fields; returns the names of those that changed."""
     unknown = sorted(set(data) - set(FIELDS) - {"name"})
     if unknown:
@@ -151,6 +158,17 @@ def _apply(config: SyncConfig, data: Mapping[str, Any], secret_key: str) -> list
         if config.direction != direction:
             config.direction = direction
             changed.append("direction")
+    if "role" in data:
+        role = data["role"]
+        if role is not None and (not isinstance(role, str) or not role_exists(workspace, role)):
+            raise Invalid(
+                f"role: {role!r} is not a role of workspace {workspace.slug!r} (executions"
+                " started through this link run under it)",
+                details={"field": "role"},
+            )
+        if config.role != role:
+            config.role = role
+            changed.append("role")
     return changed
 
 
@@ -210,7 +228,7 @@ def create_sync_config(
         remote_fingerprints=[],
         state={},
     )
-    _apply(config, data, secret_key)
+    _apply(config, workspace, data, secret_key)
     session.add(config)
     session.flush()
     record(session, workspace, "sync.configs.created", _audit(config))
@@ -224,7 +242,7 @@ def update_sync_config(
     config = get_sync_config(session, workspace, name)
     if "name" in data and data["name"] != name:
         raise Invalid("name: a sync config cannot be renamed", details={"field": "name"})
-    changed = _apply(config, data, secret_key)
+    changed = _apply(config, workspace, data, secret_key)
     if changed:
         config.updated_at = utcnow()
         record(session, workspace, "sync.configs.updated", {**_audit(config), "changed": changed})
@@ -245,6 +263,26 @@ def _audit(config: SyncConfig) -> dict[str, Any]:
         "ownFingerprint": config.own_fingerprint,
         "remoteFingerprints": list(config.remote_fingerprints),
     }
+
+
+def note_link_state(config: SyncConfig, **state: Any) -> bool:
+    """Record an exchange (and state such as ``connected``, ``last_error``) on the config.
+
+    Writes only when the state changes or the last stamp is older than ``STATE_WRITE_EVERY``,
+    so a busy link does not rewrite its config on every exchange. Returns whether it wrote.
+    """
+    current = dict(config.state or {})
+    stamp = utcnow()
+    try:
+        last = datetime.fromisoformat(str(current.get("last_exchange_at")))
+    except ValueError:
+        last = None
+    same = all(current.get(key) == value for key, value in state.items())
+    if same and last is not None and stamp - last < STATE_WRITE_EVERY:
+        return False
+    current.update(state, last_exchange_at=stamp.isoformat())
+    config.state = current
+    return True
 
 
 def private_key_of(config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
@@ -275,6 +313,7 @@ def sync_config_view(config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
         "send_all_executions": config.send_all_executions,
         "sync_interval": config.sync_interval,
         "direction": direction_of(config),
+        "role": config.role or DEFAULT_IDENTITY_ROLE,
         "connects": bool(config.remote_url),
         "sync_endpoint": sync_path(workspace_slug, config.name),
         "state": config.state,

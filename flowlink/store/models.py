@@ -164,7 +164,7 @@ class ApiToken(Base):
 class Execution(Base):
     __tablename__ = "executions"
     __table_args__ = (
-        Index("ix_executions_queue", "status", "depth", "created_at"),
+        Index("ix_executions_queue", "status", "remote_config_id", "depth", "created_at"),
         Index("ix_executions_workspace_created", "workspace_id", "created_at"),
         Index("ix_executions_lease", "status", "lease_expires_at"),
     )
@@ -195,6 +195,9 @@ class Execution(Base):
     trigger: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # Who the execution acts as (see flowlink.access.service.principal_descriptor).
     principal: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Set on an execution that runs in a linked workspace and only mirrors it here (the id of
+    # the sync config it runs through); the queue never claims such an execution.
+    remote_config_id: Mapped[str | None] = mapped_column(String(36))
 
 
 class ExecutionLog(Base):
@@ -301,6 +304,8 @@ class SyncConfig(Base):
     send_all_executions: Mapped[bool] = mapped_column(Boolean, default=False)
     sync_interval: Mapped[float | None] = mapped_column(Float)
     direction: Mapped[str | None] = mapped_column(String(16))
+    # The role executions started through this link run under in this workspace.
+    role: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -319,3 +324,47 @@ class LinkNonce(Base):
     sync_config_id: Mapped[str] = mapped_column(ForeignKey("sync_configs.id", ondelete="CASCADE"))
     nonce: Mapped[str] = mapped_column(String(128))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LinkOutbox(Base):
+    """A message waiting to be delivered to the other end of a link, until it is acked."""
+
+    __tablename__ = "link_outbox"
+    __table_args__ = (Index("ix_link_outbox_config", "sync_config_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sync_config_id: Mapped[str] = mapped_column(ForeignKey("sync_configs.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LinkExecution(Base):
+    """An execution that concerns a link, and what the other end has been told about it.
+
+    ``role``: ``origin`` (a local execution that mirrors its run in the other workspace),
+    ``target`` (a local run started by the other end), ``source`` (a local execution copied
+    read-only to the other end because of ``send_all_executions``) or ``mirror`` (such a
+    read-only copy received here). ``origin_execution_id`` is the id in the originating
+    workspace, which both ends use to name the execution in messages.
+    """
+
+    __tablename__ = "link_executions"
+    __table_args__ = (
+        UniqueConstraint("sync_config_id", "role", "origin_execution_id", name="uq_link_exec"),
+        Index("ix_link_executions_open", "sync_config_id", "done"),
+        Index("ix_link_executions_execution", "execution_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sync_config_id: Mapped[str] = mapped_column(ForeignKey("sync_configs.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(8))
+    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    origin_execution_id: Mapped[str] = mapped_column(String(64))
+    # Sender side: the last state put in the outbox. Receiver side: the last one applied.
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str | None] = mapped_column(String(16))
+    log_mark: Mapped[int] = mapped_column(BigId, default=0)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

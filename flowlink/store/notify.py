@@ -24,7 +24,8 @@ QUEUED = "flowlink_queued"
 ENDED = "flowlink_ended"
 CANCEL = "flowlink_cancel"
 EVENTS = "flowlink_events"
-CHANNELS = (QUEUED, ENDED, CANCEL, EVENTS)
+LINK = "flowlink_link"  # a message was put in a link's outbox (payload: sync config id)
+CHANNELS = (QUEUED, ENDED, CANCEL, EVENTS, LINK)
 
 Callback = Callable[[str], None]
 _PENDING_KEY = "flowlink_announcements"
@@ -37,6 +38,8 @@ class Notifier:
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
         self._conditions = {name: threading.Condition() for name in CHANNELS}
         self._counters = dict.fromkeys(CHANNELS, 0)
+        self._any = threading.Condition()
+        self._total = 0
         self._lock = threading.Lock()
 
     def subscribe(self, channel: str, callback: Callback) -> Callable[[], None]:
@@ -56,6 +59,9 @@ class Notifier:
         with condition:
             self._counters[channel] += 1
             condition.notify_all()
+        with self._any:
+            self._total += 1
+            self._any.notify_all()
         with self._lock:
             callbacks = list(self._callbacks[channel])
         for callback in callbacks:
@@ -67,6 +73,16 @@ class Notifier:
     def counter(self, channel: str) -> int:
         """How many notifications this channel has seen (for ``wait``)."""
         return self._counters[channel]
+
+    def total(self) -> int:
+        """How many notifications all channels together have seen (for ``wait_any``)."""
+        return self._total
+
+    def wait_any(self, seen: int, timeout: float) -> int:
+        """Block until any channel fires after ``total()`` was ``seen``, or the timeout."""
+        with self._any:
+            self._any.wait_for(lambda: self._total != seen, timeout=timeout)
+            return self._total
 
     def wait(self, channel: str, seen: int, timeout: float) -> int:
         """Block until the channel's counter moves past ``seen`` or the timeout; returns it."""

@@ -28,6 +28,7 @@ UPDATE = {
     "type": "execution.update",
     "created_at": NOW,
     "origin_execution_id": "e-1",
+    "revision": 1,
     "status": "success",
     "outputs": {"x": 1},
     "logs": [{"seq": 1, "line": "hello"}],

@@ -1,0 +1,158 @@
+"""The answering side of an exchange: ``POST .../sync_config/{name}/sync``.
+
+Nothing in a request is acted on before its signature holds (``authenticate_exchange``).
+Then, in one transaction, its messages are applied and recorded as received. The answer
+carries this end's pending messages and an ``ack`` of the request's; with ``poll`` set and
+nothing to send, the answer waits (without holding a transaction) until something changes
+here or the poll time is up: the long poll of the immediate mode.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy.orm import Session
+
+from flowlink.errors import Invalid
+from flowlink.linking import outbox, signing
+from flowlink.linking.exchange import apply_messages, collect_changes, has_changes
+from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
+from flowlink.linking.protocol import MAX_MESSAGES, envelope, parse_envelope
+from flowlink.linking.service import get_sync_config, note_link_state, private_key_of
+from flowlink.settings import ServerSettings, resolve_secret_key
+from flowlink.store.engine import Store
+from flowlink.store.models import SyncConfig, Workspace
+from flowlink.workspaces.service import get_workspace
+
+CONTENT_TYPE = "application/json"
+COALESCE_SECONDS = 0.005  # after a wake-up, let changes made together go out together
+
+
+@dataclass(frozen=True)
+class SignedAnswer:
+    """The body and headers (signature included) of an exchange's answer."""
+
+    content: bytes
+    headers: httpx.Headers
+
+
+class KeyCache:
+    """Decrypted private keys by sync config (decrypting costs more than signing)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], rsa.RSAPrivateKey] = {}
+
+    def get(self, config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
+        """The config's private key, decrypted once per stored version."""
+        cache_key = (config.id, config.own_private_key)
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = private_key_of(config, secret_key)
+            self._keys[cache_key] = key
+        return key
+
+
+_KEYS = KeyCache()
+
+
+def _config(session: Session, workspace_slug: str, name: str) -> tuple[Workspace, SyncConfig]:
+    workspace = get_workspace(session, workspace_slug)
+    return workspace, get_sync_config(session, workspace, name)
+
+
+def answer_exchange(
+    store: Store,
+    settings: ServerSettings,
+    workspace_slug: str,
+    name: str,
+    *,
+    method: str,
+    url: str,
+    headers: httpx.Headers,
+    body: bytes,
+    client: str | None = None,
+    stopping: threading.Event | None = None,
+) -> SignedAnswer:
+    """Authenticate and apply one exchange and build the signed answer (may long-poll).
+
+    ``stopping`` ends a long poll early when the server shuts down.
+    """
+    secret = resolve_secret_key(settings)
+    try:
+        with store.write() as session:
+            workspace = get_workspace(session, workspace_slug)
+            config = authenticate_exchange(
+                session, workspace, name, method=method, url=url, headers=headers, body=body
+            )
+            try:
+                data = json.loads(body)
+            except ValueError:
+                raise Invalid("body: not JSON", details={"field": "body"}) from None
+            request = parse_envelope(data)
+            received = apply_messages(
+                session,
+                config,
+                workspace,
+                request.messages,
+                default_max_runtime=settings.default_max_runtime,
+            )
+            note_link_state(config, last_error=None)
+            private_key = _KEYS.get(config, secret)
+            config_id = config.id
+    except SyncRejected as rejection:
+        with store.write() as session:
+            workspace = get_workspace(session, workspace_slug)
+            record_rejection(
+                session,
+                workspace,
+                name,
+                rejection,
+                {"method": method, "url": url, "client": client},
+            )
+        raise
+    poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
+    messages = _outgoing(store, workspace_slug, name, config_id, poll=poll, stopping=stopping)
+    if received:
+        messages.append(outbox.new_message("ack", ids=received))
+    content = json.dumps(envelope(messages), separators=(",", ":")).encode()
+    answer_headers = httpx.Headers({"content-type": CONTENT_TYPE})
+    signing.sign_response(
+        private_key, 200, answer_headers, content, request_method=method, request_url=url
+    )
+    return SignedAnswer(content, answer_headers)
+
+
+def _outgoing(
+    store: Store,
+    workspace_slug: str,
+    name: str,
+    config_id: str,
+    *,
+    poll: float,
+    stopping: threading.Event | None = None,
+) -> list[dict[str, Any]]:
+    """This end's pending messages; with ``poll``, wait up to that long for some."""
+    notifier = store.notifier
+    deadline = time.monotonic() + poll
+    while True:
+        seen = notifier.total()
+        with store.read() as session:
+            workspace, config = _config(session, workspace_slug, name)
+            changed = has_changes(session, config)
+        if changed:
+            with store.write() as session:
+                workspace, config = _config(session, workspace_slug, name)
+                collect_changes(session, config, workspace)
+        with store.read() as session:
+            messages = outbox.pending(session, config_id, MAX_MESSAGES - 1)
+        remaining = deadline - time.monotonic()
+        if messages or remaining <= 0 or (stopping is not None and stopping.is_set()):
+            return messages
+        notifier.wait_any(seen, min(remaining, 1.0))
+        time.sleep(COALESCE_SECONDS)

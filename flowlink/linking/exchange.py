@@ -1,0 +1,617 @@
+"""What a link carries: starting executions in the other workspace, and their state coming back.
+
+Both ends run the same code. Each end:
+
+- puts its messages in its outbox (``start_remote_execution``, ``cancel_mirrored``,
+  and ``collect_changes``, which compares the executions the other end follows with what it
+  was last told and queues an ``execution.update`` for each change), and
+- applies the messages it receives (``apply_messages``), idempotently: an execution is
+  started once per origin execution id, an update older than the last one applied is
+  ignored, and log lines are applied once each (by their sequence number).
+
+``LinkExecution`` rows say which executions concern a link and in which role (see its
+docstring), and hold the bookkeeping that makes all of this idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
+from flowlink.errors import Conflict, FlowlinkError, Invalid, NotFound
+from flowlink.events.service import record
+from flowlink.executions import service as executions
+from flowlink.linking import outbox
+from flowlink.linking.service import (
+    CONTROLLED,
+    CONTROLLING,
+    delete_sync_config,
+    direction_of,
+    get_sync_config,
+)
+from flowlink.store.models import Execution, ExecutionLog, LinkExecution, SyncConfig, Workspace
+from flowlink.store.models import utcnow as now
+from flowlink.workspaces.service import get_flow
+
+log = logging.getLogger(__name__)
+
+ORIGIN = "origin"  # here: a local execution that mirrors its run in the other workspace
+TARGET = "target"  # here: a run started by the other end
+SOURCE = "source"  # here: a local execution copied read-only to the other end (send-all)
+MIRROR = "mirror"  # here: such a read-only copy of an execution of the other workspace
+LOG_LINES_PER_UPDATE = 1000
+UPDATES_PER_COLLECT = 500
+TRACK_PER_COLLECT = 500
+
+
+@dataclass(frozen=True)
+class RemoteStart:
+    """What to start in the other workspace."""
+
+    flow: str
+    inputs: dict[str, Any] | None = None
+    use_remote_flow: bool = False
+    max_runtime: float | None = None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+# --- the controlling side: starting and cancelling remote executions ----------------------
+
+
+def start_remote_execution(
+    session: Session,
+    workspace: Workspace,
+    config_name: str,
+    start: RemoteStart,
+    *,
+    parent: Execution | None = None,
+    correlation_id: str | None = None,
+    user_id: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    principal: dict[str, Any] | None = None,
+    default_max_runtime: float = 3600.0,
+) -> Execution:
+    """Start a flow in the linked workspace; returns the local execution that mirrors it.
+
+    The script of the local flow ``start.flow`` is sent along, unless ``use_remote_flow``
+    asks the other workspace to run its own flow of that name.
+    """
+    try:
+        config = get_sync_config(session, workspace, config_name)
+    except NotFound:
+        raise NotFound(
+            f"no workspace link named {config_name!r} in workspace {workspace.slug!r}",
+            details={"field": "remote", "sync_config": config_name},
+        ) from None
+    if not config.enabled:
+        raise Conflict(f"the link {config_name!r} is disabled", details={"field": "remote"})
+    if direction_of(config) != CONTROLLING:
+        raise Invalid(
+            f"the link {config_name!r} is controlled by the other workspace: it cannot start"
+            " executions there (bidirectional control needs a second link)",
+            details={"field": "remote"},
+        )
+    execution = executions.create_execution(
+        session,
+        workspace,
+        flow_name=start.flow,
+        script="" if start.use_remote_flow else None,
+        inputs=start.inputs,
+        parent=parent,
+        correlation_id=correlation_id,
+        user_id=user_id,
+        trigger={
+            **(trigger or {"type": "api"}),
+            "remote": {"syncConfig": config.name, "useRemoteFlow": start.use_remote_flow},
+        },
+        max_runtime=start.max_runtime,
+        default_max_runtime=default_max_runtime,
+        principal=principal,
+        remote_config_id=config.id,
+    )
+    session.add(
+        LinkExecution(
+            sync_config_id=config.id,
+            role=ORIGIN,
+            execution_id=execution.id,
+            origin_execution_id=execution.id,
+            revision=0,
+            status=executions.QUEUED,
+            log_mark=0,
+            done=False,
+            created_at=now(),
+        )
+    )
+    outbox.enqueue(
+        session,
+        config.id,
+        outbox.new_message(
+            "execution.start",
+            origin_execution_id=execution.id,
+            origin_workspace=workspace.slug,
+            flow=start.flow,
+            script=None if start.use_remote_flow else execution.script,
+            use_remote_flow=start.use_remote_flow,
+            inputs=execution.inputs or {},
+            correlation_id=execution.correlation_id,
+            max_runtime=start.max_runtime,
+        ),
+    )
+    return execution
+
+
+def cancel_mirrored(session: Session, execution: Execution, reason: str) -> None:
+    """Cancel an execution that runs in a linked workspace: at once here, and over there.
+
+    A read-only copy (send-all) cannot be cancelled here: it belongs to the other workspace.
+    """
+    link = session.scalar(
+        select(LinkExecution).where(
+            LinkExecution.execution_id == execution.id,
+            LinkExecution.sync_config_id == execution.remote_config_id,
+        )
+    )
+    if link is not None and link.role == MIRROR:
+        raise Conflict(
+            f"execution {execution.id} is a read-only copy of an execution of a linked"
+            " workspace; cancel it there",
+            details={"mirrored": True},
+        )
+    if link is not None:
+        outbox.enqueue(
+            session,
+            link.sync_config_id,
+            outbox.new_message(
+                "execution.cancel", origin_execution_id=link.origin_execution_id, reason=reason
+            ),
+        )
+    executions.finish_many(
+        session,
+        [(execution.id, executions.Outcome(executions.CANCELLED, reason, None, "cancelled"))],
+    )
+
+
+# --- applying what the other end sends ------------------------------------------------------
+
+
+def apply_messages(
+    session: Session,
+    config: SyncConfig,
+    workspace: Workspace,
+    messages: Sequence[dict[str, Any]],
+    *,
+    default_max_runtime: float = 3600.0,
+) -> list[str]:
+    """Act on validated messages from the other end; returns the ids to ack.
+
+    Every message is applied idempotently, so a redelivered one changes nothing.
+    """
+    received: list[str] = []
+    for message in messages:
+        kind = message["type"]
+        if kind == "ack":
+            outbox.acknowledge(session, config.id, message["ids"])
+            continue
+        if kind == "execution.start":
+            _apply_start(session, config, workspace, message, default_max_runtime)
+        elif kind == "execution.update":
+            _apply_update(session, config, workspace, message)
+        elif kind == "execution.cancel":
+            _apply_cancel(session, config, workspace, message)
+        received.append(message["id"])
+    return received
+
+
+def _link(session: Session, config: SyncConfig, role: str, origin_id: str) -> LinkExecution | None:
+    return session.scalar(
+        select(LinkExecution)
+        .where(
+            LinkExecution.sync_config_id == config.id,
+            LinkExecution.role == role,
+            LinkExecution.origin_execution_id == origin_id,
+        )
+        .with_for_update()
+    )
+
+
+def _refuse_start(
+    session: Session, config: SyncConfig, message: dict[str, Any], why: str, kind: str
+) -> None:
+    """Answer a start that cannot be done with an update that ends it as an error."""
+    outbox.enqueue(
+        session,
+        config.id,
+        outbox.new_message(
+            "execution.update",
+            origin_execution_id=message["origin_execution_id"],
+            revision=1,
+            status=executions.ERROR,
+            message=why,
+            error_kind=kind,
+            ended_at=_iso(now()),
+        ),
+    )
+
+
+def _identity(config: SyncConfig, workspace: Workspace) -> dict[str, Any]:
+    role = config.role or DEFAULT_IDENTITY_ROLE
+    return identity_principal(
+        "sync_config", f"{workspace.slug}/{config.name}", workspace, role=role
+    ).describe()
+
+
+def _apply_start(
+    session: Session,
+    config: SyncConfig,
+    workspace: Workspace,
+    message: dict[str, Any],
+    default_max_runtime: float,
+) -> None:
+    origin_id = message["origin_execution_id"]
+    if _link(session, config, TARGET, origin_id) is not None:
+        return  # started before: this is a redelivery
+    if direction_of(config) != CONTROLLED:
+        _refuse_start(
+            session,
+            config,
+            message,
+            f"refused by workspace {workspace.slug!r}: its end of the link ({config.name!r}) is"
+            " the controlling one, so it does not take executions from this link",
+            "refused",
+        )
+        return
+    flow = message["flow"]
+    use_remote_flow = bool(message.get("use_remote_flow"))
+    script = message.get("script")
+    try:
+        with session.begin_nested():
+            if use_remote_flow:
+                get_flow(session, workspace, flow)  # NotFound names the flow and workspace
+            elif not isinstance(script, str):
+                raise Invalid("execution.start: script is required unless use_remote_flow")
+            execution = executions.create_execution(
+                session,
+                workspace,
+                flow_name=flow,
+                script=None if use_remote_flow else script,
+                inputs=message.get("inputs") or {},
+                correlation_id=message.get("correlation_id"),
+                trigger={
+                    "type": "link",
+                    "syncConfig": config.name,
+                    "originExecutionId": origin_id,
+                    "originWorkspace": message.get("origin_workspace"),
+                    "useRemoteFlow": use_remote_flow,
+                },
+                max_runtime=message.get("max_runtime"),
+                default_max_runtime=default_max_runtime,
+                principal=_identity(config, workspace),
+            )
+            if use_remote_flow:
+                execution.flow_id = None  # the run shows the script; it is not one of our flows
+    except FlowlinkError as error:
+        kind = "not_found" if isinstance(error, NotFound) else "invalid"
+        _refuse_start(session, config, message, error.message, kind)
+        return
+    session.add(
+        LinkExecution(
+            sync_config_id=config.id,
+            role=TARGET,
+            execution_id=execution.id,
+            origin_execution_id=origin_id,
+            revision=0,
+            status=None,  # nothing sent yet: the first collect reports it
+            log_mark=0,
+            done=False,
+            created_at=now(),
+        )
+    )
+
+
+def _mirror_copy(
+    session: Session, config: SyncConfig, workspace: Workspace, message: dict[str, Any]
+) -> LinkExecution | None:
+    """The read-only copy of an execution of the other workspace, made on its first update."""
+    if direction_of(config) != CONTROLLED:
+        return None  # only the controlled end receives copies
+    origin_id = message["origin_execution_id"]
+    execution = executions.create_execution(
+        session,
+        workspace,
+        flow_name=message.get("flow") or "script",
+        script=message.get("script") or "",
+        inputs=message.get("inputs") or {},
+        correlation_id=message.get("correlation_id"),
+        trigger={"type": "mirror", "syncConfig": config.name, "originExecutionId": origin_id},
+        principal=_identity(config, workspace),
+        remote_config_id=config.id,
+    )
+    link = LinkExecution(
+        sync_config_id=config.id,
+        role=MIRROR,
+        execution_id=execution.id,
+        origin_execution_id=origin_id,
+        revision=0,
+        status=executions.QUEUED,
+        log_mark=0,
+        done=False,
+        created_at=now(),
+    )
+    session.add(link)
+    session.flush()
+    return link
+
+
+def _apply_update(
+    session: Session, config: SyncConfig, workspace: Workspace, message: dict[str, Any]
+) -> None:
+    origin_id = message["origin_execution_id"]
+    if message.get("mirror"):
+        link = _link(session, config, MIRROR, origin_id) or _mirror_copy(
+            session, config, workspace, message
+        )
+    else:
+        link = _link(session, config, ORIGIN, origin_id)
+    if link is None or message["revision"] <= link.revision:
+        return  # unknown here, or older than what we have
+    execution = session.get(Execution, link.execution_id, with_for_update=True)
+    if execution is None:
+        return
+    lines = [entry for entry in message.get("logs") or () if entry["seq"] > link.log_mark]
+    if lines:
+        executions.append_logs(session, execution.id, [entry["line"] for entry in lines])
+        link.log_mark = max(entry["seq"] for entry in lines)
+    if message.get("script") and not execution.script:
+        execution.script = message["script"]
+    status = message["status"]
+    link.revision = message["revision"]
+    link.status = status
+    if execution.status in executions.ENDED:
+        link.done = True
+        return
+    if status in executions.ENDED:
+        executions.finish_many(
+            session,
+            [
+                (
+                    execution.id,
+                    executions.Outcome(
+                        status,
+                        message.get("message"),
+                        message.get("outputs") or {},
+                        message.get("error_kind"),
+                    ),
+                )
+            ],
+        )
+        link.done = True
+        return
+    if message.get("outputs"):
+        execution.outputs = {**(execution.outputs or {}), **message["outputs"]}
+    if "message" in message and message["message"] is not None:
+        execution.message = message["message"]
+    if status in executions.ACTIVE:
+        if execution.status == executions.QUEUED:
+            execution.started_at = now()
+            record(
+                session,
+                workspace,
+                "executions.started",
+                {"id": execution.id, "flow": execution.flow_name, "worker": f"link:{config.name}"},
+                correlation_id=execution.correlation_id,
+                execution_id=execution.id,
+                user_id=execution.user_id,
+            )
+        execution.status = status
+
+
+def _apply_cancel(
+    session: Session, config: SyncConfig, workspace: Workspace, message: dict[str, Any]
+) -> None:
+    link = _link(session, config, TARGET, message["origin_execution_id"])
+    if link is None:
+        return
+    execution = session.get(Execution, link.execution_id)
+    if execution is None or execution.status in executions.ENDED:
+        return
+    reason = message.get("reason") or f"cancelled through the link {config.name!r}"
+    executions.request_cancel(session, execution, reason=reason)
+
+
+# --- reporting changes to the other end -----------------------------------------------------
+
+
+def _track_all(session: Session, config: SyncConfig, workspace: Workspace) -> int:
+    """Follow executions of this workspace not yet copied to the other end (send-all)."""
+    tracked = select(LinkExecution.id).where(
+        LinkExecution.sync_config_id == config.id,
+        LinkExecution.execution_id == Execution.id,
+    )
+    new = list(
+        session.scalars(
+            select(Execution.id)
+            .where(
+                Execution.workspace_id == workspace.id,
+                or_(Execution.remote_config_id.is_(None), Execution.remote_config_id != config.id),
+                ~tracked.exists(),
+            )
+            .order_by(Execution.created_at)
+            .limit(TRACK_PER_COLLECT)
+        )
+    )
+    session.add_all(
+        LinkExecution(
+            sync_config_id=config.id,
+            role=SOURCE,
+            execution_id=execution_id,
+            origin_execution_id=execution_id,
+            revision=0,
+            status=None,
+            log_mark=0,
+            done=False,
+            created_at=now(),
+        )
+        for execution_id in new
+    )
+    return len(new)
+
+
+def has_changes(session: Session, config: SyncConfig) -> bool:
+    """Whether ``collect_changes`` would queue anything (a cheap read, no locks)."""
+    return bool(_changed(session, config, limit=1, lock=False)) or _untracked(session, config)
+
+
+def _untracked(session: Session, config: SyncConfig) -> bool:
+    if not (config.send_all_executions and direction_of(config) == CONTROLLING):
+        return False
+    tracked = select(LinkExecution.id).where(
+        LinkExecution.sync_config_id == config.id, LinkExecution.execution_id == Execution.id
+    )
+    return (
+        session.scalar(
+            select(Execution.id)
+            .where(
+                Execution.workspace_id == config.workspace_id,
+                or_(Execution.remote_config_id.is_(None), Execution.remote_config_id != config.id),
+                ~tracked.exists(),
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def _changed(
+    session: Session, config: SyncConfig, *, limit: int, lock: bool
+) -> list[tuple[LinkExecution, Execution]]:
+    """Followed executions whose status or logs moved past what the other end was told."""
+    query = (
+        select(LinkExecution, Execution)
+        .join(Execution, Execution.id == LinkExecution.execution_id)
+        .where(
+            LinkExecution.sync_config_id == config.id,
+            LinkExecution.role.in_((TARGET, SOURCE)),
+            LinkExecution.done.is_(False),
+        )
+        .order_by(LinkExecution.id)
+    )
+    if lock:
+        query = query.with_for_update(of=LinkExecution)
+    rows = [(link, execution) for link, execution in session.execute(query)]
+    if not rows:
+        return []
+    marks = {link.execution_id: link.log_mark for link, _ in rows}
+    newest_logs = dict(
+        session.execute(
+            select(ExecutionLog.execution_id, func.max(ExecutionLog.id))
+            .where(
+                ExecutionLog.execution_id.in_(list(marks)),
+                ExecutionLog.id > min(marks.values()),
+            )
+            .group_by(ExecutionLog.execution_id)
+        ).all()
+    )
+    changed = [
+        (link, execution)
+        for link, execution in rows
+        if link.status != execution.status or newest_logs.get(execution.id, 0) > link.log_mark
+    ]
+    return changed[:limit]
+
+
+def collect_changes(session: Session, config: SyncConfig, workspace: Workspace) -> int:
+    """Queue an ``execution.update`` for every followed execution that changed; returns how many."""
+    sends_all = config.send_all_executions and direction_of(config) == CONTROLLING
+    if sends_all and _track_all(session, config, workspace):
+        session.flush()
+    changed = _changed(session, config, limit=UPDATES_PER_COLLECT, lock=True)
+    for link, execution in changed:
+        lines = list(
+            session.execute(
+                select(ExecutionLog.id, ExecutionLog.line)
+                .where(ExecutionLog.execution_id == execution.id, ExecutionLog.id > link.log_mark)
+                .order_by(ExecutionLog.id)
+                .limit(LOG_LINES_PER_UPDATE)
+            )
+        )
+        first = link.revision == 0
+        fields: dict[str, Any] = {
+            "origin_execution_id": link.origin_execution_id,
+            "revision": link.revision + 1,
+            "status": execution.status,
+            "message": execution.message,
+            "outputs": execution.outputs or {},
+            "error_kind": execution.error_kind,
+            "started_at": _iso(execution.started_at),
+            "ended_at": _iso(execution.ended_at),
+            "logs": [{"seq": seq, "line": line} for seq, line in lines],
+        }
+        if first:
+            fields.update(
+                flow=execution.flow_name,
+                script=execution.script,
+                inputs=execution.inputs or {},
+                correlation_id=execution.correlation_id,
+                created_at_origin=_iso(execution.created_at),
+            )
+        if link.role == SOURCE:
+            fields["mirror"] = True
+        outbox.enqueue(session, config.id, outbox.new_message("execution.update", **fields))
+        link.revision += 1
+        link.status = execution.status
+        if lines:
+            link.log_mark = lines[-1][0]
+        if execution.status in executions.ENDED and len(lines) < LOG_LINES_PER_UPDATE:
+            link.done = True
+    return len(changed)
+
+
+def end_link_executions(session: Session, config: SyncConfig, reason: str) -> int:
+    """End the local mirrors of a link that goes away (they would never hear back)."""
+    open_ids = list(
+        session.scalars(
+            select(Execution.id)
+            .join(LinkExecution, LinkExecution.execution_id == Execution.id)
+            .where(
+                LinkExecution.sync_config_id == config.id,
+                LinkExecution.role.in_((ORIGIN, MIRROR)),
+                Execution.status.not_in(executions.ENDED),
+            )
+        )
+    )
+    outcome = executions.Outcome(executions.ERROR, reason, None, "link_removed")
+    return len(executions.finish_many(session, [(i, outcome) for i in open_ids]))
+
+
+def delete_link(session: Session, workspace: Workspace, name: str) -> None:
+    """Delete a sync config; its unfinished mirrored executions end as errors first."""
+    config = get_sync_config(session, workspace, name)
+    end_link_executions(session, config, f"the link {name!r} was deleted")
+    delete_sync_config(session, workspace, name)
+
+
+def role_of_link(session: Session, execution: Execution) -> dict[str, Any] | None:
+    """How an execution relates to a link (for its detail view), or None."""
+    row = session.execute(
+        select(LinkExecution.role, LinkExecution.origin_execution_id, SyncConfig.name)
+        .join(SyncConfig, SyncConfig.id == LinkExecution.sync_config_id)
+        .where(
+            LinkExecution.execution_id == execution.id,
+            LinkExecution.role.in_((ORIGIN, TARGET, MIRROR)),
+        )
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    role, origin_id, name = row
+    return {"sync_config": name, "role": role, "origin_execution_id": origin_id}

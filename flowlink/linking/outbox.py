@@ -1,0 +1,71 @@
+"""The durable outbox of a link: messages wait here until the other end acks them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from flowlink.store import notify
+from flowlink.store.models import LinkOutbox, utcnow
+
+
+def new_message(kind: str, **fields: Any) -> dict[str, Any]:
+    """A protocol message of this type with a fresh id and the current time."""
+    return {
+        "id": uuid.uuid4().hex,
+        "type": kind,
+        "created_at": utcnow().isoformat().replace("+00:00", "Z"),
+        **fields,
+    }
+
+
+def enqueue(session: Session, sync_config_id: str, message: dict[str, Any]) -> None:
+    """Put a message in a link's outbox (in the caller's transaction) and wake its sender."""
+    session.add(
+        LinkOutbox(
+            sync_config_id=sync_config_id,
+            message_id=message["id"],
+            type=message["type"],
+            body=message,
+            created_at=utcnow(),
+        )
+    )
+    notify.announce(session, notify.LINK, sync_config_id)
+
+
+def pending(session: Session, sync_config_id: str, limit: int) -> list[dict[str, Any]]:
+    """The oldest ``limit`` messages not yet acked, in the order they were put in."""
+    return list(
+        session.scalars(
+            select(LinkOutbox.body)
+            .where(LinkOutbox.sync_config_id == sync_config_id)
+            .order_by(LinkOutbox.id)
+            .limit(limit)
+        )
+    )
+
+
+def acknowledge(session: Session, sync_config_id: str, message_ids: Iterable[str]) -> int:
+    """Drop acked messages from the outbox; returns how many were still there."""
+    ids = list(message_ids)
+    dropped = 0
+    for start in range(0, len(ids), 500):
+        result = session.execute(
+            delete(LinkOutbox).where(
+                LinkOutbox.sync_config_id == sync_config_id,
+                LinkOutbox.message_id.in_(ids[start : start + 500]),
+            )
+        )
+        dropped += result.rowcount  # type: ignore[attr-defined]
+    return dropped
+
+
+def depth(session: Session, sync_config_id: str) -> int:
+    """How many messages wait for the other end."""
+    return (
+        session.scalar(select(func.count()).where(LinkOutbox.sync_config_id == sync_config_id)) or 0
+    )
