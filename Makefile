@@ -40,6 +40,7 @@ bench: install-test
 	$(BIN)/python bench/executions.py
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/access.py
+	$(BIN)/python bench/link.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache flowlink.db flowlink.db-* flowlink.db.secret

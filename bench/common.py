@@ -108,8 +108,8 @@ class ServerProcess:
 
 
 @contextmanager
-def server(database_url: str, **env: str) -> Iterator[ServerProcess]:
-    """Initialize a store and run a real server process on it."""
+def server(database_url: str, port: int | None = None, **env: str) -> Iterator[ServerProcess]:
+    """Initialize a store and run a real server process on it (on ``port`` if given)."""
     environ = {
         **os.environ,
         "FLOWLINK_DATABASE_URL": database_url,
@@ -120,7 +120,7 @@ def server(database_url: str, **env: str) -> Iterator[ServerProcess]:
         [*FLOWLINK, "init", "--json", "--no-save"], env=environ, check=True, capture_output=True
     )
     token = json.loads(out.stdout)["token"]
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [*FLOWLINK, "server", "--port", str(port)],
         env=environ,

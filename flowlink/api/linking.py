@@ -66,7 +66,7 @@ def list_sync_configs(ws: str, context: Context, caller: Caller) -> dict[str, An
         authorize(caller, "read", "sync_configs", workspace)
         return {
             "items": [
-                linking.sync_config_view(c, workspace.slug)
+                linking.sync_config_view(session, c, workspace.slug)
                 for c in linking.list_sync_configs(session, workspace)
             ]
         }
@@ -82,7 +82,7 @@ def create_sync_config(
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "manage", "sync_configs", workspace)
         config = linking.create_sync_config(session, workspace, _fields(body), secret)
-        return linking.sync_config_view(config, workspace.slug)
+        return linking.sync_config_view(session, config, workspace.slug)
 
 
 @router.post(
@@ -115,9 +115,8 @@ def get_sync_config(ws: str, name: str, context: Context, caller: Caller) -> dic
     with context.store.read() as session:
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "read", "sync_configs", workspace)
-        return linking.sync_config_view(
-            linking.get_sync_config(session, workspace, name), workspace.slug
-        )
+        config = linking.get_sync_config(session, workspace, name)
+        return linking.sync_config_view(session, config, workspace.slug)
 
 
 @router.patch("/{name}")
@@ -130,7 +129,7 @@ def update_sync_config(
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "manage", "sync_configs", workspace)
         config = linking.update_sync_config(session, workspace, name, _fields(body), secret)
-        return linking.sync_config_view(config, workspace.slug)
+        return linking.sync_config_view(session, config, workspace.slug)
 
 
 @router.delete("/{name}", status_code=204)

@@ -148,9 +148,13 @@ class Connector:
         """Send what is pending (and acks), apply the answer; True if more is waiting."""
         messages: list[dict[str, Any]] = []
         if carry_outbox:
-            with self.store.write() as session:
-                config, workspace = self._load(session)
-                collect_changes(session, config, workspace)
+            with self.store.read() as session:
+                config, _ = self._load(session)
+                changed = has_changes(session, config)
+            if changed:
+                with self.store.write() as session:
+                    config, workspace = self._load(session)
+                    collect_changes(session, config, workspace)
             with self.store.read() as session:
                 messages = outbox.pending(session, self.config_id, MAX_MESSAGES - 1)
         with self._acks_lock:

@@ -310,7 +310,8 @@ def _apply_start(
             execution_id=execution.id,
             origin_execution_id=origin_id,
             revision=0,
-            status=None,  # nothing sent yet: the first collect reports it
+            # The other end knows it is queued: the first update goes out when it starts.
+            status=executions.QUEUED,
             log_mark=0,
             done=False,
             created_at=now(),

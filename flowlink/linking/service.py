@@ -22,7 +22,7 @@ from flowlink.access.policy import role_exists
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import record
-from flowlink.linking import keys
+from flowlink.linking import keys, outbox
 from flowlink.store.models import SyncConfig, Workspace, utcnow
 from flowlink.workspaces.service import check_name
 
@@ -295,7 +295,7 @@ def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
     return {keys.fingerprint(k): k for k in keys.load_public_keys(config.remote_public_key)}
 
 
-def sync_config_view(config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
+def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
     """The API representation: every field but the keys, which show as fingerprints."""
     warnings = []
     if config.remote_url and config.remote_url.startswith("https") and not config.verify_ssl:
@@ -317,6 +317,7 @@ def sync_config_view(config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
         "connects": bool(config.remote_url),
         "sync_endpoint": sync_path(workspace_slug, config.name),
         "state": config.state,
+        "outbox_depth": outbox.depth(session, config.id) if config.id else 0,
         "warnings": warnings,
         "created_at": config.created_at,
         "updated_at": config.updated_at,

@@ -1,0 +1,284 @@
+"""The messages of a link applied on the real store, both backends, without HTTP in between.
+
+Workspace ``ws-a`` controls ``ws-b`` through the pair of sync configs ``to-b`` / ``from-a``.
+``deliver`` moves what one end has in its outbox to the other end, as an exchange would, so
+redelivery, reordering and refusals can be tested one message at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from flowlink.errors import Conflict, Invalid, NotFound
+from flowlink.executions import service as executions
+from flowlink.linking import exchange, outbox
+from flowlink.linking import service as linking
+from flowlink.store.engine import Store
+from flowlink.store.models import Execution, LinkExecution, SyncConfig, Workspace
+from flowlink.workspaces import service as workspaces
+
+from .conftest import KeyMaker, public_pem_of
+
+SECRET = "exchange-test-secret"
+CHILD = "def handler(system, this, inputs):\n    return this.success('ok')\n"
+
+
+@dataclass
+class Link:
+    store: Store
+    a: str  # workspace ids
+    b: str
+    to_b: str  # sync config ids
+    from_a: str
+
+
+@pytest.fixture
+def link(store: Store, make_key: KeyMaker) -> Link:
+    key_a, key_b = make_key("openssl-genrsa"), make_key("ssh-keygen-pem")
+    with store.write() as session:
+        a = workspaces.create_workspace(session, "ws-a")
+        b = workspaces.create_workspace(session, "ws-b")
+        workspaces.put_flow(session, a, "child", CHILD)
+        workspaces.put_flow(session, b, "own", CHILD.replace("ok", "own flow"))
+        to_b = linking.create_sync_config(
+            session,
+            a,
+            {
+                "name": "to-b",
+                "remote_url": "http://127.0.0.1:1/api/v1/workspaces/ws-b/sync_config/from-a/sync",
+                "own_private_key": key_a.read_text(),
+                "remote_public_key": public_pem_of(key_b),
+            },
+            SECRET,
+        )
+        from_a = linking.create_sync_config(
+            session,
+            b,
+            {
+                "name": "from-a",
+                "own_private_key": key_b.read_text(),
+                "remote_public_key": public_pem_of(key_a),
+            },
+            SECRET,
+        )
+        session.flush()
+        return Link(store, a.id, b.id, to_b.id, from_a.id)
+
+
+def start(link: Link, **fields: Any) -> str:
+    with link.store.write() as session:
+        workspace = session.get(Workspace, link.a)
+        assert workspace is not None
+        mirror = exchange.start_remote_execution(
+            session, workspace, "to-b", exchange.RemoteStart(flow="child", **fields)
+        )
+        return mirror.id
+
+
+def take(link: Link, config_id: str) -> list[dict[str, Any]]:
+    """What one end would send now (after collecting its changes)."""
+    with link.store.write() as session:
+        config = session.get(SyncConfig, config_id)
+        assert config is not None
+        workspace = session.get(Workspace, config.workspace_id)
+        assert workspace is not None
+        exchange.collect_changes(session, config, workspace)
+    with link.store.read() as session:
+        return outbox.pending(session, config_id, 1000)
+
+
+def apply(link: Link, config_id: str, messages: list[dict[str, Any]]) -> list[str]:
+    with link.store.write() as session:
+        config = session.get(SyncConfig, config_id)
+        assert config is not None
+        workspace = session.get(Workspace, config.workspace_id)
+        assert workspace is not None
+        return exchange.apply_messages(session, config, workspace, messages)
+
+
+def executions_of(link: Link, workspace_id: str) -> list[Execution]:
+    with link.store.read() as session:
+        return list(
+            session.scalars(
+                select(Execution)
+                .where(Execution.workspace_id == workspace_id)
+                .order_by(Execution.created_at)
+            )
+        )
+
+
+def run_in_b(link: Link, outcome: Callable[[str], executions.Outcome]) -> str:
+    """Play B's worker: claim the queued execution, log a line, end it."""
+    with link.store.write() as session:
+        (claimed,) = executions.claim(session, "test-worker", 1, 30)
+        execution_id = claimed.execution.id
+        executions.append_logs(session, execution_id, ["line one", "line two"])
+    with link.store.write() as session:
+        executions.finish(session, execution_id, outcome(execution_id))
+    return execution_id
+
+
+def test_start_runs_once_however_often_it_is_delivered(link: Link) -> None:
+    mirror_id = start(link, inputs={"n": 1})
+    (message,) = take(link, link.to_b)
+    assert message["type"] == "execution.start" and message["script"] == CHILD
+    assert apply(link, link.from_a, [message]) == [message["id"]]
+    assert apply(link, link.from_a, [message]) == [message["id"]]  # acked again, not rerun
+    (remote,) = executions_of(link, link.b)
+    assert remote.inputs == {"n": 1} and remote.script == CHILD and remote.flow_id is None
+    assert remote.trigger["originExecutionId"] == mirror_id
+    assert remote.principal and remote.principal["kind"] == "sync_config"
+    assert remote.principal["role"] == "editor"
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and remote.correlation_id == mirror.correlation_id
+    with link.store.write() as session:
+        # Only the remote run is claimed: the local mirror runs over there.
+        claimed = executions.claim(session, "w", 10, 30)
+        assert [c.execution.id for c in claimed] == [remote.id]
+
+
+def test_updates_mirror_status_outputs_and_logs_once(link: Link) -> None:
+    mirror_id = start(link)
+    apply(link, link.from_a, take(link, link.to_b))
+    run_in_b(link, lambda _: executions.Outcome("success", "done", {"x": 1}))
+    updates = [m for m in take(link, link.from_a) if m["type"] == "execution.update"]
+    assert updates and updates[-1]["status"] == "success"
+    apply(link, link.to_b, updates)
+    apply(link, link.to_b, updates)  # redelivered: no second copy of the logs
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None
+        assert (mirror.status, mirror.message, mirror.outputs) == ("success", "done", {"x": 1})
+        lines = [entry.line for entry in executions.get_logs(session, mirror_id)]
+    assert lines == ["line one", "line two"]
+    # Once told, nothing more is sent about it.
+    with link.store.write() as session:
+        outbox.acknowledge(session, link.from_a, [m["id"] for m in updates])
+    assert take(link, link.from_a) == []
+
+
+def test_an_older_update_never_undoes_a_newer_one(link: Link) -> None:
+    mirror_id = start(link)
+    apply(link, link.from_a, take(link, link.to_b))
+    with link.store.write() as session:
+        executions.claim(session, "w", 1, 30)
+    (running,) = take(link, link.from_a)
+    with link.store.write() as session:
+        outbox.acknowledge(session, link.from_a, [running["id"]])
+    remote_id = executions_of(link, link.b)[0].id
+    with link.store.write() as session:
+        executions.finish(session, remote_id, executions.Outcome("error", "boom", None, "x"))
+    (ended,) = take(link, link.from_a)
+    assert (running["revision"], ended["revision"]) == (1, 2)
+    apply(link, link.to_b, [ended, running])  # out of order
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and (mirror.status, mirror.message) == ("error", "boom")
+
+
+def test_use_remote_flow_runs_their_flow_or_fails_clearly(link: Link) -> None:
+    with link.store.write() as session:
+        workspace = session.get(Workspace, link.a)
+        assert workspace is not None
+        ids = {
+            flow: exchange.start_remote_execution(
+                session, workspace, "to-b", exchange.RemoteStart(flow=flow, use_remote_flow=True)
+            ).id
+            for flow in ("own", "absent")
+        }
+    messages = take(link, link.to_b)
+    assert [m["script"] for m in messages] == [None, None]
+    apply(link, link.from_a, messages)
+    (remote,) = executions_of(link, link.b)
+    assert remote.flow_name == "own" and "own flow" in remote.script
+    refusal = [m for m in take(link, link.from_a) if m["origin_execution_id"] == ids["absent"]]
+    assert refusal[0]["status"] == "error"
+    assert "flow 'absent' not found" in refusal[0]["message"]
+    apply(link, link.to_b, refusal)
+    with link.store.read() as session:
+        failed = session.get(Execution, ids["absent"])
+        assert failed is not None and (failed.status, failed.error_kind) == ("error", "not_found")
+
+
+def test_controlling_end_refuses_starts_and_controlled_end_cannot_start(link: Link) -> None:
+    with link.store.write() as session:
+        workspace = session.get(Workspace, link.b)
+        assert workspace is not None
+        with pytest.raises(Invalid, match="controlled by the other workspace"):
+            exchange.start_remote_execution(
+                session, workspace, "from-a", exchange.RemoteStart(flow="own")
+            )
+        with pytest.raises(NotFound, match="no workspace link named 'nope'"):
+            exchange.start_remote_execution(
+                session, workspace, "nope", exchange.RemoteStart(flow="own")
+            )
+    # A start arriving at the controlling end (a misconfigured pair) is refused, not run.
+    forged = outbox.new_message(
+        "execution.start", origin_execution_id="x-1", flow="own", inputs={}, script=CHILD
+    )
+    apply(link, link.to_b, [forged])
+    assert [e.trigger.get("type") for e in executions_of(link, link.a)] == []
+    (refusal,) = take(link, link.to_b)
+    assert refusal["status"] == "error" and refusal["error_kind"] == "refused"
+
+
+def test_cancel_travels_and_ends_the_remote_run(link: Link) -> None:
+    mirror_id = start(link)
+    apply(link, link.from_a, take(link, link.to_b))
+    with link.store.write() as session:
+        executions.claim(session, "w", 1, 30)
+    with link.store.write() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None
+        executions.request_cancel(session, mirror)
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and mirror.status == "cancelled"
+    cancel = [m for m in take(link, link.to_b) if m["type"] == "execution.cancel"]
+    apply(link, link.from_a, cancel)
+    apply(link, link.from_a, cancel)
+    (remote,) = executions_of(link, link.b)
+    assert remote.cancel_requested  # running: its worker kills the runner
+
+
+def test_send_all_copies_past_and_future_executions_read_only(link: Link) -> None:
+    with link.store.write() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        past = executions.create_execution(session, a, flow_name="child").id
+    with link.store.write() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        linking.update_sync_config(session, a, "to-b", {"send_all_executions": True}, SECRET)
+        future = executions.create_execution(session, a, flow_name="child").id
+    messages = take(link, link.to_b)
+    assert {m["origin_execution_id"] for m in messages} == {past, future}
+    assert all(m["mirror"] for m in messages)
+    apply(link, link.from_a, messages)
+    apply(link, link.from_a, messages)
+    copies = executions_of(link, link.b)
+    assert len(copies) == 2 and all(c.remote_config_id == link.from_a for c in copies)
+    assert {c.trigger["type"] for c in copies} == {"mirror"}
+    with link.store.write() as session:
+        assert executions.claim(session, "w", 10, 30)[0].execution.id in (past, future)
+    with link.store.write() as session, pytest.raises(Conflict, match="read-only copy"):
+        executions.request_cancel(session, copies[0])
+
+
+def test_deleting_a_link_ends_its_waiting_mirrors(link: Link) -> None:
+    mirror_id = start(link)
+    with link.store.write() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        exchange.delete_link(session, a, "to-b")
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and mirror.status == "error"
+        assert "deleted" in (mirror.message or "")
+        assert session.scalar(select(func.count()).select_from(LinkExecution)) == 0
