@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -179,5 +180,5 @@ def live_server(server_settings: ServerSettings) -> Iterator[LiveServer]:
         time.sleep(0.05)
     yield LiveServer(url=url, token=credentials.token, store=running.context.store, client=client)
     client.close()
-    running.server.should_exit = True
+    running.server.handle_exit(signal.SIGTERM, None)  # also ends link long polls at once
     thread.join(timeout=30)

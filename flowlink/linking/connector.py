@@ -113,9 +113,12 @@ class Connector:
             time.sleep(0.002)  # let changes made together go out together
 
     def _poll_loop(self) -> None:
+        poll = 0.0  # the first exchange answers at once: the link's state is known at start
         while not self._stop.is_set():
-            if self._exchange_safely(carry_outbox=False, poll=self.settings.link_poll) is None:
+            if self._exchange_safely(carry_outbox=False, poll=poll) is None:
                 self._stop.wait(self._backoff())
+            else:
+                poll = self.settings.link_poll
 
     # --- one exchange ---------------------------------------------------------------------
 

@@ -91,3 +91,103 @@ def public_pem_of(private: Path) -> str:
         capture_output=True,
         text=True,
     ).stdout
+
+
+# --- two real servers as separate processes (see tests/linking/servers.py) --------------------
+
+# Imported here, not at the top, to keep this section appended as one block.
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+from flowlink.store.engine import make_engine, migrate  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    POSTGRES_URL,
+    _admin_execute,
+    _database_url,
+    _postgres_template,
+)
+from tests.linking.servers import (  # noqa: E402
+    ProxyFactory,
+    ServerFactory,
+    ServerProcess,
+    TcpProxy,
+    start_all,
+)
+
+
+@pytest.fixture
+def second_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """Another clean, migrated store of the same kind as ``database_url``."""
+    if database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'flowlink-second.db'}"
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
+        return
+    name = f"flowlink_t2_{uuid.uuid4().hex[:12]}"
+    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template()}"')
+    try:
+        yield _database_url(POSTGRES_URL, name)
+    finally:
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def server_factory(database_url: str, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Make ``ServerProcess`` objects (not started) that are stopped at teardown.
+
+    Call as ``server_factory(url, name="a", env={...}, tls_cert=..., ...)``; the work folder
+    is ``tmp_path / name``. It depends on ``database_url`` so that its servers stop before
+    that store is dropped.
+    """
+    made: list[ServerProcess] = []
+
+    def make(database_url: str, name: str = "server", **options: Any) -> ServerProcess:
+        server = ServerProcess(database_url, tmp_path / name, name=name, **options)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def two_servers_env() -> dict[str, str]:
+    """Extra environment for both ``two_servers``; override or parametrize it in a test."""
+    return {}
+
+
+@pytest.fixture
+def two_servers(
+    server_factory: ServerFactory,
+    database_url: str,
+    second_database_url: str,
+    two_servers_env: dict[str, str],
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Servers A and B, each its own process on its own clean store, both healthy."""
+    a = server_factory(database_url, "a", env=two_servers_env)
+    b = server_factory(second_database_url, "b", env=two_servers_env)
+    try:
+        start_all(a, b)
+        yield a, b
+    finally:  # before the second store is dropped
+        a.close()
+        b.close()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[ProxyFactory]:
+    """Make ``TcpProxy(host, port)`` objects that are closed at teardown."""
+    made: list[TcpProxy] = []
+
+    def make(host: str, port: int) -> TcpProxy:
+        proxy = TcpProxy(host, port)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()

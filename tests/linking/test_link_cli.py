@@ -1,0 +1,382 @@
+"""``flowlink link create`` and ``flowlink link status`` against two real servers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner, Result
+
+from flowlink.access.service import init_admin
+from flowlink.cli import common
+from flowlink.cli.main import app
+from flowlink.linking import keys
+from flowlink.server import RunningServer, build_server, serve
+from flowlink.store.models import SyncConfig
+from tests.conftest import (
+    LiveServer,
+    _admin_execute,
+    _database_url,
+    _postgres_template,
+    free_port,
+    make_settings,
+)
+
+BITS = "2048"  # fast to generate; the default is 3072
+
+
+@dataclass
+class Started:
+    """A server started by ``start_server``: what tests use, and what stops it."""
+
+    live: LiveServer
+    running: RunningServer
+    thread: threading.Thread
+
+
+def start_server(database_url: str) -> Started:
+    """A real server (API and link engine, no worker) on a free port, with an admin token."""
+    port = free_port()
+    running = build_server(make_settings(database_url), port=port, with_worker=False)
+    with running.context.store.write() as session:
+        credentials = init_admin(session)
+    thread = threading.Thread(target=serve, args=(running,), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {credentials.token}"}, timeout=60
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if client.get("/api/v1/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not come up")
+        time.sleep(0.05)
+    live = LiveServer(url=url, token=credentials.token, store=running.context.store, client=client)
+    return Started(live, running, thread)
+
+
+def stop_servers(servers: list[Started]) -> None:
+    """Stop the servers together, so none waits on a link to one already gone."""
+    for server in servers:
+        server.live.client.close()
+        # As on SIGTERM: long polls of links in flight end at once.
+        server.running.server.handle_exit(signal.SIGTERM, None)
+    for server in servers:
+        server.thread.join(timeout=30)
+
+
+@contextmanager
+def second_database(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """Another clean store of the same kind as ``database_url``."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'second.db'}"
+        return
+    name = f"flowlink_t_{uuid.uuid4().hex[:12]}"
+    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template()}"')
+    try:
+        yield _database_url(database_url, name)
+    finally:
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def two_live_servers(database_url: str, tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two servers on two stores: workspace ``ops`` on the first, ``edge`` on the second."""
+    with second_database(database_url, tmp_path) as other_url:
+        servers: list[Started] = []
+        try:
+            servers.append(start_server(database_url))
+            servers.append(start_server(other_url))
+            one, two = (server.live for server in servers)
+            for server, slug in ((one, "ops"), (two, "edge")):
+                response = server.client.post("/api/v1/workspaces", json={"slug": slug})
+                assert response.status_code == 201, response.text
+            yield one, two
+        finally:
+            stop_servers(servers)
+
+
+def flowlink(*args: str, env: Mapping[str, str | None] | None = None) -> Result:
+    """Run the CLI in this process (the servers are real; nothing is mocked)."""
+    environ: dict[str, str | None] = {
+        "FLOWLINK_CONFIG_DIR": "/nonexistent-flowlink-config",
+        "FLOWLINK_SERVER": None,
+        "FLOWLINK_TOKEN": None,
+        "FLOWLINK_FROM_TOKEN": None,
+        "FLOWLINK_TO_TOKEN": None,
+        **(env or {}),
+    }
+    return CliRunner().invoke(app, list(args), env=environ)
+
+
+def link(one: LiveServer, two: LiveServer, *extra: str) -> Result:
+    """``link create`` from ops on the first server to edge on the second."""
+    return flowlink(
+        "link",
+        "create",
+        "--from-server",
+        one.url,
+        "--from-workspace",
+        "ops",
+        "--to-server",
+        two.url,
+        "--to-workspace",
+        "edge",
+        "--bits",
+        BITS,
+        *extra,
+        env={"FLOWLINK_FROM_TOKEN": one.token, "FLOWLINK_TO_TOKEN": two.token},
+    )
+
+
+def configs(server: LiveServer, ws: str) -> dict[str, dict[str, Any]]:
+    """The sync configs of a workspace by name, as the API shows them."""
+    response = server.client.get(f"/api/v1/workspaces/{ws}/sync_config")
+    assert response.status_code == 200, response.text
+    return {item["name"]: item for item in response.json()["items"]}
+
+
+def no_keys_in(result: Result) -> None:
+    text = result.stdout + result.stderr
+    assert "PRIVATE KEY" not in text and "PUBLIC KEY" not in text
+
+
+def test_create_links_both_ends_crosswise(
+    two_live_servers: tuple[LiveServer, LiveServer], tmp_path: Path
+) -> None:
+    one, two = two_live_servers
+    result = link(one, two, "--sync-interval", "5", "--send-all-executions", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    no_keys_in(result)
+    shown = json.loads(result.stdout)
+    controlling = configs(one, "ops")["edge"]  # the default names: the other workspace's slug
+    controlled = configs(two, "edge")["ops"]
+    own = controlling["own_public_key_fingerprint"]
+    assert shown["controlling"]["own_public_key_fingerprint"] == own
+    assert controlling["remote_public_key_fingerprints"] == [
+        controlled["own_public_key_fingerprint"]
+    ]
+    assert controlled["remote_public_key_fingerprints"] == [own]
+    assert own != controlled["own_public_key_fingerprint"]
+    assert controlled["sync_endpoint"] == "/api/v1/workspaces/edge/sync_config/ops/sync"
+    assert controlling["remote_url"] == two.url + controlled["sync_endpoint"]
+    assert controlled["remote_url"] is None
+    assert (controlling["direction"], controlled["direction"]) == ("controlling", "controlled")
+    for view in (controlling, controlled):
+        assert view["sync_interval"] == 5.0 and view["send_all_executions"] is True
+    assert shown["connecting"] == "controlling" and shown["reverse"] is False
+
+    # Reverse connect: the controlled side connects out to the controller.
+    result = link(
+        one,
+        two,
+        "--reverse",
+        "--name",
+        "rev",
+        "--remote-name",
+        "rev",
+        "--public-url",
+        one.url + "/",
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    controlling = configs(one, "ops")["rev"]
+    controlled = configs(two, "edge")["rev"]
+    assert controlled["direction"] == "controlled"
+    assert controlled["remote_url"] == f"{one.url}/api/v1/workspaces/ops/sync_config/rev/sync"
+    assert controlling["direction"] == "controlling" and controlling["remote_url"] is None
+    assert controlled["remote_public_key_fingerprints"] == [
+        controlling["own_public_key_fingerprint"]
+    ]
+    assert controlling["remote_public_key_fingerprints"] == [
+        controlled["own_public_key_fingerprint"]
+    ]
+    assert "reverse connect: edge connects out to ops" in result.stdout
+
+    # The summary names both ends and their fingerprints; --save-keys writes the pairs.
+    folder = tmp_path / "keys"
+    result = link(
+        one, two, "--name", "to-edge", "--remote-name", "from-ops", "--save-keys", str(folder)
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    no_keys_in(result)
+    controlling = configs(one, "ops")["to-edge"]
+    controlled = configs(two, "edge")["from-ops"]
+    out = result.stdout
+    assert "ops controls edge, immediate" in out
+    assert f"connects to  {controlling['remote_url']}" in out
+    assert f"answers at   {controlled['sync_endpoint']}" in out
+    for view in (controlling, controlled):
+        assert view["own_public_key_fingerprint"] in out
+    assert "plain http" in out  # the server's warning is passed on
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "edge.from-ops.key",
+        "edge.from-ops.pub",
+        "ops.to-edge.key",
+        "ops.to-edge.pub",
+    ]
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in folder.iterdir())
+    private = keys.load_private_key((folder / "ops.to-edge.key").read_text())
+    assert keys.fingerprint(private) == controlling["own_public_key_fingerprint"]
+
+
+def test_failures_leave_nothing_behind(
+    two_live_servers: tuple[LiveServer, LiveServer], tmp_path: Path
+) -> None:
+    one, two = two_live_servers
+    # A wrong token for the second server.
+    result = flowlink(
+        "link",
+        "create",
+        "--from-server",
+        one.url,
+        "--from-token",
+        one.token,
+        "--from-workspace",
+        "ops",
+        "--to-server",
+        two.url,
+        "--to-token",
+        "wrong",
+        "--to-workspace",
+        "edge",
+        "--bits",
+        BITS,
+    )
+    assert result.exit_code == 1
+    assert two.url in result.stderr
+    # The name is taken on the second server.
+    taken = link(one, two, "--remote-name", "cloud")
+    assert taken.exit_code == 0, taken.stderr
+    result = link(one, two, "--name", "other", "--remote-name", "cloud")
+    assert result.exit_code == 1
+    assert "'cloud' already exists" in result.stderr and "--remote-name" in result.stderr
+    assert list(configs(one, "ops")) == ["edge"]
+    # The answering end is made, then the connecting end is refused (an owner may not manage
+    # sync configs): the answering end is removed again, and so are the saved keys.
+    owner = one.client.post(
+        "/api/v1/tokens", json={"name": "owner", "workspace": "ops", "role": "owner"}
+    ).json()["token"]
+    folder = tmp_path / "keys"
+    result = flowlink(
+        "link",
+        "create",
+        "--from-server",
+        one.url,
+        "--from-workspace",
+        "ops",
+        "--to-server",
+        two.url,
+        "--to-workspace",
+        "edge",
+        "--name",
+        "third",
+        "--bits",
+        BITS,
+        "--save-keys",
+        str(folder),
+        env={"FLOWLINK_FROM_TOKEN": owner, "FLOWLINK_TO_TOKEN": two.token},
+    )
+    assert result.exit_code == 1
+    assert "creating ops/third on" in result.stderr and "HTTP 403" in result.stderr
+    assert "removed edge/ops on" in result.stderr and "nothing is left half-made" in result.stderr
+    no_keys_in(result)
+    assert list(configs(one, "ops")) == ["edge"]
+    assert list(configs(two, "edge")) == ["cloud"]
+    assert list(folder.iterdir()) == []
+    # Another server needs its own token: ours is never sent there.
+    result = flowlink(
+        "link",
+        "create",
+        "--from-workspace",
+        "ops",
+        "--to-server",
+        two.url,
+        "--to-workspace",
+        "edge",
+        env={"FLOWLINK_SERVER": one.url, "FLOWLINK_TOKEN": one.token},
+    )
+    assert result.exit_code == 1 and "--to-token" in result.stderr
+
+
+def test_status_table_and_json(
+    two_live_servers: tuple[LiveServer, LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = two_live_servers
+    assert link(one, two, "--sync-interval", "2.5").exit_code == 0
+    assert link(one, two, "--reverse", "--name", "back", "--remote-name", "back").exit_code == 0
+    env = {"FLOWLINK_SERVER": one.url, "FLOWLINK_TOKEN": one.token}
+    # What the linking engine records about a connection (no API sets it), on an answering
+    # end nobody connects to, so the running engine leaves it alone.
+    lonely = {
+        "name": "lonely",
+        "own_private_key": keys.generate_key_pair(2048).private_pem,
+        "remote_public_key": keys.generate_key_pair(2048).public_pem,
+        "enabled": False,
+    }
+    assert one.client.post("/api/v1/workspaces/ops/sync_config", json=lonely).status_code == 201
+    with one.store.write() as session:
+        config = session.scalars(select(SyncConfig).where(SyncConfig.name == "lonely")).one()
+        config.state = {
+            "connected": False,
+            "last_exchange_at": "2026-01-02T03:04:05+00:00",
+            "last_error": "[ssl] certificate verify failed",
+        }
+
+    listed = flowlink("link", "status", "ops", "--json", env=env)
+    assert listed.exit_code == 0, listed.stderr
+    views = json.loads(listed.stdout)
+    assert [v["name"] for v in views] == ["back", "edge", "lonely"]
+    by_name = {v["name"]: v for v in views}
+
+    monkeypatch.setattr(common.console, "width", 320)
+    wide = flowlink("link", "status", "ops", env=env)
+    assert wide.exit_code == 0, wide.stderr
+    no_keys_in(wide)
+    rows = {line.split()[1]: line for line in wide.stdout.splitlines() if line.startswith("│")}
+    assert set(rows) == {"back", "edge", "lonely"}
+    assert "controlling" in rows["edge"] and by_name["edge"]["remote_url"] in rows["edge"]
+    assert "interval 2.5 s" in rows["edge"]
+    assert "answers" in rows["back"] and "immediate" in rows["back"]
+    for name, view in by_name.items():
+        assert view["own_public_key_fingerprint"] in rows[name]
+        assert view["remote_public_key_fingerprints"][0] in rows[name]
+        if view.get("outbox_depth") is None:
+            assert " - " in rows[name]
+    lonely_row = rows["lonely"].split("│")
+    assert [cell.strip() for cell in lonely_row[2:10]] == [
+        "no",
+        "controlled",
+        "answers",
+        "immediate",
+        "disconnected",
+        "2026-01-02T03:04:05+00:00",
+        str(by_name["lonely"].get("outbox_depth", "-")),
+        "[ssl] certificate verify failed",
+    ]
+
+    monkeypatch.setattr(common.console, "width", 80)
+    narrow = flowlink("link", "status", "ops", "edge", env=env)
+    assert narrow.exit_code == 0, narrow.stderr
+    assert by_name["edge"]["own_public_key_fingerprint"] in narrow.stdout
+    assert "outbox" in narrow.stdout and "back" not in narrow.stdout
+
+    one_json = flowlink("link", "status", "ops", "edge", "--json", env=env)
+    assert [v["name"] for v in json.loads(one_json.stdout)] == ["edge"]
+    missing = flowlink("link", "status", "ops", "nope", env=env)
+    assert missing.exit_code == 1 and "not found" in missing.stderr
