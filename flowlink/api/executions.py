@@ -62,12 +62,14 @@ def _detail(
         execution = executions.get_execution(session, workspace, execution_id)
         if caller is not None:
             authorize(caller, "read", "executions", workspace, {"flow": execution.flow_name})
-        return executions.execution_view(
+        view = executions.execution_view(
             execution,
             workspace.slug,
             children=executions.child_ids(session, execution.id),
             with_script=True,
         )
+        view["link"] = exchange.role_of_link(session, execution)
+        return view
 
 
 def wait_for_end(store: Store, execution_id: str, timeout: float) -> None:

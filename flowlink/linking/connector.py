@@ -26,7 +26,7 @@ from sqlalchemy import select
 from flowlink.events.service import record
 from flowlink.linking import outbox
 from flowlink.linking.exchange import apply_messages, collect_changes, has_changes
-from flowlink.linking.protocol import MAX_MESSAGES, envelope
+from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope
 from flowlink.linking.service import (
     note_link_state,
     private_key_of,
@@ -118,7 +118,7 @@ class Connector:
             if self._exchange_safely(carry_outbox=False, poll=poll) is None:
                 self._stop.wait(self._backoff())
             else:
-                poll = self.settings.link_poll
+                poll = min(self.settings.link_poll, MAX_POLL_SECONDS)
 
     # --- one exchange ---------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ def answer_exchange(
                 request.messages,
                 default_max_runtime=settings.default_max_runtime,
             )
-            note_link_state(config, last_error=None)
+            note_link_state(config, connected=True, last_error=None)
             private_key = _KEYS.get(config, secret)
             config_id = config.id
     except SyncRejected as rejection:

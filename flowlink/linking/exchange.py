@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
@@ -49,6 +49,7 @@ MIRROR = "mirror"  # here: such a read-only copy of an execution of the other wo
 LOG_LINES_PER_UPDATE = 1000
 UPDATES_PER_COLLECT = 500
 TRACK_PER_COLLECT = 500
+SEND_ALL_MARGIN = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ def apply_messages(
     Every message is applied idempotently, so a redelivered one changes nothing.
     """
     received: list[str] = []
+    endings: list[tuple[str, executions.Outcome]] = []  # recorded together, at the end
     for message in messages:
         kind = message["type"]
         if kind == "ack":
@@ -205,10 +207,11 @@ def apply_messages(
         if kind == "execution.start":
             _apply_start(session, config, workspace, message, default_max_runtime)
         elif kind == "execution.update":
-            _apply_update(session, config, workspace, message)
+            _apply_update(session, config, workspace, message, endings)
         elif kind == "execution.cancel":
             _apply_cancel(session, config, workspace, message)
         received.append(message["id"])
+    executions.finish_many(session, endings)
     return received
 
 
@@ -354,7 +357,11 @@ def _mirror_copy(
 
 
 def _apply_update(
-    session: Session, config: SyncConfig, workspace: Workspace, message: dict[str, Any]
+    session: Session,
+    config: SyncConfig,
+    workspace: Workspace,
+    message: dict[str, Any],
+    endings: list[tuple[str, executions.Outcome]],
 ) -> None:
     origin_id = message["origin_execution_id"]
     if message.get("mirror"):
@@ -381,20 +388,10 @@ def _apply_update(
         link.done = True
         return
     if status in executions.ENDED:
-        executions.finish_many(
-            session,
-            [
-                (
-                    execution.id,
-                    executions.Outcome(
-                        status,
-                        message.get("message"),
-                        message.get("outputs") or {},
-                        message.get("error_kind"),
-                    ),
-                )
-            ],
+        outcome = executions.Outcome(
+            status, message.get("message"), message.get("outputs") or {}, message.get("error_kind")
         )
+        endings.append((execution.id, outcome))
         link.done = True
         return
     if message.get("outputs"):
@@ -432,24 +429,33 @@ def _apply_cancel(
 # --- reporting changes to the other end -----------------------------------------------------
 
 
-def _track_all(session: Session, config: SyncConfig, workspace: Workspace) -> int:
-    """Follow executions of this workspace not yet copied to the other end (send-all)."""
+def _sends_all(config: SyncConfig) -> bool:
+    return config.send_all_executions and direction_of(config) == CONTROLLING
+
+
+def _untracked_query(config: SyncConfig, limit: int) -> Any:
+    """Executions of the workspace not yet copied to the other end, oldest first.
+
+    Only those created after the last one tracked (less a margin for transactions that
+    committed late) are looked at, so a long history is scanned once, not on every exchange.
+    """
     tracked = select(LinkExecution.id).where(
-        LinkExecution.sync_config_id == config.id,
-        LinkExecution.execution_id == Execution.id,
+        LinkExecution.sync_config_id == config.id, LinkExecution.execution_id == Execution.id
     )
-    new = list(
-        session.scalars(
-            select(Execution.id)
-            .where(
-                Execution.workspace_id == workspace.id,
-                or_(Execution.remote_config_id.is_(None), Execution.remote_config_id != config.id),
-                ~tracked.exists(),
-            )
-            .order_by(Execution.created_at)
-            .limit(TRACK_PER_COLLECT)
-        )
+    query = select(Execution.id, Execution.created_at).where(
+        Execution.workspace_id == config.workspace_id,
+        or_(Execution.remote_config_id.is_(None), Execution.remote_config_id != config.id),
+        ~tracked.exists(),
     )
+    mark = (config.state or {}).get("send_all_mark")
+    if mark:
+        query = query.where(Execution.created_at >= datetime.fromisoformat(mark) - SEND_ALL_MARGIN)
+    return query.order_by(Execution.created_at).limit(limit)
+
+
+def _track_all(session: Session, config: SyncConfig) -> int:
+    """Follow executions of this workspace not yet copied to the other end (send-all)."""
+    new = list(session.execute(_untracked_query(config, TRACK_PER_COLLECT)))
     session.add_all(
         LinkExecution(
             sync_config_id=config.id,
@@ -462,41 +468,29 @@ def _track_all(session: Session, config: SyncConfig, workspace: Workspace) -> in
             done=False,
             created_at=now(),
         )
-        for execution_id in new
+        for execution_id, _ in new
     )
+    if new:
+        config.state = {**(config.state or {}), "send_all_mark": new[-1][1].isoformat()}
     return len(new)
 
 
 def has_changes(session: Session, config: SyncConfig) -> bool:
     """Whether ``collect_changes`` would queue anything (a cheap read, no locks)."""
-    return bool(_changed(session, config, limit=1, lock=False)) or _untracked(session, config)
-
-
-def _untracked(session: Session, config: SyncConfig) -> bool:
-    if not (config.send_all_executions and direction_of(config) == CONTROLLING):
-        return False
-    tracked = select(LinkExecution.id).where(
-        LinkExecution.sync_config_id == config.id, LinkExecution.execution_id == Execution.id
-    )
-    return (
-        session.scalar(
-            select(Execution.id)
-            .where(
-                Execution.workspace_id == config.workspace_id,
-                or_(Execution.remote_config_id.is_(None), Execution.remote_config_id != config.id),
-                ~tracked.exists(),
-            )
-            .limit(1)
-        )
-        is not None
-    )
+    if _changed(session, config, limit=1, lock=False):
+        return True
+    return _sends_all(config) and session.execute(_untracked_query(config, 1)).first() is not None
 
 
 def _changed(
     session: Session, config: SyncConfig, *, limit: int, lock: bool
 ) -> list[tuple[LinkExecution, Execution]]:
-    """Followed executions whose status or logs moved past what the other end was told."""
-    query = (
+    """Followed executions whose status or logs moved past what the other end was told.
+
+    Both tests run in SQL (status differs; a log line past the mark exists), so a link
+    following thousands of executions costs two indexed queries, not a scan in Python.
+    """
+    base = (
         select(LinkExecution, Execution)
         .join(Execution, Execution.id == LinkExecution.execution_id)
         .where(
@@ -505,35 +499,34 @@ def _changed(
             LinkExecution.done.is_(False),
         )
         .order_by(LinkExecution.id)
+        .limit(limit)
     )
-    if lock:
-        query = query.with_for_update(of=LinkExecution)
-    rows = [(link, execution) for link, execution in session.execute(query)]
-    if not rows:
-        return []
-    marks = {link.execution_id: link.log_mark for link, _ in rows}
-    newest_logs = dict(
-        session.execute(
-            select(ExecutionLog.execution_id, func.max(ExecutionLog.id))
-            .where(
-                ExecutionLog.execution_id.in_(list(marks)),
-                ExecutionLog.id > min(marks.values()),
-            )
-            .group_by(ExecutionLog.execution_id)
-        ).all()
+    new_logs = (
+        select(ExecutionLog.id)
+        .where(
+            ExecutionLog.execution_id == LinkExecution.execution_id,
+            ExecutionLog.id > LinkExecution.log_mark,
+        )
+        .exists()
     )
-    changed = [
-        (link, execution)
-        for link, execution in rows
-        if link.status != execution.status or newest_logs.get(execution.id, 0) > link.log_mark
-    ]
-    return changed[:limit]
+    found: dict[int, tuple[LinkExecution, Execution]] = {}
+    for condition in (
+        or_(LinkExecution.status.is_(None), LinkExecution.status != Execution.status),
+        new_logs,
+    ):
+        query = base.where(condition)
+        if lock:
+            query = query.with_for_update(of=LinkExecution)
+        for link, execution in session.execute(query):
+            found.setdefault(link.id, (link, execution))
+        if len(found) >= limit:
+            break
+    return [found[key] for key in sorted(found)][:limit]
 
 
 def collect_changes(session: Session, config: SyncConfig, workspace: Workspace) -> int:
     """Queue an ``execution.update`` for every followed execution that changed; returns how many."""
-    sends_all = config.send_all_executions and direction_of(config) == CONTROLLING
-    if sends_all and _track_all(session, config, workspace):
+    if _sends_all(config) and _track_all(session, config):
         session.flush()
     changed = _changed(session, config, limit=UPDATES_PER_COLLECT, lock=True)
     for link, execution in changed:

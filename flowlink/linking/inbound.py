@@ -36,6 +36,7 @@ class SyncRejected(Unauthorized):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"sync rejected ({reason}): {message}", details={"reason": reason})
         self.reason = reason
+        self.explanation = message
 
 
 def authenticate_exchange(
@@ -95,6 +96,10 @@ def record_rejection(
         session,
         workspace,
         "sync.rejected",
-        {"syncConfig": config_name, "reason": rejection.reason, "message": rejection.message},
+        {
+            "syncConfig": config_name,
+            "reason": rejection.reason,
+            "message": rejection.explanation,
+        },
         extra_source={"http": dict(http)} if http else None,
     )

@@ -90,6 +90,7 @@ def test_rotation_with_two_public_keys_and_patch(ws: LiveServer, make_key: KeyMa
         ({"ca_certificate": "not a cert"}, "ca_certificate", "PEM certificate"),
         ({"name": "bad name"}, "name", "invalid sync config name"),
         ({"surprise": 1}, "surprise", ""),
+        ({"role": "superuser"}, "role", "not a role of workspace"),
     ],
 )
 def test_bad_fields_are_422_naming_the_field(
@@ -120,5 +121,8 @@ def test_duplicates_unknowns_and_delete(ws: LiveServer, make_key: KeyMaker) -> N
     assert ws.client.post(BASE, json=body(make_key)).status_code == 409
     assert ws.client.get(f"{BASE}/nope").status_code == 404
     assert ws.client.patch(f"{BASE}/intranet", json={"name": "other"}).status_code == 422
+    assert ws.client.get(f"{BASE}/intranet").json()["role"] == "editor"
+    patched = ws.client.patch(f"{BASE}/intranet", json={"role": "viewer"})
+    assert patched.status_code == 200 and patched.json()["role"] == "viewer"
     assert ws.client.delete(f"{BASE}/intranet").status_code == 204
     assert ws.client.get(f"{BASE}/intranet").status_code == 404
