@@ -66,6 +66,23 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+def _follow(
+    config: SyncConfig, role: str, execution_id: str, origin_id: str, status: str | None
+) -> LinkExecution:
+    """A new row saying that an execution concerns this link, in this role."""
+    return LinkExecution(
+        sync_config_id=config.id,
+        role=role,
+        execution_id=execution_id,
+        origin_execution_id=origin_id,
+        revision=0,
+        status=status,
+        log_mark=0,
+        done=False,
+        created_at=now(),
+    )
+
+
 # --- the controlling side: starting and cancelling remote executions ----------------------
 
 
@@ -120,19 +137,7 @@ def start_remote_execution(
         principal=principal,
         remote_config_id=config.id,
     )
-    session.add(
-        LinkExecution(
-            sync_config_id=config.id,
-            role=ORIGIN,
-            execution_id=execution.id,
-            origin_execution_id=execution.id,
-            revision=0,
-            status=executions.QUEUED,
-            log_mark=0,
-            done=False,
-            created_at=now(),
-        )
-    )
+    session.add(_follow(config, ORIGIN, execution.id, execution.id, executions.QUEUED))
     outbox.enqueue(
         session,
         config.id,
@@ -306,20 +311,8 @@ def _apply_start(
         kind = "not_found" if isinstance(error, NotFound) else "invalid"
         _refuse_start(session, config, message, error.message, kind)
         return
-    session.add(
-        LinkExecution(
-            sync_config_id=config.id,
-            role=TARGET,
-            execution_id=execution.id,
-            origin_execution_id=origin_id,
-            revision=0,
-            # The other end knows it is queued: the first update goes out when it starts.
-            status=executions.QUEUED,
-            log_mark=0,
-            done=False,
-            created_at=now(),
-        )
-    )
+    # The other end knows it is queued: the first update goes out when it starts.
+    session.add(_follow(config, TARGET, execution.id, origin_id, executions.QUEUED))
 
 
 def _mirror_copy(
@@ -340,17 +333,7 @@ def _mirror_copy(
         principal=_identity(config, workspace),
         remote_config_id=config.id,
     )
-    link = LinkExecution(
-        sync_config_id=config.id,
-        role=MIRROR,
-        execution_id=execution.id,
-        origin_execution_id=origin_id,
-        revision=0,
-        status=executions.QUEUED,
-        log_mark=0,
-        done=False,
-        created_at=now(),
-    )
+    link = _follow(config, MIRROR, execution.id, origin_id, executions.QUEUED)
     session.add(link)
     session.flush()
     return link
@@ -457,18 +440,7 @@ def _track_all(session: Session, config: SyncConfig) -> int:
     """Follow executions of this workspace not yet copied to the other end (send-all)."""
     new = list(session.execute(_untracked_query(config, TRACK_PER_COLLECT)))
     session.add_all(
-        LinkExecution(
-            sync_config_id=config.id,
-            role=SOURCE,
-            execution_id=execution_id,
-            origin_execution_id=execution_id,
-            revision=0,
-            status=None,
-            log_mark=0,
-            done=False,
-            created_at=now(),
-        )
-        for execution_id, _ in new
+        _follow(config, SOURCE, execution_id, execution_id, None) for execution_id, _ in new
     )
     if new:
         config.state = {**(config.state or {}), "send_all_mark": new[-1][1].isoformat()}
