@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from flowlink.access.service import init_admin
+from flowlink.server import RunningServer, build_server, serve
 from flowlink.settings import ServerSettings
 from flowlink.store.engine import Store, make_engine, migrate
 
@@ -153,13 +154,25 @@ def server_settings(request: pytest.FixtureRequest, database_url: str) -> Server
     return make_settings(database_url, **preset)
 
 
-@pytest.fixture
-def live_server(server_settings: ServerSettings) -> Iterator[LiveServer]:
-    """Start a real server on a free port and an admin token for it."""
-    from flowlink.server import build_server, serve
+@dataclass
+class StartedServer:
+    """An in-process server started by ``start_live_server``, and how to stop it."""
 
+    live: LiveServer
+    running: RunningServer
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        """Stop as on SIGTERM (link long polls in flight end at once)."""
+        self.live.client.close()
+        self.running.server.handle_exit(signal.SIGTERM, None)
+        self.thread.join(timeout=30)
+
+
+def start_live_server(settings: ServerSettings, *, with_worker: bool = True) -> StartedServer:
+    """Start a real server (API, link engine and optionally a worker) on a free port."""
     port = free_port()
-    running = build_server(server_settings, port=port)
+    running = build_server(settings, port=port, with_worker=with_worker)
     with running.context.store.write() as session:
         credentials = init_admin(session)
     thread = threading.Thread(target=serve, args=(running,), daemon=True)
@@ -178,7 +191,13 @@ def live_server(server_settings: ServerSettings) -> Iterator[LiveServer]:
         if time.monotonic() > deadline:
             raise RuntimeError("server did not come up")
         time.sleep(0.05)
-    yield LiveServer(url=url, token=credentials.token, store=running.context.store, client=client)
-    client.close()
-    running.server.handle_exit(signal.SIGTERM, None)  # also ends link long polls at once
-    thread.join(timeout=30)
+    live = LiveServer(url=url, token=credentials.token, store=running.context.store, client=client)
+    return StartedServer(live, running, thread)
+
+
+@pytest.fixture
+def live_server(server_settings: ServerSettings) -> Iterator[LiveServer]:
+    """Start a real server on a free port and an admin token for it."""
+    started = start_live_server(server_settings)
+    yield started.live
+    started.stop()

@@ -3,113 +3,40 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
-import time
-import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
-from flowlink.access.service import init_admin
 from flowlink.cli import common
 from flowlink.cli.main import app
 from flowlink.linking import keys
-from flowlink.server import RunningServer, build_server, serve
 from flowlink.store.models import SyncConfig
-from tests.conftest import (
-    LiveServer,
-    _admin_execute,
-    _database_url,
-    _postgres_template,
-    free_port,
-    make_settings,
-)
+from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
 
 BITS = "2048"  # fast to generate; the default is 3072
 
 
-@dataclass
-class Started:
-    """A server started by ``start_server``: what tests use, and what stops it."""
-
-    live: LiveServer
-    running: RunningServer
-    thread: threading.Thread
-
-
-def start_server(database_url: str) -> Started:
-    """A real server (API and link engine, no worker) on a free port, with an admin token."""
-    port = free_port()
-    running = build_server(make_settings(database_url), port=port, with_worker=False)
-    with running.context.store.write() as session:
-        credentials = init_admin(session)
-    thread = threading.Thread(target=serve, args=(running,), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(
-        base_url=url, headers={"Authorization": f"Bearer {credentials.token}"}, timeout=60
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if client.get("/api/v1/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not come up")
-        time.sleep(0.05)
-    live = LiveServer(url=url, token=credentials.token, store=running.context.store, client=client)
-    return Started(live, running, thread)
-
-
-def stop_servers(servers: list[Started]) -> None:
-    """Stop the servers together, so none waits on a link to one already gone."""
-    for server in servers:
-        server.live.client.close()
-        # As on SIGTERM: long polls of links in flight end at once.
-        server.running.server.handle_exit(signal.SIGTERM, None)
-    for server in servers:
-        server.thread.join(timeout=30)
-
-
-@contextmanager
-def second_database(database_url: str, tmp_path: Path) -> Iterator[str]:
-    """Another clean store of the same kind as ``database_url``."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'second.db'}"
-        return
-    name = f"flowlink_t_{uuid.uuid4().hex[:12]}"
-    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template()}"')
-    try:
-        yield _database_url(database_url, name)
-    finally:
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
-def two_live_servers(database_url: str, tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
+def two_live_servers(
+    database_url: str, second_database_url: str
+) -> Iterator[tuple[LiveServer, LiveServer]]:
     """Two servers on two stores: workspace ``ops`` on the first, ``edge`` on the second."""
-    with second_database(database_url, tmp_path) as other_url:
-        servers: list[Started] = []
-        try:
-            servers.append(start_server(database_url))
-            servers.append(start_server(other_url))
-            one, two = (server.live for server in servers)
-            for server, slug in ((one, "ops"), (two, "edge")):
-                response = server.client.post("/api/v1/workspaces", json={"slug": slug})
-                assert response.status_code == 201, response.text
-            yield one, two
-        finally:
-            stop_servers(servers)
+    servers: list[StartedServer] = []
+    try:
+        for url in (database_url, second_database_url):
+            servers.append(start_live_server(make_settings(url), with_worker=False))
+        one, two = (server.live for server in servers)
+        for server, slug in ((one, "ops"), (two, "edge")):
+            response = server.client.post("/api/v1/workspaces", json={"slug": slug})
+            assert response.status_code == 201, response.text
+        yield one, two
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def flowlink(*args: str, env: Mapping[str, str | None] | None = None) -> Result:
