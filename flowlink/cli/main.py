@@ -249,6 +249,13 @@ def run(
         bool, typer.Option("--follow", "-f", help="Stream logs until it ends")
     ] = False,
     max_runtime: Annotated[float | None, typer.Option(help="Seconds before it is killed")] = None,
+    remote: Annotated[
+        str | None,
+        typer.Option(help="Run it in the workspace linked by this sync config (see link)"),
+    ] = None,
+    use_remote_flow: Annotated[
+        bool, typer.Option(help="With --remote: run the linked workspace's own flow")
+    ] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -258,6 +265,11 @@ def run(
     body: dict[str, Any] = {"flow": flow, "inputs": parse_inputs(inputs or [], input_json)}
     if max_runtime:
         body["max_runtime"] = max_runtime
+    if remote:
+        body["remote"] = remote
+        body["use_remote_flow"] = use_remote_flow
+    elif use_remote_flow:
+        raise fail("--use-remote-flow goes with --remote")
     execution = call(client, "POST", f"/api/v1/workspaces/{workspace}/executions", json=body)
     if not follow:
         if as_json:

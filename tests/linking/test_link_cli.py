@@ -307,3 +307,38 @@ def test_status_table_and_json(
     assert [v["name"] for v in json.loads(one_json.stdout)] == ["edge"]
     missing = flowlink("link", "status", "ops", "nope", env=env)
     assert missing.exit_code == 1 and "not found" in missing.stderr
+
+
+def test_run_remote_from_the_cli(database_url: str, second_database_url: str) -> None:
+    """``flowlink run --remote`` runs the flow in the linked workspace and follows it."""
+    servers = [
+        start_live_server(make_settings(url, link_refresh=0.2))
+        for url in (database_url, second_database_url)
+    ]
+    try:
+        one, two = (server.live for server in servers)
+        script = "def handler(system, this, inputs):\n    this.log('ran remotely')\n"
+        script += "    return this.success('hi', where=system.config.get('where'))\n"
+        for server, slug in ((one, "ops"), (two, "edge")):
+            files = {
+                "workspace.yml": f"name: {slug}\nslug: {slug}\nconfig:\n  value:\n    where: {slug}\n"
+            }
+            if slug == "ops":
+                files["flows/greet.py"] = script
+            response = server.client.post(f"/api/v1/workspaces/{slug}/apply", json={"files": files})
+            assert response.status_code == 200, response.text
+        assert link(one, two).exit_code == 0
+        args = ("--server", one.url, "--token", one.token)
+        wrong = flowlink("run", "ops", "greet", "--use-remote-flow", *args)
+        assert wrong.exit_code != 0 and "--remote" in wrong.stdout + wrong.stderr
+        result = flowlink("run", "ops", "greet", "--remote", "edge", "--follow", "--json", *args)
+        assert result.exit_code == 0, result.stdout + result.stderr
+        final = json.loads(result.stdout[result.stdout.index('{\n  "id"') :])
+        assert final["status"] == "success" and final["mirrored"] is True
+        assert final["output_value"] == {"where": "edge"}  # it ran there, with edge's config
+        assert final["link"]["role"] == "origin"
+        logs = one.client.get(f"/api/v1/workspaces/ops/executions/{final['id']}/logs").json()
+        assert [entry["line"] for entry in logs["items"]] == ["ran remotely"]
+    finally:
+        for server in servers:
+            server.stop()
