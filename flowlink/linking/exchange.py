@@ -370,6 +370,10 @@ def _apply_update(
     if execution.status in executions.ENDED:
         link.done = True
         return
+    if execution.status == executions.QUEUED and (
+        status in executions.ACTIVE or message.get("started_at")
+    ):
+        _mark_started(session, config, workspace, execution, message)
     if status in executions.ENDED:
         outcome = executions.Outcome(
             status, message.get("message"), message.get("outputs") or {}, message.get("error_kind")
@@ -382,18 +386,41 @@ def _apply_update(
     if "message" in message and message["message"] is not None:
         execution.message = message["message"]
     if status in executions.ACTIVE:
-        if execution.status == executions.QUEUED:
-            execution.started_at = now()
-            record(
-                session,
-                workspace,
-                "executions.started",
-                {"id": execution.id, "flow": execution.flow_name, "worker": f"link:{config.name}"},
-                correlation_id=execution.correlation_id,
-                execution_id=execution.id,
-                user_id=execution.user_id,
-            )
         execution.status = status
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+
+
+def _mark_started(
+    session: Session,
+    config: SyncConfig,
+    workspace: Workspace,
+    execution: Execution,
+    message: dict[str, Any],
+) -> None:
+    """The mirror's run has started over there (an update may say so only once it ended).
+
+    Times stay on this server's clock; a run reported as ended keeps its remote duration.
+    """
+    started, ended = _parse_time(message.get("started_at")), _parse_time(message.get("ended_at"))
+    execution.started_at = now()
+    if started and ended and ended >= started:
+        execution.started_at -= ended - started
+    execution.status = executions.RUNNING
+    record(
+        session,
+        workspace,
+        "executions.started",
+        {"id": execution.id, "flow": execution.flow_name, "worker": f"link:{config.name}"},
+        correlation_id=execution.correlation_id,
+        execution_id=execution.id,
+        user_id=execution.user_id,
+    )
 
 
 def _apply_cancel(

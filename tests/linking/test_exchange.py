@@ -19,7 +19,7 @@ from flowlink.executions import service as executions
 from flowlink.linking import exchange, outbox
 from flowlink.linking import service as linking
 from flowlink.store.engine import Store
-from flowlink.store.models import Execution, LinkExecution, SyncConfig, Workspace
+from flowlink.store.models import Event, Execution, LinkExecution, SyncConfig, Workspace
 from flowlink.workspaces import service as workspaces
 
 from .conftest import KeyMaker, public_pem_of
@@ -155,6 +155,13 @@ def test_updates_mirror_status_outputs_and_logs_once(link: Link) -> None:
         mirror = session.get(Execution, mirror_id)
         assert mirror is not None
         assert (mirror.status, mirror.message, mirror.outputs) == ("success", "done", {"x": 1})
+        # The first update it saw was the end: it still shows as started, with a duration.
+        assert mirror.started_at is not None and mirror.ended_at is not None
+        assert mirror.started_at <= mirror.ended_at
+        started = session.scalars(
+            select(Event.type).where(Event.type == "executions.started")
+        ).all()
+        assert len(started) == 2  # in B by the worker, in A for the mirror
         lines = [entry.line for entry in executions.get_logs(session, mirror_id)]
     assert lines == ["line one", "line two"]
     # Once told, nothing more is sent about it.
