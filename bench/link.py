@@ -112,7 +112,7 @@ def run_backend(backend: str, round_trips: int, runs: int, drain: int) -> dict[s
             a.client, "ws-a", {"workspace.yml": "name: A\nslug: ws-a\n", "flows/seed.py": SEED}
         )
         apply_folder(b.client, "ws-b", {"workspace.yml": "name: B\nslug: ws-b\n"})
-        link(a, b, proxy.url(), folder)
+        link(a, b, b.url, folder)  # direct; the drain goes through the proxy
         time.sleep(2.0)  # connectors start, warm pools fill
         for _ in range(20):  # warm-up
             a.client.post(EXECUTIONS, json={"flow": "seed", "remote": "to-b", "wait": 30})
@@ -131,6 +131,10 @@ def run_backend(backend: str, round_trips: int, runs: int, drain: int) -> dict[s
         rate = runs / elapsed
         done += runs
         proxy.cut()
+        a.client.patch(
+            "/api/v1/workspaces/ws-a/sync_config/to-b",
+            json={"remote_url": f"{proxy.url()}/api/v1/workspaces/ws-b/sync_config/from-a/sync"},
+        ).raise_for_status()
         submit(a.client, drain)
         time.sleep(1.0)
         queued = outbox_depth(a.client)

@@ -23,11 +23,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from flowlink.errors import NotFound
 from flowlink.events.service import record
 from flowlink.linking import outbox
-from flowlink.linking.exchange import apply_messages, collect_changes, has_changes
+from flowlink.linking.exchange import apply_messages, pending_messages
 from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope
 from flowlink.linking.service import (
+    STATE_WRITE_EVERY,
     note_link_state,
     private_key_of,
     public_keys_of,
@@ -40,7 +42,9 @@ from flowlink.store.models import SyncConfig, Workspace
 
 log = logging.getLogger(__name__)
 BACKOFF_START = 0.25
-IDLE_CHECK_SECONDS = 1.0  # the sender looks for changes (e.g. new log lines) at least this often
+IDLE_CHECK_SECONDS = 0.25  # the sender looks for changes (a run's start, logs) this often
+# What one exchange came to.
+BUSY, DONE, IDLE, FAILED = "busy", "done", "idle", "failed"
 
 
 class Connector:
@@ -67,6 +71,7 @@ class Connector:
         self._state_lock = threading.Lock()
         self._connected: bool | None = (config.state or {}).get("connected")
         self._failures = 0
+        self._state_written = 0.0
         self._threads: list[threading.Thread] = []
 
     # --- life cycle -----------------------------------------------------------------------
@@ -94,72 +99,67 @@ class Connector:
     def _interval_loop(self) -> None:
         assert self.interval is not None
         while not self._stop.is_set():
-            busy = self._exchange_safely(carry_outbox=True, poll=None)
-            if busy is None:
+            result = self._exchange_safely(carry_outbox=True, poll=None)
+            if result == FAILED:
                 self._stop.wait(self._backoff())
-            elif not busy:
+            elif result != BUSY:
                 self._stop.wait(self.interval)
 
     def _sender_loop(self) -> None:
         notifier = self.store.notifier
         while not self._stop.is_set():
             seen = notifier.total()
-            if self._has_work():
-                busy = self._exchange_safely(carry_outbox=True, poll=None)
-                if busy is None:
-                    self._stop.wait(self._backoff())
-                continue
-            notifier.wait_any(seen, IDLE_CHECK_SECONDS)
-            time.sleep(0.002)  # let changes made together go out together
+            result = self._exchange_safely(carry_outbox=True, poll=None, skip_if_idle=True)
+            if result == FAILED:
+                self._stop.wait(self._backoff())
+            elif result == IDLE:
+                notifier.wait_any(seen, IDLE_CHECK_SECONDS)
+                time.sleep(0.002)  # let changes made together go out together
 
     def _poll_loop(self) -> None:
         poll = 0.0  # the first exchange answers at once: the link's state is known at start
         while not self._stop.is_set():
-            if self._exchange_safely(carry_outbox=False, poll=poll) is None:
+            if self._exchange_safely(carry_outbox=False, poll=poll) == FAILED:
                 self._stop.wait(self._backoff())
             else:
                 poll = min(self.settings.link_poll, MAX_POLL_SECONDS)
 
     # --- one exchange ---------------------------------------------------------------------
 
-    def _has_work(self) -> bool:
-        with self._acks_lock:
-            if self._acks:
-                return True
-        with self.store.read() as session:
-            config = session.get(SyncConfig, self.config_id)
-            if config is None:
-                return False
-            return outbox.depth(session, self.config_id) > 0 or has_changes(session, config)
-
-    def _exchange_safely(self, *, carry_outbox: bool, poll: float | None) -> bool | None:
-        """One exchange; True if more is waiting, False if idle, None if it failed."""
+    def _exchange_safely(
+        self, *, carry_outbox: bool, poll: float | None, skip_if_idle: bool = False
+    ) -> str:
+        """One exchange; returns BUSY, DONE, IDLE (nothing to send) or FAILED."""
         try:
-            busy = self.exchange(carry_outbox=carry_outbox, poll=poll)
+            result = self.exchange(carry_outbox=carry_outbox, poll=poll, skip_if_idle=skip_if_idle)
         except (LinkUnavailable, LinkRefused) as error:
             if not self._stop.is_set():
                 self._failed(error)
-            return None
+            return FAILED
         except Exception as error:  # keep the link alive; the error is in the log and state
             log.exception("link %s: exchange failed", self.name)
             self._failed(error)
-            return None
-        self._succeeded()
-        return busy
+            return FAILED
+        if result != IDLE:
+            self._succeeded()
+        return result
 
-    def exchange(self, *, carry_outbox: bool = True, poll: float | None = None) -> bool:
-        """Send what is pending (and acks), apply the answer; True if more is waiting."""
+    def exchange(
+        self, *, carry_outbox: bool = True, poll: float | None = None, skip_if_idle: bool = False
+    ) -> str:
+        """Send what is pending (and acks) and apply the answer.
+
+        Returns BUSY if more is waiting on either side, DONE, or IDLE when ``skip_if_idle``
+        and there was nothing to send.
+        """
         messages: list[dict[str, Any]] = []
         if carry_outbox:
-            with self.store.read() as session:
-                config, _ = self._load(session)
-                changed = has_changes(session, config)
-            if changed:
-                with self.store.write() as session:
-                    config, workspace = self._load(session)
-                    collect_changes(session, config, workspace)
-            with self.store.read() as session:
-                messages = outbox.pending(session, self.config_id, MAX_MESSAGES - 1)
+            try:
+                messages = pending_messages(self.store, self.config_id, MAX_MESSAGES - 1)
+            except NotFound as error:
+                raise LinkRefused(error.message) from None
+        if skip_if_idle and not messages:
+            return IDLE  # acks alone wait for the poller, which is about to ask again anyway
         with self._acks_lock:
             acks, self._acks = self._acks, []
         if acks:
@@ -183,7 +183,7 @@ class Connector:
         with self._acks_lock:
             self._acks.extend(received)
         sent = len(messages) - (1 if acks else 0)
-        return bool(received) or sent >= MAX_MESSAGES - 1
+        return BUSY if received or sent >= MAX_MESSAGES - 1 else DONE
 
     def _load(self, session: Any) -> tuple[SyncConfig, Workspace]:
         config = session.get(SyncConfig, self.config_id)
@@ -203,7 +203,9 @@ class Connector:
             self._failures = 0
             changed = self._connected is not True
             self._connected = True
-        self._set_state(changed, connected=True, last_error=None)
+            due = time.monotonic() - self._state_written >= STATE_WRITE_EVERY.total_seconds()
+        if changed or due:  # a busy link does not rewrite its config on every exchange
+            self._set_state(changed, connected=True, last_error=None)
 
     def _failed(self, error: Exception) -> None:
         with self._state_lock:
@@ -217,6 +219,8 @@ class Connector:
         self._set_state(changed, connected=False, last_error=message, reason=reason)
 
     def _set_state(self, changed: bool, **state: Any) -> None:
+        with self._state_lock:
+            self._state_written = time.monotonic()
         with self.store.write() as session:
             config = session.get(SyncConfig, self.config_id)
             workspace = session.get(Workspace, self.workspace_id)

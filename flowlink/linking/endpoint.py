@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
 from flowlink.linking import outbox, signing
-from flowlink.linking.exchange import apply_messages, collect_changes, has_changes
+from flowlink.linking.exchange import apply_messages, outgoing, pending_messages
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
 from flowlink.linking.protocol import MAX_MESSAGES, envelope, parse_envelope
 from flowlink.linking.service import get_sync_config, note_link_state, private_key_of
@@ -31,7 +31,8 @@ from flowlink.store.models import SyncConfig, Workspace
 from flowlink.workspaces.service import get_workspace
 
 CONTENT_TYPE = "application/json"
-COALESCE_SECONDS = 0.005  # after a wake-up, let changes made together go out together
+COALESCE_SECONDS = 0.002  # after a wake-up, let changes made together go out together
+RECHECK_SECONDS = 0.25  # a held poll looks again this often (a run's start is sent late)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,10 @@ def answer_exchange(
             note_link_state(config, connected=True, last_error=None)
             private_key = _KEYS.get(config, secret)
             config_id = config.id
+            # Answer at once when the request carried news or does not poll: in this same
+            # transaction, so an exchange costs one write.
+            poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
+            messages = outgoing(session, config, workspace, MAX_MESSAGES - 1)
     except SyncRejected as rejection:
         with store.write() as session:
             workspace = get_workspace(session, workspace_slug)
@@ -116,8 +121,8 @@ def answer_exchange(
                 {"method": method, "url": url, "client": client},
             )
         raise
-    poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
-    messages = _outgoing(store, workspace_slug, name, config_id, poll=poll, stopping=stopping)
+    if not messages and poll > 0:
+        messages = _wait_for_news(store, config_id, poll=poll, stopping=stopping)
     if received:
         messages.append(outbox.new_message("ack", ids=received))
     content = json.dumps(envelope(messages), separators=(",", ":")).encode()
@@ -128,31 +133,19 @@ def answer_exchange(
     return SignedAnswer(content, answer_headers)
 
 
-def _outgoing(
-    store: Store,
-    workspace_slug: str,
-    name: str,
-    config_id: str,
-    *,
-    poll: float,
-    stopping: threading.Event | None = None,
+def _wait_for_news(
+    store: Store, config_id: str, *, poll: float, stopping: threading.Event | None = None
 ) -> list[dict[str, Any]]:
-    """This end's pending messages; with ``poll``, wait up to that long for some."""
+    """Hold a long poll until this end has messages, the poll time is up or the server stops."""
     notifier = store.notifier
     deadline = time.monotonic() + poll
     while True:
         seen = notifier.total()
-        with store.read() as session:
-            workspace, config = _config(session, workspace_slug, name)
-            changed = has_changes(session, config)
-        if changed:
-            with store.write() as session:
-                workspace, config = _config(session, workspace_slug, name)
-                collect_changes(session, config, workspace)
-        with store.read() as session:
-            messages = outbox.pending(session, config_id, MAX_MESSAGES - 1)
         remaining = deadline - time.monotonic()
-        if messages or remaining <= 0 or (stopping is not None and stopping.is_set()):
-            return messages
-        notifier.wait_any(seen, min(remaining, 1.0))
+        if remaining <= 0 or (stopping is not None and stopping.is_set()):
+            return []
+        notifier.wait_any(seen, min(remaining, RECHECK_SECONDS))
         time.sleep(COALESCE_SECONDS)
+        messages = pending_messages(store, config_id, MAX_MESSAGES - 1)
+        if messages:
+            return messages

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
@@ -36,6 +36,7 @@ from flowlink.linking.service import (
     direction_of,
     get_sync_config,
 )
+from flowlink.store.engine import Store
 from flowlink.store.models import Execution, ExecutionLog, LinkExecution, SyncConfig, Workspace
 from flowlink.store.models import utcnow as now
 from flowlink.workspaces.service import get_flow
@@ -50,6 +51,7 @@ LOG_LINES_PER_UPDATE = 1000
 UPDATES_PER_COLLECT = 500
 TRACK_PER_COLLECT = 500
 SEND_ALL_MARGIN = timedelta(minutes=5)
+START_GRACE = timedelta(milliseconds=200)
 
 
 @dataclass(frozen=True)
@@ -474,9 +476,47 @@ def _track_all(session: Session, config: SyncConfig) -> int:
     return len(new)
 
 
+def _status_moved(settled: Any) -> Any:
+    """The status differs from what was sent; a fresh start waits until ``settled``.
+
+    A run that ends within ``START_GRACE`` of starting is reported once, with its end,
+    instead of as "running" and then as ended: half the messages for short runs.
+    """
+    return or_(
+        LinkExecution.status.is_(None),
+        and_(
+            LinkExecution.status != Execution.status,
+            or_(Execution.status.not_in(executions.ACTIVE), Execution.started_at <= settled),
+        ),
+    )
+
+
+# Built once: this runs on every wake-up of a link, so it must not be rebuilt each time.
+_ANY_CHANGE = (
+    select(LinkExecution.id)
+    .join(Execution, Execution.id == LinkExecution.execution_id)
+    .where(
+        LinkExecution.sync_config_id == bindparam("config_id"),
+        LinkExecution.role.in_((TARGET, SOURCE)),
+        LinkExecution.done.is_(False),
+        or_(
+            _status_moved(bindparam("settled")),
+            select(ExecutionLog.id)
+            .where(
+                ExecutionLog.execution_id == LinkExecution.execution_id,
+                ExecutionLog.id > LinkExecution.log_mark,
+            )
+            .exists(),
+        ),
+    )
+    .limit(1)
+)
+
+
 def has_changes(session: Session, config: SyncConfig) -> bool:
     """Whether ``collect_changes`` would queue anything (a cheap read, no locks)."""
-    if _changed(session, config, limit=1, lock=False):
+    settled = now() - START_GRACE
+    if session.execute(_ANY_CHANGE, {"config_id": config.id, "settled": settled}).first():
         return True
     return _sends_all(config) and session.execute(_untracked_query(config, 1)).first() is not None
 
@@ -510,7 +550,7 @@ def _changed(
     )
     found: dict[int, tuple[LinkExecution, Execution]] = {}
     for condition in (
-        or_(LinkExecution.status.is_(None), LinkExecution.status != Execution.status),
+        _status_moved(now() - START_GRACE),
         new_logs,
     ):
         query = base.where(condition)
@@ -567,6 +607,34 @@ def collect_changes(session: Session, config: SyncConfig, workspace: Workspace) 
         if execution.status in executions.ENDED and len(lines) < LOG_LINES_PER_UPDATE:
             link.done = True
     return len(changed)
+
+
+def outgoing(
+    session: Session, config: SyncConfig, workspace: Workspace, limit: int
+) -> list[dict[str, Any]]:
+    """Queue this end's changes and return its outbox, in a write transaction."""
+    if has_changes(session, config):
+        collect_changes(session, config, workspace)
+    return outbox.pending(session, config.id, limit)
+
+
+def pending_messages(store: Store, config_id: str, limit: int) -> list[dict[str, Any]]:
+    """This end's messages for the other end; takes the write lock only when there is news.
+
+    Raises ``NotFound`` if the sync config is gone.
+    """
+    with store.read() as session:
+        config = session.get(SyncConfig, config_id)
+        if config is None:
+            raise NotFound(f"sync config {config_id} was deleted")
+        if not has_changes(session, config):
+            return outbox.pending(session, config_id, limit)
+    with store.write() as session:
+        config = session.get(SyncConfig, config_id)
+        workspace = session.get(Workspace, config.workspace_id) if config else None
+        if config is None or workspace is None:
+            raise NotFound(f"sync config {config_id} was deleted")
+        return outgoing(session, config, workspace, limit)
 
 
 def end_link_executions(session: Session, config: SyncConfig, reason: str) -> int:

@@ -10,6 +10,7 @@ own, since the request's transaction is rolled back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -28,6 +29,8 @@ from flowlink.store.models import LinkNonce, SyncConfig, Workspace, utcnow
 # A nonce must be remembered for as long as its signature could still be accepted.
 NONCE_MEMORY = signing.MAX_AGE + signing.CLOCK_SKEW + timedelta(seconds=5)
 REJECTION_REASONS = (*signing.REASONS, "replayed", "disabled")
+FORGET_EVERY = 10.0  # seconds between clean-ups of nonces too old to matter
+_last_forget = 0.0
 
 
 class SyncRejected(Unauthorized):
@@ -74,7 +77,10 @@ def remember_nonce(session: Session, config: SyncConfig, nonce: str) -> None:
             session.add(LinkNonce(sync_config_id=config.id, nonce=nonce, seen_at=current))
     except IntegrityError:
         raise SyncRejected("replayed", "this signed request was received before") from None
-    session.execute(delete(LinkNonce).where(LinkNonce.seen_at < current - NONCE_MEMORY))
+    global _last_forget
+    if time.monotonic() - _last_forget >= FORGET_EVERY:  # not on every request: it adds up
+        _last_forget = time.monotonic()
+        session.execute(delete(LinkNonce).where(LinkNonce.seen_at < current - NONCE_MEMORY))
 
 
 def seen_nonces(session: Session, config: SyncConfig) -> list[str]:

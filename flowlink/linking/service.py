@@ -7,6 +7,7 @@ only its SHA-256 fingerprint.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -291,8 +292,13 @@ def private_key_of(config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
 
 
 def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
-    """The other end's public keys by fingerprint."""
-    return {keys.fingerprint(k): k for k in keys.load_public_keys(config.remote_public_key)}
+    """The other end's public keys by fingerprint (parsed once per stored value)."""
+    return _public_keys(config.remote_public_key)
+
+
+@functools.lru_cache(maxsize=256)
+def _public_keys(pem: str) -> dict[str, rsa.RSAPublicKey]:
+    return {keys.fingerprint(k): k for k in keys.load_public_keys(pem)}
 
 
 def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) -> dict[str, Any]:

@@ -7,8 +7,10 @@ redelivery, reordering and refusals can be tested one message at a time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -170,7 +172,24 @@ def test_updates_mirror_status_outputs_and_logs_once(link: Link) -> None:
     assert take(link, link.from_a) == []
 
 
-def test_an_older_update_never_undoes_a_newer_one(link: Link) -> None:
+def test_a_start_is_sent_once_it_has_lasted_the_grace(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exchange, "START_GRACE", timedelta(seconds=0.3))
+    start(link)
+    apply(link, link.from_a, take(link, link.to_b))
+    with link.store.write() as session:
+        executions.claim(session, "w", 1, 30)
+    assert take(link, link.from_a) == []  # it may end at once: then one update says it all
+    time.sleep(0.35)
+    (running,) = take(link, link.from_a)
+    assert running["status"] == "running" and running["started_at"]
+
+
+def test_an_older_update_never_undoes_a_newer_one(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exchange, "START_GRACE", timedelta(0))
     mirror_id = start(link)
     apply(link, link.from_a, take(link, link.to_b))
     with link.store.write() as session:

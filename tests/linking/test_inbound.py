@@ -107,7 +107,10 @@ def test_rejections_name_their_reason_and_leave_no_nonce(
         assert inbound.seen_nonces(session, service.get_sync_config(session, ws, "cloud")) == []
 
 
-def test_old_nonces_are_forgotten(store: Store, workspace: Workspace, make_key: KeyMaker) -> None:
+def test_old_nonces_are_forgotten(
+    store: Store, workspace: Workspace, make_key: KeyMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbound, "FORGET_EVERY", 0.0)  # clean up on every request
     gate(store, workspace, signed(make_key))
     with store.write() as session:  # age the first nonce past the memory window
         session.execute(

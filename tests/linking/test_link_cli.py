@@ -320,9 +320,8 @@ def test_run_remote_from_the_cli(database_url: str, second_database_url: str) ->
         script = "def handler(system, this, inputs):\n    this.log('ran remotely')\n"
         script += "    return this.success('hi', where=system.config.get('where'))\n"
         for server, slug in ((one, "ops"), (two, "edge")):
-            files = {
-                "workspace.yml": f"name: {slug}\nslug: {slug}\nconfig:\n  value:\n    where: {slug}\n"
-            }
+            yml = f"name: {slug}\nslug: {slug}\nconfig:\n  value:\n    where: {slug}\n"
+            files = {"workspace.yml": yml}
             if slug == "ops":
                 files["flows/greet.py"] = script
             response = server.client.post(f"/api/v1/workspaces/{slug}/apply", json={"files": files})
