@@ -206,32 +206,68 @@ def apply_messages(
     """
     received: list[str] = []
     endings: list[tuple[str, executions.Outcome]] = []  # recorded together, at the end
+    links = _Links.load(session, config, messages)
     for message in messages:
         kind = message["type"]
         if kind == "ack":
             outbox.acknowledge(session, config.id, message["ids"])
             continue
         if kind == "execution.start":
-            _apply_start(session, config, workspace, message, default_max_runtime)
+            _apply_start(session, config, workspace, message, links, default_max_runtime)
         elif kind == "execution.update":
-            _apply_update(session, config, workspace, message, endings)
+            _apply_update(session, config, workspace, message, links, endings)
         elif kind == "execution.cancel":
-            _apply_cancel(session, config, workspace, message)
+            _apply_cancel(session, config, message, links)
         received.append(message["id"])
     executions.finish_many(session, endings)
     return received
 
 
-def _link(session: Session, config: SyncConfig, role: str, origin_id: str) -> LinkExecution | None:
-    return session.scalar(
-        select(LinkExecution)
-        .where(
-            LinkExecution.sync_config_id == config.id,
-            LinkExecution.role == role,
-            LinkExecution.origin_execution_id == origin_id,
-        )
-        .with_for_update()
-    )
+class _Links:
+    """The link rows (and their executions) an envelope's messages refer to, loaded at once.
+
+    One query for all messages instead of two per message; rows are locked for the
+    transaction, so concurrent exchanges of one link apply a message once.
+    """
+
+    def __init__(self, rows: dict[tuple[str, str], LinkExecution]) -> None:
+        self.rows = rows
+
+    @classmethod
+    def load(
+        cls, session: Session, config: SyncConfig, messages: Sequence[dict[str, Any]]
+    ) -> _Links:
+        origin_ids = sorted({m["origin_execution_id"] for m in messages if m["type"] != "ack"})
+        rows: dict[tuple[str, str], LinkExecution] = {}
+        for start in range(0, len(origin_ids), 500):
+            for link in session.scalars(
+                select(LinkExecution)
+                .where(
+                    LinkExecution.sync_config_id == config.id,
+                    LinkExecution.origin_execution_id.in_(origin_ids[start : start + 500]),
+                )
+                .with_for_update()
+            ):
+                rows[(link.role, link.origin_execution_id)] = link
+        execution_ids = [link.execution_id for link in rows.values()]
+        for start in range(0, len(execution_ids), 500):
+            # Into the session's identity map: session.get() then finds them without a query.
+            session.scalars(
+                select(Execution)
+                .where(Execution.id.in_(execution_ids[start : start + 500]))
+                .with_for_update()
+            ).all()
+        return cls(rows)
+
+    def get(self, role: str, origin_id: str) -> LinkExecution | None:
+        """The row of this role for an origin execution, if there is one."""
+        return self.rows.get((role, origin_id))
+
+    def add(self, session: Session, link: LinkExecution) -> LinkExecution:
+        """Record a new row (in the session and here)."""
+        session.add(link)
+        self.rows[(link.role, link.origin_execution_id)] = link
+        return link
 
 
 def _refuse_start(
@@ -265,10 +301,11 @@ def _apply_start(
     config: SyncConfig,
     workspace: Workspace,
     message: dict[str, Any],
+    links: _Links,
     default_max_runtime: float,
 ) -> None:
     origin_id = message["origin_execution_id"]
-    if _link(session, config, TARGET, origin_id) is not None:
+    if links.get(TARGET, origin_id) is not None:
         return  # started before: this is a redelivery
     if direction_of(config) != CONTROLLED:
         _refuse_start(
@@ -284,41 +321,45 @@ def _apply_start(
     use_remote_flow = bool(message.get("use_remote_flow"))
     script = message.get("script")
     try:
-        with session.begin_nested():
-            if use_remote_flow:
-                get_flow(session, workspace, flow)  # NotFound names the flow and workspace
-            elif not isinstance(script, str):
-                raise Invalid("execution.start: script is required unless use_remote_flow")
-            execution = executions.create_execution(
-                session,
-                workspace,
-                flow_name=flow,
-                script=None if use_remote_flow else script,
-                inputs=message.get("inputs") or {},
-                correlation_id=message.get("correlation_id"),
-                trigger={
-                    "type": "link",
-                    "syncConfig": config.name,
-                    "originExecutionId": origin_id,
-                    "originWorkspace": message.get("origin_workspace"),
-                    "useRemoteFlow": use_remote_flow,
-                },
-                max_runtime=message.get("max_runtime"),
-                default_max_runtime=default_max_runtime,
-                principal=_identity(config, workspace),
-            )
-            if use_remote_flow:
-                execution.flow_id = None  # the run shows the script; it is not one of our flows
+        # Everything is checked before anything is added, so a refusal leaves no trace.
+        if use_remote_flow:
+            get_flow(session, workspace, flow)  # NotFound names the flow and workspace
+        elif not isinstance(script, str):
+            raise Invalid("execution.start: script is required unless use_remote_flow")
+        execution = executions.create_execution(
+            session,
+            workspace,
+            flow_name=flow,
+            script=None if use_remote_flow else script,
+            inputs=message.get("inputs") or {},
+            correlation_id=message.get("correlation_id"),
+            trigger={
+                "type": "link",
+                "syncConfig": config.name,
+                "originExecutionId": origin_id,
+                "originWorkspace": message.get("origin_workspace"),
+                "useRemoteFlow": use_remote_flow,
+            },
+            max_runtime=message.get("max_runtime"),
+            default_max_runtime=default_max_runtime,
+            principal=_identity(config, workspace),
+        )
     except FlowlinkError as error:
         kind = "not_found" if isinstance(error, NotFound) else "invalid"
         _refuse_start(session, config, message, error.message, kind)
         return
+    if use_remote_flow:
+        execution.flow_id = None  # the run shows the script; it is not one of our flows
     # The other end knows it is queued: the first update goes out when it starts.
-    session.add(_follow(config, TARGET, execution.id, origin_id, executions.QUEUED))
+    links.add(session, _follow(config, TARGET, execution.id, origin_id, executions.QUEUED))
 
 
 def _mirror_copy(
-    session: Session, config: SyncConfig, workspace: Workspace, message: dict[str, Any]
+    session: Session,
+    config: SyncConfig,
+    workspace: Workspace,
+    message: dict[str, Any],
+    links: _Links,
 ) -> LinkExecution | None:
     """The read-only copy of an execution of the other workspace, made on its first update."""
     if direction_of(config) != CONTROLLED:
@@ -335,10 +376,7 @@ def _mirror_copy(
         principal=_identity(config, workspace),
         remote_config_id=config.id,
     )
-    link = _follow(config, MIRROR, execution.id, origin_id, executions.QUEUED)
-    session.add(link)
-    session.flush()
-    return link
+    return links.add(session, _follow(config, MIRROR, execution.id, origin_id, executions.QUEUED))
 
 
 def _apply_update(
@@ -346,15 +384,16 @@ def _apply_update(
     config: SyncConfig,
     workspace: Workspace,
     message: dict[str, Any],
+    links: _Links,
     endings: list[tuple[str, executions.Outcome]],
 ) -> None:
     origin_id = message["origin_execution_id"]
     if message.get("mirror"):
-        link = _link(session, config, MIRROR, origin_id) or _mirror_copy(
-            session, config, workspace, message
+        link = links.get(MIRROR, origin_id) or _mirror_copy(
+            session, config, workspace, message, links
         )
     else:
-        link = _link(session, config, ORIGIN, origin_id)
+        link = links.get(ORIGIN, origin_id)
     if link is None or message["revision"] <= link.revision:
         return  # unknown here, or older than what we have
     execution = session.get(Execution, link.execution_id, with_for_update=True)
@@ -426,9 +465,9 @@ def _mark_started(
 
 
 def _apply_cancel(
-    session: Session, config: SyncConfig, workspace: Workspace, message: dict[str, Any]
+    session: Session, config: SyncConfig, message: dict[str, Any], links: _Links
 ) -> None:
-    link = _link(session, config, TARGET, message["origin_execution_id"])
+    link = links.get(TARGET, message["origin_execution_id"])
     if link is None:
         return
     execution = session.get(Execution, link.execution_id)
@@ -568,15 +607,10 @@ def collect_changes(session: Session, config: SyncConfig, workspace: Workspace) 
     if _sends_all(config) and _track_all(session, config):
         session.flush()
     changed = _changed(session, config, limit=UPDATES_PER_COLLECT, lock=True)
+    new_lines = _new_log_lines(session, {link.execution_id: link.log_mark for link, _ in changed})
+    messages: list[dict[str, Any]] = []
     for link, execution in changed:
-        lines = list(
-            session.execute(
-                select(ExecutionLog.id, ExecutionLog.line)
-                .where(ExecutionLog.execution_id == execution.id, ExecutionLog.id > link.log_mark)
-                .order_by(ExecutionLog.id)
-                .limit(LOG_LINES_PER_UPDATE)
-            )
-        )
+        lines = new_lines.get(execution.id, [])
         first = link.revision == 0
         fields: dict[str, Any] = {
             "origin_execution_id": link.origin_execution_id,
@@ -599,14 +633,36 @@ def collect_changes(session: Session, config: SyncConfig, workspace: Workspace) 
             )
         if link.role == SOURCE:
             fields["mirror"] = True
-        outbox.enqueue(session, config.id, outbox.new_message("execution.update", **fields))
+        messages.append(outbox.new_message("execution.update", **fields))
         link.revision += 1
         link.status = execution.status
         if lines:
             link.log_mark = lines[-1][0]
         if execution.status in executions.ENDED and len(lines) < LOG_LINES_PER_UPDATE:
             link.done = True
+    outbox.enqueue_many(session, config.id, messages)
     return len(changed)
+
+
+def _new_log_lines(session: Session, marks: dict[str, int]) -> dict[str, list[tuple[int, str]]]:
+    """Log lines past each execution's mark (at most ``LOG_LINES_PER_UPDATE`` each), at once."""
+    lines: dict[str, list[tuple[int, str]]] = {}
+    ids = list(marks)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = session.execute(
+            select(ExecutionLog.execution_id, ExecutionLog.id, ExecutionLog.line)
+            .where(
+                ExecutionLog.execution_id.in_(chunk),
+                ExecutionLog.id > min(marks[i] for i in chunk),
+            )
+            .order_by(ExecutionLog.id)
+        )
+        for execution_id, seq, line in rows:
+            mine = lines.setdefault(execution_id, [])
+            if seq > marks[execution_id] and len(mine) < LOG_LINES_PER_UPDATE:
+                mine.append((seq, line))
+    return lines
 
 
 def outgoing(

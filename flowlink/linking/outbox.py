@@ -25,14 +25,23 @@ def new_message(kind: str, **fields: Any) -> dict[str, Any]:
 
 def enqueue(session: Session, sync_config_id: str, message: dict[str, Any]) -> None:
     """Put a message in a link's outbox (in the caller's transaction) and wake its sender."""
-    session.add(
+    enqueue_many(session, sync_config_id, [message])
+
+
+def enqueue_many(session: Session, sync_config_id: str, messages: list[dict[str, Any]]) -> None:
+    """Put messages in a link's outbox, in this order, and wake its sender once."""
+    if not messages:
+        return
+    created = utcnow()
+    session.add_all(
         LinkOutbox(
             sync_config_id=sync_config_id,
             message_id=message["id"],
             type=message["type"],
             body=message,
-            created_at=utcnow(),
+            created_at=created,
         )
+        for message in messages
     )
     notify.announce(session, notify.LINK, sync_config_id)
 
