@@ -109,6 +109,7 @@ def answer_exchange(
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
+            seen = store.notifier.total()  # before looking: nothing that happens after is missed
             messages = outgoing(session, config, workspace, MAX_MESSAGES - 1)
     except SyncRejected as rejection:
         with store.write() as session:
@@ -122,7 +123,7 @@ def answer_exchange(
             )
         raise
     if not messages and poll > 0:
-        messages = _wait_for_news(store, config_id, poll=poll, stopping=stopping)
+        messages = _wait_for_news(store, config_id, seen, poll=poll, stopping=stopping)
     if received:
         messages.append(outbox.new_message("ack", ids=received))
     content = json.dumps(envelope(messages), separators=(",", ":")).encode()
@@ -134,18 +135,26 @@ def answer_exchange(
 
 
 def _wait_for_news(
-    store: Store, config_id: str, *, poll: float, stopping: threading.Event | None = None
+    store: Store,
+    config_id: str,
+    seen: int,
+    *,
+    poll: float,
+    stopping: threading.Event | None = None,
 ) -> list[dict[str, Any]]:
-    """Hold a long poll until this end has messages, the poll time is up or the server stops."""
+    """Hold a long poll until this end has messages, the poll time is up or the server stops.
+
+    ``seen`` is the notification count taken before this end last looked for messages.
+    """
     notifier = store.notifier
     deadline = time.monotonic() + poll
     while True:
-        seen = notifier.total()
         remaining = deadline - time.monotonic()
         if remaining <= 0 or (stopping is not None and stopping.is_set()):
             return []
         notifier.wait_any(seen, min(remaining, RECHECK_SECONDS))
         time.sleep(COALESCE_SECONDS)
+        seen = notifier.total()  # taken before looking, as above
         messages = pending_messages(store, config_id, MAX_MESSAGES - 1)
         if messages:
             return messages
