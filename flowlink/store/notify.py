@@ -26,6 +26,7 @@ CANCEL = "flowlink_cancel"
 EVENTS = "flowlink_events"
 LINK = "flowlink_link"  # a message was put in a link's outbox (payload: sync config id)
 CHANNELS = (QUEUED, ENDED, CANCEL, EVENTS, LINK)
+_PAYLOAD_UNUSED = frozenset({QUEUED, ENDED, LINK})  # listeners look at the store instead
 
 Callback = Callable[[str], None]
 _PENDING_KEY = "flowlink_announcements"
@@ -95,17 +96,34 @@ class Notifier:
 def announce(session: Session, channel: str, payload: str = "") -> None:
     """Announce a change made in this session's transaction; delivered once it commits."""
     session.info.setdefault(_PENDING_KEY, []).append((channel, payload))
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_notify(channel, payload)))
+
+
+def _distinct(pending: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The announcements worth sending: each once, and one per channel where no listener
+    reads the payload (a transaction that queues 1,000 executions wakes workers once)."""
+    out: dict[tuple[str, str], None] = {}
+    for channel, payload in pending:
+        out[(channel, "" if channel in _PAYLOAD_UNUSED else payload)] = None
+    return list(out)
 
 
 def install(session_class: type[Session], notifier: Notifier) -> None:
-    """Fire announcements in-process after commit (dropped on rollback)."""
+    """Send announcements at commit: ``pg_notify`` in one statement, then in-process."""
+
+    @event.listens_for(session_class, "before_commit")
+    def _before_commit(session: Session) -> None:
+        pending = session.info.get(_PENDING_KEY)
+        if not pending or session.get_bind().dialect.name != "postgresql":
+            return
+        pairs = _distinct(pending)
+        for start in range(0, len(pairs), 100):
+            chunk = pairs[start : start + 100]
+            session.execute(select(*(func.pg_notify(c, p) for c, p in chunk)))
 
     @event.listens_for(session_class, "after_commit")
     def _after_commit(session: Session) -> None:
         pending = session.info.pop(_PENDING_KEY, None)
-        for channel, payload in pending or ():
+        for channel, payload in _distinct(pending or []):
             notifier.fire(channel, payload)
 
     @event.listens_for(session_class, "after_rollback")
