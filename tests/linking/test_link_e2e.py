@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from flowlink.linking import keys, outbox, signing
 from flowlink.linking.protocol import envelope
@@ -622,17 +623,11 @@ def _signed(url: str, key: Any, body: bytes, *, created: datetime | None = None)
     return headers
 
 
-def test_rejected_exchanges_act_on_nothing(
-    pair: tuple[ServerProcess, ServerProcess], make_key: KeyMaker, linker: Linker, uid: str
-) -> None:
-    """Requests to B's sync endpoint that are unsigned, signed with an unknown key, with a
-    forged signature, a tampered body, replayed, stale, or for a disabled config: 401, a
-    ``sync.rejected`` event naming the reason, and no execution."""
-    _, b = pair
-    ws_a, ws_b = f"rej-a-{uid}", f"rej-b-{uid}"
-    b.create_workspace(ws_b)
+def _answering_end_only(
+    b: ServerProcess, ws_b: str, make_key: KeyMaker, linker: Linker
+) -> tuple[End, rsa.RSAPrivateKey]:
+    """B's end of a link whose other end is this test: returns it and A's private key."""
     key_a_path, key_b_path = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-    # Only B's end: nobody else talks to it, so every request below is ours.
     end_b = End(b, ws_b, "from-a")
     ok(
         b.client.post(
@@ -646,7 +641,20 @@ def test_rejected_exchanges_act_on_nothing(
         201,
     )
     linker.made.append(end_b)
-    key_a = keys.load_private_key(key_a_path.read_text())
+    return end_b, keys.load_private_key(key_a_path.read_text())
+
+
+def test_rejected_exchanges_act_on_nothing(
+    pair: tuple[ServerProcess, ServerProcess], make_key: KeyMaker, linker: Linker, uid: str
+) -> None:
+    """Requests to B's sync endpoint that are unsigned, signed with an unknown key, with a
+    forged signature, a tampered body, replayed, stale, or for a disabled config: 401, a
+    ``sync.rejected`` event naming the reason, and no execution."""
+    _, b = pair
+    ws_a, ws_b = f"rej-a-{uid}", f"rej-b-{uid}"
+    b.create_workspace(ws_b)
+    # Only B's end: nobody else talks to it, so every request below is ours.
+    end_b, key_a = _answering_end_only(b, ws_b, make_key, linker)
     stranger = keys.load_private_key(make_key("ssh-keygen-openssh").read_text())
     url = end_b.endpoint
 
@@ -707,21 +715,7 @@ def test_a_valid_signed_start_is_acted_on_once(
     _, b = pair
     ws_b = f"once-b-{uid}"
     b.create_workspace(ws_b)
-    key_a_path, key_b_path = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-    end_b = End(b, ws_b, "from-a")
-    ok(
-        b.client.post(
-            f"/api/v1/workspaces/{ws_b}/sync_config",
-            json={
-                "name": "from-a",
-                "own_private_key": key_b_path.read_text(),
-                "remote_public_key": public_pem_of(key_a_path),
-            },
-        ),
-        201,
-    )
-    linker.made.append(end_b)
-    key_a = keys.load_private_key(key_a_path.read_text())
+    end_b, key_a = _answering_end_only(b, ws_b, make_key, linker)
     body = _start_message("once-a")
     headers = _signed(end_b.endpoint, key_a, body)
     first = httpx.post(end_b.endpoint, content=body, headers=headers, timeout=30)
