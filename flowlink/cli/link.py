@@ -142,10 +142,12 @@ def create_link(
     reverse: bool,
     settings: dict[str, Any],
     tls: dict[str, Any],
+    role: str | None = None,
 ) -> tuple[End, End]:
     """Create the answering end, then the connecting end; undo the first if the second fails.
 
-    ``settings`` go to both ends, ``tls`` only to the connecting end. Returns
+    ``settings`` go to both ends, ``tls`` only to the connecting end, ``role`` (the role
+    remote runs get) only to the controlled end. Returns
     ``(connecting, answering)`` with their views filled in.
     """
     connecting, answering = (controlled, controlling) if reverse else (controlling, controlled)
@@ -159,6 +161,7 @@ def create_link(
             "remote_public_key": other.pair.public_pem,
             "direction": end.direction,
             **settings,
+            **({"role": role} if role and end.direction == CONTROLLED else {}),
         }
 
     answering.view = _request(
@@ -346,6 +349,14 @@ def link_create(
         ),
     ] = None,
     bits: Annotated[int, typer.Option("--bits", help="RSA key size", min=2048)] = DEFAULT_RSA_BITS,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            "--role",
+            help="Role that runs started through the link get in the controlled workspace"
+            " (default: editor)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create both ends of a link, with a fresh key pair each; nothing is left half-made."""
@@ -373,7 +384,7 @@ def link_create(
         if save_keys_to is not None:
             saved = save_keys(save_keys_to, [controlling, controlled])
         connecting, _ = create_link(
-            controlling, controlled, reverse=reverse, settings=settings, tls=tls
+            controlling, controlled, reverse=reverse, settings=settings, tls=tls, role=role
         )
     except LinkError as exc:
         for path in saved:

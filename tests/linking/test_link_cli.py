@@ -88,12 +88,15 @@ def test_create_links_both_ends_crosswise(
     two_live_servers: tuple[LiveServer, LiveServer], tmp_path: Path
 ) -> None:
     one, two = two_live_servers
-    result = link(one, two, "--sync-interval", "5", "--send-all-executions", "--json")
+    result = link(
+        one, two, "--sync-interval", "5", "--send-all-executions", "--role", "viewer", "--json"
+    )
     assert result.exit_code == 0, result.stdout + result.stderr
     no_keys_in(result)
     shown = json.loads(result.stdout)
     controlling = configs(one, "ops")["edge"]  # the default names: the other workspace's slug
     controlled = configs(two, "edge")["ops"]
+    assert (controlled["role"], controlling["role"]) == ("viewer", "editor")
     own = controlling["own_public_key_fingerprint"]
     assert shown["controlling"]["own_public_key_fingerprint"] == own
     assert controlling["remote_public_key_fingerprints"] == [
