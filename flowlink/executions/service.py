@@ -177,7 +177,8 @@ def child_ids(session: Session, execution_id: str) -> list[str]:
     )
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_or_none(value: datetime | None) -> str | None:
+    """An execution timestamp as ISO 8601 with a ``Z`` (as the API shows it), or None."""
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -201,9 +202,9 @@ def execution_view(
         "input_value": execution.inputs,
         "output_value": execution.outputs,
         "error_kind": execution.error_kind,
-        "created_at": _iso(execution.created_at),
-        "started_at": _iso(execution.started_at),
-        "ended_at": _iso(execution.ended_at),
+        "created_at": iso_or_none(execution.created_at),
+        "started_at": iso_or_none(execution.started_at),
+        "ended_at": iso_or_none(execution.ended_at),
         "duration": duration,
         "parent_id": execution.parent_id,
         "correlation_id": execution.correlation_id,
@@ -248,7 +249,7 @@ def get_logs(
 
 def log_view(entry: ExecutionLog) -> dict[str, Any]:
     """The API representation of a log line."""
-    return {"id": entry.id, "created_at": _iso(entry.created_at), "line": entry.line}
+    return {"id": entry.id, "created_at": iso_or_none(entry.created_at), "line": entry.line}
 
 
 # --- running state ----------------------------------------------------------------------------

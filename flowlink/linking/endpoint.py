@@ -16,18 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
 from flowlink.linking import outbox, signing
 from flowlink.linking.exchange import apply_messages, outgoing, pending_messages
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
 from flowlink.linking.protocol import MAX_MESSAGES, envelope, parse_envelope
-from flowlink.linking.service import get_sync_config, note_link_state, private_key_of
+from flowlink.linking.service import note_link_state, private_key_of
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
-from flowlink.store.models import SyncConfig, Workspace
 from flowlink.workspaces.service import get_workspace
 
 CONTENT_TYPE = "application/json"
@@ -41,30 +38,6 @@ class SignedAnswer:
 
     content: bytes
     headers: httpx.Headers
-
-
-class KeyCache:
-    """Decrypted private keys by sync config (decrypting costs more than signing)."""
-
-    def __init__(self) -> None:
-        self._keys: dict[tuple[str, str], rsa.RSAPrivateKey] = {}
-
-    def get(self, config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
-        """The config's private key, decrypted once per stored version."""
-        cache_key = (config.id, config.own_private_key)
-        key = self._keys.get(cache_key)
-        if key is None:
-            key = private_key_of(config, secret_key)
-            self._keys[cache_key] = key
-        return key
-
-
-_KEYS = KeyCache()
-
-
-def _config(session: Session, workspace_slug: str, name: str) -> tuple[Workspace, SyncConfig]:
-    workspace = get_workspace(session, workspace_slug)
-    return workspace, get_sync_config(session, workspace, name)
 
 
 def answer_exchange(
@@ -104,13 +77,13 @@ def answer_exchange(
                 default_max_runtime=settings.default_max_runtime,
             )
             note_link_state(config, connected=True, last_error=None)
-            private_key = _KEYS.get(config, secret)
+            private_key = private_key_of(config, secret)
             config_id = config.id
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
             seen = store.notifier.total()  # before looking: nothing that happens after is missed
-            messages = outgoing(session, config, workspace, MAX_MESSAGES - 1)
+            messages = outgoing(session, config, MAX_MESSAGES - 1)
     except SyncRejected as rejection:
         with store.write() as session:
             workspace = get_workspace(session, workspace_slug)

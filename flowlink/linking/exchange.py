@@ -64,10 +64,6 @@ class RemoteStart:
     max_runtime: float | None = None
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def _follow(
     config: SyncConfig, role: str, execution_id: str, origin_id: str, status: str | None
 ) -> LinkExecution:
@@ -284,7 +280,7 @@ def _refuse_start(
             status=executions.ERROR,
             message=why,
             error_kind=kind,
-            ended_at=_iso(now()),
+            ended_at=executions.iso_or_none(now()),
         ),
     )
 
@@ -602,7 +598,7 @@ def _changed(
     return [found[key] for key in sorted(found)][:limit]
 
 
-def collect_changes(session: Session, config: SyncConfig, workspace: Workspace) -> int:
+def collect_changes(session: Session, config: SyncConfig) -> int:
     """Queue an ``execution.update`` for every followed execution that changed; returns how many."""
     if _sends_all(config) and _track_all(session, config):
         session.flush()
@@ -619,8 +615,8 @@ def collect_changes(session: Session, config: SyncConfig, workspace: Workspace) 
             "message": execution.message,
             "outputs": execution.outputs or {},
             "error_kind": execution.error_kind,
-            "started_at": _iso(execution.started_at),
-            "ended_at": _iso(execution.ended_at),
+            "started_at": executions.iso_or_none(execution.started_at),
+            "ended_at": executions.iso_or_none(execution.ended_at),
             "logs": [{"seq": seq, "line": line} for seq, line in lines],
         }
         if first:
@@ -629,7 +625,7 @@ def collect_changes(session: Session, config: SyncConfig, workspace: Workspace) 
                 script=execution.script,
                 inputs=execution.inputs or {},
                 correlation_id=execution.correlation_id,
-                created_at_origin=_iso(execution.created_at),
+                created_at_origin=executions.iso_or_none(execution.created_at),
             )
         if link.role == SOURCE:
             fields["mirror"] = True
@@ -665,12 +661,13 @@ def _new_log_lines(session: Session, marks: dict[str, int]) -> dict[str, list[tu
     return lines
 
 
-def outgoing(
-    session: Session, config: SyncConfig, workspace: Workspace, limit: int
-) -> list[dict[str, Any]]:
-    """Queue this end's changes and return its outbox, in a write transaction."""
+def outgoing(session: Session, config: SyncConfig, limit: int) -> list[dict[str, Any]]:
+    """Queue this end's changes and return its outbox, in a write transaction.
+
+    The cheap ``has_changes`` query goes first: most exchanges find nothing new.
+    """
     if has_changes(session, config):
-        collect_changes(session, config, workspace)
+        collect_changes(session, config)
     return outbox.pending(session, config.id, limit)
 
 
@@ -687,10 +684,10 @@ def pending_messages(store: Store, config_id: str, limit: int) -> list[dict[str,
             return outbox.pending(session, config_id, limit)
     with store.write() as session:
         config = session.get(SyncConfig, config_id)
-        workspace = session.get(Workspace, config.workspace_id) if config else None
-        if config is None or workspace is None:
+        if config is None:
             raise NotFound(f"sync config {config_id} was deleted")
-        return outgoing(session, config, workspace, limit)
+        collect_changes(session, config)  # the read above found changes
+        return outbox.pending(session, config_id, limit)
 
 
 def end_link_executions(session: Session, config: SyncConfig, reason: str) -> int:

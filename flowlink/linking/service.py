@@ -287,8 +287,14 @@ def note_link_state(config: SyncConfig, **state: Any) -> bool:
 
 
 def private_key_of(config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
-    """This end's private key, decrypted."""
-    return keys.load_private_key(keys.decrypt_at_rest(secret_key, config.own_private_key))
+    """This end's private key, decrypted (once per stored value: decrypting costs more than
+    signing)."""
+    return _private_key(config.own_private_key, secret_key)
+
+
+@functools.lru_cache(maxsize=256)
+def _private_key(encrypted: str, secret_key: str) -> rsa.RSAPrivateKey:
+    return keys.load_private_key(keys.decrypt_at_rest(secret_key, encrypted))
 
 
 def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:

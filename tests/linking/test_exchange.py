@@ -89,7 +89,7 @@ def take(link: Link, config_id: str) -> list[dict[str, Any]]:
         assert config is not None
         workspace = session.get(Workspace, config.workspace_id)
         assert workspace is not None
-        exchange.collect_changes(session, config, workspace)
+        exchange.collect_changes(session, config)
     with link.store.read() as session:
         return outbox.pending(session, config_id, 1000)
 
