@@ -86,16 +86,24 @@ class FlowApiCalls:
             "flow.get": self._flow_get,
             "user.get_own": self._user_get_own,
         }
+        # Calls that manage their own transactions (waiting must not hold one).
+        self._direct: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "execution.wait": lambda params: self._wait(str(params.get("id"))),
+            "execution.start_child": self._start_child_now,
+        }
+
+    def methods(self) -> list[str]:
+        """Every ``flow_api`` call this answers (the surface the permission matrix covers)."""
+        return sorted({*self._handlers, *self._direct})
 
     # --- entry points for the runtime -----------------------------------------------------
 
     def handle(self, method: str, params: dict[str, Any]) -> Any:
         """Do one call; domain errors become the ``flow_api`` exceptions of the same meaning."""
         self.flush_logs()
-        if method == "execution.wait":
-            return self._wait(str(params.get("id")))
-        if method == "execution.start_child":
-            return self._start_child_now(params)
+        direct = self._direct.get(method)
+        if direct is not None:
+            return direct(params)
         handler = self._handlers.get(method)
         if handler is None:
             raise FlowApiError(f"unknown flow_api call {method!r}")
@@ -174,10 +182,19 @@ class FlowApiCalls:
             return execution
         return executions.get_execution(session, workspace, str(execution_id))
 
+    def _authorize_read(self, session: Session, workspace: Workspace, execution: Execution) -> None:
+        """Reading another execution needs ``read executions`` on its flow, as its GET route.
+
+        An execution's own record and those of the children it started need nothing more, as
+        ``POST .../executions`` with ``wait`` returns the execution it started.
+        """
+        if self.execution_id in (execution.id, execution.parent_id):
+            return
+        self._authorize(session, workspace, "read", "executions", {"flow": execution.flow_name})
+
     def _execution_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         execution = self._target(session, workspace, params.get("id"))
-        if execution.id != self.execution_id:
-            self._authorize(session, workspace, "read", "executions", {"flow": execution.flow_name})
+        self._authorize_read(session, workspace, execution)
         field = str(params.get("field") or "")
         if field == "script":
             return execution.script
@@ -293,7 +310,9 @@ class FlowApiCalls:
         return workspaces.get_setting(session, workspace, str(params.get("name"))).value
 
     def _setting_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
-        self._authorize(session, workspace, "update", "settings", {"setting": params.get("name")})
+        name = str(params.get("name"))
+        action = "update" if workspaces.find_setting(session, workspace, name) else "create"
+        self._authorize(session, workspace, action, "settings", {"setting": params.get("name")})
         workspaces.put_setting(
             session,
             workspace,
@@ -347,6 +366,7 @@ class FlowApiCalls:
                 raise FlowApiError(error.message) from error
             except NotFound as error:
                 raise ResourceNotFound(error.message) from error
+            self._authorize_read(session, workspace, child)
             if child.status in executions.ENDED:
                 return self._ended_view(child, workspace.slug)
             executions.set_waiting(session, self.execution_id, True)
