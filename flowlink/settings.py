@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,8 @@ class ServerSettings:
     link_poll: float = 25.0
     link_backoff_max: float = 30.0
     link_refresh: float = 2.0
+    # Addresses or CIDR networks of reverse proxies whose X-Forwarded-For/-Proto are believed.
+    trusted_proxies: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -75,7 +79,35 @@ class ServerSettings:
             link_poll=number("FLOWLINK_LINK_POLL", 25.0),
             link_backoff_max=number("FLOWLINK_LINK_BACKOFF_MAX", 30.0),
             link_refresh=number("FLOWLINK_LINK_REFRESH", 2.0),
+            trusted_proxies=_trusted_proxies_env(env.get("FLOWLINK_TRUSTED_PROXIES", "")),
         )
+
+
+def _trusted_proxies_env(value: str) -> tuple[str, ...]:
+    try:
+        return trusted_proxies(value)
+    except ValueError as exc:
+        raise ValueError(f"FLOWLINK_TRUSTED_PROXIES: {exc}") from exc
+
+
+def trusted_proxies(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Trusted proxies as CIDR networks, from addresses or networks (a string: comma-separated).
+
+    Raises ValueError naming the first entry that is neither.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    networks = []
+    for item in items:
+        text = item.strip()
+        if not text:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError as exc:
+            raise ValueError(
+                f"trusted proxy {text!r} is not an IP address or CIDR network"
+            ) from exc
+    return tuple(networks)
 
 
 def sqlite_path(database_url: str) -> Path | None:
