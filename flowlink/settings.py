@@ -27,6 +27,8 @@ class ServerSettings:
     runner_open_files: int = 256
     runner_processes: int = 64
     poll_interval: float = 0.5
+    log_max_lines: int = 100_000
+    log_max_bytes: int = 20 * 1024 * 1024
     event_trigger_depth: int = 20
     scheduler_interval: float = 5.0
     event_retention_days: float = 3 * 365
@@ -68,6 +70,8 @@ class ServerSettings:
             runner_open_files=int(number("FLOWLINK_RUNNER_OPEN_FILES", 256)),
             runner_processes=int(number("FLOWLINK_RUNNER_PROCESSES", 64)),
             poll_interval=number("FLOWLINK_POLL_INTERVAL", 0.5),
+            log_max_lines=int(number("FLOWLINK_LOG_MAX_LINES", 100_000)),
+            log_max_bytes=int(number("FLOWLINK_LOG_MAX_BYTES", 20 * 1024 * 1024)),
             event_trigger_depth=int(number("FLOWLINK_EVENT_TRIGGER_DEPTH", 20)),
             scheduler_interval=number("FLOWLINK_SCHEDULER_INTERVAL", 5.0),
             event_retention_days=number("FLOWLINK_EVENT_RETENTION_DAYS", 3 * 365),

@@ -32,6 +32,60 @@ LOG_FLUSH_SECONDS = 0.1
 LOG_FLUSH_LINES = 200
 
 
+class LogCap:
+    """The log lines and bytes one execution may store; what is over is counted, not kept.
+
+    A line that would pass either limit and every line after it are dropped; the first drop
+    adds a line saying so, and :meth:`summary` is the final line with what was dropped.
+    """
+
+    def __init__(self, max_lines: int, max_bytes: int) -> None:
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.lines = 0
+        self.bytes = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+
+    def admit(self, lines: list[str]) -> list[str]:
+        """The lines to keep of ``lines`` (plus the notice when the limit is reached)."""
+        if self.dropped_lines:
+            self._drop(lines)
+            return []
+        kept: list[str] = []
+        for index, line in enumerate(lines):
+            size = _size(line)
+            if self.lines + 1 > self.max_lines or self.bytes + size > self.max_bytes:
+                self._drop(lines[index:])
+                kept.append(
+                    f"[flowlink] log limit reached ({self.max_lines} lines or"
+                    f" {self.max_bytes} bytes per execution): further output is dropped"
+                )
+                break
+            self.lines += 1
+            self.bytes += size
+            kept.append(line)
+        return kept
+
+    def _drop(self, lines: list[str]) -> None:
+        self.dropped_lines += len(lines)
+        self.dropped_bytes += sum(_size(line) for line in lines)
+
+    def summary(self) -> str | None:
+        """The final line telling how much was dropped (None if nothing was)."""
+        if not self.dropped_lines:
+            return None
+        return (
+            f"[flowlink] {self.dropped_lines} log lines ({self.dropped_bytes} bytes) over the"
+            " limit were dropped"
+        )
+
+
+def _size(line: str) -> int:
+    """Bytes a log line takes (UTF-8 with its newline; invalid characters count as one)."""
+    return len(line.encode("utf-8", "replace")) + 1
+
+
 class ChildLauncher(Protocol):
     """What the worker offers for starting a child directly (see ``_start_child_now``)."""
 
@@ -71,6 +125,7 @@ class FlowApiCalls:
         self._retake_slot = retake_slot
         self._worker = worker
         self._pending_logs: list[str] = []
+        self.log_cap = LogCap(settings.log_max_lines, settings.log_max_bytes)
         self._last_flush = time.monotonic()
         self._acting = (execution.principal, execution.user_id)
         self._principal: Principal | None = None
@@ -119,8 +174,11 @@ class FlowApiCalls:
             raise FlowApiError(error.message) from error
 
     def write_logs(self, lines: list[str]) -> None:
-        """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``."""
-        self._pending_logs.extend(lines)
+        """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``.
+
+        Lines over the execution's log limit are only counted (see :class:`LogCap`).
+        """
+        self._pending_logs.extend(self.log_cap.admit(lines))
         if (
             len(self._pending_logs) >= LOG_FLUSH_LINES
             or time.monotonic() - self._last_flush >= LOG_FLUSH_SECONDS
@@ -128,9 +186,15 @@ class FlowApiCalls:
             self.flush_logs()
 
     def take_pending_logs(self) -> list[str]:
-        """Hand over the log lines not yet written (the worker writes them with the ending)."""
+        """Hand over the log lines not yet written (the worker writes them with the ending).
+
+        They end with the line telling how many lines were over the limit, if any were.
+        """
         self._record_denials()
         lines, self._pending_logs = self._pending_logs, []
+        summary = self.log_cap.summary()
+        if summary is not None:
+            lines.append(summary)
         return lines
 
     def flush_logs(self) -> None:
