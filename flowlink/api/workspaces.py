@@ -86,7 +86,13 @@ def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) 
             authorize_admin(caller, "create workspaces")
         else:
             authorize(caller, "update", "workspace", existing)
-        result = workspaces.apply_bundle(session, bundle, os.environ, expected_slug=ws)
+        result = workspaces.apply_bundle(
+            session,
+            bundle,
+            os.environ,
+            expected_slug=ws,
+            max_new_settings=context.settings.apply_max_settings,
+        )
         view = result.view()
         # New webhook keys are shown once, here (rotate: POST .../automations/{a}/webhook_key).
         view["webhookKeys"] = ensure_webhook_keys(session, result.workspace)

@@ -7,14 +7,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
-from flowlink.events.service import record
-from flowlink.store.models import Automation, AutomationTrigger, Flow, Setting, Workspace, utcnow
+from flowlink.events.service import event_row, record, record_rows
+from flowlink.store.models import (
+    Automation,
+    AutomationTrigger,
+    Flow,
+    Setting,
+    Workspace,
+    new_id,
+    utcnow,
+)
 from flowlink.workspaces.spec import (
     FLOW_NAME_RE,
+    SETTINGS_FILE,
     SLUG_RE,
     AutomationSpec,
     RoleRule,
@@ -181,12 +190,14 @@ def apply_bundle(
     environ: Mapping[str, str],
     *,
     expected_slug: str | None = None,
+    max_new_settings: int | None = None,
 ) -> ApplyResult:
     """Create or update a workspace from a parsed folder, all or nothing, idempotently.
 
     Flows and automations are declarative (those missing from the folder are removed);
     settings from ``settings.yml`` are initial values: created when missing, never overwritten
-    (flows own settings at run time).
+    (flows own settings at run time). ``max_new_settings`` bounds the settings one apply
+    creates (and so the time it holds the store's write lock).
     """
     spec = bundle.spec
     if expected_slug is not None and spec.slug != expected_slug:
@@ -237,7 +248,9 @@ def apply_bundle(
 
     result.changes["flows"] = _sync_flows(session, workspace, bundle.flows)
     result.changes["automations"] = _sync_automations(session, workspace, spec.automations)
-    result.changes["settings"] = _apply_settings(session, workspace, bundle.settings)
+    result.changes["settings"] = _apply_settings(
+        session, workspace, bundle.settings, limit=max_new_settings
+    )
     if meta_changed and not created:
         result.changes["workspace"] = ["name/description/spec"]
     if config_changed:
@@ -320,15 +333,66 @@ def _sync_automations(
 
 
 def _apply_settings(
-    session: Session, workspace: Workspace, settings: Mapping[str, Any]
+    session: Session,
+    workspace: Workspace,
+    settings: Mapping[str, Any],
+    *,
+    limit: int | None = None,
 ) -> list[str]:
-    """``settings.yml`` holds initial values: missing settings are created, existing ones kept."""
-    changes = []
-    for name, value in settings.items():
-        if find_setting(session, workspace, name) is None:
-            put_setting(session, workspace, name, value)
-            changes.append(f"+{name}")
-    return changes
+    """``settings.yml`` holds initial values: missing settings are created, existing ones kept.
+
+    The one function that writes settings at apply. One query finds the names that exist;
+    the missing settings and their ``settings.updated`` events are each written with one
+    bulk statement, so a large ``settings.yml`` holds the store's write lock briefly.
+    """
+    if not settings:
+        return []
+    existing = set(
+        session.scalars(select(Setting.name).where(Setting.workspace_id == workspace.id))
+    )
+    missing = [name for name in settings if name not in existing]
+    if limit is not None and len(missing) > limit:
+        raise Invalid(
+            f"settings.yml would create {len(missing)} settings; one apply creates at most"
+            f" {limit} (FLOWLINK_APPLY_MAX_SETTINGS): apply them in parts, or write them with"
+            " PUT .../settings/{name}",
+            details={
+                "file": SETTINGS_FILE,
+                "field": "settings",
+                "count": len(missing),
+                "limit": limit,
+            },
+        )
+    for name in missing:
+        check_name("setting", name)
+    if not missing:
+        return []
+    now = utcnow()
+    session.execute(
+        insert(Setting),
+        [
+            {
+                "id": new_id(),
+                "workspace_id": workspace.id,
+                "name": name,
+                "value": settings[name],
+                "secret": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for name in missing
+        ],
+    )
+    record_rows(
+        session,
+        [
+            event_row(
+                workspace.id, workspace.slug, "settings.updated", {"name": name, "created": True}
+            )
+            for name in missing
+        ],
+    )
+    return [f"+{name}" for name in missing]
 
 
 def export_files(session: Session, slug: str) -> dict[str, str]:
