@@ -31,25 +31,41 @@ def settings_yml(count: int) -> str:
     return "".join(f"s{n:06d}: {{n: {n}, label: value-{n}}}\n" for n in range(count))
 
 
+def trivial_runs(srv: Any, latencies: list[float], done: threading.Event) -> None:
+    """Start the trivial flow in ``small`` one after the other until ``done``; time each."""
+    with httpx.Client(base_url=srv.url, headers=srv.client.headers, timeout=300) as c:
+        while not done.is_set():
+            start = time.perf_counter()
+            response = c.post(
+                "/api/v1/workspaces/small/executions", json={"flow": "t", "wait": 300}
+            )
+            response.raise_for_status()
+            assert response.json()["status"] == "success", response.text
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.05)
+
+
+def baseline(srv: Any, seconds: float) -> None:
+    """The trivial runs' latency with nothing else going on (the machine's own noise)."""
+    latencies: list[float] = []
+    done = threading.Event()
+    thread = threading.Thread(target=trivial_runs, args=(srv, latencies, done))
+    thread.start()
+    time.sleep(seconds)
+    done.set()
+    thread.join()
+    print(
+        f"  baseline, no apply: {len(latencies)} trivial runs in {seconds:.0f} s:"
+        f" p50 {percentile(latencies, 50):.3f} s, max {max(latencies):.3f} s"
+    )
+
+
 def apply_during_runs(srv: Any, slug: str, count: int) -> None:
     """Apply ``count`` settings to ``slug`` while timing trivial runs in ``small``; print."""
     files = {"workspace.yml": f"name: Big\nslug: {slug}\n", "settings.yml": settings_yml(count)}
     latencies: list[float] = []
     done = threading.Event()
-
-    def runs() -> None:
-        with httpx.Client(base_url=srv.url, headers=srv.client.headers, timeout=300) as c:
-            while not done.is_set():
-                start = time.perf_counter()
-                response = c.post(
-                    "/api/v1/workspaces/small/executions", json={"flow": "t", "wait": 300}
-                )
-                response.raise_for_status()
-                assert response.json()["status"] == "success", response.text
-                latencies.append(time.perf_counter() - start)
-                time.sleep(0.05)
-
-    thread = threading.Thread(target=runs)
+    thread = threading.Thread(target=trivial_runs, args=(srv, latencies, done))
     thread.start()
     start = time.perf_counter()
     response = srv.client.post(f"/api/v1/workspaces/{slug}/apply", json={"files": files})
@@ -83,6 +99,7 @@ def measure(backend: str, counts: list[int]) -> None:
             srv.client.post(
                 "/api/v1/workspaces/small/executions", json={"flow": "t", "wait": 30}
             ).raise_for_status()
+        baseline(srv, 15.0)
         for index, count in enumerate(counts):
             apply_during_runs(srv, f"big-{index}", count)
 

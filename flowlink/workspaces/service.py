@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+import yaml
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
@@ -352,17 +353,7 @@ def _apply_settings(
     )
     missing = [name for name in settings if name not in existing]
     if limit is not None and len(missing) > limit:
-        raise Invalid(
-            f"settings.yml would create {len(missing)} settings; one apply creates at most"
-            f" {limit} (FLOWLINK_APPLY_MAX_SETTINGS): apply them in parts, or write them with"
-            " PUT .../settings/{name}",
-            details={
-                "file": SETTINGS_FILE,
-                "field": "settings",
-                "count": len(missing),
-                "limit": limit,
-            },
-        )
+        raise too_many_settings(len(missing), limit)
     for name in missing:
         check_name("setting", name)
     if not missing:
@@ -393,6 +384,64 @@ def _apply_settings(
         ],
     )
     return [f"+{name}" for name in missing]
+
+
+def too_many_settings(count: int, limit: int, *, at_least: bool = False) -> Invalid:
+    """The error of an apply that would create more than ``limit`` settings."""
+    return Invalid(
+        f"settings.yml would create {'at least ' if at_least else ''}{count} settings; one"
+        f" apply creates at most {limit} (FLOWLINK_APPLY_MAX_SETTINGS): apply them in parts,"
+        " or write them with PUT .../settings/{name}",
+        details={"file": SETTINGS_FILE, "field": "settings", "count": count, "limit": limit},
+    )
+
+
+def precheck_new_settings(
+    session: Session, workspace: Workspace | None, files: Mapping[str, str], limit: int
+) -> None:
+    """Refuse, before the costly parse, a ``settings.yml`` with too many new settings.
+
+    Counting the top-level keys with libyaml's event parser costs a few percent of the full
+    parse (which keeps line numbers for errors and holds the GIL for seconds on a large
+    file). Settings that exist may be among them, so only a count that exceeds the limit
+    even if they all are is refused; the apply itself checks the exact number.
+    """
+    text = files.get(SETTINGS_FILE)
+    if not isinstance(text, str) or len(text) < limit:  # each entry takes 2+ characters
+        return
+    entries = count_top_level_keys(text)
+    if entries <= limit:
+        return
+    existing = 0
+    if workspace is not None:
+        existing = int(
+            session.scalar(select(func.count()).where(Setting.workspace_id == workspace.id)) or 0
+        )
+    if entries - existing > limit:
+        raise too_many_settings(entries - existing, limit, at_least=existing > 0)
+
+
+def count_top_level_keys(text: str) -> int:
+    """The number of keys of a YAML document's top-level mapping (0 if not a mapping/invalid)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    depth = 0
+    nodes = 0
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.NodeEvent):
+                if depth == 0 and not isinstance(event, yaml.MappingStartEvent):
+                    return 0
+                if depth == 1:
+                    nodes += 1
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            elif isinstance(event, yaml.DocumentEndEvent):
+                break
+    except yaml.YAMLError:
+        return 0  # the full parse reports it, with its line
+    return nodes // 2
 
 
 def export_files(session: Session, slug: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from flowlink.store.models import Event, Setting, Workspace
+from flowlink.workspaces.service import count_top_level_keys
 from tests.conftest import LiveServer, make_settings, start_live_server
 
 WORKSPACE = "name: Many\nslug: many\n"
@@ -102,3 +103,23 @@ def test_a_failing_apply_leaves_settings_as_they_were(limited: LiveServer) -> No
     taken = apply(limited, settings_yml(range(10)) + "Bad name!: 1\n")
     assert taken.status_code == 422  # type: ignore[attr-defined]
     assert counts(limited) == (10, 10)
+
+
+def test_too_many_settings_are_refused_before_the_full_parse(limited: LiveServer) -> None:
+    # a duplicate key is found only by the full parse: the count comes first
+    response = apply(limited, settings_yml(range(60)) + "s000: 1\n")
+    assert response.status_code == 422  # type: ignore[attr-defined]
+    assert response.json()["error"]["details"]["count"] == 61  # type: ignore[attr-defined]
+    assert apply(limited, settings_yml(range(50))).status_code == 200  # type: ignore[attr-defined]
+    response = apply(limited, settings_yml(range(120)))
+    error = response.json()["error"]  # type: ignore[attr-defined]
+    assert "would create at least 70 settings" in error["message"], error
+    assert counts(limited) == (50, 50)
+
+
+def test_count_top_level_keys() -> None:
+    assert count_top_level_keys("a: 1\nb: [1, 2]\nc: {d: {e: 1}}\n'f': |\n  text\n") == 4
+    assert count_top_level_keys("{a: 1, b: 2}") == 2
+    assert count_top_level_keys("- a\n- b\n") == 0
+    assert count_top_level_keys("a: [1\n") == 0
+    assert count_top_level_keys("") == 0
