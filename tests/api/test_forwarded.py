@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from flowlink.api.proxies import ForwardedHeaders
 from flowlink.settings import ServerSettings
 from flowlink.store.models import Event
 from tests.access.helpers import PASSWORD, make_user, user_with_token
@@ -126,3 +128,29 @@ def test_trusted_proxies_are_validated(database_url: str) -> None:
     assert "FLOWLINK_TRUSTED_PROXIES" in bad_env.stderr
     parsed = ServerSettings.from_env({"FLOWLINK_TRUSTED_PROXIES": "10.1.2.3, 192.168.0.0/16, ::1"})
     assert parsed.trusted_proxies == ("10.1.2.3/32", "192.168.0.0/16", "::1/128")
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "client"),
+    [
+        ("10.0.0.5", "203.0.113.7", "203.0.113.7"),
+        ("10.0.0.5", "203.0.113.7:4711", "203.0.113.7"),
+        ("10.0.0.5", "[2001:db8::1]:443", "2001:db8::1"),
+        ("10.0.0.5", "198.51.100.1, 203.0.113.7, 10.0.0.9", "203.0.113.7"),
+        ("10.0.0.5", "unknown, 10.0.0.9", "10.0.0.9"),
+        ("10.0.0.5", "", "10.0.0.5"),
+        ("192.0.2.1", "203.0.113.7", "192.0.2.1"),  # not a trusted proxy: header ignored
+    ],
+)
+def test_forwarded_for_walk(database_url: str, peer: str, header: str, client: str) -> None:
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(client=scope["client"][0], scheme=scope["scheme"])
+
+    middleware = ForwardedHeaders(app, ["10.0.0.0/8"])
+    headers = [(b"x-forwarded-for", header.encode()), (b"x-forwarded-proto", b"https")]
+    scope = {"type": "http", "client": (peer, 1234), "scheme": "http", "headers": headers}
+    asyncio.run(middleware(scope, None, None))  # type: ignore[arg-type]
+    assert seen["client"] == client
+    assert seen["scheme"] == ("https" if peer.startswith("10.") else "http")
