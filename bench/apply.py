@@ -1,11 +1,11 @@
 """Benchmark: applying a workspace with many settings, and a trivial run elsewhere meanwhile.
 
-Run with ``.venv/bin/python bench/apply.py`` (``--settings 100000,5000``, the default;
+Run with ``.venv/bin/python bench/apply.py`` (``--settings 100000,2000``, the default;
 ``--backend sqlite|postgresql|all``). It starts a real ``flowlink server`` and, for each
 number N, applies a new workspace whose ``settings.yml`` holds N settings; while that apply
 runs, it starts a trivial flow in workspace ``small`` over and over (``POST .../executions``
 with ``wait``), timing each run. Target: every such run ends in under 1 s. With the default
-``FLOWLINK_APPLY_MAX_SETTINGS`` (5,000) the 100,000-setting apply is refused with 422.
+``FLOWLINK_APPLY_MAX_SETTINGS`` (2,000) the 100,000-setting apply is refused with 422.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--settings",
-        default="100000,5000",
+        default="100000,2000",
         help="comma-separated numbers of settings, one apply (of a new workspace) each",
     )
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql", "all"))

@@ -29,7 +29,7 @@ class ServerSettings:
     poll_interval: float = 0.5
     log_max_lines: int = 100_000
     log_max_bytes: int = 20 * 1024 * 1024
-    apply_max_settings: int = 5_000
+    apply_max_settings: int = 2_000
     event_trigger_depth: int = 20
     scheduler_interval: float = 5.0
     event_retention_days: float = 3 * 365
@@ -73,7 +73,7 @@ class ServerSettings:
             poll_interval=number("FLOWLINK_POLL_INTERVAL", 0.5),
             log_max_lines=int(number("FLOWLINK_LOG_MAX_LINES", 100_000)),
             log_max_bytes=int(number("FLOWLINK_LOG_MAX_BYTES", 20 * 1024 * 1024)),
-            apply_max_settings=int(number("FLOWLINK_APPLY_MAX_SETTINGS", 5_000)),
+            apply_max_settings=int(number("FLOWLINK_APPLY_MAX_SETTINGS", 2_000)),
             event_trigger_depth=int(number("FLOWLINK_EVENT_TRIGGER_DEPTH", 20)),
             scheduler_interval=number("FLOWLINK_SCHEDULER_INTERVAL", 5.0),
             event_retention_days=number("FLOWLINK_EVENT_RETENTION_DAYS", 3 * 365),
