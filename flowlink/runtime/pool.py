@@ -152,8 +152,8 @@ class _Zygote:
             else:
                 self._ctl.send(data)
 
-    def fork(self, count: int) -> list[tuple[int, socket.socket, int]]:
-        """Fork ``count`` runners; returns ``(pid, socket, output_fd)`` for each success."""
+    def fork(self, count: int) -> list[tuple[int, int, socket.socket, int]]:
+        """Fork ``count`` runners; returns ``(pid, uid, socket, output_fd)`` for each success."""
         pending: list[tuple[int, socket.socket, int]] = []
         try:
             for _ in range(count):
@@ -173,7 +173,7 @@ class _Zygote:
         except RunnerError:
             if not pending:
                 raise
-        results: list[tuple[int, socket.socket, int]] = []
+        results: list[tuple[int, int, socket.socket, int]] = []
         errors: list[str] = []
         deadline = time.monotonic() + _READY_TIMEOUT
         for rid, parent, out_r in pending:
@@ -191,7 +191,7 @@ class _Zygote:
                     "zygote died" if reply is None else str(reply.get("message") or "fork failed")
                 )
                 continue
-            results.append((int(reply["pid"]), parent, out_r))
+            results.append((int(reply["pid"]), int(reply["uid"]), parent, out_r))
         if not results and errors:
             raise RunnerError(errors[0])
         return results
@@ -356,9 +356,16 @@ _BASE_PREFIX = "flowlink-runners-"
 _LOCK_NAME = ".owner.lock"
 
 
-def _remove_stale_base_dirs() -> None:
+def _base_parent() -> str:
+    """Where runner base dirs go: ``/run`` for root (outside the world-writable directories
+    that every runner gets privately), the temp dir otherwise."""
+    if os.geteuid() == 0 and os.path.isdir("/run") and os.access("/run", os.W_OK):
+        return "/run"
+    return tempfile.gettempdir()
+
+
+def _remove_stale_base_dirs(parent: str) -> None:
     """Remove runner base dirs left behind by pools whose process died."""
-    parent = tempfile.gettempdir()
     try:
         names = [n for n in os.listdir(parent) if n.startswith(_BASE_PREFIX)]
     except OSError:
@@ -426,8 +433,9 @@ class RunnerPool:
             if self._started:
                 raise RunnerError("pool already started")
             self._started = True
-        _remove_stale_base_dirs()
-        self.base_dir = tempfile.mkdtemp(prefix=_BASE_PREFIX)
+        parent = _base_parent()
+        _remove_stale_base_dirs(parent)
+        self.base_dir = tempfile.mkdtemp(prefix=_BASE_PREFIX, dir=parent)
         os.chmod(self.base_dir, 0o711)
         # held while the pool lives: lets a later pool recognise a stale base dir
         # (locked before it gets its final name, so nobody sees it unlocked)
@@ -543,9 +551,9 @@ class RunnerPool:
         forked = zygote.fork(count)
         runners: list[Runner] = []
         errors: list[BaseException] = []
-        for pid, sock, out_fd in forked:
+        for pid, uid, sock, out_fd in forked:
             try:
-                runners.append(self._await_ready(zygote, pid, sock, out_fd))
+                runners.append(self._await_ready(zygote, pid, uid, sock, out_fd))
             except Exception as exc:
                 errors.append(exc)
         if not runners:
@@ -554,7 +562,9 @@ class RunnerPool:
             log.warning("runner failed to start: %s", error)
         return runners
 
-    def _await_ready(self, zygote: _Zygote, pid: int, sock: socket.socket, out_fd: int) -> Runner:
+    def _await_ready(
+        self, zygote: _Zygote, pid: int, uid: int, sock: socket.socket, out_fd: int
+    ) -> Runner:
         decoder = FrameDecoder()
         backlog: list[dict[str, Any]] = []
         msg: dict[str, Any] | None
@@ -572,7 +582,7 @@ class RunnerPool:
         # failed: collect what we can and clean up
         reason = "exited before it was ready" if msg is None else str(msg.get("message") or msg)
         tmpdir = str(msg.get("tmpdir") or "") if msg else ""
-        dead = Runner(zygote, pid, sandbox.runner_uid(pid), tmpdir, sock, out_fd, self.limits)
+        dead = Runner(zygote, pid, uid, tmpdir, sock, out_fd, self.limits)
         dead.close()
         raise RunnerError(f"runner {pid} failed to start: {reason}")
 

@@ -11,7 +11,7 @@ pool -> zygote
     ``{"op":"kill","pid":n}``, ``{"op":"shutdown"}``.
 zygote -> pool
     ``{"op":"hello","pid":..,"mode":..,"hide_proc":..}``,
-    ``{"op":"forked","rid":n,"pid":p}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
+    ``{"op":"forked","rid":n,"pid":p,"uid":u}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
     ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null}``.
 
 ``exited`` is only sent once the runner is reaped *and* (root modes) every
@@ -160,6 +160,7 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel = selectors.DefaultSelector()
         self.sweeper = _Sweeper()
+        self.uids = sandbox.UidAllocator(config.get("uid_state_file") or sandbox.UID_STATE_FILE)
         self.shutting_down = False
 
     # ---------------------------------------------------------------- setup
@@ -284,9 +285,12 @@ class Zygote:
             self._reply({"op": "fork_failed", "rid": rid, "message": "bad fork request"})
             return
         chan_fd, out_fd = fds
-        if not self.root:
-            self._refresh_user_tasks()
+        uid = os.getuid()
         try:
+            if self.root:
+                uid = self.config["uid"] = self.uids.allocate()
+            else:
+                self._refresh_user_tasks()
             pid = os.fork()
         except OSError as exc:
             os.close(chan_fd)
@@ -301,8 +305,8 @@ class Zygote:
                 os._exit(runner.EXIT_SANDBOX_FAILED)
         os.close(chan_fd)
         os.close(out_fd)
-        self.runners[pid] = sandbox.runner_uid(pid) if self.root else os.getuid()
-        self._reply({"op": "forked", "rid": rid, "pid": pid})
+        self.runners[pid] = uid
+        self._reply({"op": "forked", "rid": rid, "pid": pid, "uid": uid})
 
     def _refresh_user_tasks(self) -> None:
         """Count this user's tasks for the runners' process limit, at most once a second.
@@ -386,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
             config["expose"] = expose
             config["links"] = links
             sandbox.enter_shared_namespace(config)
+            config["private_dirs"] = sandbox.private_dirs()
+            config["stage_dir"] = os.path.join(config["base_dir"], f".stage-{os.getpid()}")
+            os.mkdir(config["stage_dir"], 0o700)
         sys.modules["flow_api"] = flow_api
         sandbox.set_child_subreaper()
         sandbox.limit_malloc_arenas()
