@@ -69,6 +69,7 @@ class _Zygote:
         self._forks: dict[int, dict[str, Any]] = {}
         self._live: set[int] = set()
         self._exits: dict[int, ExitInfo] = {}
+        self._limits: dict[int, str] = {}
         self.dead = False
         try:
             self.proc = subprocess.Popen(
@@ -97,6 +98,9 @@ class _Zygote:
         self.pid: int = int(hello["pid"])
         self.mode: str = str(hello["mode"])
         self.hide_proc: bool = bool(hello.get("hide_proc"))
+        self.limits: str = str(hello.get("limits") or "rlimit")
+        self.limits_note: str = str(hello.get("limits_note") or "")
+        self.private_tmp: bool = bool(hello.get("private_tmp"))
         self._reader = threading.Thread(
             target=self._read_loop, name="flowlink-zygote-reader", daemon=True
         )
@@ -134,6 +138,8 @@ class _Zygote:
                     pid = int(msg["pid"])
                     if pid in self._live:
                         self._exits[pid] = (msg.get("returncode"), msg.get("signal"))
+                        if msg.get("limit"):
+                            self._limits[pid] = str(msg["limit"])
                 self._cv.notify_all()
         with self._cv:
             self.dead = True
@@ -212,11 +218,17 @@ class _Zygote:
                 self._cv.wait(remaining)
             return self._exits[pid]
 
+    def limit_of(self, pid: int) -> str | None:
+        """The limit (``memory``, ``processes``, ``cpu``) the runner's control group went over."""
+        with self._cv:
+            return self._limits.get(pid)
+
     def forget(self, pid: int) -> None:
         """Stop tracking a closed runner."""
         with self._cv:
             self._live.discard(pid)
             self._exits.pop(pid, None)
+            self._limits.pop(pid, None)
 
     def close(self) -> None:
         """Kill every runner of this zygote and the zygote itself."""
@@ -281,6 +293,17 @@ class Runner:
     def send(self, message: dict[str, Any]) -> None:
         """Send one protocol message to the runner."""
         self.sock.sendall(encode(message))
+
+    @property
+    def limit_hit(self) -> str | None:
+        """``memory``, ``processes`` or ``cpu`` if the execution's control group went over
+        that limit (known once the runner exited; None with the rlimit fallback)."""
+        return self._zygote.limit_of(self.pid) if self._exit is not None else None
+
+    @property
+    def uses_cgroup(self) -> bool:
+        """True when the execution's limits are enforced by a control group."""
+        return self._zygote.limits != "rlimit"
 
     @property
     def exit_info(self) -> ExitInfo | None:
@@ -396,6 +419,8 @@ class RunnerPool:
     :param python: interpreter for the zygote (must be able to import flowlink).
     :param force_unprivileged: use the weaker non-root sandbox even as root
         (testing only).
+    :param cgroups: limit each execution with a control group where the machine allows it;
+        False selects the rlimit fallback (per process) everywhere.
     """
 
     def __init__(
@@ -406,6 +431,7 @@ class RunnerPool:
         protected_paths: Sequence[str] = (),
         python: str = sys.executable,
         force_unprivileged: bool = False,
+        cgroups: bool = True,
     ) -> None:
         if warm_size < 0:
             raise ValueError("warm_size must be >= 0")
@@ -414,6 +440,7 @@ class RunnerPool:
         self.protected_paths = [os.path.abspath(p) for p in protected_paths]
         self.python = python
         self._force_unprivileged = force_unprivileged
+        self._cgroups = cgroups
         self._cv = threading.Condition()
         self._zlock = threading.Lock()
         self._warm: collections.deque[Runner] = collections.deque()
@@ -493,6 +520,22 @@ class RunnerPool:
         """Sandbox mode chosen by the zygote: ``full``, ``uid`` or ``unprivileged``."""
         return self._zygote.mode if self._zygote is not None else "unknown"
 
+    def sandbox_info(self) -> dict[str, Any]:
+        """What is in force for every execution (reported by ``GET /api/v1/health``)."""
+        zygote = self._zygote
+        info: dict[str, Any] = {
+            "mode": self.mode,
+            "limits": zygote.limits if zygote is not None else "unknown",
+            "private_tmp": zygote.private_tmp if zygote is not None else False,
+            "memory_mb": self.limits.memory_mb,
+            "processes": self.limits.processes,
+            "cpu_seconds": self.limits.cpu_seconds,
+            "open_files": self.limits.open_files,
+        }
+        if zygote is not None and zygote.limits_note:
+            info["limits_note"] = zygote.limits_note
+        return info
+
     @property
     def zygote_pid(self) -> int | None:
         """Pid of the current zygote process."""
@@ -530,6 +573,7 @@ class RunnerPool:
             "limits": asdict(self.limits),
             "protected_paths": self.protected_paths,
             "force_unprivileged": self._force_unprivileged,
+            "cgroups": self._cgroups,
         }
 
     def _new_zygote(self) -> _Zygote:

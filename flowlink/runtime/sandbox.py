@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flowlink.runtime import cgroups
+
 __all__ = [
     "SCRUBBED_ENV",
     "UID_BASE",
@@ -534,7 +536,16 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
         if uid < UID_BASE or uid_in_use(uid):
             raise OSError(errno.EBUSY, f"sandbox uid {uid} is in use")
         os.chown(tmpdir, uid, uid)
-        _set_limits(limits, int(limits["processes"]))
+        processes = int(limits["processes"])
+        if config.get("cgroup"):
+            cgroups.enter(
+                cgroups.CgroupSetup.from_json(config["cgroup"]),
+                f"r{uid}",
+                int(limits["memory_mb"]),
+                processes,
+            )
+            processes *= 2  # the pids group is the limit; RLIMIT_NPROC stays as a backstop
+        _set_limits(limits, processes)
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)

@@ -12,7 +12,9 @@ pool -> zygote
 zygote -> pool
     ``{"op":"hello","pid":..,"mode":..,"hide_proc":..}``,
     ``{"op":"forked","rid":n,"pid":p,"uid":u}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
-    ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null}``.
+    ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null[,"limit":name]}``
+    (``limit``: ``memory``, ``processes`` or ``cpu`` when the runner's control group went
+    over that limit; the zygote kills such a runner at once).
 
 ``exited`` is only sent once the runner is reaped *and* (root modes) every
 process of its sandbox uid has been killed ("swept"). Sweeping is done by a
@@ -59,9 +61,11 @@ import uuid  # noqa: F401
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from flowlink.runtime import flow_api, runner, sandbox
+from flowlink.runtime import cgroups, flow_api, runner, sandbox
 
 _MAX_PACKET = 1 << 20
+#: how often the zygote looks at the control groups of live runners (seconds)
+_CHECK_INTERVAL = 0.1
 
 
 def _send(ctl: socket.socket, message: dict[str, Any]) -> None:
@@ -161,6 +165,11 @@ class Zygote:
         self.sel = selectors.DefaultSelector()
         self.sweeper = _Sweeper()
         self.uids = sandbox.UidAllocator(config.get("uid_state_file") or sandbox.UID_STATE_FILE)
+        cg = config.get("cgroup")
+        self.cg = cgroups.CgroupSetup.from_json(cg) if cg else None
+        self.cpu_limit = float(config["limits"]["cpu_seconds"])
+        self.hits: dict[int, str] = {}  # uid -> limit it went over
+        self.next_check = 0.0
         self.shutting_down = False
 
     # ---------------------------------------------------------------- setup
@@ -218,7 +227,8 @@ class Zygote:
         self._start_sweeper()
         gc.freeze()
         while True:
-            for key, _ in self.sel.select(timeout=1.0):
+            watch = self.cg is not None and bool(self.runners)
+            for key, _ in self.sel.select(timeout=_CHECK_INTERVAL if watch else 1.0):
                 if key.data == "ctl":
                     self._on_ctl()
                 elif key.data == "wake":
@@ -230,8 +240,22 @@ class Zygote:
                 elif key.data == "sweeper":
                     self._on_sweeper()
             self._reap()
+            if watch and time.monotonic() >= self.next_check:
+                self._check_limits()
             if self.shutting_down and not self.runners and not self.pending_sweeps:
                 return
+
+    def _check_limits(self) -> None:
+        """End every execution that went over a limit of its control group."""
+        assert self.cg is not None
+        self.next_check = time.monotonic() + _CHECK_INTERVAL
+        for pid, uid in list(self.runners.items()):
+            if uid in self.hits:
+                continue
+            hit = cgroups.exceeded(self.cg, f"r{uid}", self.cpu_limit)
+            if hit is not None:
+                self.hits[uid] = hit
+                self._kill(pid)
 
     def _on_ctl(self) -> None:
         try:
@@ -367,7 +391,16 @@ class Zygote:
             return  # restarted when reaped
         for i in range(0, len(data) - len(data) % 4, 4):
             uid = int.from_bytes(data[i : i + 4], "big")
-            for message in self.pending_sweeps.pop(uid, []):
+            messages = self.pending_sweeps.pop(uid, [])
+            hit = self.hits.pop(uid, None)
+            if self.cg is not None and messages:
+                # the runner is reaped and nothing of its uid is left: final counters, then away
+                group = f"r{uid}"
+                hit = hit or cgroups.exceeded(self.cg, group, self.cpu_limit)
+                cgroups.remove(self.cg, group)
+            for message in messages:
+                if hit is not None:
+                    message["limit"] = hit
                 self._reply(message)
 
 
@@ -393,10 +426,28 @@ def main(argv: list[str] | None = None) -> None:
             config["private_dirs"] = sandbox.private_dirs()
             config["stage_dir"] = os.path.join(config["base_dir"], f".stage-{os.getpid()}")
             os.mkdir(config["stage_dir"], 0o700)
+        cg: cgroups.CgroupSetup | None = None
+        why = "cgroups disabled by configuration"
+        if mode in ("full", "uid") and config.get("cgroups", True):
+            cg, why = cgroups.setup(str(os.getpid()))
+        elif mode == "unprivileged":
+            why = "the unprivileged sandbox cannot create control groups"
+        config["cgroup"] = cg.to_json() if cg else None
         sys.modules["flow_api"] = flow_api
         sandbox.set_child_subreaper()
         sandbox.limit_malloc_arenas()
-        _send(ctl, {"op": "hello", "pid": os.getpid(), "mode": mode, "hide_proc": hide_proc})
+        _send(
+            ctl,
+            {
+                "op": "hello",
+                "pid": os.getpid(),
+                "mode": mode,
+                "hide_proc": hide_proc,
+                "limits": cg.name if cg else "rlimit",
+                "limits_note": "" if cg else why,
+                "private_tmp": bool(config.get("private_dirs")),
+            },
+        )
     except BaseException as exc:
         try:
             _send(
@@ -405,7 +456,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         finally:
             os._exit(2)
-    Zygote(ctl, config).serve()
+    try:
+        Zygote(ctl, config).serve()
+    finally:
+        if cg is not None:
+            cgroups.remove_parents(cg)
     os._exit(0)
 
 

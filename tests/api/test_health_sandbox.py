@@ -1,0 +1,56 @@
+"""``GET /api/v1/health`` and the server log tell how flow scripts are confined."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from ..conftest import make_settings, start_live_server
+
+
+def _expect_cgroups() -> bool:
+    return os.geteuid() == 0 and (
+        os.path.isdir("/sys/fs/cgroup/memory")
+        or os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    )
+
+
+@pytest.mark.parametrize("use_cgroups", [True, False], ids=["cgroups", "rlimit"])
+def test_health_reports_the_sandbox(
+    database_url: str, use_cgroups: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    if "postgresql" in database_url:
+        pytest.skip("the store plays no part here")
+    settings = make_settings(database_url, runner_cgroups=use_cgroups, runner_memory_mb=300)
+    with caplog.at_level(logging.INFO, logger="flowlink.executions.worker"):
+        started = start_live_server(settings)
+    try:
+        body = started.live.client.get("/api/v1/health").json()
+    finally:
+        started.stop()
+    sandbox = body["sandbox"]
+    assert body["status"] == "ok"
+    assert sandbox["memory_mb"] == 300 and sandbox["processes"] == settings.runner_processes
+    logged = [r.getMessage() for r in caplog.records if "runner sandbox" in r.getMessage()]
+    assert len(logged) == 1, logged
+    if use_cgroups and _expect_cgroups():
+        assert sandbox["limits"] in ("cgroup-v1", "cgroup-v2"), sandbox
+        assert f"limits per execution by {sandbox['limits']}: 300 MB memory" in logged[0]
+    elif not use_cgroups:
+        assert sandbox["limits"] == "rlimit"
+        assert sandbox["limits_note"] == "cgroups disabled by configuration"
+        assert "limits per process only" in logged[0]
+        assert "cgroups disabled by configuration" in logged[0]
+
+
+def test_health_without_a_worker_in_the_process(database_url: str) -> None:
+    if "postgresql" in database_url:
+        pytest.skip("the store plays no part here")
+    started = start_live_server(make_settings(database_url), with_worker=False)
+    try:
+        body = started.live.client.get("/api/v1/health").json()
+    finally:
+        started.stop()
+    assert body["sandbox"] is None
