@@ -540,9 +540,10 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
         if config.get("cgroup"):
             cgroups.enter(
                 cgroups.CgroupSetup.from_json(config["cgroup"]),
-                f"r{uid}",
+                str(config["group"]),
                 int(limits["memory_mb"]),
                 processes,
+                bool(config.get("group_fresh")),
             )
             processes *= 2  # the pids group is the limit; RLIMIT_NPROC stays as a backstop
         _set_limits(limits, processes)

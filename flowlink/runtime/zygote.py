@@ -39,7 +39,7 @@ import enum  # noqa: F401
 import functools  # noqa: F401
 import gc
 import hashlib  # noqa: F401
-import itertools  # noqa: F401
+import itertools
 import json
 import logging  # noqa: F401
 import math  # noqa: F401
@@ -66,6 +66,8 @@ from flowlink.runtime import cgroups, flow_api, runner, sandbox
 _MAX_PACKET = 1 << 20
 #: how often the zygote looks at the control groups of live runners (seconds)
 _CHECK_INTERVAL = 0.1
+#: control groups kept for reuse
+_MAX_FREE_GROUPS = 64
 
 
 def _send(ctl: socket.socket, message: dict[str, Any]) -> None:
@@ -169,6 +171,10 @@ class Zygote:
         self.cg = cgroups.CgroupSetup.from_json(cg) if cg else None
         self.cpu_limit = float(config["limits"]["cpu_seconds"])
         self.hits: dict[int, str] = {}  # uid -> limit it went over
+        # control groups: uid -> (group, counters when handed over); groups free for reuse
+        self.groups: dict[int, tuple[str, cgroups.Counters]] = {}
+        self.free_groups: list[str] = []
+        self.group_names = itertools.count(1)
         self.next_check = 0.0
         self.shutting_down = False
 
@@ -250,9 +256,10 @@ class Zygote:
         assert self.cg is not None
         self.next_check = time.monotonic() + _CHECK_INTERVAL
         for pid, uid in list(self.runners.items()):
-            if uid in self.hits:
+            if uid in self.hits or uid not in self.groups:
                 continue
-            hit = cgroups.exceeded(self.cg, f"r{uid}", self.cpu_limit)
+            group, baseline = self.groups[uid]
+            hit = cgroups.exceeded(self.cg, group, self.cpu_limit, baseline)
             if hit is not None:
                 self.hits[uid] = hit
                 self._kill(pid)
@@ -313,12 +320,16 @@ class Zygote:
         try:
             if self.root:
                 uid = self.config["uid"] = self.uids.allocate()
+                if self.cg is not None:
+                    self._assign_group(uid)
             else:
                 self._refresh_user_tasks()
             pid = os.fork()
         except OSError as exc:
             os.close(chan_fd)
             os.close(out_fd)
+            if uid in self.groups:
+                self.free_groups.append(self.groups.pop(uid)[0])
             self._reply({"op": "fork_failed", "rid": rid, "message": f"fork failed: {exc}"})
             return
         if pid == 0:  # pragma: no cover - runner process
@@ -331,6 +342,28 @@ class Zygote:
         os.close(out_fd)
         self.runners[pid] = uid
         self._reply({"op": "forked", "rid": rid, "pid": pid, "uid": uid})
+
+    def _assign_group(self, uid: int) -> None:
+        """Pick the control group of the next runner: a free one, else a new one."""
+        assert self.cg is not None
+        fresh = not self.free_groups
+        group = f"g{next(self.group_names)}" if fresh else self.free_groups.pop()
+        self.config["group"] = group
+        self.config["group_fresh"] = fresh
+        self.groups[uid] = (group, (0, 0, 0.0) if fresh else cgroups.counters(self.cg, group))
+
+    def _release_group(self, uid: int) -> str | None:
+        """After the sweep: the limit the runner's group went over, and free the group."""
+        assert self.cg is not None
+        group, baseline = self.groups.pop(uid, ("", (0, 0, 0.0)))
+        if not group:
+            return None
+        hit = cgroups.exceeded(self.cg, group, self.cpu_limit, baseline)
+        if len(self.free_groups) < _MAX_FREE_GROUPS:
+            self.free_groups.append(group)
+        else:
+            cgroups.remove(self.cg, group)
+        return hit
 
     def _refresh_user_tasks(self) -> None:
         """Count this user's tasks for the runners' process limit, at most once a second.
@@ -392,12 +425,14 @@ class Zygote:
         for i in range(0, len(data) - len(data) % 4, 4):
             uid = int.from_bytes(data[i : i + 4], "big")
             messages = self.pending_sweeps.pop(uid, [])
+            if not messages:
+                continue  # a sweep on kill: the runner's "exited" sweep follows
             hit = self.hits.pop(uid, None)
-            if self.cg is not None and messages:
-                # the runner is reaped and nothing of its uid is left: final counters, then away
-                group = f"r{uid}"
-                hit = hit or cgroups.exceeded(self.cg, group, self.cpu_limit)
-                cgroups.remove(self.cg, group)
+            if self.cg is not None:
+                # the runner is reaped and nothing of its uid is left: final counters, and
+                # the group is free for the next runner
+                final = self._release_group(uid)
+                hit = hit or final
             for message in messages:
                 if hit is not None:
                     message["limit"] = hit
