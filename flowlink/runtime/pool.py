@@ -101,6 +101,7 @@ class _Zygote:
         self.limits: str = str(hello.get("limits") or "rlimit")
         self.limits_note: str = str(hello.get("limits_note") or "")
         self.private_tmp: bool = bool(hello.get("private_tmp"))
+        self.seccomp: bool = bool(hello.get("seccomp"))
         self._reader = threading.Thread(
             target=self._read_loop, name="flowlink-zygote-reader", daemon=True
         )
@@ -527,6 +528,7 @@ class RunnerPool:
             "mode": self.mode,
             "limits": zygote.limits if zygote is not None else "unknown",
             "private_tmp": zygote.private_tmp if zygote is not None else False,
+            "seccomp": zygote.seccomp if zygote is not None else False,
             "memory_mb": self.limits.memory_mb,
             "processes": self.limits.processes,
             "cpu_seconds": self.limits.cpu_seconds,

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flowlink.runtime import cgroups
+from flowlink.runtime import cgroups, seccomp
 
 __all__ = [
     "SCRUBBED_ENV",
@@ -562,6 +562,8 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
         _set_limits(limits, int(current) + int(limits["processes"]))
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if config.get("seccomp"):
+        seccomp.install()
     os.umask(0o077)
     os.chdir(tmpdir)
     os.environ.clear()

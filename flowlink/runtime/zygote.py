@@ -61,7 +61,7 @@ import uuid  # noqa: F401
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from flowlink.runtime import cgroups, flow_api, runner, sandbox
+from flowlink.runtime import cgroups, flow_api, runner, sandbox, seccomp
 
 _MAX_PACKET = 1 << 20
 #: how often the zygote looks at the control groups of live runners (seconds)
@@ -468,6 +468,7 @@ def main(argv: list[str] | None = None) -> None:
         elif mode == "unprivileged":
             why = "the unprivileged sandbox cannot create control groups"
         config["cgroup"] = cg.to_json() if cg else None
+        config["seccomp"] = seccomp.probe()
         sys.modules["flow_api"] = flow_api
         sandbox.set_child_subreaper()
         sandbox.limit_malloc_arenas()
@@ -481,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
                 "limits": cg.name if cg else "rlimit",
                 "limits_note": "" if cg else why,
                 "private_tmp": bool(config.get("private_dirs")),
+                "seccomp": config["seccomp"],
             },
         )
     except BaseException as exc:
