@@ -115,15 +115,19 @@ def _field(text: str, key: str) -> int:
 # --------------------------------------------------------------------------- detection
 
 
+def _lines(path: str) -> list[str]:
+    """Lines of a whole (proc) file; none if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().splitlines()
+    except OSError:
+        return []
+
+
 def _mounts() -> list[tuple[str, str, str, set[str]]]:
     """``(mount point, root, fstype, super options)`` of every cgroup mount of this process."""
     found: list[tuple[str, str, str, set[str]]] = []
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return found
-    for line in lines:
+    for line in _lines("/proc/self/mountinfo"):
         head, sep, tail = line.partition(" - ")
         if not sep:
             continue
@@ -138,12 +142,7 @@ def _mounts() -> list[tuple[str, str, str, set[str]]]:
 def _own_groups() -> dict[str, str]:
     """This process's group path per v1 controller, and ``""`` -> its v2 path."""
     groups: dict[str, str] = {}
-    try:
-        with open("/proc/self/cgroup", encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return groups
-    for line in lines:
+    for line in _lines("/proc/self/cgroup"):
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
@@ -191,13 +190,7 @@ def _remove_stale(parent_of: str) -> None:
                 continue
             if os.path.exists(f"/proc/{name[9:]}"):
                 continue
-            path = os.path.join(parent_of, name)
-            with contextlib.suppress(OSError):
-                for child in os.listdir(path):
-                    if os.path.isdir(os.path.join(path, child)):
-                        with contextlib.suppress(OSError):
-                            os.rmdir(os.path.join(path, child))
-                os.rmdir(path)
+            _remove_tree(os.path.join(parent_of, name))
 
 
 def _setup_v1(tag: str) -> CgroupSetup:
@@ -271,12 +264,17 @@ def setup(tag: str) -> tuple[CgroupSetup | None, str]:
 def remove_parents(cg: CgroupSetup) -> None:
     """Remove the zygote's parent groups (and any runner group left in them)."""
     for parent in cg.parents.values():
-        with contextlib.suppress(OSError):
-            for child in os.listdir(parent):
-                if os.path.isdir(os.path.join(parent, child)):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(os.path.join(parent, child))
-            os.rmdir(parent)
+        _remove_tree(parent)
+
+
+def _remove_tree(group: str) -> None:
+    """rmdir a parent group's (empty) child groups, then the group itself."""
+    with contextlib.suppress(OSError):
+        for child in os.listdir(group):
+            if os.path.isdir(os.path.join(group, child)):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(group, child))
+        os.rmdir(group)
 
 
 # --------------------------------------------------------------------------- per runner

@@ -31,6 +31,19 @@ def handler(system, this):
     return this.success('children done', codes=codes)
 """
 
+SHM_200_MB = """
+def handler(system, this):
+    with open('/dev/shm/blob', 'wb') as fh:
+        for _ in range(200):
+            fh.write(b'x' * (1 << 20))
+"""
+HOG_100_MB = """
+    hog = bytearray(100 << 20)
+    for i in range(0, len(hog), 4096):
+        hog[i] = 1
+    return this.success('should not get here')
+"""
+
 FORK_BOMB = """
 import os
 
@@ -100,32 +113,10 @@ def test_four_children_together_cannot_exceed_the_memory_limit(cg_pool: RunnerPo
 
 def test_dev_shm_counts_and_is_gone_after_the_end(cg_pool: RunnerPool) -> None:
     before = _shmem_mb()
-    run = run_script(
-        cg_pool,
-        """
-        def handler(system, this):
-            with open('/dev/shm/blob', 'wb') as fh:
-                for _ in range(200):
-                    fh.write(b'x' * (1 << 20))
-            return this.success('written')
-        """,
-    )
+    run = run_script(cg_pool, SHM_200_MB + "    return this.success('written')\n")
     assert run.outcome.status == "success", run.outcome
     assert _shmem_mb() - before < 100  # the 200 MB went with the execution's tmpfs
-    run = run_script(
-        cg_pool,
-        """
-        def handler(system, this):
-            with open('/dev/shm/blob', 'wb') as fh:
-                for _ in range(200):
-                    fh.write(b'x' * (1 << 20))
-            hog = bytearray(100 << 20)
-            for i in range(0, len(hog), 4096):
-                hog[i] = 1
-            return this.success('should not get here')
-        """,
-        timeout=60,
-    )
+    run = run_script(cg_pool, SHM_200_MB + HOG_100_MB, timeout=60)
     assert run.outcome.error_kind == "memory_limit", run.outcome
     assert _shmem_mb() - before < 100
 
