@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 
 from ..conftest import make_settings, start_live_server
-
-
-def _expect_cgroups() -> bool:
-    return os.geteuid() == 0 and (
-        os.path.isdir("/sys/fs/cgroup/memory")
-        or os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-    )
+from ..runtime.conftest import cgroups_expected
 
 
 @pytest.mark.parametrize("use_cgroups", [True, False], ids=["cgroups", "rlimit"])
@@ -35,7 +28,7 @@ def test_health_reports_the_sandbox(
     assert sandbox["memory_mb"] == 300 and sandbox["processes"] == settings.runner_processes
     logged = [r.getMessage() for r in caplog.records if "runner sandbox" in r.getMessage()]
     assert len(logged) == 1, logged
-    if use_cgroups and _expect_cgroups():
+    if use_cgroups and cgroups_expected():
         assert sandbox["limits"] in ("cgroup-v1", "cgroup-v2"), sandbox
         assert f"limits per execution by {sandbox['limits']}: 300 MB memory" in logged[0]
     elif not use_cgroups:

@@ -10,7 +10,7 @@ from flowlink.runtime import cgroups
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.settings import ServerSettings
 
-from .conftest import TEST_LIMITS, PoolFactory, requires_root, run_script
+from .conftest import TEST_LIMITS, PoolFactory, cgroups_expected, requires_root, run_script
 
 #: four children, 100 MB each (pages touched): 400 MB under a 256 MB limit
 FOUR_CHILDREN = """
@@ -75,21 +75,13 @@ def _shmem_mb() -> float:
     return 0.0
 
 
-def _cgroups_expected() -> bool:
-    """Root on a machine with cgroup v1 memory+pids or a v2 main hierarchy (dev, CI)."""
-    return os.geteuid() == 0 and (
-        os.path.isdir("/sys/fs/cgroup/memory")
-        or os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-    )
-
-
 @pytest.fixture(scope="module")
 def cg_pool() -> RunnerPool:
     p = RunnerPool(warm_size=1, limits=TEST_LIMITS)
     p.start()
     if p.sandbox_info()["limits"] == "rlimit":
         p.close()
-        if _cgroups_expected():
+        if cgroups_expected():
             pytest.fail(f"control groups not used: {p.sandbox_info().get('limits_note')}")
         pytest.skip("this machine offers no control groups to this process")
     yield p  # type: ignore[misc]
