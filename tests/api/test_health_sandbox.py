@@ -1,4 +1,5 @@
-"""``GET /api/v1/health`` and the server log tell how flow scripts are confined."""
+"""``GET /api/v1/health`` and the server log tell how flow scripts are confined, and an
+execution over its limit says so in its record."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from ..conftest import make_settings, start_live_server
 from ..runtime.conftest import cgroups_expected
+from ..runtime.test_cgroups import FOUR_CHILDREN
 
 
 @pytest.mark.parametrize("use_cgroups", [True, False], ids=["cgroups", "rlimit"])
@@ -20,7 +22,18 @@ def test_health_reports_the_sandbox(
     with caplog.at_level(logging.INFO, logger="flowlink.executions.worker"):
         started = start_live_server(settings)
     try:
-        body = started.live.client.get("/api/v1/health").json()
+        client = started.live.client
+        body = client.get("/api/v1/health").json()
+        applied = client.post(
+            "/api/v1/workspaces/limits/apply",
+            json={"files": {"workspace.yml": "name: Limits\nslug: limits\n"}},
+        )
+        assert applied.status_code == 200, applied.text
+        answer = client.post(
+            "/api/v1/workspaces/limits/executions",
+            json={"script": FOUR_CHILDREN, "wait": 120, "max_runtime": 60},
+        )
+        execution = answer.json()
     finally:
         started.stop()
     sandbox = body["sandbox"]
@@ -31,7 +44,14 @@ def test_health_reports_the_sandbox(
     if use_cgroups and cgroups_expected():
         assert sandbox["limits"] in ("cgroup-v1", "cgroup-v2"), sandbox
         assert f"limits per execution by {sandbox['limits']}: 300 MB memory" in logged[0]
+        # the execution as a whole went over: its record says which limit
+        assert (execution["status"], execution["message"]) == (
+            "error",
+            "memory limit exceeded (300 MB)",
+        ), execution
     elif not use_cgroups:
+        # per process only: each child stays under 300 MB
+        assert execution["status"] == "success", execution
         assert sandbox["limits"] == "rlimit"
         assert sandbox["limits_note"] == "cgroups disabled by configuration"
         assert "limits per process only" in logged[0]
