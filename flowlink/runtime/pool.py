@@ -203,6 +203,11 @@ class _Zygote:
             raise RunnerError(errors[0])
         return results
 
+    def watch(self, pid: int) -> None:
+        """Tell the zygote the runner starts its execution: watch its control group."""
+        with contextlib.suppress(OSError):
+            self._send({"op": "watch", "pid": pid})
+
     def kill(self, pid: int) -> None:
         """Ask the zygote to SIGKILL the runner and sweep its uid."""
         with contextlib.suppress(OSError):
@@ -290,6 +295,8 @@ class Runner:
             if self._used or self._closed:
                 raise RunnerError("a runner can only be used for one execution")
             self._used = True
+        if self.uses_cgroup:
+            self._zygote.watch(self.pid)
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one protocol message to the runner."""

@@ -8,7 +8,8 @@ object per packet):
 pool -> zygote
     ``{"op":"init","config":{...}}`` (first message),
     ``{"op":"fork","rid":n}`` + two fds via SCM_RIGHTS (runner socket, output pipe),
-    ``{"op":"kill","pid":n}``, ``{"op":"shutdown"}``.
+    ``{"op":"kill","pid":n}``, ``{"op":"watch","pid":n}`` (the runner starts its execution:
+    watch its control group), ``{"op":"shutdown"}``.
 zygote -> pool
     ``{"op":"hello","pid":..,"mode":..,"hide_proc":..}``,
     ``{"op":"forked","rid":n,"pid":p,"uid":u}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
@@ -176,6 +177,7 @@ class Zygote:
         self.free_groups: list[str] = []
         self.group_names = itertools.count(1)
         self.next_check = 0.0
+        self.watched: set[int] = set()  # runners running an execution (warm ones use nothing)
         self.shutting_down = False
 
     # ---------------------------------------------------------------- setup
@@ -233,7 +235,7 @@ class Zygote:
         self._start_sweeper()
         gc.freeze()
         while True:
-            watch = self.cg is not None and bool(self.runners)
+            watch = self.cg is not None and bool(self.watched)
             for key, _ in self.sel.select(timeout=_CHECK_INTERVAL if watch else 1.0):
                 if key.data == "ctl":
                     self._on_ctl()
@@ -255,7 +257,11 @@ class Zygote:
         """End every execution that went over a limit of its control group."""
         assert self.cg is not None
         self.next_check = time.monotonic() + _CHECK_INTERVAL
-        for pid, uid in list(self.runners.items()):
+        for pid in list(self.watched):
+            uid = self.runners.get(pid)
+            if uid is None:
+                self.watched.discard(pid)
+                continue
             if uid in self.hits or uid not in self.groups:
                 continue
             group, baseline = self.groups[uid]
@@ -286,6 +292,10 @@ class Zygote:
             os.close(fd)
         if op == "kill":
             self._kill(int(msg.get("pid") or 0))
+        elif op == "watch":
+            pid = int(msg.get("pid") or 0)
+            if pid in self.runners:
+                self.watched.add(pid)
         elif op == "shutdown":
             self._shutdown()
 
@@ -397,6 +407,7 @@ class Zygote:
                     self._start_sweeper()
                 continue
             uid = self.runners.pop(pid, None)
+            self.watched.discard(pid)
             if uid is None:
                 continue  # an orphan of some runner, or the mode probe
             rc: int | None = None
