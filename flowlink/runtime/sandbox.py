@@ -261,7 +261,7 @@ def _probe(check: Callable[[], None]) -> bool:
 
 
 def _probe_uid_switch() -> None:
-    uid = UID_BASE + os.getpid()
+    uid = UID_BASE + UID_RANGE + os.getpid()  # above the runners' range: never a runner's uid
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
