@@ -204,6 +204,44 @@ class UidAllocator:
         raise OSError(errno.EAGAIN, "no free runner uid")
 
 
+def remove_files_of(uid: int, dirs: Sequence[str]) -> int:
+    """Remove what ``uid`` left directly in ``dirs`` (the host's ``/tmp``, ``/dev/shm``, ...).
+
+    For sandboxes without private directories (``uid`` mode), once every process of
+    ``uid`` is gone. Runs with the effective uid switched to ``uid`` (saved uid root), so it
+    can delete nothing that uid could not have deleted itself, whatever links it left.
+    Returns the number of entries removed.
+    """
+    import shutil
+
+    if uid < UID_BASE:
+        return 0
+    removed = 0
+    os.setresuid(uid, uid, 0)
+    try:
+        if os.getresuid() != (uid, uid, 0):
+            return 0
+        for directory in dirs:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if entry.stat(follow_symlinks=False).st_uid != uid:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                    removed += 1
+                except OSError:
+                    continue
+    finally:
+        os.setresuid(0, 0, 0)
+    return removed
+
+
 def private_dirs() -> list[str]:
     """The directories of :data:`PRIVATE_DIRS` that exist here (real paths, no symlinks)."""
     return [path for path in PRIVATE_DIRS if os.path.isdir(path) and os.path.realpath(path) == path]

@@ -83,8 +83,11 @@ class _Sweeper:
         self.to_fd = -1
         self.from_fd = -1
 
-    def start(self, child_cleanup: Callable[[], None]) -> None:
-        """Fork the sweeper (``child_cleanup`` drops zygote resources in the child)."""
+    def start(self, child_cleanup: Callable[[], None], leftover_dirs: list[str]) -> None:
+        """Fork the sweeper (``child_cleanup`` drops zygote resources in the child).
+
+        ``leftover_dirs``: shared directories where a swept uid's files are removed too
+        (when runners have no private ones)."""
         req_r, req_w = os.pipe()
         ack_r, ack_w = os.pipe()
         pid = os.fork()
@@ -93,7 +96,7 @@ class _Sweeper:
                 child_cleanup()
                 os.close(req_w)
                 os.close(ack_r)
-                _sweeper_main(req_r, ack_w)
+                _sweeper_main(req_r, ack_w, leftover_dirs)
             finally:
                 os._exit(0)
         os.close(req_r)
@@ -136,7 +139,9 @@ def _kill_all_of(uid: int) -> None:
         os.setresuid(0, 0, 0)
 
 
-def _sweeper_main(req_fd: int, ack_fd: int) -> NoReturn:  # pragma: no cover - sweeper process
+def _sweeper_main(
+    req_fd: int, ack_fd: int, leftover_dirs: list[str]
+) -> NoReturn:  # pragma: no cover - sweeper process
     while True:
         data = _read_exact(req_fd, 4)
         if not data:
@@ -150,6 +155,8 @@ def _sweeper_main(req_fd: int, ack_fd: int) -> NoReturn:  # pragma: no cover - s
                 _kill_all_of(uid)
                 if sandbox.uid_in_use(uid):
                     time.sleep(0.0005)
+            if leftover_dirs and not sandbox.uid_in_use(uid):
+                sandbox.remove_files_of(uid, leftover_dirs)
             if os.getresuid() != (0, 0, 0):
                 os._exit(1)
         os.write(ack_fd, data)
@@ -205,7 +212,7 @@ class Zygote:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(self.sweeper.from_fd)
         self.sweeper.close()
-        self.sweeper.start(self._child_cleanup)
+        self.sweeper.start(self._child_cleanup, list(self.config.get("leftover_dirs") or ()))
         self.sel.register(self.sweeper.from_fd, selectors.EVENT_READ, "sweeper")
         for uid in self.pending_sweeps:
             self._request_sweep(uid)
@@ -472,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
             config["private_dirs"] = sandbox.private_dirs()
             config["stage_dir"] = os.path.join(config["base_dir"], f".stage-{os.getpid()}")
             os.mkdir(config["stage_dir"], 0o700)
+        elif mode == "uid":
+            # no private directories: what a runner leaves in the shared ones goes after it
+            config["leftover_dirs"] = sandbox.private_dirs()
         cg: cgroups.CgroupSetup | None = None
         why = "cgroups disabled by configuration"
         if mode in ("full", "uid") and config.get("cgroups", True):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from flowlink.runtime import pool as pool_module
 from flowlink.runtime import sandbox
 from flowlink.runtime.pool import RunnerPool
 
@@ -169,3 +172,38 @@ def test_uid_allocator_skips_uids_in_use(tmp_path: os.PathLike[str]) -> None:
             os.waitpid(pid, 0)
             os.close(ready_r)
             os.close(ready_w)
+
+
+@requires_root
+def test_files_a_uid_left_in_shared_directories_are_removed() -> None:
+    """Without private directories (``uid`` mode) the sweeper removes what a uid left."""
+    base = tempfile.mkdtemp(prefix="flowlink-shared-", dir=pool_module._base_parent())
+    try:
+        os.chmod(base, 0o755)  # reachable for the uid, like /tmp
+        shared = os.path.join(base, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o1777)
+        uid = sandbox.UID_BASE + sandbox.UID_RANGE - 7
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child: what a script of that uid leaves behind
+            code = 1
+            try:
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                with open(os.path.join(shared, "cache.json"), "w") as fh:
+                    fh.write("secret")
+                os.makedirs(os.path.join(shared, "work", "deep"))
+                os.symlink("/etc", os.path.join(shared, "etc-link"))
+                os.symlink("/etc/hostname", os.path.join(shared, "work", "deep", "x"))
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        with open(os.path.join(shared, "root-file"), "w") as fh:
+            fh.write("kept")  # not that uid's
+        assert sandbox.remove_files_of(uid, [shared]) == 3
+        assert os.listdir(shared) == ["root-file"]
+        assert os.path.exists("/etc/hostname")  # links were removed, not followed
+        assert os.getresuid() == (0, 0, 0)
+    finally:
+        shutil.rmtree(base)
