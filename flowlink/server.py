@@ -175,6 +175,7 @@ def build_server(
         timeout_graceful_shutdown=10,
     )
     worker = Worker(store, settings) if with_worker else None
+    app.state.sandbox_info = worker.pool.sandbox_info if worker is not None else None
     return RunningServer(context=context, worker=worker, server=_Server(config, context))
 
 

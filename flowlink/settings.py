@@ -26,6 +26,7 @@ class ServerSettings:
     runner_cpu_seconds: int = 3600
     runner_open_files: int = 256
     runner_processes: int = 64
+    runner_cgroups: bool = True
     poll_interval: float = 0.5
     log_max_lines: int = 100_000
     log_max_bytes: int = 20 * 1024 * 1024
@@ -59,6 +60,16 @@ class ServerSettings:
             except ValueError as exc:
                 raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
+        def switch(name: str, default: bool) -> bool:
+            raw = (env.get(name) or "").strip().lower()
+            if raw in ("", "auto"):
+                return default
+            if raw in ("1", "on", "true", "yes"):
+                return True
+            if raw in ("0", "off", "false", "no"):
+                return False
+            raise ValueError(f"{name} must be auto, on or off, got {env.get(name)!r}")
+
         return cls(
             database_url=env.get("FLOWLINK_DATABASE_URL") or DEFAULT_DATABASE_URL,
             secret_key=env.get("FLOWLINK_SECRET_KEY") or None,
@@ -70,6 +81,7 @@ class ServerSettings:
             runner_cpu_seconds=int(number("FLOWLINK_RUNNER_CPU_SECONDS", 3600)),
             runner_open_files=int(number("FLOWLINK_RUNNER_OPEN_FILES", 256)),
             runner_processes=int(number("FLOWLINK_RUNNER_PROCESSES", 64)),
+            runner_cgroups=switch("FLOWLINK_RUNNER_CGROUPS", True),
             poll_interval=number("FLOWLINK_POLL_INTERVAL", 0.5),
             log_max_lines=int(number("FLOWLINK_LOG_MAX_LINES", 100_000)),
             log_max_bytes=int(number("FLOWLINK_LOG_MAX_BYTES", 20 * 1024 * 1024)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select
 
@@ -15,11 +15,18 @@ router = APIRouter(prefix="/api/v1", tags=["system"])
 
 
 @router.get("/health")
-def health(context: Context) -> dict[str, Any]:
-    """200 once the server serves and its store answers."""
+def health(request: Request, context: Context) -> dict[str, Any]:
+    """200 once the server serves and its store answers.
+
+    ``sandbox`` tells what confines flow scripts here (mode, how limits are enforced:
+    ``cgroup-v1``, ``cgroup-v2`` or ``rlimit``, and the limits); null when no worker runs in
+    this process.
+    """
     with context.store.read() as session:
         session.execute(select(1))
-    return {"status": "ok", "store": context.store.dialect}
+    sandbox_info = getattr(request.app.state, "sandbox_info", None)
+    sandbox = sandbox_info() if sandbox_info is not None else None
+    return {"status": "ok", "store": context.store.dialect, "sandbox": sandbox}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

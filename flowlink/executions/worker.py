@@ -54,6 +54,7 @@ class Worker:
                 processes=settings.runner_processes,
             ),
             protected_paths=protected_paths(store.engine, [str(secret_key_path(settings))]),
+            cgroups=settings.runner_cgroups,
         )
         self._runs: dict[str, threading.Event] = {}
         self._runs_lock = threading.Lock()
@@ -68,6 +69,7 @@ class Worker:
     def start(self) -> None:
         """Start the runner pool and the claim, heartbeat and reaper loops."""
         self.pool.start()
+        self._log_sandbox()
         self.store.start_listening()
         self._unsubscribe.append(self.store.notifier.subscribe(notify.CANCEL, self._on_cancel))
         for target, name in (
@@ -80,6 +82,29 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info("worker %s started (concurrency %d)", self.id, self.settings.worker_concurrency)
+
+    def _log_sandbox(self) -> None:
+        info = self.pool.sandbox_info()
+        if info["limits"] == "rlimit":
+            log.warning(
+                "runner sandbox: mode %s; limits per process only (rlimits: %d MB address space,"
+                " %d s CPU per process, %d processes per execution): %s",
+                info["mode"],
+                info["memory_mb"],
+                info["cpu_seconds"],
+                info["processes"],
+                info.get("limits_note") or "control groups not available",
+            )
+        else:
+            log.info(
+                "runner sandbox: mode %s; limits per execution by %s: %d MB memory (processes and"
+                " private tmpfs together), %d processes, %d s CPU",
+                info["mode"],
+                info["limits"],
+                info["memory_mb"],
+                info["processes"],
+                info["cpu_seconds"],
+            )
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, give running executions ``grace`` seconds, then cancel the rest."""
