@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Select, String, cast, false, func, insert,
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
+from flowlink.observability import metrics
 from flowlink.store import notify
 from flowlink.store.models import Event, Workspace, new_id, utcnow
 
@@ -93,6 +94,7 @@ def record(
     )
     session.add(event)
     notify.announce(session, notify.EVENTS, workspace.id if workspace else "")
+    metrics.count_events(session, [workspace.slug if workspace else None])
     return event
 
 
@@ -102,6 +104,7 @@ def record_rows(session: Session, rows: list[dict[str, Any]]) -> None:
         return
     session.execute(insert(Event), rows)
     notify.announce(session, notify.EVENTS, "")
+    metrics.count_events(session, [row["source"].get("workspaceSlug") for row in rows])
 
 
 def check_custom(event_type: str, payload: Any) -> None:

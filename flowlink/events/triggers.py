@@ -29,6 +29,7 @@ from flowlink.events.service import (
     validate_event_type,
 )
 from flowlink.executions.service import create_execution
+from flowlink.observability import metrics
 from flowlink.store import notify
 from flowlink.store.models import (
     Automation,
@@ -305,6 +306,7 @@ def emit_many(
         _insert_sqlite(session, rows)
     else:
         session.execute(insert(Event), rows)
+    metrics.count_events(session, [workspace.slug] * len(rows))
     seqs: dict[str, int] = {}
     ids = [row["id"] for row in rows]
     for start in range(0, len(ids), 5000):

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
+from flowlink.observability import metrics
 from flowlink.store import notify
 from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
 from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
@@ -390,6 +391,8 @@ def _started(
         execution_id=execution.id,
         user_id=execution.user_id,
     )
+    waited = (execution.started_at or utcnow()) - execution.created_at
+    metrics.count_started(session, [(workspace.slug, waited.total_seconds())])
     return Claimed(execution, workspace.slug, workspace.config_rendered or {})
 
 
@@ -470,6 +473,7 @@ def finish_many(
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     done: set[str] = set()  # an id listed twice ends once
+    counted: list[tuple[str, str, float]] = []
     for execution_id, outcome in endings:
         row = rows.get(execution_id)
         if row is None or row.status in ENDED or execution_id in done:
@@ -523,7 +527,11 @@ def finish_many(
         if automation_row is not None:
             events.append(automation_row)
         done.add(execution_id)
+        counted.append(
+            (slugs.get(row.workspace_id) or "", outcome.status, (now - started).total_seconds())
+        )
     if updates:
+        metrics.count_ended(session, counted)
         session.execute(update(Execution), updates)
         record_rows(session, events)
         notify.announce(session, notify.ENDED, "")

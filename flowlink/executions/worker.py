@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowlink.executions import service as executions
+from flowlink.executions import workers as registry
 from flowlink.executions.calls import FlowApiCalls
+from flowlink.observability import metrics
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.runtime.session import drive
 from flowlink.settings import ServerSettings, secret_key_path
@@ -68,6 +70,7 @@ class Worker:
     def start(self) -> None:
         """Start the runner pool and the claim, heartbeat and reaper loops."""
         self.pool.start()
+        self._register()
         self.store.start_listening()
         self._unsubscribe.append(self.store.notifier.subscribe(notify.CANCEL, self._on_cancel))
         for target, name in (
@@ -98,6 +101,7 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=2)
         self.pool.close()
+        self._unregister()
 
     def active_ids(self) -> list[str]:
         """Ids of the executions this worker is running."""
@@ -172,6 +176,7 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         interval = max(self.settings.lease_seconds / 3, 0.2)
         while not self._stopping.wait(interval):
+            self._beat()
             ids = self.active_ids()
             if not ids:
                 continue
@@ -185,6 +190,40 @@ class Worker:
                 continue
             for execution_id in to_cancel:
                 self._on_cancel(execution_id)
+
+    def _heartbeat_seconds(self) -> float:
+        """The heartbeat loop's interval (a third of the lease)."""
+        return max(self.settings.lease_seconds / 3, 0.2)
+
+    def _register(self) -> None:
+        """Appear in the worker registry (``GET /api/v1/workers``)."""
+        with self.store.write() as session:
+            registry.register(
+                session,
+                self.id,
+                concurrency=self.settings.worker_concurrency,
+                heartbeat_seconds=self._heartbeat_seconds(),
+            )
+
+    def _beat(self) -> None:
+        """Tell the registry and the metrics this worker is alive, and how busy it is."""
+        with self._runs_lock:
+            busy = len(self._runs)
+        warm = self.pool.warm_count
+        metrics.set_runners(busy, warm)
+        try:
+            with self.store.write() as session:
+                registry.heartbeat(session, self.id, busy=busy, warm=warm)
+        except Exception:
+            log.exception("worker heartbeat failed")
+
+    def _unregister(self) -> None:
+        metrics.set_runners(0, 0)
+        try:
+            with self.store.write() as session:
+                registry.stopped(session, self.id)
+        except Exception:
+            log.exception("could not mark worker %s stopped", self.id)
 
     def _reaper_loop(self) -> None:
         interval = max(self.settings.lease_seconds / 2, 0.5)

@@ -35,6 +35,7 @@ from flowlink.linking.service import (
     public_keys_of,
 )
 from flowlink.linking.transport import LinkRefused, LinkUnavailable, TlsOptions, Transport
+from flowlink.observability import metrics
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
@@ -58,6 +59,9 @@ class Connector:
         self.workspace_id = config.workspace_id
         self.version = (config.updated_at, config.enabled)
         self.interval = config.sync_interval
+        with store.read() as session:
+            slug = session.scalar(select(Workspace.slug).where(Workspace.id == config.workspace_id))
+        self.label = f"{slug}/{config.name}"  # how metrics name this link
         self.transport = Transport(
             str(config.remote_url),
             private_key_of(config, resolve_secret_key(settings)),
@@ -166,7 +170,10 @@ class Connector:
             messages.append(outbox.new_message("ack", ids=acks))
         try:
             read_timeout = None if poll is None else poll + self.settings.link_timeout
+            began = time.monotonic()
             answer = self.transport.exchange(envelope(messages, poll), read_timeout=read_timeout)
+            if not poll:  # a held long poll measures the other end's idleness, not latency
+                metrics.link_exchanged(self.label, time.monotonic() - began)
         except BaseException:
             with self._acks_lock:
                 self._acks[:0] = acks  # not delivered: send them next time
@@ -201,6 +208,7 @@ class Connector:
     def _succeeded(self) -> None:
         with self._state_lock:
             self._failures = 0
+            metrics.link_state(self.label, True)
             changed = self._connected is not True
             self._connected = True
             due = time.monotonic() - self._state_written >= STATE_WRITE_EVERY.total_seconds()
@@ -210,6 +218,7 @@ class Connector:
     def _failed(self, error: Exception) -> None:
         with self._state_lock:
             self._failures += 1
+            metrics.link_state(self.label, False)
             changed = self._connected is not False
             self._connected = False
         reason = getattr(error, "reason", None)

@@ -1,0 +1,42 @@
+"""HTTP request metrics as ASGI middleware: count and latency by method, route and status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flowlink.observability import metrics
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class HttpMetrics:
+    """Counts every answered request under its route template (``/workspaces/{ws}/...``).
+
+    A pure ASGI middleware, so streamed answers (event streams, long polls) pass through
+    untouched; they are counted when they end. Unknown paths count as ``unmatched`` and unknown
+    methods as ``OTHER``, so a scanner cannot create new series.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            metrics.http_request(method, route, status, time.perf_counter() - began)
