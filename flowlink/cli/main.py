@@ -16,7 +16,7 @@ from flowlink.cli.client import Client
 from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, err, fail, print_json
 from flowlink.cli.events import events_app
 from flowlink.cli.link import link_app
-from flowlink.cli.operations import workers_app
+from flowlink.cli.operations import backup_command, restore_command, workers_app
 from flowlink.settings import ServerSettings
 
 app = typer.Typer(
@@ -398,6 +398,8 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(events_app, name="events")
 app.add_typer(link_app, name="link")
 app.add_typer(workers_app, name="workers")
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
 
 
 keys_app = typer.Typer(help="Key pairs for workspace links.", no_args_is_help=True)
