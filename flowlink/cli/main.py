@@ -33,6 +33,14 @@ ENDED = ("success", "error", "cancelled")
 # --- processes ------------------------------------------------------------------------------
 
 
+def announce(log_format: str, message: str) -> None:
+    """Say a process is up: on the terminal, or as a log line when logs are JSON."""
+    if log_format == "json":
+        logging.getLogger("flowlink").info(message)
+    else:
+        console.print(message)
+
+
 @app.command()
 def server(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
@@ -45,18 +53,17 @@ def server(
     demo: Annotated[bool, typer.Option(help="Apply the demo workspace and print a login")] = False,
 ) -> None:
     """Run the API server (with a worker) on the store from FLOWLINK_DATABASE_URL."""
+    from flowlink.observability.logs import adopt_library_loggers, configure_logging
     from flowlink.server import build_server, prepare_demo, serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per link exchange is noise
+    log_format = configure_logging()
     if bool(tls_cert) != bool(tls_key):
         raise fail("--tls-cert and --tls-key go together")
     settings = ServerSettings.from_env()
     running = build_server(
         settings, host=host, port=port, with_worker=worker, tls_cert=tls_cert, tls_key=tls_key
     )
+    adopt_library_loggers()  # uvicorn set up its own loggers while the server was built
     scheme = "https" if tls_cert else "http"
     url = f"{scheme}://{host}:{port}"
     if demo:
@@ -67,7 +74,7 @@ def server(
             console.print(f"  API token:   {login['token']}")
         console.print("  try:         .venv/bin/flowlink run demo parent --follow\n")
     else:
-        console.print(f"flowlink serving at {url} (store: {running.context.store.dialect})")
+        announce(log_format, f"flowlink serving at {url} (store: {running.context.store.dialect})")
     serve(running)
 
 
@@ -81,11 +88,10 @@ def worker_command(
     from dataclasses import replace
 
     from flowlink.executions.worker import Worker
+    from flowlink.observability.logs import configure_logging
     from flowlink.server import open_store
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_format = configure_logging()
     settings = ServerSettings.from_env()
     if concurrency:
         settings = replace(settings, worker_concurrency=concurrency)
@@ -95,7 +101,7 @@ def worker_command(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker.start()
-    console.print(f"worker {worker.id} running (store: {store.dialect})")
+    announce(log_format, f"worker {worker.id} running (store: {store.dialect})")
     stop.wait()
     worker.stop()
     store.dispose()

@@ -16,6 +16,7 @@ from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
 from flowlink.executions.calls import FlowApiCalls
 from flowlink.observability import metrics
+from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.runtime.session import drive
 from flowlink.settings import ServerSettings, secret_key_path
@@ -169,7 +170,7 @@ class Worker:
         with self._runs_lock:
             self._runs[claimed.execution.id] = cancelled
         thread = threading.Thread(
-            target=self._run, args=(claimed, cancelled), name="flowlink-run", daemon=True
+            target=self._run_in_context, args=(claimed, cancelled), name="flowlink-run", daemon=True
         )
         thread.start()
 
@@ -244,6 +245,17 @@ class Worker:
 
     # --- one execution --------------------------------------------------------------------
 
+    def _run_in_context(self, claimed: executions.Claimed, cancelled: threading.Event) -> None:
+        """Run with every log line of this thread naming the execution."""
+        execution = claimed.execution
+        with log_context(
+            workspace=claimed.workspace_slug,
+            executionId=execution.id,
+            correlationId=execution.correlation_id,
+        ):
+            log.debug("execution started (flow %s)", execution.flow_name)
+            self._run(claimed, cancelled)
+
     def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> None:
         execution = claimed.execution
         logs: list[str] = []
@@ -262,6 +274,7 @@ class Worker:
                 None,
                 "worker_stopped",
             )
+        log.debug("execution ended: %s %s", outcome.status, outcome.message or "")
         self._endings.put(_Ending(execution.id, outcome, logs))
 
     def _finish_loop(self) -> None:
