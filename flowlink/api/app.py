@@ -9,6 +9,7 @@ from flowlink.api import access, events, executions, linking, operations, system
 from flowlink.api.deps import ServerContext
 from flowlink.api.errors import install_error_handlers
 from flowlink.observability.http import HttpMetrics
+from flowlink.observability.tracing import TracingMiddleware
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -29,4 +30,5 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(linking.router)
     app.include_router(operations.router)
     app.add_middleware(HttpMetrics)
+    app.add_middleware(TracingMiddleware)
     return app

@@ -53,10 +53,12 @@ def server(
     demo: Annotated[bool, typer.Option(help="Apply the demo workspace and print a login")] = False,
 ) -> None:
     """Run the API server (with a worker) on the store from FLOWLINK_DATABASE_URL."""
+    from flowlink.observability import tracing
     from flowlink.observability.logs import adopt_library_loggers, configure_logging
     from flowlink.server import build_server, prepare_demo, serve
 
     log_format = configure_logging()
+    tracing.setup()
     if bool(tls_cert) != bool(tls_key):
         raise fail("--tls-cert and --tls-key go together")
     settings = ServerSettings.from_env()
@@ -88,10 +90,12 @@ def worker_command(
     from dataclasses import replace
 
     from flowlink.executions.worker import Worker
+    from flowlink.observability import tracing
     from flowlink.observability.logs import configure_logging
     from flowlink.server import open_store
 
     log_format = configure_logging()
+    tracing.setup()
     settings = ServerSettings.from_env()
     if concurrency:
         settings = replace(settings, worker_concurrency=concurrency)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
 from flowlink.observability import metrics
+from flowlink.observability.tracing import current_traceparent, valid_traceparent
 from flowlink.store import notify
 from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
 from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
@@ -55,12 +56,14 @@ def create_execution(
     default_max_runtime: float = 3600.0,
     principal: dict[str, Any] | None = None,
     remote_config_id: str | None = None,
+    traceparent: str | None = None,
 ) -> Execution:
     """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script.
 
     ``principal`` (``Principal.describe()``) is who it acts as; a child inherits its parent's.
     ``remote_config_id`` marks an execution that runs in a linked workspace and is only
     mirrored here (see ``flowlink.linking.exchange``): no worker ever claims it.
+    ``traceparent`` (W3C) defaults to the current span's when tracing is on.
     """
     if inputs is not None and not isinstance(inputs, dict):
         raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
@@ -98,6 +101,7 @@ def create_execution(
         cancel_requested=False,
         principal=principal if principal is not None else (parent.principal if parent else None),
         remote_config_id=remote_config_id,
+        traceparent=traceparent if valid_traceparent(traceparent) else current_traceparent(),
     )
     session.add(execution)
     record(

@@ -15,7 +15,7 @@ from typing import Any
 from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
 from flowlink.executions.calls import FlowApiCalls
-from flowlink.observability import metrics
+from flowlink.observability import metrics, tracing
 from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.runtime.session import drive
@@ -248,15 +248,29 @@ class Worker:
     def _run_in_context(self, claimed: executions.Claimed, cancelled: threading.Event) -> None:
         """Run with every log line of this thread naming the execution."""
         execution = claimed.execution
-        with log_context(
-            workspace=claimed.workspace_slug,
-            executionId=execution.id,
-            correlationId=execution.correlation_id,
+        with (
+            log_context(
+                workspace=claimed.workspace_slug,
+                executionId=execution.id,
+                correlationId=execution.correlation_id,
+            ),
+            tracing.span(
+                f"execution {execution.flow_name}",
+                traceparent=execution.traceparent,
+                **{
+                    "flowlink.workspace": claimed.workspace_slug,
+                    "flowlink.execution.id": execution.id,
+                    "flowlink.correlation.id": execution.correlation_id,
+                    "flowlink.flow": execution.flow_name,
+                },
+            ) as span,
         ):
             log.debug("execution started (flow %s)", execution.flow_name)
-            self._run(claimed, cancelled)
+            outcome = self._run(claimed, cancelled)
+            if outcome.status != executions.SUCCESS:
+                tracing.set_error(span, f"{outcome.status}: {outcome.message or ''}")
 
-    def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> None:
+    def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> executions.Outcome:
         execution = claimed.execution
         logs: list[str] = []
         outcome: executions.Outcome
@@ -276,6 +290,7 @@ class Worker:
             )
         log.debug("execution ended: %s %s", outcome.status, outcome.message or "")
         self._endings.put(_Ending(execution.id, outcome, logs))
+        return outcome
 
     def _finish_loop(self) -> None:
         """Record endings in batches: one transaction for all that ended meanwhile."""

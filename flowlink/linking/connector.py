@@ -27,7 +27,7 @@ from flowlink.errors import NotFound
 from flowlink.events.service import record
 from flowlink.linking import outbox
 from flowlink.linking.exchange import apply_messages, pending_messages
-from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope
+from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope, for_peer
 from flowlink.linking.service import (
     STATE_WRITE_EVERY,
     note_link_state,
@@ -35,7 +35,7 @@ from flowlink.linking.service import (
     public_keys_of,
 )
 from flowlink.linking.transport import LinkRefused, LinkUnavailable, TlsOptions, Transport
-from flowlink.observability import metrics
+from flowlink.observability import metrics, tracing
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
@@ -164,6 +164,7 @@ class Connector:
                 raise LinkRefused(error.message) from None
         if skip_if_idle and not messages:
             return IDLE  # acks alone wait for the poller, which is about to ask again anyway
+        messages = for_peer(messages, self.transport.peer_features)
         with self._acks_lock:
             acks, self._acks = self._acks, []
         if acks:
@@ -171,7 +172,14 @@ class Connector:
         try:
             read_timeout = None if poll is None else poll + self.settings.link_timeout
             began = time.monotonic()
-            answer = self.transport.exchange(envelope(messages, poll), read_timeout=read_timeout)
+            with tracing.span(
+                "link exchange", kind="CLIENT", **{"flowlink.link": self.label}
+            ) as span:
+                if span is not None:
+                    span.set_attribute("flowlink.link.messages", len(messages))
+                answer = self.transport.exchange(
+                    envelope(messages, poll), read_timeout=read_timeout
+                )
             if not poll:  # a held long poll measures the other end's idleness, not latency
                 metrics.link_exchanged(self.label, time.monotonic() - began)
         except BaseException:

@@ -198,6 +198,8 @@ class Execution(Base):
     # Set on an execution that runs in a linked workspace and only mirrors it here (the id of
     # the sync config it runs through); the queue never claims such an execution.
     remote_config_id: Mapped[str | None] = mapped_column(String(36))
+    # The W3C trace context the execution was queued in (tracing on), its span's parent.
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
 
 
 class ExecutionLog(Base):
