@@ -10,6 +10,19 @@ from flowlink.observability import metrics
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+class StatusNoted:
+    """An ASGI ``send`` that notes the response status on its way (500 until one is sent)."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self.send(message)
+
+
 class HttpMetrics:
     """Counts every answered request under its route template (``/workspaces/{ws}/...``).
 
@@ -26,17 +39,10 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
-        status = 500
-
-        async def send_and_note(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        noted = StatusNoted(send)
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, noted)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in METHODS else "OTHER"
-            metrics.http_request(method, route, status, time.perf_counter() - began)
+            metrics.http_request(method, route, noted.status, time.perf_counter() - began)

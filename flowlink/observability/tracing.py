@@ -182,26 +182,21 @@ class TracingMiddleware:
         for key, value in scope.get("headers") or ():
             if key == b"traceparent":
                 incoming = value.decode("latin-1")
-        status = 500
+        from flowlink.observability.http import StatusNoted
 
-        async def send_and_note(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        noted = StatusNoted(send)
         with span(
             f"{scope['method']} {scope['path']}",
             traceparent=incoming,
             kind="SERVER",
             **{"http.request.method": scope["method"], "url.path": scope["path"]},
         ) as current:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, noted)
             route = getattr(scope.get("route"), "path", None)
             if current is not None:
                 if route:
                     current.update_name(f"{scope['method']} {route}")
                     current.set_attribute("http.route", route)
-                current.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    set_error(current, f"HTTP {status}")
+                current.set_attribute("http.response.status_code", noted.status)
+                if noted.status >= 500:
+                    set_error(current, f"HTTP {noted.status}")

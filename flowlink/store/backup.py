@@ -7,10 +7,12 @@ A restore replaces the store and must run while no server or worker uses it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,29 +93,35 @@ def _check(connection: sqlite3.Connection, file: Path) -> str:
     return _revision(connection, file)
 
 
-def _create_private(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+@contextlib.contextmanager
+def _written_in_place(target: Path, suffix: str) -> Iterator[Path]:
+    """A private (0600) file beside ``target`` that replaces it in one rename at the end.
+
+    Nothing is left behind if the block fails: ``target`` stays as it was.
+    """
+    partial = target.with_name(target.name + suffix)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.close(fd)
-    os.chmod(path, 0o600)
+    os.chmod(partial, 0o600)
+    try:
+        yield partial
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _backup_sqlite(source: Path, target: Path) -> BackupResult:
     if not source.is_file():
         raise Invalid(f"the store {source} does not exist", details={"file": str(source)})
-    partial = target.with_name(target.name + ".partial")
-    _create_private(partial)
-    try:
-        with (
-            sqlite3.connect(source, timeout=30) as src,
-            sqlite3.connect(partial) as dst,
-        ):
-            src.backup(dst, pages=PAGES_PER_STEP)
-            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-            revision = _check(dst, partial)
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with (
+        _written_in_place(target, ".partial") as partial,
+        contextlib.closing(sqlite3.connect(source, timeout=30)) as src,
+        contextlib.closing(sqlite3.connect(partial)) as dst,
+    ):
+        src.backup(dst, pages=PAGES_PER_STEP)
+        dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        revision = _check(dst, partial)
     return BackupResult(target, target.stat().st_size, "sqlite", revision)
 
 
@@ -122,23 +130,17 @@ def _restore_sqlite(source: Path, target: Path, *, overwrite: bool) -> BackupRes
         raise Conflict(
             f"the store {target} exists; pass --force to replace it", details={"file": str(target)}
         )
-    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src:
+    with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src:
         revision = _check(src, source)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".restoring")
-    _create_private(partial)
-    try:
+    with _written_in_place(target, ".restoring") as partial:
         with (
-            sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src,
-            sqlite3.connect(partial) as dst,
+            contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src,
+            contextlib.closing(sqlite3.connect(partial)) as dst,
         ):
             src.backup(dst, pages=PAGES_PER_STEP)
         for suffix in ("-wal", "-shm"):  # the old store's journal must not be replayed
             Path(f"{target}{suffix}").unlink(missing_ok=True)
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return BackupResult(target, target.stat().st_size, "sqlite", revision)
 
 
@@ -172,18 +174,12 @@ def _run(command: list[str], env: dict[str, str], what: str) -> None:
 
 def _pg_dump(database_url: str, target: Path) -> BackupResult:
     url, env = _libpq(database_url)
-    partial = target.with_name(target.name + ".partial")
-    _create_private(partial)
-    try:
+    with _written_in_place(target, ".partial") as partial:
         _run(
             [_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(partial), url],
             env,
             "pg_dump",
         )
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return BackupResult(target, target.stat().st_size, "postgresql", None)
 
 
