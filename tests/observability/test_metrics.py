@@ -13,10 +13,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from flowlink.linking.service import sync_path
 from flowlink.observability import metrics
 from flowlink.store.engine import Store
 from flowlink.workspaces import service as workspaces
 from tests.conftest import LiveServer, make_settings, start_live_server
+from tests.linking.conftest import KeyMaker, public_pem_of
 from tests.linking.servers import ServerProcess
 
 OK = "def handler(system, this, inputs):\n    return this.success('fine')\n"
@@ -63,6 +65,7 @@ def run(server: LiveServer | ServerProcess, slug: str, flow: str) -> dict[str, o
 def fresh_label_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """Earlier tests in this process may have used up the workspace label cap."""
     monkeypatch.setattr(metrics, "workspace_label", metrics.LabelCap(1000))
+    monkeypatch.setattr(metrics, "link_label", metrics.LabelCap(1000))
 
 
 def test_metrics_count_runs_events_and_requests(live_server: LiveServer) -> None:
@@ -193,3 +196,64 @@ def test_one_scrape_covers_server_and_worker_processes(database_url: str, tmp_pa
                 os.killpg(worker.pid, 9)
                 worker.wait()
         server.close()
+
+
+def test_link_metrics_state_latency_outbox_and_rejections(
+    database_url: str, second_database_url: str, make_key: KeyMaker
+) -> None:
+    """A working link, a link to nowhere with queued starts, and an unsigned exchange."""
+    timings = {"link_refresh": 0.3, "link_poll": 2.0, "link_backoff_max": 0.5}
+    a = start_live_server(make_settings(database_url, **timings))
+    b = start_live_server(make_settings(second_database_url, **timings))
+    try:
+        make_workspace(a.live, "ws-a")
+        make_workspace(b.live, "ws-b")
+        key_a, key_b = make_key("openssl-genrsa"), make_key("openssl-genpkey")
+        b_end = {"own_private_key": key_b.read_text(), "remote_public_key": public_pem_of(key_a)}
+        a_end = {"own_private_key": key_a.read_text(), "remote_public_key": public_pem_of(key_b)}
+        made = b.live.client.post(
+            "/api/v1/workspaces/ws-b/sync_config", json={"name": "from-a", **b_end}
+        )
+        assert made.status_code == 201, made.text
+        for name, url in (
+            ("to-b", b.live.url + sync_path("ws-b", "from-a")),
+            ("dead", "http://127.0.0.1:9" + sync_path("ws-x", "none")),
+        ):
+            made = a.live.client.post(
+                "/api/v1/workspaces/ws-a/sync_config",
+                json={"name": name, "remote_url": url, **a_end},
+            )
+            assert made.status_code == 201, made.text
+        for _ in range(3):
+            started = a.live.client.post(
+                "/api/v1/workspaces/ws-a/executions", json={"flow": "ok", "remote": "dead"}
+            )
+            assert started.status_code == 201, started.text
+        assert run(a.live, "ws-a", "ok")["status"] == "success"
+        remote = a.live.client.post(
+            "/api/v1/workspaces/ws-a/executions", json={"flow": "ok", "remote": "to-b", "wait": 30}
+        )
+        assert remote.json()["status"] == "success", remote.text
+        before = value(scrape(b.live.client), "flowlink_link_rejections_total", reason="unsigned")
+        unsigned = httpx.post(
+            b.live.url + sync_path("ws-b", "from-a"), json={"messages": []}, timeout=10
+        )
+        assert unsigned.status_code == 401
+
+        deadline = time.monotonic() + 20
+        while True:
+            samples = scrape(a.live.client)
+            if value(samples, "flowlink_link_exchange_failures_total", link="ws-a/dead") >= 1:
+                break
+            assert time.monotonic() < deadline, "the dead link never failed"
+            time.sleep(0.2)
+        assert value(samples, "flowlink_link_connected", link="ws-a/to-b") == 1
+        assert value(samples, "flowlink_link_connected", link="ws-a/dead") == 0
+        assert value(samples, "flowlink_link_exchange_seconds_count", link="ws-a/to-b") >= 1
+        assert value(samples, "flowlink_link_outbox_depth", link="ws-a/dead") == 3
+        assert value(samples, "flowlink_link_outbox_depth", link="ws-a/to-b") == 0
+        after = value(scrape(b.live.client), "flowlink_link_rejections_total", reason="unsigned")
+        assert after == before + 1
+    finally:
+        a.stop()
+        b.stop()
