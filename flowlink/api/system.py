@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from flowlink.api.deps import Context
+from flowlink.executions import workers
 from flowlink.executions.service import queue_depth
 from flowlink.linking.outbox import depths as outbox_depths
 from flowlink.observability import metrics
@@ -29,5 +31,10 @@ def metrics_endpoint(context: Context) -> Response:
         with context.store.read() as session:
             return queue_depth(session), outbox_depths(session)
 
+    if metrics.multiprocess_dir():  # a killed worker's live gauges must not linger
+        with context.store.read() as session:
+            gone = workers.gone_pids_on_host(session, socket.gethostname())
+        for pid in gone:
+            metrics.process_exited(pid)
     body = metrics.render(metrics.StoreGauges(store_state))
     return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -53,7 +53,7 @@ def server(
     demo: Annotated[bool, typer.Option(help="Apply the demo workspace and print a login")] = False,
 ) -> None:
     """Run the API server (with a worker) on the store from FLOWLINK_DATABASE_URL."""
-    from flowlink.observability import tracing
+    from flowlink.observability import metrics, tracing
     from flowlink.observability.logs import adopt_library_loggers, configure_logging
     from flowlink.server import build_server, prepare_demo, serve
 
@@ -77,7 +77,10 @@ def server(
         console.print("  try:         .venv/bin/flowlink run demo parent --follow\n")
     else:
         announce(log_format, f"flowlink serving at {url} (store: {running.context.store.dialect})")
-    serve(running)
+    try:
+        serve(running)
+    finally:
+        metrics.process_exited()  # its live gauges leave the host's shared metrics
 
 
 @app.command("worker")
@@ -90,7 +93,7 @@ def worker_command(
     from dataclasses import replace
 
     from flowlink.executions.worker import Worker
-    from flowlink.observability import tracing
+    from flowlink.observability import metrics, tracing
     from flowlink.observability.logs import configure_logging
     from flowlink.server import open_store
 
@@ -109,6 +112,7 @@ def worker_command(
     stop.wait()
     worker.stop()
     store.dispose()
+    metrics.process_exited()
 
 
 @app.command()

@@ -130,3 +130,11 @@ def list_workers(session: Session) -> list[WorkerInfo]:
 def running_count(session: Session) -> int:
     """How many workers heartbeat now."""
     return sum(1 for w in list_workers(session) if w.status is WorkerStatus.RUNNING)
+
+
+def gone_pids_on_host(session: Session, host: str) -> list[int]:
+    """Pids of this host's workers that are lost or stopped (their live metrics must go)."""
+    now = utcnow()
+    rows = list(session.scalars(select(WorkerProcess).where(WorkerProcess.host == host)))
+    running = {row.pid for row in rows if status_of(row, now) is WorkerStatus.RUNNING}
+    return sorted({row.pid for row in rows} - running)  # a reused pid is left alone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -187,6 +188,17 @@ def test_one_scrape_covers_server_and_worker_processes(database_url: str, tmp_pa
             == 5
         )
         assert any(p.name.startswith("counter_") for p in shared.iterdir())
+        # The worker's live gauges count while it runs and leave with it.
+        deadline = time.monotonic() + 20
+        while value(scrape(server.client), "flowlink_runners_warm") < 1:
+            assert time.monotonic() < deadline, "the worker never reported warm runners"
+            time.sleep(0.2)
+        os.killpg(worker.pid, signal.SIGKILL)  # no goodbye: the registry shows it lost
+        worker.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while value(scrape(server.client), "flowlink_runners_warm") != 0:
+            assert time.monotonic() < deadline, "a killed worker's gauge lingers"
+            time.sleep(0.5)
     finally:
         if worker is not None:
             worker.terminate()
