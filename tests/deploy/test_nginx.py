@@ -78,7 +78,10 @@ def nginx_in_front(
     """A flowlink server with nginx (TLS, the shipped config) in front."""
     binary = nginx_binary()
     ca, cert, key = make_tls(tmp_path)
-    server = server_factory(database_url, "behind").start()
+    # The proxy's X-Forwarded-Proto must be believed (as deploy/nginx/flowlink.conf says).
+    server = server_factory(
+        database_url, "behind", env={"FLOWLINK_TRUSTED_PROXIES": "127.0.0.1"}
+    ).start()
     http_port, https_port = free_port(), free_port()
     folder = tmp_path / "nginx"
     folder.mkdir()
