@@ -29,16 +29,24 @@ LEVELS = ("debug", "info", "warning", "error")
 _FIELDS: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
     "flowlink_log_fields", default=()
 )
+# (pattern, replacement): what must never be logged, whatever the message or traceback.
 _PATTERNS = [
-    re.compile(
-        r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL
+    (
+        re.compile(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+            re.DOTALL,
+        ),
+        REDACTED,
     ),
-    re.compile(r"(?i)(\bbearer\s+)[^\s'\",]+"),
-    re.compile(r"\bfl_[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+(@)"),
-    re.compile(
-        r"(?i)(\b(?:password|passwd|secret|token|private_key|api_key)[\"']?\s*[:=]\s*[\"']?)"
-        r"[^\s\"',}]+"
+    (re.compile(r"(?i)(\bbearer\s+)[^\s'\",]+"), rf"\g<1>{REDACTED}"),
+    (re.compile(r"\bfl_[A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+@"), rf"\g<1>{REDACTED}@"),
+    (
+        re.compile(
+            r"(?i)(\b(?:password|passwd|secret|token|private_key|api_key)[\"']?\s*[:=]\s*[\"']?)"
+            r"[^\s\"',}]+"
+        ),
+        rf"\g<1>{REDACTED}",
     ),
 ]
 _values: set[str] = set()
@@ -55,23 +63,14 @@ def redact(value: str) -> None:
 
 def scrub(text: str) -> str:
     """``text`` with every secret replaced by ``[redacted]``."""
-    for pattern in _PATTERNS:
-        text = pattern.sub(_keep_prefix, text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
     with _values_lock:
         values = sorted(_values, key=len, reverse=True)
     for value in values:
         if value in text:
             text = text.replace(value, REDACTED)
     return text
-
-
-def _keep_prefix(match: re.Match[str]) -> str:
-    groups = [g for g in match.groups() if g is not None]
-    if len(groups) >= 2 and match.re.groups >= 2 and groups[-1].endswith("@"):
-        return f"{groups[0]}{REDACTED}{groups[-1]}"  # scheme://user:[redacted]@
-    if match.re.groups >= 1 and match.group(1) and not match.group(1).startswith("-----END"):
-        return f"{match.group(1)}{REDACTED}"
-    return REDACTED
 
 
 @contextlib.contextmanager
