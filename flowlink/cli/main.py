@@ -16,6 +16,7 @@ from flowlink.cli.client import Client
 from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, err, fail, print_json
 from flowlink.cli.events import events_app
 from flowlink.cli.link import link_app
+from flowlink.cli.operations import backup_command, restore_command, workers_app
 from flowlink.settings import ServerSettings
 
 app = typer.Typer(
@@ -30,6 +31,14 @@ ENDED = ("success", "error", "cancelled")
 
 
 # --- processes ------------------------------------------------------------------------------
+
+
+def announce(log_format: str, message: str) -> None:
+    """Say a process is up: on the terminal, or as a log line when logs are JSON."""
+    if log_format == "json":
+        logging.getLogger("flowlink").info(message)
+    else:
+        console.print(message)
 
 
 @app.command()
@@ -53,13 +62,13 @@ def server(
     """Run the API server (with a worker) on the store from FLOWLINK_DATABASE_URL."""
     from dataclasses import replace
 
+    from flowlink.observability import metrics, tracing
+    from flowlink.observability.logs import adopt_library_loggers, configure_logging
     from flowlink.server import build_server, prepare_demo, serve
     from flowlink.settings import trusted_proxies as parse_proxies
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per link exchange is noise
+    log_format = configure_logging()
+    tracing.setup()
     if bool(tls_cert) != bool(tls_key):
         raise fail("--tls-cert and --tls-key go together")
     try:
@@ -71,6 +80,7 @@ def server(
     running = build_server(
         settings, host=host, port=port, with_worker=worker, tls_cert=tls_cert, tls_key=tls_key
     )
+    adopt_library_loggers()  # uvicorn set up its own loggers while the server was built
     scheme = "https" if tls_cert else "http"
     url = f"{scheme}://{host}:{port}"
     if demo:
@@ -81,8 +91,11 @@ def server(
             console.print(f"  API token:   {login['token']}")
         console.print("  try:         .venv/bin/flowlink run demo parent --follow\n")
     else:
-        console.print(f"flowlink serving at {url} (store: {running.context.store.dialect})")
-    serve(running)
+        announce(log_format, f"flowlink serving at {url} (store: {running.context.store.dialect})")
+    try:
+        serve(running)
+    finally:
+        metrics.process_exited()  # its live gauges leave the host's shared metrics
 
 
 @app.command("worker")
@@ -95,11 +108,12 @@ def worker_command(
     from dataclasses import replace
 
     from flowlink.executions.worker import Worker
+    from flowlink.observability import metrics, tracing
+    from flowlink.observability.logs import configure_logging
     from flowlink.server import open_store
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_format = configure_logging()
+    tracing.setup()
     settings = ServerSettings.from_env()
     if concurrency:
         settings = replace(settings, worker_concurrency=concurrency)
@@ -109,10 +123,11 @@ def worker_command(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker.start()
-    console.print(f"worker {worker.id} running (store: {store.dialect})")
+    announce(log_format, f"worker {worker.id} running (store: {store.dialect})")
     stop.wait()
     worker.stop()
     store.dispose()
+    metrics.process_exited()
 
 
 @app.command()
@@ -411,6 +426,9 @@ app.add_typer(tokens_app, name="tokens")
 
 app.add_typer(events_app, name="events")
 app.add_typer(link_app, name="link")
+app.add_typer(workers_app, name="workers")
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
 
 
 keys_app = typer.Typer(help="Key pairs for workspace links.", no_args_is_help=True)

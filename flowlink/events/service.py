@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Select, String, cast, false, func, insert,
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
+from flowlink.observability import metrics
 from flowlink.store import notify
 from flowlink.store.models import Event, Workspace, new_id, utcnow
 
@@ -93,6 +94,7 @@ def record(
     )
     session.add(event)
     notify.announce(session, notify.EVENTS, workspace.id if workspace else "")
+    metrics.count_events(session, [workspace.slug if workspace else None])
     return event
 
 
@@ -117,6 +119,7 @@ def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     stored exactly as the ``Event`` model stores them: JSON text, naive UTC times); the ORM's
     bulk insert costs about as much again there.
     """
+    metrics.count_events(session, [row["source"].get("workspaceSlug") for row in rows])
     if session.get_bind().dialect.name != "sqlite":
         session.execute(insert(Event), rows)
         return

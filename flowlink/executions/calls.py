@@ -16,6 +16,7 @@ from flowlink.errors import FlowlinkError, Invalid, NotFound
 from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
 from flowlink.linking.exchange import RemoteStart, start_remote_execution
+from flowlink.observability.logs import redact
 from flowlink.runtime.errors import (
     DependencyFailed,
     FlowApiError,
@@ -371,7 +372,10 @@ class FlowApiCalls:
 
     def _setting_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         self._authorize(session, workspace, "read", "settings", {"setting": params.get("name")})
-        return workspaces.get_setting(session, workspace, str(params.get("name"))).value
+        setting = workspaces.get_setting(session, workspace, str(params.get("name")))
+        if setting.secret and isinstance(setting.value, str):
+            redact(setting.value)  # this process now knows it: keep it out of its logs
+        return setting.value
 
     def _setting_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
         name = str(params.get("name"))

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
+from flowlink.observability import metrics
+from flowlink.observability.tracing import current_traceparent, valid_traceparent
 from flowlink.store import notify
 from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
 from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
@@ -54,12 +56,14 @@ def create_execution(
     default_max_runtime: float = 3600.0,
     principal: dict[str, Any] | None = None,
     remote_config_id: str | None = None,
+    traceparent: str | None = None,
 ) -> Execution:
     """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script.
 
     ``principal`` (``Principal.describe()``) is who it acts as; a child inherits its parent's.
     ``remote_config_id`` marks an execution that runs in a linked workspace and is only
     mirrored here (see ``flowlink.linking.exchange``): no worker ever claims it.
+    ``traceparent`` (W3C) defaults to the current span's when tracing is on.
     """
     if inputs is not None and not isinstance(inputs, dict):
         raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
@@ -97,6 +101,7 @@ def create_execution(
         cancel_requested=False,
         principal=principal if principal is not None else (parent.principal if parent else None),
         remote_config_id=remote_config_id,
+        traceparent=traceparent if valid_traceparent(traceparent) else current_traceparent(),
     )
     session.add(execution)
     record(
@@ -392,6 +397,8 @@ def _started(
         execution_id=execution.id,
         user_id=execution.user_id,
     )
+    waited = (execution.started_at or utcnow()) - execution.created_at
+    metrics.count_started(session, [(workspace.slug, waited.total_seconds())])
     return Claimed(execution, workspace.slug, workspace.config_rendered or {})
 
 
@@ -472,6 +479,7 @@ def finish_many(
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     done: set[str] = set()  # an id listed twice ends once
+    counted: list[tuple[str, str, float]] = []
     for execution_id, outcome in endings:
         row = rows.get(execution_id)
         if row is None or row.status in ENDED or execution_id in done:
@@ -525,7 +533,11 @@ def finish_many(
         if automation_row is not None:
             events.append(automation_row)
         done.add(execution_id)
+        counted.append(
+            (slugs.get(row.workspace_id) or "", outcome.status, (now - started).total_seconds())
+        )
     if updates:
+        metrics.count_ended(session, counted)
         session.execute(update(Execution), updates)
         record_rows(session, events)
         notify.announce(session, notify.ENDED, "")

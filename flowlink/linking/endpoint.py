@@ -21,7 +21,15 @@ from flowlink.errors import Invalid
 from flowlink.linking import outbox, signing
 from flowlink.linking.exchange import apply_messages, outgoing, pending_messages
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
-from flowlink.linking.protocol import MAX_MESSAGES, envelope, parse_envelope
+from flowlink.linking.protocol import (
+    FEATURES,
+    FEATURES_HEADER,
+    MAX_MESSAGES,
+    envelope,
+    features_of,
+    for_peer,
+    parse_envelope,
+)
 from flowlink.linking.service import note_link_state, private_key_of
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
@@ -97,10 +105,12 @@ def answer_exchange(
         raise
     if not messages and poll > 0:
         messages = _wait_for_news(store, config_id, seen, poll=poll, stopping=stopping)
+    messages = for_peer(messages, features_of(headers.get(FEATURES_HEADER)))
     if received:
         messages.append(outbox.new_message("ack", ids=received))
     content = json.dumps(envelope(messages), separators=(",", ":")).encode()
     answer_headers = httpx.Headers({"content-type": CONTENT_TYPE})
+    answer_headers[FEATURES_HEADER] = ",".join(sorted(FEATURES))
     signing.sign_response(
         private_key, 200, answer_headers, content, request_method=method, request_url=url
     )

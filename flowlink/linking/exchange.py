@@ -149,6 +149,7 @@ def start_remote_execution(
             inputs=execution.inputs or {},
             correlation_id=execution.correlation_id,
             max_runtime=start.max_runtime,
+            **({"traceparent": execution.traceparent} if execution.traceparent else {}),
         ),
     )
     return execution
@@ -339,6 +340,7 @@ def _apply_start(
             max_runtime=message.get("max_runtime"),
             default_max_runtime=default_max_runtime,
             principal=_identity(config, workspace),
+            traceparent=message.get("traceparent"),
         )
     except FlowlinkError as error:
         kind = "not_found" if isinstance(error, NotFound) else "invalid"

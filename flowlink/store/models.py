@@ -198,6 +198,8 @@ class Execution(Base):
     # Set on an execution that runs in a linked workspace and only mirrors it here (the id of
     # the sync config it runs through); the queue never claims such an execution.
     remote_config_id: Mapped[str | None] = mapped_column(String(36))
+    # The W3C trace context the execution was queued in (tracing on), its span's parent.
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
 
 
 class ExecutionLog(Base):
@@ -368,3 +370,20 @@ class LinkExecution(Base):
     log_mark: Mapped[int] = mapped_column(BigId, default=0)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WorkerProcess(Base):
+    """A worker process as it last reported itself (registration and heartbeat)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    busy: Mapped[int] = mapped_column(Integer, default=0)
+    warm: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_seconds: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -34,6 +34,8 @@ WS = "/api/v1/workspaces/{ws}"
 EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/health"): PUBLIC,
     ("GET", "/api/v1/metrics"): PUBLIC,
+    ("GET", "/api/v1/ready"): PUBLIC,
+    ("GET", "/api/v1/workers"): ADMIN,
     ("POST", "/api/v1/auth/login"): PUBLIC,
     ("POST", "/api/v1/auth/logout"): ANY,
     ("GET", "/api/v1/auth/me"): ANY,
