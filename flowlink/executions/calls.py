@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -22,7 +23,7 @@ from flowlink.runtime.errors import (
     PermissionDenied,
     ResourceNotFound,
 )
-from flowlink.settings import ServerSettings
+from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, User, Workspace
@@ -30,6 +31,22 @@ from flowlink.workspaces import service as workspaces
 
 LOG_FLUSH_SECONDS = 0.1
 LOG_FLUSH_LINES = 200
+MIN_REDACTED_LENGTH = 4  # shorter secret strings are not redacted (they would shred the log)
+REDACTED = "[secret]"
+
+
+def _secret_strings(value: Any) -> Iterator[str]:
+    """Every string inside a secret's value (and its JSON), as it could appear in a log."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _secret_strings(item)
+    if isinstance(value, dict | list):
+        yield json.dumps(value)
 
 
 class ChildLauncher(Protocol):
@@ -75,6 +92,7 @@ class FlowApiCalls:
         self._acting = (execution.principal, execution.user_id)
         self._principal: Principal | None = None
         self._denials: list[dict[str, Any]] = []
+        self._secrets: list[str] = []  # values of secrets this script read, longest first
         self._handlers: dict[str, Callable[[Session, Workspace, dict[str, Any]], Any]] = {
             "execution.get": self._execution_get,
             "execution.save": self._execution_save,
@@ -110,8 +128,17 @@ class FlowApiCalls:
         except FlowlinkError as error:
             raise FlowApiError(error.message) from error
 
+    def redact(self, text: str) -> str:
+        """``text`` with the value of every secret this execution read replaced by [secret]."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
     def write_logs(self, lines: list[str]) -> None:
         """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``."""
+        if self._secrets:
+            lines = [self.redact(line) for line in lines]
         self._pending_logs.extend(lines)
         if (
             len(self._pending_logs) >= LOG_FLUSH_LINES
@@ -290,17 +317,36 @@ class FlowApiCalls:
 
     def _setting_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         self._authorize(session, workspace, "read", "settings", {"setting": params.get("name")})
-        return workspaces.get_setting(session, workspace, str(params.get("name"))).value
+        setting = workspaces.get_setting(session, workspace, str(params.get("name")))
+        if not setting.secret:
+            return setting.value
+        value = workspaces.setting_value(setting, resolve_secret_key(self.settings))
+        self._remember_secret(value)
+        return value
+
+    def _remember_secret(self, value: Any) -> None:
+        known = set(self._secrets)
+        known.update(s for s in _secret_strings(value) if len(s) >= MIN_REDACTED_LENGTH)
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def _setting_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
-        self._authorize(session, workspace, "update", "settings", {"setting": params.get("name")})
+        name = str(params.get("name"))
+        secret = params.get("secret")
+        existing = workspaces.find_setting(session, workspace, name)
+        manage = bool(secret) or (existing is not None and existing.secret)
+        action = "manage" if manage else "update"
+        self._authorize(session, workspace, action, "settings", {"setting": name})
         workspaces.put_setting(
             session,
             workspace,
-            str(params.get("name")),
+            name,
             params.get("value"),
             execution_id=self.execution_id,
+            secret=None if secret is None else bool(secret),
+            secret_key=resolve_secret_key(self.settings),
         )
+        if manage:
+            self._remember_secret(params.get("value"))
 
     def _setting_exists(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
@@ -311,7 +357,9 @@ class FlowApiCalls:
     def _setting_delete(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
     ) -> None:
-        self._authorize(session, workspace, "delete", "settings", {"setting": params.get("name")})
+        existing = workspaces.find_setting(session, workspace, str(params.get("name")))
+        action = "manage" if existing is not None and existing.secret else "delete"
+        self._authorize(session, workspace, action, "settings", {"setting": params.get("name")})
         workspaces.delete_setting(
             session, workspace, str(params.get("name")), execution_id=self.execution_id
         )

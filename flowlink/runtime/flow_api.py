@@ -404,10 +404,17 @@ class Setting:
             raise ValueError(f"unknown setting field {field!r} (use 'value')")
         return _rt().call("setting.get", {"name": self._name})
 
-    def save(self, value: Any) -> Setting:
-        """Create or overwrite the setting with ``value`` (JSON serializable)."""
+    def save(self, value: Any, secret: bool | None = None) -> Setting:
+        """Create or overwrite the setting with ``value`` (JSON serializable).
+
+        ``secret=True`` makes it a secret setting (needs 'manage settings'); ``None`` keeps
+        its kind. Values of secrets this execution reads or writes are redacted in its logs.
+        """
         _check_json(value, "value")
-        _rt().call("setting.save", {"name": self._name, "value": value})
+        params: dict[str, Any] = {"name": self._name, "value": value}
+        if secret is not None:
+            params["secret"] = bool(secret)
+        _rt().call("setting.save", params)
         return self
 
     def exists(self) -> bool:

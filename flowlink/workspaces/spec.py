@@ -27,6 +27,7 @@ from jsonschema.exceptions import ValidationError
 
 from .templating import TemplateProblem, check_template, is_template
 from .yamlsource import (
+    SecretValue,
     SourceMap,
     SpecError,
     dump_yaml,
@@ -48,6 +49,7 @@ __all__ = [
     "WORKSPACE_SCHEMA",
     "AutomationSpec",
     "RoleRule",
+    "SecretValue",
     "SpecError",
     "WorkspaceBundle",
     "WorkspaceSpec",
@@ -58,6 +60,7 @@ __all__ = [
     "parse_settings",
     "parse_spec",
     "spec_to_yaml",
+    "split_secrets",
     "validate_script",
 ]
 
@@ -156,6 +159,8 @@ class WorkspaceBundle:
     flows: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
     pages: Mapping[str, str] = field(default_factory=dict)
+    # Secret settings (``name: !secret value``): name -> value, None when only declared.
+    secrets: Mapping[str, str | None] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- schema
@@ -530,8 +535,11 @@ def _build_spec(data: dict[str, Any], text: str) -> WorkspaceSpec:
 
 
 def parse_settings(text: str, file: str = SETTINGS_FILE) -> dict[str, Any]:
-    """Parse a settings.yml: setting name -> any JSON value (an empty file: no settings)."""
-    data, smap = load_yaml(text, file)
+    """Parse a settings.yml: setting name -> any JSON value (an empty file: no settings).
+
+    A value tagged ``!secret`` is a :class:`SecretValue` (see :func:`split_secrets`).
+    """
+    data, smap = load_yaml(text, file, secrets=True)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -547,6 +555,13 @@ def parse_settings(text: str, file: str = SETTINGS_FILE) -> dict[str, Any]:
                 at_key=True,
             )
     return data
+
+
+def split_secrets(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """Separate parsed settings into plain settings and secrets (``!secret`` values)."""
+    plain = {k: v for k, v in settings.items() if not isinstance(v, SecretValue)}
+    secrets = {k: v.value for k, v in settings.items() if isinstance(v, SecretValue)}
+    return plain, secrets
 
 
 def validate_script(name: str, script: str, file: str | None = None) -> None:
@@ -645,8 +660,9 @@ def parse_bundle(files: Mapping[str, str]) -> WorkspaceBundle:
         validate_script(name, script)
     settings_text = kinds["settings"].get("")
     settings = parse_settings(settings_text) if settings_text is not None else {}
+    settings, secrets = split_secrets(settings)
     pages = dict(sorted(kinds["page"].items()))
-    return WorkspaceBundle(spec=spec, flows=flows, settings=settings, pages=pages)
+    return WorkspaceBundle(spec=spec, flows=flows, settings=settings, pages=pages, secrets=secrets)
 
 
 # --------------------------------------------------------------------------- writing
@@ -710,8 +726,9 @@ def bundle_to_files(bundle: WorkspaceBundle) -> dict[str, str]:
         path = f"flows/{name}.py"
         classify_path(path)
         files[path] = bundle.flows[name]
-    if bundle.settings:
-        files[SETTINGS_FILE] = dump_yaml(dict(bundle.settings))
+    if bundle.settings or bundle.secrets:
+        secrets = {k: SecretValue(v) for k, v in bundle.secrets.items()}
+        files[SETTINGS_FILE] = dump_yaml(dict(sorted({**bundle.settings, **secrets}.items())))
     for name in sorted(bundle.pages):
         path = f"pages/{name}.html"
         classify_path(path)
