@@ -42,9 +42,11 @@ __all__ = [
     "CONDITION_KEYS",
     "EVENT_TYPE_RE",
     "FLOW_NAME_RE",
+    "LISTENABLE_NATIVE_EVENTS",
     "SETTINGS_FILE",
     "SLUG_RE",
     "SUBJECTS",
+    "UNLISTENABLE_NATIVE_EVENTS",
     "WORKSPACE_FILE",
     "WORKSPACE_SCHEMA",
     "AutomationSpec",
@@ -71,6 +73,47 @@ EVENT_TYPE_RE = r"^[A-Za-z0-9._-]{1,128}$"
 _SLUG = re.compile(SLUG_RE)
 _NAME = re.compile(FLOW_NAME_RE)
 _EVENT = re.compile(EVENT_TYPE_RE)
+
+# Native events an automation may listen to (docs/events.md, "On native events"). ``sync.*``
+# stands for every ``sync.`` event; ``executions.failed`` is ``executions.ended`` with status
+# ``error``.
+LISTENABLE_NATIVE_EVENTS: tuple[str, ...] = (
+    "error",
+    "executions.ended",
+    "executions.failed",
+    "settings.updated",
+    "sync.*",
+    "sync.configs.created",
+    "sync.configs.deleted",
+    "sync.configs.updated",
+    "sync.connected",
+    "sync.disconnected",
+    "sync.executions.received",
+    "sync.executions.sent",
+    "sync.rejected",
+    "workspaces.configured",
+    "workspaces.updated",
+)
+# Native events no automation may listen to: too frequent to look up listeners for, or
+# the automation machinery's own records (listening to them would loop).
+UNLISTENABLE_NATIVE_EVENTS = frozenset(
+    {
+        "access.denied",
+        "apikeys.created",
+        "apikeys.deleted",
+        "apps.published",
+        "events.cleaned",
+        "executions.created",
+        "executions.started",
+        "runtime.automations.executed",
+        "runtime.interactions.triggered",
+        "workspaces.app.configured",
+        "workspaces.app.installed",
+        "workspaces.app.uninstalled",
+        "workspaces.created",
+        "workspaces.deleted",
+    }
+)
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 ACTIONS: tuple[str, ...] = ("read", "create", "update", "delete", "execute", "manage")
@@ -426,7 +469,18 @@ def _automation_checks(
     events = when.get("events")
     if isinstance(events, list):
         for index, event in enumerate(events):
-            if isinstance(event, str) and not _matches(_EVENT, event):
+            if event in LISTENABLE_NATIVE_EVENTS:
+                continue
+            if isinstance(event, str) and (
+                event in UNLISTENABLE_NATIVE_EVENTS or event.endswith(".*")
+            ):
+                yield smap.error(
+                    (*base, "when", "events", index),
+                    f"automation {slug!r} cannot listen to the native event {event!r}; it may"
+                    f" listen to any custom event and to the native events"
+                    f" {', '.join(LISTENABLE_NATIVE_EVENTS)}",
+                )
+            elif isinstance(event, str) and not _matches(_EVENT, event):
                 yield smap.error(
                     (*base, "when", "events", index),
                     f"invalid event type {event!r}: use 1 to 128 letters, digits, '.', '_' and '-'",
