@@ -170,6 +170,7 @@ def start_automation(
             user_id=user_id,
             trigger=trigger,
             principal=identity,
+            http=dict(http) if http else None,
         )
     except FlowlinkError as error:
         record(
@@ -390,6 +391,8 @@ def emit_from_execution(
     source: dict[str, Any] = {}
     if execution is not None and (execution.trigger or {}).get("automation"):
         source["automationSlug"] = execution.trigger["automation"]
+    if execution is not None and (execution.trigger or {}).get("sessionId"):
+        source["sessionId"] = execution.trigger["sessionId"]
     return emit(
         session,
         workspace,

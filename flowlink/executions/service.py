@@ -54,8 +54,12 @@ def create_execution(
     default_max_runtime: float = 3600.0,
     principal: dict[str, Any] | None = None,
     remote_config_id: str | None = None,
+    http: dict[str, Any] | None = None,
 ) -> Execution:
     """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script.
+
+    ``http`` (method, path, ip) is the request that started it, for the ``executions.created``
+    event. A login session's id in ``trigger["sessionId"]`` is inherited by children.
 
     ``principal`` (``Principal.describe()``) is who it acts as; a child inherits its parent's.
     ``remote_config_id`` marks an execution that runs in a linked workspace and is only
@@ -63,6 +67,10 @@ def create_execution(
     """
     if inputs is not None and not isinstance(inputs, dict):
         raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
+    trigger = dict(trigger or {"type": "api"})
+    inherited = (parent.trigger or {}).get("sessionId") if parent is not None else None
+    if inherited and "sessionId" not in trigger:
+        trigger["sessionId"] = inherited
     if max_runtime is not None and not (0 < max_runtime <= 7 * 24 * 3600):
         raise Invalid(
             "max_runtime must be between 0 and 604800 seconds", details={"field": "max_runtime"}
@@ -93,7 +101,7 @@ def create_execution(
         depth=parent.depth + 1 if parent else 0,
         max_runtime=max_runtime or default_max_runtime,
         user_id=user_id or (parent.user_id if parent else None),
-        trigger=trigger or {"type": "api"},
+        trigger=trigger,
         cancel_requested=False,
         principal=principal if principal is not None else (parent.principal if parent else None),
         remote_config_id=remote_config_id,
@@ -107,10 +115,26 @@ def create_execution(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
+        extra_source=execution_source(trigger, http),
     )
     if remote_config_id is None:
         notify.announce(session, notify.QUEUED, execution.id)
     return execution
+
+
+def execution_source(
+    trigger: dict[str, Any] | None, http: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The event ``source`` fields an execution adds: its login session and automation."""
+    trigger = trigger or {}
+    source: dict[str, Any] = {}
+    if trigger.get("sessionId"):
+        source["sessionId"] = trigger["sessionId"]
+    if trigger.get("automation"):
+        source["automationSlug"] = trigger["automation"]
+    if http:
+        source["http"] = dict(http)
+    return source or None
 
 
 def check_script(name: str, script: str) -> None:
@@ -389,6 +413,7 @@ def _started(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
+        extra_source=execution_source(execution.trigger),
     )
     return Claimed(execution, workspace.slug, workspace.config_rendered or {})
 
@@ -507,6 +532,7 @@ def finish_many(
                 correlation_id=row.correlation_id,
                 execution_id=execution_id,
                 user_id=row.user_id,
+                extra_source=execution_source(row.trigger),
             )
         )
         automation_row = automation_executed_row(
