@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -422,7 +423,25 @@ class FlowApiCalls:
         view = executions.execution_view(child, slug)
         if child.status != executions.SUCCESS:
             raise DependencyFailed(
-                f"child execution {child.id} ({child.flow_name}) ended with {child.status}:"
-                f" {child.message}"
+                child_failure(child.id, child.flow_name, child.status, child.message)
             )
         return view
+
+
+_LINE_SUFFIX = re.compile(r" \(line (\d+)\)$")
+
+
+def child_failure(child_id: str, flow: str, status: str, message: str | None) -> str:
+    """The message of the ``DependencyFailedError`` a parent gets for a failed child.
+
+    The child's own line moves into the text (``at line 4 of child``), so the parent's
+    ``(line N)`` that follows never reads as a repeat: ``... ended with error at line 4 of
+    child: ValueError: boom (line 7)``.
+    """
+    text = message or status
+    where = ""
+    match = _LINE_SUFFIX.search(text)
+    if match:
+        text = text[: match.start()]
+        where = f" at line {match.group(1)} of {flow}"
+    return f"child execution {child_id} ({flow}) ended with {status}{where}: {text}"

@@ -57,6 +57,10 @@ class DependencyFailedError(FlowApiError):
     """A child execution you waited for ended with status ``error`` or ``cancelled``."""
 
 
+# Tracebacks name the module scripts import (flow_api.DependencyFailedError), not ours.
+for _public in (FlowApiError, ResourceNotFoundError, PermissionDeniedError, DependencyFailedError):
+    _public.__module__ = "flow_api"
+
 _ERROR_TYPES: dict[str, type[FlowApiError]] = {
     "FlowApiError": FlowApiError,
     "ResourceNotFoundError": ResourceNotFoundError,
