@@ -42,7 +42,7 @@ def _no_metavar(self: typer.core.TyperArgument, ctx: Any) -> str | None:
 
 
 typer.core.TyperOption.display_type_rich = _help_metavar  # type: ignore[method-assign]
-typer.core.TyperArgument.display_type_rich = _no_metavar  # type: ignore[method-assign]
+typer.core.TyperArgument.display_type_rich = _no_metavar  # type: ignore[method-assign,assignment]
 
 
 def table(*columns: str, keep: tuple[str, ...] = ()) -> Table:
