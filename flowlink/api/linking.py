@@ -34,6 +34,16 @@ class SyncConfigFields(BaseModel):
     own_private_key: str | None = Field(
         None, description="PEM (PKCS#1, PKCS#8) or OpenSSH RSA private key, >= 2048 bits"
     )
+    own_private_key_env: str | None = Field(
+        None,
+        description="Instead of own_private_key: the server's environment variable holding it"
+        " (read by the server, never stored or returned)",
+    )
+    own_private_key_file: str | None = Field(
+        None,
+        description="Instead of own_private_key: an absolute path on the server to the key"
+        " file (read by the server, never stored or returned)",
+    )
     remote_public_key: str | None = Field(
         None, description="The other end's public key(s): one, or two while keys rotate"
     )
