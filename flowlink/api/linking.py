@@ -48,6 +48,12 @@ class SyncConfigFields(BaseModel):
         None, description="The other end's public key(s): one, or two while keys rotate"
     )
     send_all_executions: bool | None = None
+    send_all_executions_meaning: str | None = Field(
+        None,
+        description="'mirror' (default, Workspace Linking v8): send_all_executions mirrors every"
+        " execution to the controlled workspace; 'list' (older version): runs started through"
+        " the link show in the controlling workspace's list only with send_all_executions",
+    )
     sync_interval: float | None = Field(None, description="Seconds; null = immediate mode")
     direction: str | None = Field(None, description="controlling | controlled")
     role: str | None = Field(

@@ -601,6 +601,14 @@ def link_update(
             show_default=False,
         ),
     ] = None,
+    send_all_meaning: Annotated[
+        str | None,
+        typer.Option(
+            "--send-all-meaning",
+            help="mirror (v8: mirror every execution to the controlled workspace) or list"
+            " (older: list the runs started through the link here only when set)",
+        ),
+    ] = None,
     verify_ssl: Annotated[
         bool | None,
         typer.Option(
@@ -645,6 +653,7 @@ def link_update(
             "remote_url": remote_url,
             "sync_interval": sync_interval,
             "send_all_executions": send_all_executions,
+            "send_all_executions_meaning": send_all_meaning,
             "verify_ssl": verify_ssl,
             "ca_certificate": _read_file(ca_certificate),
             "own_private_key": _read_file(own_private_key),

@@ -13,7 +13,14 @@ from sqlalchemy.orm import Session
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
 from flowlink.store import notify
-from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
+from flowlink.store.models import (
+    Execution,
+    ExecutionLog,
+    SyncConfig,
+    Workspace,
+    new_id,
+    utcnow,
+)
 from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
 from flowlink.workspaces.spec import SpecError, validate_script
 
@@ -168,6 +175,17 @@ def list_executions(
 ) -> list[Execution]:
     """Executions of a workspace, newest first; ``before`` is the last id of the previous page."""
     query = select(Execution).where(Execution.workspace_id == workspace.id)
+    if not parent_id:
+        # Runs started through a link whose config follows the older meaning of "send all
+        # executions" (unset) stay out of the list (their parents still show them).
+        hidden = select(SyncConfig.id).where(
+            SyncConfig.workspace_id == workspace.id,
+            SyncConfig.send_all_executions_meaning == "list",
+            SyncConfig.send_all_executions.is_(False),
+        )
+        query = query.where(
+            or_(Execution.remote_config_id.is_(None), Execution.remote_config_id.not_in(hidden))
+        )
     if status:
         if status not in ALL_STATUSES:
             raise Invalid(f"unknown status {status!r}", details={"field": "status"})

@@ -480,7 +480,11 @@ def _apply_cancel(
 
 
 def _sends_all(config: SyncConfig) -> bool:
-    return config.send_all_executions and direction_of(config) == CONTROLLING
+    return (
+        config.send_all_executions
+        and config.send_all_executions_meaning in (None, "mirror")
+        and direction_of(config) == CONTROLLING
+    )
 
 
 def _untracked_query(config: SyncConfig, limit: int) -> Any:

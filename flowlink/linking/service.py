@@ -48,12 +48,17 @@ FIELDS = (
     "own_private_key_file",
     "remote_public_key",
     "send_all_executions",
+    "send_all_executions_meaning",
     "sync_interval",
     "direction",
     "role",
 )
 
 
+SEND_ALL_MEANINGS = ("mirror", "list")
+"""``mirror``: v8, every execution of the controlling workspace is mirrored to the controlled
+one. ``list``: the older meaning, runs started through the link show in the controlling
+workspace's executions list only when ``send_all_executions`` is set."""
 KEY_SOURCES = ("own_private_key", "own_private_key_env", "own_private_key_file")
 # ``own_private_key`` holds the Fernet token of a stored key, or a reference to where the
 # server reads it: ``ref:env:<VARIABLE>`` or ``ref:file:<absolute path>`` (never the key).
@@ -215,6 +220,19 @@ def _apply(
             if getattr(config, field) != value:
                 setattr(config, field, value)
                 changed.append(field)
+    if "send_all_executions_meaning" in data:
+        meaning = data["send_all_executions_meaning"]
+        if meaning not in (None, *SEND_ALL_MEANINGS):
+            raise Invalid(
+                "send_all_executions_meaning: 'mirror' (default: mirror every execution to the"
+                " controlled workspace) or 'list' (list the runs started through the link in"
+                " the controlling workspace)",
+                details={"field": "send_all_executions_meaning"},
+            )
+        meaning = None if meaning == "mirror" else meaning
+        if config.send_all_executions_meaning != meaning:
+            config.send_all_executions_meaning = meaning
+            changed.append("send_all_executions_meaning")
     if "direction" in data:
         direction = data["direction"]
         if direction not in (None, *DIRECTIONS):
@@ -403,6 +421,7 @@ def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) 
         "own_private_key_source": key_source(config),
         "remote_public_key_fingerprints": list(config.remote_fingerprints),
         "send_all_executions": config.send_all_executions,
+        "send_all_executions_meaning": config.send_all_executions_meaning or "mirror",
         "sync_interval": config.sync_interval,
         "direction": direction_of(config),
         "role": config.role or DEFAULT_IDENTITY_ROLE,

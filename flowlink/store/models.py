@@ -302,6 +302,8 @@ class SyncConfig(Base):
     remote_public_key: Mapped[str] = mapped_column(Text)  # one or two SPKI PEM keys
     remote_fingerprints: Mapped[list[str]] = mapped_column(JSONType, default=list)
     send_all_executions: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "mirror" (None: the default, Workspace Linking v8) or "list" (the older meaning).
+    send_all_executions_meaning: Mapped[str | None] = mapped_column(String(16))
     sync_interval: Mapped[float | None] = mapped_column(Float)
     direction: Mapped[str | None] = mapped_column(String(16))
     # The role executions started through this link run under in this workspace.
