@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -28,6 +29,7 @@ from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, User, Workspace
+from flowlink.workspaces import files
 from flowlink.workspaces import service as workspaces
 
 LOG_FLUSH_SECONDS = 0.1
@@ -103,6 +105,11 @@ class FlowApiCalls:
             "setting.exists": self._setting_exists,
             "setting.delete": self._setting_delete,
             "flow.get": self._flow_get,
+            "file.get": self._file_get,
+            "file.save": self._file_save,
+            "file.exists": self._file_exists,
+            "file.delete": self._file_delete,
+            "file.list": self._file_list,
             "user.get_own": self._user_get_own,
         }
 
@@ -174,17 +181,22 @@ class FlowApiCalls:
         attributes: dict[str, Any] | None = None,
     ) -> None:
         """Raise PermissionDenied unless the execution's principal may do this (see policy)."""
+        principal = self._principal_for(session)
+        try:
+            policy.authorize(principal, action, subject, workspace, attributes)
+        except (policy.AccessDenied, policy.WorkspaceHidden) as error:
+            self._denials.append({**error.denial, "execution_id": self.execution_id})
+            reason = error.denial["reason"]
+            raise PermissionDenied(f"permission denied: {reason}") from None
+
+    def _principal_for(self, session: Session) -> Principal:
+        """Who this execution acts as (loaded once)."""
         if self._principal is None:
             descriptor, user_id = self._acting
             self._principal = principal_from_descriptor(
                 session, descriptor, user_id, self.workspace_id
             )
-        try:
-            policy.authorize(self._principal, action, subject, workspace, attributes)
-        except (policy.AccessDenied, policy.WorkspaceHidden) as error:
-            self._denials.append({**error.denial, "execution_id": self.execution_id})
-            reason = error.denial["reason"]
-            raise PermissionDenied(f"permission denied: {reason}") from None
+        return self._principal
 
     def _record_denials(self) -> None:
         """Write denials as ``access.denied`` events (outside the denied call's transaction)."""
@@ -373,6 +385,54 @@ class FlowApiCalls:
         if field not in view:
             raise FlowApiError(f"unknown flow field {field!r}; known: {', '.join(sorted(view))}")
         return view[field]
+
+    def _file_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "read", "files", {"path": path})
+        found = files.get_file(session, workspace, path)
+        field = str(params.get("field") or "content")
+        if field == "content":
+            return base64.b64encode(found.content).decode("ascii")
+        view = files.file_view(found)
+        if field not in view:
+            raise FlowApiError(
+                f"unknown file field {field!r}; known: content, {', '.join(sorted(view))}"
+            )
+        return view[field]
+
+    def _file_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        path = files.check_path(params.get("path"))
+        exists = files.find_file(session, workspace, path) is not None
+        self._authorize(
+            session, workspace, "update" if exists else "create", "files", {"path": path}
+        )
+        try:
+            content = base64.b64decode(str(params.get("content") or ""), validate=True)
+        except ValueError:
+            raise FlowApiError("file content must be bytes or text") from None
+        files.put_file(session, workspace, path, content, execution_id=self.execution_id)
+
+    def _file_exists(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> bool:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "read", "files", {"path": path})
+        return files.find_file(session, workspace, path) is not None
+
+    def _file_delete(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "delete", "files", {"path": path})
+        files.delete_file(session, workspace, path, execution_id=self.execution_id)
+
+    def _file_list(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        self._authorize(session, workspace, "read", "files")
+        prefix = str(params.get("prefix") or "")
+        return [
+            f.path
+            for f in files.list_files(session, workspace)
+            if f.path.startswith(prefix)
+            and policy.allows(
+                self._principal_for(session), "read", "files", workspace, {"path": f.path}
+            )
+        ]
 
     def _user_get_own(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         execution = session.get(Execution, self.execution_id)

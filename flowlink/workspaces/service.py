@@ -15,6 +15,7 @@ from flowlink import atrest
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import record
 from flowlink.store.models import Automation, AutomationTrigger, Flow, Setting, Workspace, utcnow
+from flowlink.workspaces.files import apply_files, list_files
 from flowlink.workspaces.spec import (
     FLOW_NAME_RE,
     SLUG_RE,
@@ -277,6 +278,8 @@ def apply_bundle(
     result.changes["settings"] = _apply_settings(session, workspace, bundle.settings)
     if bundle.secrets:
         result.changes["settings"] += _apply_secrets(session, workspace, bundle.secrets, secret_key)
+    if bundle.files:
+        result.changes["files"] = apply_files(session, workspace, bundle.files)
     if meta_changed and not created:
         result.changes["workspace"] = ["name/description/spec"]
     if config_changed:
@@ -400,8 +403,14 @@ def export_files(session: Session, slug: str) -> dict[str, str]:
     stored = list_settings(session, workspace)
     settings = {s.name: s.value for s in stored if not s.secret}
     secrets: dict[str, str | None] = {s.name: None for s in stored if s.secret}
+    blobs = {f.path: f.content for f in list_files(session, workspace)}
     bundle = WorkspaceBundle(
-        spec=stored_spec(workspace), flows=flows, settings=settings, pages={}, secrets=secrets
+        spec=stored_spec(workspace),
+        flows=flows,
+        settings=settings,
+        pages={},
+        secrets=secrets,
+        files=blobs,
     )
     return bundle_to_files(bundle)
 

@@ -15,6 +15,8 @@ module is pure logic: no database, no HTTP, no file system (see ``folder.py``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import re
 from collections.abc import Collection, Iterator, Mapping
@@ -41,6 +43,7 @@ __all__ = [
     "BUILTIN_ROLES",
     "CONDITION_KEYS",
     "EVENT_TYPE_RE",
+    "FILES_DIR",
     "FLOW_NAME_RE",
     "LISTENABLE_NATIVE_EVENTS",
     "SETTINGS_FILE",
@@ -57,6 +60,7 @@ __all__ = [
     "WorkspaceSpec",
     "bundle_to_files",
     "classify_path",
+    "file_path_problem",
     "is_valid_hostname",
     "parse_bundle",
     "parse_settings",
@@ -128,6 +132,7 @@ SUBJECTS: tuple[str, ...] = (
     "apps",
     "sync_configs",
     "tokens",
+    "files",
 )
 BUILTIN_ROLES: tuple[str, ...] = ("owner", "editor", "operator", "viewer")
 # Condition keys a custom role rule may use, per subject (values are glob patterns);
@@ -143,10 +148,34 @@ CONDITION_KEYS: dict[str, tuple[str, ...]] = {
     "apps": ("app", "name"),
     "sync_configs": ("sync_config", "name"),
     "tokens": ("role", "name"),
+    "files": ("path", "name"),
 }
 
 WORKSPACE_FILE = "workspace.yml"
 SETTINGS_FILE = "settings.yml"
+FILES_DIR = "files/"
+FILE_PATH_MAX_DEPTH = 8
+FILE_PATH_MAX_LENGTH = 512
+
+
+def file_path_problem(path: Any) -> str | None:
+    """Why ``path`` is not a valid workspace file path (``reports/q1.csv``), or None."""
+    if not isinstance(path, str) or not path:
+        return "a file path is required"
+    if len(path) > FILE_PATH_MAX_LENGTH:
+        return f"a file path has at most {FILE_PATH_MAX_LENGTH} characters"
+    segments = path.split("/")
+    if len(segments) > FILE_PATH_MAX_DEPTH:
+        return f"a file path is at most {FILE_PATH_MAX_DEPTH} folders deep"
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            return f"invalid file path {path!r}: empty, '.' or '..' parts are not allowed"
+        if not _matches(_NAME, segment):
+            return (
+                f"invalid file path {path!r}: each part uses letters, digits, '_', '.' and '-',"
+                " starting with a letter or digit"
+            )
+    return None
 
 
 def _matches(pattern: re.Pattern[str], value: str) -> bool:
@@ -204,6 +233,8 @@ class WorkspaceBundle:
     pages: Mapping[str, str] = field(default_factory=dict)
     # Secret settings (``name: !secret value``): name -> value, None when only declared.
     secrets: Mapping[str, str | None] = field(default_factory=dict)
+    # Workspace files (``files/<path>``): path -> content.
+    files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- schema
@@ -643,7 +674,7 @@ def validate_script(name: str, script: str, file: str | None = None) -> None:
         raise SpecError(f"invalid Python script: {exc}", file=file) from None
 
 
-_KINDS = ("workspace", "settings", "flow", "page")
+_KINDS = ("workspace", "settings", "flow", "page", "file")
 
 
 def classify_path(path: str) -> tuple[str, str]:
@@ -655,6 +686,11 @@ def classify_path(path: str) -> tuple[str, str]:
         return "workspace", ""
     if path == SETTINGS_FILE:
         return "settings", ""
+    if path.startswith(FILES_DIR):
+        problem = file_path_problem(path[len(FILES_DIR) :])
+        if problem:
+            raise SpecError(problem, file=path)
+        return "file", path[len(FILES_DIR) :]
     for folder, suffix, kind in (("flows/", ".py", "flow"), ("pages/", ".html", "page")):
         if not path.startswith(folder):
             continue
@@ -676,7 +712,7 @@ def classify_path(path: str) -> tuple[str, str]:
         return kind, name
     raise SpecError(
         "unexpected file: a workspace folder holds workspace.yml, settings.yml, "
-        "flows/<name>.py and pages/<name>.html",
+        "flows/<name>.py, pages/<name>.html and files/<path>",
         file=path,
     )
 
@@ -703,9 +739,13 @@ def parse_bundle(files: Mapping[str, str]) -> WorkspaceBundle:
     settings.yml) and the first problem is raised as :class:`SpecError`.
     """
     kinds: dict[str, dict[str, str]] = {kind: {} for kind in _KINDS}
+    blobs: dict[str, bytes] = {}
     for path in sorted(files):
         kind, name = classify_path(path)
-        kinds[kind][name] = _check_text(path, files[path])
+        if kind == "file":
+            blobs[name] = _decode_file(path, files[path])
+        else:
+            kinds[kind][name] = _check_text(path, files[path])
     if "" not in kinds["workspace"]:
         raise SpecError("missing workspace.yml", file=WORKSPACE_FILE)
     flows = dict(sorted(kinds["flow"].items()))
@@ -716,7 +756,21 @@ def parse_bundle(files: Mapping[str, str]) -> WorkspaceBundle:
     settings = parse_settings(settings_text) if settings_text is not None else {}
     settings, secrets = split_secrets(settings)
     pages = dict(sorted(kinds["page"].items()))
-    return WorkspaceBundle(spec=spec, flows=flows, settings=settings, pages=pages, secrets=secrets)
+    return WorkspaceBundle(
+        spec=spec, flows=flows, settings=settings, pages=pages, secrets=secrets, files=blobs
+    )
+
+
+def _decode_file(path: str, text: Any) -> bytes:
+    """A ``files/`` entry of an apply: its content, base64 (binary files travel as text)."""
+    if not isinstance(text, str):
+        raise SpecError(f"expected base64 text, got {type(text).__name__}", file=path)
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise SpecError(
+            "files/ entries are sent base64-encoded; this one is not valid base64", file=path
+        ) from None
 
 
 # --------------------------------------------------------------------------- writing
@@ -787,4 +841,8 @@ def bundle_to_files(bundle: WorkspaceBundle) -> dict[str, str]:
         path = f"pages/{name}.html"
         classify_path(path)
         files[path] = bundle.pages[name]
+    for name in sorted(bundle.files):
+        path = FILES_DIR + name
+        classify_path(path)
+        files[path] = base64.b64encode(bundle.files[name]).decode("ascii")
     return files

@@ -11,8 +11,9 @@ from tests.linking.conftest import KeyMaker, public_pem_of
 ECHO = "def handler(system, this, inputs):\n    return this.success('echo')\n"
 
 
-def _link(server: LiveServer, make_key: KeyMaker, **controlling: Any) -> None:
-    """Workspaces sa (controlling, config to-b) and sb (controlled, config from-a)."""
+def link_workspaces(server: LiveServer, make_key: KeyMaker, **controlling: Any) -> None:
+    """Workspaces sa (controlling, config to-b) and sb (controlled, config from-a), linked on
+    one live server, with a flow ``echo`` in sa."""
     for slug in ("sa", "sb"):
         assert server.client.post("/api/v1/workspaces", json={"slug": slug}).status_code == 201
     assert (
@@ -57,7 +58,7 @@ def _run(server: LiveServer, ws: str, **body: Any) -> dict[str, Any]:
 def test_older_meaning_hides_linked_runs_unless_set(
     live_server: LiveServer, make_key: KeyMaker
 ) -> None:
-    _link(live_server, make_key, send_all_executions_meaning="list")
+    link_workspaces(live_server, make_key, send_all_executions_meaning="list")
     view = live_server.client.get("/api/v1/workspaces/sa/sync_config/to-b").json()
     assert view["send_all_executions_meaning"] == "list" and not view["send_all_executions"]
     remote = _run(live_server, "sa", flow="echo", remote="to-b")
@@ -81,7 +82,7 @@ def test_older_meaning_hides_linked_runs_unless_set(
 def test_v8_meaning_is_the_default_and_mirrors_every_execution(
     live_server: LiveServer, make_key: KeyMaker
 ) -> None:
-    _link(live_server, make_key, send_all_executions=True)
+    link_workspaces(live_server, make_key, send_all_executions=True)
     view = live_server.client.get("/api/v1/workspaces/sa/sync_config/to-b").json()
     assert view["send_all_executions_meaning"] == "mirror"
     local = _run(live_server, "sa", flow="echo")
@@ -99,7 +100,7 @@ def test_v8_meaning_is_the_default_and_mirrors_every_execution(
 
 
 def test_unknown_meaning_is_422(live_server: LiveServer, make_key: KeyMaker) -> None:
-    _link(live_server, make_key)
+    link_workspaces(live_server, make_key)
     response = live_server.client.patch(
         "/api/v1/workspaces/sa/sync_config/to-b", json={"send_all_executions_meaning": "all"}
     )
