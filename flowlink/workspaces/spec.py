@@ -85,6 +85,7 @@ LISTENABLE_NATIVE_EVENTS: tuple[str, ...] = (
     "error",
     "executions.ended",
     "executions.failed",
+    "files.updated",
     "settings.updated",
     "sync.*",
     "sync.configs.created",
