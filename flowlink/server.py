@@ -25,6 +25,7 @@ from flowlink.access.service import (
 )
 from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
+from flowlink.api.proxies import ForwardedHeaders
 from flowlink.errors import Unauthorized
 from flowlink.executions.worker import Worker
 from flowlink.linking.connector import LinkManager
@@ -158,6 +159,7 @@ def build_server(
         workspaces.rerender_all(session, os.environ)
     context = ServerContext(store=store, settings=settings)
     app = create_app(context)
+    app.add_middleware(ForwardedHeaders, trusted=settings.trusted_proxies)
     config = uvicorn.Config(
         app,
         host=host,
@@ -166,6 +168,9 @@ def build_server(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         access_log=False,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (and FORWARDED_ALLOW_IPS):
+        # only the configured trusted proxies count (ForwardedHeaders).
+        proxy_headers=False,
         lifespan="off",
         timeout_graceful_shutdown=10,
     )

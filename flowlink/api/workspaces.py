@@ -9,9 +9,11 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from flowlink.access.policy import allows, authorize, authorize_admin, visible
+from flowlink.access.service import Principal
 from flowlink.api.deps import Caller, Context
 from flowlink.events.triggers import ensure_webhook_keys
 from flowlink.settings import resolve_secret_key
+from flowlink.store.models import Workspace
 from flowlink.workspaces import service as workspaces
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
@@ -82,16 +84,27 @@ def delete_workspace(ws: str, context: Context, caller: Caller) -> Response:
     return Response(status_code=204)
 
 
+def _authorize_apply(caller: Principal, existing: Workspace | None) -> None:
+    if existing is None:
+        authorize_admin(caller, "create workspaces")
+    else:
+        authorize(caller, "update", "workspace", existing)
+
+
 @router.post("/{ws}/apply")
 def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) -> dict[str, Any]:
     """Create or update the workspace from its folder's files, all or nothing."""
+    with context.store.read() as session:
+        existing = workspaces.find_workspace(session, ws)
+        _authorize_apply(caller, existing)
+        workspaces.precheck_new_settings(
+            session, existing, body.files, context.settings.apply_max_settings
+        )
     bundle = workspaces.parse_files(body.files)
     with context.store.write() as session:
         existing = workspaces.find_workspace(session, ws)
-        if existing is None:
-            authorize_admin(caller, "create workspaces")
-        else:
-            authorize(caller, "update", "workspace", existing)
+        _authorize_apply(caller, existing)
+        if existing is not None:
             for name in bundle.secrets:
                 authorize(caller, "manage", "settings", existing, {"setting": name})
         result = workspaces.apply_bundle(
@@ -99,6 +112,7 @@ def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) 
             bundle,
             os.environ,
             expected_slug=ws,
+            max_new_settings=context.settings.apply_max_settings,
             secret_key=resolve_secret_key(context.settings) if bundle.secrets else None,
         )
         view = result.view()

@@ -84,9 +84,19 @@ def server(
     tls_key: Annotated[str | None, typer.Option(help="TLS private key (PEM)")] = None,
     worker: Annotated[bool, typer.Option(help="Run a worker in this process")] = True,
     demo: Annotated[bool, typer.Option(help="Apply the demo workspace and print a login")] = False,
+    trusted_proxies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated addresses or CIDR networks of reverse proxies whose"
+            " X-Forwarded-For is believed (default: FLOWLINK_TRUSTED_PROXIES, else none)"
+        ),
+    ] = None,
 ) -> None:
     """Run the API server (with a worker) on the store from FLOWLINK_DATABASE_URL."""
+    from dataclasses import replace
+
     from flowlink.server import build_server, prepare_demo, serve
+    from flowlink.settings import trusted_proxies as parse_proxies
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -94,7 +104,12 @@ def server(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per link exchange is noise
     if bool(tls_cert) != bool(tls_key):
         raise fail("--tls-cert and --tls-key go together")
-    settings = ServerSettings.from_env()
+    try:
+        settings = ServerSettings.from_env()
+        if trusted_proxies is not None:
+            settings = replace(settings, trusted_proxies=parse_proxies(trusted_proxies))
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     running = build_server(
         settings, host=host, port=port, with_worker=worker, tls_cert=tls_cert, tls_key=tls_key
     )

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import UTC
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import identity_principal
@@ -34,6 +32,7 @@ from flowlink.events.service import (
     NATIVE_PENDING,
     check_payload_size,
     event_row,
+    insert_rows,
     iso_time,
     record,
     validate_event_type,
@@ -262,35 +261,6 @@ def _dispatch(
             )
 
 
-_SQLITE_INSERT = (
-    "INSERT INTO events (id, workspace_id, type, created_at, size, source, payload, "
-    "correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def _insert_sqlite(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Batch ingest on SQLite: one executemany of plain tuples, without per-value processing.
-
-    Values are stored exactly as the ``Event`` model stores them (JSON text, naive UTC times).
-    """
-    session.connection().exec_driver_sql(
-        _SQLITE_INSERT,
-        [
-            (
-                row["id"],
-                row["workspace_id"],
-                row["type"],
-                row["created_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
-                row["size"],
-                json.dumps(row["source"]),
-                json.dumps(row["payload"]),
-                row["correlation_id"],
-            )
-            for row in rows
-        ],
-    )
-
-
 def emit_many(
     session: Session,
     workspace: Workspace,
@@ -336,10 +306,7 @@ def emit_many(
         rows.append(row)
     # A plain executemany, then one indexed read of the seqs: RETURNING with a guaranteed
     # order falls back to one statement per row on SQLite.
-    if session.get_bind().dialect.name == "sqlite":
-        _insert_sqlite(session, rows)
-    else:
-        session.execute(insert(Event), rows)
+    insert_rows(session, rows)
     seqs: dict[str, int] = {}
     ids = [row["id"] for row in rows]
     for start in range(0, len(ids), 5000):

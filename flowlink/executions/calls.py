@@ -52,6 +52,60 @@ def _secret_strings(value: Any) -> Iterator[str]:
         yield json.dumps(value)
 
 
+class LogCap:
+    """The log lines and bytes one execution may store; what is over is counted, not kept.
+
+    A line that would pass either limit and every line after it are dropped; the first drop
+    adds a line saying so, and :meth:`summary` is the final line with what was dropped.
+    """
+
+    def __init__(self, max_lines: int, max_bytes: int) -> None:
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.lines = 0
+        self.bytes = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+
+    def admit(self, lines: list[str]) -> list[str]:
+        """The lines to keep of ``lines`` (plus the notice when the limit is reached)."""
+        if self.dropped_lines:
+            self._drop(lines)
+            return []
+        kept: list[str] = []
+        for index, line in enumerate(lines):
+            size = _size(line)
+            if self.lines + 1 > self.max_lines or self.bytes + size > self.max_bytes:
+                self._drop(lines[index:])
+                kept.append(
+                    f"[flowlink] log limit reached ({self.max_lines} lines or"
+                    f" {self.max_bytes} bytes per execution): further output is dropped"
+                )
+                break
+            self.lines += 1
+            self.bytes += size
+            kept.append(line)
+        return kept
+
+    def _drop(self, lines: list[str]) -> None:
+        self.dropped_lines += len(lines)
+        self.dropped_bytes += sum(_size(line) for line in lines)
+
+    def summary(self) -> str | None:
+        """The final line telling how much was dropped (None if nothing was)."""
+        if not self.dropped_lines:
+            return None
+        return (
+            f"[flowlink] {self.dropped_lines} log lines ({self.dropped_bytes} bytes) over the"
+            " limit were dropped"
+        )
+
+
+def _size(line: str) -> int:
+    """Bytes a log line takes (UTF-8 with its newline; invalid characters count as one)."""
+    return len(line.encode("utf-8", "replace")) + 1
+
+
 class ChildLauncher(Protocol):
     """What the worker offers for starting a child directly (see ``_start_child_now``)."""
 
@@ -91,6 +145,7 @@ class FlowApiCalls:
         self._retake_slot = retake_slot
         self._worker = worker
         self._pending_logs: list[str] = []
+        self.log_cap = LogCap(settings.log_max_lines, settings.log_max_bytes)
         self._last_flush = time.monotonic()
         self._acting = (execution.principal, execution.user_id)
         self._principal: Principal | None = None
@@ -112,16 +167,24 @@ class FlowApiCalls:
             "file.list": self._file_list,
             "user.get_own": self._user_get_own,
         }
+        # Calls that manage their own transactions (waiting must not hold one).
+        self._direct: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "execution.wait": lambda params: self._wait(str(params.get("id"))),
+            "execution.start_child": self._start_child_now,
+        }
+
+    def methods(self) -> list[str]:
+        """Every ``flow_api`` call this answers (the surface the permission matrix covers)."""
+        return sorted({*self._handlers, *self._direct})
 
     # --- entry points for the runtime -----------------------------------------------------
 
     def handle(self, method: str, params: dict[str, Any]) -> Any:
         """Do one call; domain errors become the ``flow_api`` exceptions of the same meaning."""
         self.flush_logs()
-        if method == "execution.wait":
-            return self._wait(str(params.get("id")))
-        if method == "execution.start_child":
-            return self._start_child_now(params)
+        direct = self._direct.get(method)
+        if direct is not None:
+            return direct(params)
         handler = self._handlers.get(method)
         if handler is None:
             raise FlowApiError(f"unknown flow_api call {method!r}")
@@ -144,10 +207,14 @@ class FlowApiCalls:
         return text
 
     def write_logs(self, lines: list[str]) -> None:
-        """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``."""
+        """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``.
+
+        Values of secrets the script read are redacted first; lines over the execution's log
+        limit are only counted (see :class:`LogCap`).
+        """
         if self._secrets:
             lines = [self.redact(line) for line in lines]
-        self._pending_logs.extend(lines)
+        self._pending_logs.extend(self.log_cap.admit(lines))
         if (
             len(self._pending_logs) >= LOG_FLUSH_LINES
             or time.monotonic() - self._last_flush >= LOG_FLUSH_SECONDS
@@ -155,9 +222,15 @@ class FlowApiCalls:
             self.flush_logs()
 
     def take_pending_logs(self) -> list[str]:
-        """Hand over the log lines not yet written (the worker writes them with the ending)."""
+        """Hand over the log lines not yet written (the worker writes them with the ending).
+
+        They end with the line telling how many lines were over the limit, if any were.
+        """
         self._record_denials()
         lines, self._pending_logs = self._pending_logs, []
+        summary = self.log_cap.summary()
+        if summary is not None:
+            lines.append(summary)
         return lines
 
     def flush_logs(self) -> None:
@@ -214,10 +287,19 @@ class FlowApiCalls:
             return execution
         return executions.get_execution(session, workspace, str(execution_id))
 
+    def _authorize_read(self, session: Session, workspace: Workspace, execution: Execution) -> None:
+        """Reading another execution needs ``read executions`` on its flow, as its GET route.
+
+        An execution's own record and those of the children it started need nothing more, as
+        ``POST .../executions`` with ``wait`` returns the execution it started.
+        """
+        if self.execution_id in (execution.id, execution.parent_id):
+            return
+        self._authorize(session, workspace, "read", "executions", {"flow": execution.flow_name})
+
     def _execution_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         execution = self._target(session, workspace, params.get("id"))
-        if execution.id != self.execution_id:
-            self._authorize(session, workspace, "read", "executions", {"flow": execution.flow_name})
+        self._authorize_read(session, workspace, execution)
         field = str(params.get("field") or "")
         if field == "script":
             return execution.script
@@ -347,7 +429,7 @@ class FlowApiCalls:
         secret = params.get("secret")
         existing = workspaces.find_setting(session, workspace, name)
         manage = bool(secret) or (existing is not None and existing.secret)
-        action = "manage" if manage else "update"
+        action = "manage" if manage else "update" if existing is not None else "create"
         self._authorize(session, workspace, action, "settings", {"setting": name})
         workspaces.put_setting(
             session,
@@ -456,6 +538,7 @@ class FlowApiCalls:
                 raise FlowApiError(error.message) from error
             except NotFound as error:
                 raise ResourceNotFound(error.message) from error
+            self._authorize_read(session, workspace, child)
             if child.status in executions.ENDED:
                 return self._ended_view(child, workspace.slug)
             executions.set_waiting(session, self.execution_id, True)

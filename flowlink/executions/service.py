@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
@@ -269,10 +269,12 @@ def execution_view(
 def append_logs(session: Session, execution_id: str, lines: Iterable[str]) -> None:
     """Append log lines to an execution."""
     now = utcnow()
-    session.add_all(
-        ExecutionLog(execution_id=execution_id, created_at=now, line=line[:MAX_LOG_LINE])
+    rows = [
+        {"execution_id": execution_id, "created_at": now, "line": line[:MAX_LOG_LINE]}
         for line in lines
-    )
+    ]
+    if rows:
+        session.execute(insert(ExecutionLog), rows)
 
 
 def get_logs(

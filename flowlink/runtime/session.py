@@ -42,6 +42,8 @@ ERROR_KINDS = frozenset(
 )
 
 _POLL_INTERVAL = 0.05
+# Raw output without a newline is cut into lines of this size, so it cannot pile up.
+_MAX_PARTIAL_LINE = 256 * 1024
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
@@ -112,6 +114,9 @@ class _Driver:
             data = self.raw + chunk
             *lines, self.raw = data.split(b"\n")
             self.logs.extend(line.decode("utf-8", "replace") for line in lines)
+            if len(self.raw) > _MAX_PARTIAL_LINE:
+                self.logs.append(self.raw.decode("utf-8", "replace"))
+                self.raw = b""
 
     def finish_output(self) -> None:
         self.read_output()

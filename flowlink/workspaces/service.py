@@ -8,16 +8,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+import yaml
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from flowlink import atrest
 from flowlink.errors import Conflict, Invalid, NotFound
-from flowlink.events.service import record
-from flowlink.store.models import Automation, AutomationTrigger, Flow, Setting, Workspace, utcnow
+from flowlink.events.service import event_row, record, record_rows
+from flowlink.store.models import (
+    Automation,
+    AutomationTrigger,
+    Flow,
+    Setting,
+    Workspace,
+    new_id,
+    utcnow,
+)
 from flowlink.workspaces.files import apply_files, list_files
 from flowlink.workspaces.spec import (
     FLOW_NAME_RE,
+    SETTINGS_FILE,
     SLUG_RE,
     AutomationSpec,
     RoleRule,
@@ -217,14 +227,16 @@ def apply_bundle(
     environ: Mapping[str, str],
     *,
     expected_slug: str | None = None,
+    max_new_settings: int | None = None,
     secret_key: str | None = None,
 ) -> ApplyResult:
     """Create or update a workspace from a parsed folder, all or nothing, idempotently.
 
     Flows and automations are declarative (those missing from the folder are removed);
     settings from ``settings.yml`` are initial values: created when missing, never overwritten
-    (flows own settings at run time). Secret settings (``!secret``) are encrypted with
-    ``secret_key``, the server's secret key.
+    (flows own settings at run time). ``max_new_settings`` bounds the settings one apply
+    creates (and so the time it holds the store's write lock). Secret settings (``!secret``)
+    are encrypted with ``secret_key``, the server's secret key.
     """
     spec = bundle.spec
     if expected_slug is not None and spec.slug != expected_slug:
@@ -275,7 +287,9 @@ def apply_bundle(
 
     result.changes["flows"] = _sync_flows(session, workspace, bundle.flows)
     result.changes["automations"] = _sync_automations(session, workspace, spec.automations)
-    result.changes["settings"] = _apply_settings(session, workspace, bundle.settings)
+    result.changes["settings"] = _apply_settings(
+        session, workspace, bundle.settings, limit=max_new_settings
+    )
     if bundle.secrets:
         result.changes["settings"] += _apply_secrets(session, workspace, bundle.secrets, secret_key)
     if bundle.files:
@@ -362,15 +376,114 @@ def _sync_automations(
 
 
 def _apply_settings(
-    session: Session, workspace: Workspace, settings: Mapping[str, Any]
+    session: Session,
+    workspace: Workspace,
+    settings: Mapping[str, Any],
+    *,
+    limit: int | None = None,
 ) -> list[str]:
-    """``settings.yml`` holds initial values: missing settings are created, existing ones kept."""
-    changes = []
-    for name, value in settings.items():
-        if find_setting(session, workspace, name) is None:
-            put_setting(session, workspace, name, value)
-            changes.append(f"+{name}")
-    return changes
+    """``settings.yml`` holds initial values: missing settings are created, existing ones kept.
+
+    The one function that writes settings at apply. One query finds the names that exist;
+    the missing settings and their ``settings.updated`` events are each written with one
+    bulk statement, so a large ``settings.yml`` holds the store's write lock briefly.
+    """
+    if not settings:
+        return []
+    existing = set(
+        session.scalars(select(Setting.name).where(Setting.workspace_id == workspace.id))
+    )
+    missing = [name for name in settings if name not in existing]
+    if limit is not None and len(missing) > limit:
+        raise too_many_settings(len(missing), limit)
+    for name in missing:
+        check_name("setting", name)
+    if not missing:
+        return []
+    now = utcnow()
+    session.execute(
+        insert(Setting),
+        [
+            {
+                "id": new_id(),
+                "workspace_id": workspace.id,
+                "name": name,
+                "value": settings[name],
+                "secret": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for name in missing
+        ],
+    )
+    record_rows(
+        session,
+        [
+            event_row(
+                workspace.id, workspace.slug, "settings.updated", {"name": name, "created": True}
+            )
+            for name in missing
+        ],
+    )
+    return [f"+{name}" for name in missing]
+
+
+def too_many_settings(count: int, limit: int, *, at_least: bool = False) -> Invalid:
+    """The error of an apply that would create more than ``limit`` settings."""
+    return Invalid(
+        f"settings.yml would create {'at least ' if at_least else ''}{count} settings; one"
+        f" apply creates at most {limit} (FLOWLINK_APPLY_MAX_SETTINGS): apply them in parts,"
+        " or write them with PUT .../settings/{name}",
+        details={"file": SETTINGS_FILE, "field": "settings", "count": count, "limit": limit},
+    )
+
+
+def precheck_new_settings(
+    session: Session, workspace: Workspace | None, files: Mapping[str, str], limit: int
+) -> None:
+    """Refuse, before the costly parse, a ``settings.yml`` with too many new settings.
+
+    Counting the top-level keys with libyaml's event parser costs a few percent of the full
+    parse (which keeps line numbers for errors and holds the GIL for seconds on a large
+    file). Settings that exist may be among them, so only a count that exceeds the limit
+    even if they all are is refused; the apply itself checks the exact number.
+    """
+    text = files.get(SETTINGS_FILE)
+    if not isinstance(text, str) or len(text) < limit:  # each entry takes 2+ characters
+        return
+    entries = count_top_level_keys(text)
+    if entries <= limit:
+        return
+    existing = 0
+    if workspace is not None:
+        existing = int(
+            session.scalar(select(func.count()).where(Setting.workspace_id == workspace.id)) or 0
+        )
+    if entries - existing > limit:
+        raise too_many_settings(entries - existing, limit, at_least=existing > 0)
+
+
+def count_top_level_keys(text: str) -> int:
+    """The number of keys of a YAML document's top-level mapping (0 if not a mapping/invalid)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    depth = 0
+    nodes = 0
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.NodeEvent):
+                if depth == 0 and not isinstance(event, yaml.MappingStartEvent):
+                    return 0
+                if depth == 1:
+                    nodes += 1
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            elif isinstance(event, yaml.DocumentEndEvent):
+                break
+    except yaml.YAMLError:
+        return 0  # the full parse reports it, with its line
+    return nodes // 2
 
 
 def _apply_secrets(
