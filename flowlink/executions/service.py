@@ -15,7 +15,14 @@ from flowlink.events.service import automation_executed_row, event_row, record, 
 from flowlink.observability import metrics
 from flowlink.observability.tracing import current_traceparent, valid_traceparent
 from flowlink.store import notify
-from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
+from flowlink.store.models import (
+    Execution,
+    ExecutionLog,
+    SyncConfig,
+    Workspace,
+    new_id,
+    utcnow,
+)
 from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
 from flowlink.workspaces.spec import SpecError, validate_script
 
@@ -57,8 +64,12 @@ def create_execution(
     principal: dict[str, Any] | None = None,
     remote_config_id: str | None = None,
     traceparent: str | None = None,
+    http: dict[str, Any] | None = None,
 ) -> Execution:
     """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script.
+
+    ``http`` (method, path, ip) is the request that started it, for the ``executions.created``
+    event. A login session's id in ``trigger["sessionId"]`` is inherited by children.
 
     ``principal`` (``Principal.describe()``) is who it acts as; a child inherits its parent's.
     ``remote_config_id`` marks an execution that runs in a linked workspace and is only
@@ -67,6 +78,10 @@ def create_execution(
     """
     if inputs is not None and not isinstance(inputs, dict):
         raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
+    trigger = dict(trigger or {"type": "api"})
+    inherited = (parent.trigger or {}).get("sessionId") if parent is not None else None
+    if inherited and "sessionId" not in trigger:
+        trigger["sessionId"] = inherited
     if max_runtime is not None and not (0 < max_runtime <= 7 * 24 * 3600):
         raise Invalid(
             "max_runtime must be between 0 and 604800 seconds", details={"field": "max_runtime"}
@@ -97,7 +112,7 @@ def create_execution(
         depth=parent.depth + 1 if parent else 0,
         max_runtime=max_runtime or default_max_runtime,
         user_id=user_id or (parent.user_id if parent else None),
-        trigger=trigger or {"type": "api"},
+        trigger=trigger,
         cancel_requested=False,
         principal=principal if principal is not None else (parent.principal if parent else None),
         remote_config_id=remote_config_id,
@@ -112,10 +127,26 @@ def create_execution(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
+        extra_source=execution_source(trigger, http),
     )
     if remote_config_id is None:
         notify.announce(session, notify.QUEUED, execution.id)
     return execution
+
+
+def execution_source(
+    trigger: dict[str, Any] | None, http: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The event ``source`` fields an execution adds: its login session and automation."""
+    trigger = trigger or {}
+    source: dict[str, Any] = {}
+    if trigger.get("sessionId"):
+        source["sessionId"] = trigger["sessionId"]
+    if trigger.get("automation"):
+        source["automationSlug"] = trigger["automation"]
+    if http:
+        source["http"] = dict(http)
+    return source or None
 
 
 def check_script(name: str, script: str) -> None:
@@ -149,6 +180,17 @@ def list_executions(
 ) -> list[Execution]:
     """Executions of a workspace, newest first; ``before`` is the last id of the previous page."""
     query = select(Execution).where(Execution.workspace_id == workspace.id)
+    if not parent_id:
+        # Runs started through a link whose config follows the older meaning of "send all
+        # executions" (unset) stay out of the list (their parents still show them).
+        hidden = select(SyncConfig.id).where(
+            SyncConfig.workspace_id == workspace.id,
+            SyncConfig.send_all_executions_meaning == "list",
+            SyncConfig.send_all_executions.is_(False),
+        )
+        query = query.where(
+            or_(Execution.remote_config_id.is_(None), Execution.remote_config_id.not_in(hidden))
+        )
     if status:
         if status not in ALL_STATUSES:
             raise Invalid(f"unknown status {status!r}", details={"field": "status"})
@@ -396,6 +438,7 @@ def _started(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
+        extra_source=execution_source(execution.trigger),
     )
     waited = (execution.started_at or utcnow()) - execution.created_at
     metrics.count_started(session, [(workspace.slug, waited.total_seconds())])
@@ -517,6 +560,7 @@ def finish_many(
                 correlation_id=row.correlation_id,
                 execution_id=execution_id,
                 user_id=row.user_id,
+                extra_source=execution_source(row.trigger),
             )
         )
         automation_row = automation_executed_row(

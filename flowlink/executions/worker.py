@@ -389,8 +389,8 @@ class Worker:
         )
         logs = calls.take_pending_logs()
         if result.traceback:
-            logs += result.traceback.rstrip("\n").splitlines()
-        message = result.message
+            logs += [calls.redact(line) for line in result.traceback.rstrip("\n").splitlines()]
+        message = None if result.message is None else calls.redact(result.message)
         if result.status == executions.CANCELLED:
             message = message or "cancelled"
         outcome = executions.Outcome(result.status, message, result.outputs, result.error_kind)

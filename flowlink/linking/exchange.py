@@ -96,6 +96,7 @@ def start_remote_execution(
     trigger: dict[str, Any] | None = None,
     principal: dict[str, Any] | None = None,
     default_max_runtime: float = 3600.0,
+    http: dict[str, Any] | None = None,
 ) -> Execution:
     """Start a flow in the linked workspace; returns the local execution that mirrors it.
 
@@ -134,6 +135,7 @@ def start_remote_execution(
         default_max_runtime=default_max_runtime,
         principal=principal,
         remote_config_id=config.id,
+        http=http,
     )
     session.add(_follow(config, ORIGIN, execution.id, execution.id, executions.QUEUED))
     outbox.enqueue(
@@ -459,6 +461,7 @@ def _mark_started(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
+        extra_source=executions.execution_source(execution.trigger),
     )
 
 
@@ -479,7 +482,11 @@ def _apply_cancel(
 
 
 def _sends_all(config: SyncConfig) -> bool:
-    return config.send_all_executions and direction_of(config) == CONTROLLING
+    return (
+        config.send_all_executions
+        and config.send_all_executions_meaning in (None, "mirror")
+        and direction_of(config) == CONTROLLING
+    )
 
 
 def _untracked_query(config: SyncConfig, limit: int) -> Any:

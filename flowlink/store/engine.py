@@ -123,6 +123,9 @@ class Store:
             expire_on_commit=False,
         )
         self.notifier = notify.Notifier()
+        from flowlink.events.triggers import install as install_native_triggers
+
+        install_native_triggers(session_class)  # before notify: its starts are announced too
         notify.install(session_class, self.notifier)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._listener: notify.PostgresListener | None = None

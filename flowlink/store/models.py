@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -104,6 +105,23 @@ class Setting(Base):
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[Any] = mapped_column(JSONType, nullable=True)
     secret: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WorkspaceFile(Base):
+    """A file of a workspace (``files/`` in a workspace folder, ``system.file`` in flows)."""
+
+    __tablename__ = "workspace_files"
+    __table_args__ = (UniqueConstraint("workspace_id", "path", name="uq_workspace_files_path"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(512))
+    # Deferred: listing files never loads their content.
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -304,6 +322,8 @@ class SyncConfig(Base):
     remote_public_key: Mapped[str] = mapped_column(Text)  # one or two SPKI PEM keys
     remote_fingerprints: Mapped[list[str]] = mapped_column(JSONType, default=list)
     send_all_executions: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "mirror" (None: the default, Workspace Linking v8) or "list" (the older meaning).
+    send_all_executions_meaning: Mapped[str | None] = mapped_column(String(16))
     sync_interval: Mapped[float | None] = mapped_column(Float)
     direction: Mapped[str | None] = mapped_column(String(16))
     # The role executions started through this link run under in this workspace.
