@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import StreamingResponse
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from flowlink import jsonsafe
 from flowlink.access.policy import authorize, event_reader
+from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.api.executions import wait_for_end
+from flowlink.api.responses import SafeJSONResponse as JSONResponse
 from flowlink.errors import Invalid, Unauthorized
 from flowlink.events import service as events
 from flowlink.events import triggers
@@ -33,16 +36,16 @@ WEBHOOK_WAIT_SECONDS = 30.0
 MAX_WEBHOOK_BODY = 1_000_000
 
 
-class EventIn(BaseModel):
+class EventIn(RequestBody):
     type: str = Field(description="Event type, ^[A-Za-z0-9._-]{1,128}$")
     payload: Any = Field(None, description="Any JSON value, up to 100 kB")
 
 
-class EmitBody(BaseModel):
+class EmitBody(RequestBody):
     type: str | None = Field(None, description="Event type (one event)")
     payload: Any = Field(None, description="Payload of the one event")
     events: list[EventIn] | None = Field(
-        None, max_length=MAX_BATCH, description="A batch of events, all or none"
+        None, min_length=1, max_length=MAX_BATCH, description="A batch of events, all or none"
     )
     correlationId: str | None = Field(
         None, max_length=64, description="Correlation id (a new one when omitted)"
@@ -157,7 +160,7 @@ def search_events(
 
 
 def _sse(view: dict[str, Any], position: int) -> str:
-    data = json.dumps(view, separators=(",", ":"), default=str)
+    data = jsonsafe.dumps(view, separators=(",", ":"), default=str)
     return f"id: {position}\nevent: {view['type']}\ndata: {data}\n\n"
 
 
@@ -331,11 +334,9 @@ async def webhook(
             except Unauthorized as error:
                 rejected = error
         if rejected is not None:
-            with context.store.write() as session:
-                workspace = workspaces.get_workspace(session, ws)
-                triggers.record_webhook_rejected(
-                    session, workspace, automation, str(rejected.details.get("reason")), http
-                )
+            reason = str(rejected.details.get("reason"))
+            window = context.settings.rejection_window
+            triggers.note_webhook_rejected(context.store, window, ws, automation, reason, http)
             raise rejected
         with context.store.write() as session:
             workspace = workspaces.get_workspace(session, ws)

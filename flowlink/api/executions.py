@@ -6,11 +6,12 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from flowlink.access.policy import allows, authorize
 from flowlink.access.service import Principal
+from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
@@ -25,7 +26,7 @@ MAX_WAIT_SECONDS = 300.0
 MAX_BATCH = 1000
 
 
-class ExecutionCreate(BaseModel):
+class ExecutionCreate(RequestBody):
     flow: str | None = Field(None, description="Name of the flow to run")
     inputs: dict[str, Any] | None = Field(None, description="Inputs (a JSON object)")
     script: str | None = Field(
@@ -46,7 +47,7 @@ class ExecutionCreate(BaseModel):
     )
 
 
-class ExecutionBatch(BaseModel):
+class ExecutionBatch(RequestBody):
     executions: list[ExecutionCreate] = Field(
         min_length=1, max_length=MAX_BATCH, description="Executions to start, all or none"
     )

@@ -6,9 +6,10 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flowlink.access.policy import allows, authorize, authorize_admin, visible
+from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
 from flowlink.events.triggers import ensure_webhook_keys
 from flowlink.workspaces import service as workspaces
@@ -16,24 +17,24 @@ from flowlink.workspaces import service as workspaces
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
 
-class WorkspaceCreate(BaseModel):
+class WorkspaceCreate(RequestBody):
     slug: str = Field(description="2-63 of a-z 0-9 -")
     name: str | None = None
     description: str | None = None
 
 
-class ApplyBody(BaseModel):
+class ApplyBody(RequestBody):
     files: dict[str, str] = Field(
         description="The workspace folder: 'workspace.yml', 'flows/<name>.py', 'settings.yml'"
     )
 
 
-class FlowBody(BaseModel):
+class FlowBody(RequestBody):
     script: str
     description: str | None = None
 
 
-class SettingBody(BaseModel):
+class SettingBody(RequestBody):
     value: Any = Field(description="Any JSON value")
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.access.service import identity_principal
 from flowlink.errors import FlowlinkError, NotFound, Unauthorized
+from flowlink.events.rejections import rejection_log
 from flowlink.events.service import (
     check_payload_size,
     event_row,
@@ -30,6 +31,7 @@ from flowlink.events.service import (
 )
 from flowlink.executions.service import create_execution
 from flowlink.store import notify
+from flowlink.store.engine import Store
 from flowlink.store.models import (
     Automation,
     AutomationKey,
@@ -40,6 +42,7 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
+from flowlink.workspaces.service import find_workspace
 
 DEFAULT_MAX_DEPTH = 20
 IDENTITY_KIND = {"endpoint": "webhook", "schedule": "schedule", "event": "automation"}
@@ -460,15 +463,38 @@ def record_webhook_rejected(
     slug: str,
     reason: str,
     http: Mapping[str, Any],
+    aggregate: Mapping[str, Any] | None = None,
 ) -> None:
-    """Record a refused webhook call as an ``error`` event (in its own transaction)."""
+    """Record a refused webhook call as an ``error`` event (in its own transaction).
+
+    ``aggregate`` (``count``...) says how many refusals the event stands for.
+    """
     record(
         session,
         workspace,
         "error",
-        {"message": f"webhook {slug!r} refused: {reason}", "reason": reason, "automation": slug},
+        {
+            "message": f"webhook {slug!r} refused: {reason}",
+            "reason": reason,
+            "automation": slug,
+            **(aggregate or {}),
+        },
         extra_source={"automationSlug": slug, "http": dict(http)},
     )
+
+
+def note_webhook_rejected(
+    store: Store, window: float, workspace_slug: str, slug: str, reason: str, http: dict[str, Any]
+) -> None:
+    """Record a refused webhook call, aggregated per client address and ``window`` seconds."""
+
+    def write(session: Session, aggregate: dict[str, Any]) -> None:
+        workspace = find_workspace(session, workspace_slug)
+        if workspace is not None:
+            record_webhook_rejected(session, workspace, slug, reason, http, aggregate)
+
+    key = ("webhook.rejected", workspace_slug, slug, reason)
+    rejection_log(store, window).note(key, http.get("ip"), write)
 
 
 def filter_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,12 @@
+"""The base of every request body model."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: an unknown field (a typo such as ``max_runtme``) is refused with
+    422 naming it instead of being ignored, and so is a non-finite number."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -1,0 +1,143 @@
+"""The request body guard: size limits enforced while reading, and JSON that is fit to store.
+
+An ASGI middleware in front of every route. It counts the bytes of the body as they arrive
+(a ``Content-Length`` over the limit is refused before anything is read, and a chunked body
+without one is refused as soon as it passes the limit), so a large body never reaches
+memory. Routes that need no login (``/auth/login``, webhooks, a ``/sync`` request without a
+signature) and requests without credentials get the tighter public limit.
+
+A JSON body is then checked once, before any route sees it: invalid UTF-8, a lone
+surrogate (``"\\ud800"``), ``NaN``/``Infinity`` or nesting too deep for the parser are
+refused with 422 naming the field, so nothing of the kind is ever stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flowlink.api.errors import error_response, is_sync_path, is_webhook_path
+from flowlink.jsonsafe import find_problem
+from flowlink.settings import ServerSettings
+
+LOGIN_PATH = "/api/v1/auth/login"
+SESSION_COOKIE_PREFIX = "flowlink_session="
+
+
+class BodyGuard:
+    """Refuse request bodies over their limit (413) and JSON unfit to store (422)."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def limit_for(self, path: str, headers: Headers) -> tuple[int, str]:
+        """The byte limit of a request and the setting that sets it."""
+        public = (self.settings.max_public_body_bytes, "FLOWLINK_MAX_PUBLIC_BODY_BYTES")
+        full = (self.settings.max_body_bytes, "FLOWLINK_MAX_BODY_BYTES")
+        if is_sync_path(path):
+            # The signature is checked once the body is read; an unsigned request is refused
+            # anyway, so it gets no more room than any other public request.
+            return full if "signature-input" in headers else public
+        if path == LOGIN_PATH or is_webhook_path(path):
+            return public
+        if "authorization" in headers or SESSION_COOKIE_PREFIX in headers.get("cookie", ""):
+            return full
+        return public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        limit, setting = self.limit_for(scope["path"], headers)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await self._too_large(scope, receive, send, limit, setting)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(scope, receive, send, limit, setting)
+                return
+            if chunk:
+                chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        chunks.clear()
+        if body:
+            problem = json_problem(scope["path"], headers, body)
+            if problem is not None:
+                field, reason = problem
+                response = error_response(
+                    422,
+                    "invalid",
+                    f"{field}: {reason}",
+                    {"field": field, "errors": [{"field": field, "message": reason}]},
+                )
+                await response(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _too_large(
+        scope: Scope, receive: Receive, send: Send, limit: int, setting: str
+    ) -> None:
+        response = error_response(
+            413,
+            "payload_too_large",
+            f"the request body is larger than the limit of {limit} bytes (set by {setting})",
+            {"limit": limit, "setting": setting},
+        )
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+
+def json_problem(path: str, headers: Headers, body: bytes) -> tuple[str, str] | None:
+    """``(field, reason)`` if a body that will be read as JSON is unfit to store, else None.
+
+    A body is read as JSON when its content type says so, when it has none (FastAPI parses
+    it as JSON then), and on a webhook when it starts like a JSON document. Bodies that are
+    not JSON at all are left to the route, which answers them as it always did.
+    """
+    content_type = headers.get("content-type", "").lower()
+    declared = "json" in content_type
+    webhook = is_webhook_path(path)
+    if not declared:
+        if webhook:
+            if body.lstrip()[:1] not in (b"{", b"["):
+                return None
+        elif content_type:
+            return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if webhook and not declared:
+            return None  # read as text, invalid bytes replaced by U+FFFD
+        return "body", f"not valid UTF-8 (byte {exc.start})"
+    try:
+        value: Any = json.loads(text)
+    except RecursionError:
+        return "body", "nested too deeply"
+    except ValueError:
+        return None
+    return find_problem(value)
