@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from flowlink import jsonsafe
 from flowlink.access.policy import authorize, event_reader
-from flowlink.api.bodies import RequestBody
+from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.api.executions import wait_for_end
 from flowlink.api.responses import SafeJSONResponse as JSONResponse
@@ -137,7 +137,9 @@ def search_events(
     before_date: Annotated[str | None, Query(alias="beforeDate")] = None,
     correlation_id: Annotated[str | None, Query(alias="correlationId")] = None,
     limit: Annotated[int, Query(ge=1, le=events.MAX_SEARCH_LIMIT)] = 50,
-    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the last page")] = None,
+    cursor: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the last page")
+    ] = None,
 ) -> dict[str, Any] | JSONResponse:
     """Search events, newest first; also ``source.<field>=`` and ``payload.<path>=`` matches.
 
@@ -253,7 +255,7 @@ async def stream_events(
     after_date: Annotated[str | None, Query(alias="afterDate")] = None,
     before_date: Annotated[str | None, Query(alias="beforeDate")] = None,
     correlation_id: Annotated[str | None, Query(alias="correlationId")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Start after this seq")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Start after this seq")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events of the workspace (``id:`` = seq); resumes from ``Last-Event-ID``."""
@@ -262,6 +264,8 @@ async def stream_events(
     if last_event_id is not None and last_event_id.strip():
         try:
             start = int(last_event_id)
+            if not 0 <= start <= MAX_ID:
+                raise ValueError(start)
         except ValueError:
             raise Invalid(
                 "Last-Event-ID must be an event seq (an integer)",

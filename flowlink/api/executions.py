@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.access.policy import allows, authorize
 from flowlink.access.service import Principal
-from flowlink.api.bodies import RequestBody
+from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
@@ -224,7 +224,7 @@ def get_logs(
     execution_id: str,
     context: Context,
     caller: Caller,
-    after: Annotated[int, Query(ge=0, description="Only lines after this log id")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="Only lines after this log id")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> dict[str, Any]:
     """Log lines of an execution, oldest first; poll with ``after`` to follow."""
