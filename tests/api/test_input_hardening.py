@@ -134,6 +134,13 @@ SURROGATE_CASES = [
     ("POST", "/events", '{"type": "a.b", "payload": {"deep": {"s": "\\udfff"}}}', "payload.deep.s"),
     ("POST", "/events", '{"events": [{"type": "a.b", "payload": "\\ud800"}]}', "events.0.payload"),
     ("PUT", "/flows/bad", '{"script": "x = \\"\\ud800\\""}', "script"),
+    # a remote run's inputs never reach the link's outbox
+    (
+        "POST",
+        "/executions",
+        '{"flow": "echo", "remote": "edge", "inputs": {"r": "\\ud800"}}',
+        "inputs.r",
+    ),
     # a valid pair is fine, a reversed one is not
     ("POST", "/executions", '{"flow": "echo", "inputs": {"p": "\\ude00\\ud83d"}}', "inputs.p"),
 ]
