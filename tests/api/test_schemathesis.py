@@ -9,7 +9,6 @@ Destructive calls are pointed at throw-away names so the run keeps its fixtures.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,25 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from tests.api.test_input_hardening import WS, apply_workspace, make_sync_config
 from tests.conftest import LiveServer, make_settings, start_live_server
 
 EXAMPLES = 40
 BUDGET_SECONDS = 75.0
-WS = "fuzz"
-WORKSPACE_YML = f"""name: Fuzz
-slug: {WS}
-automations:
-  hook:
-    flow: echo
-    when:
-      endpoint: true
-  open-hook:
-    flow: echo
-    public: true
-    when:
-      endpoint: true
-"""
-ECHO = "def handler(system, this, inputs):\n    return this.success('echo', got=inputs)\n"
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +35,11 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live
     started = start_live_server(settings)
     server = started.live
     client = server.client
-    applied = client.post(
-        f"/api/v1/workspaces/{WS}/apply",
-        json={"files": {"workspace.yml": WORKSPACE_YML, "flows/echo.py": ECHO}},
-    )
-    assert applied.status_code == 200, applied.text
+    apply_workspace(server)
     assert client.put(f"/api/v1/workspaces/{WS}/settings/greeting", json={"value": 1}).is_success
     execution = client.post(f"/api/v1/workspaces/{WS}/executions", json={"flow": "echo"})
     assert execution.status_code == 201, execution.text
-    key = folder / "key.pem"
-    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
-    public = subprocess.run(
-        ["openssl", "pkey", "-in", str(key), "-pubout"], check=True, capture_output=True, text=True
-    ).stdout
-    config = client.post(
-        f"/api/v1/workspaces/{WS}/sync_config",
-        json={"name": "edge", "own_private_key": key.read_text(), "remote_public_key": public},
-    )
-    assert config.status_code == 201, config.text
+    make_sync_config(server, folder)
     user = client.post("/api/v1/users", json={"username": "fuzzer"})
     assert user.status_code == 201, user.text
     token = client.post("/api/v1/tokens", json={"name": "fuzz"})
