@@ -2,9 +2,10 @@
 
 Python's ``json`` accepts what strict JSON (and the store) does not: lone UTF-16 surrogates
 (``"\\ud800"``), which cannot be encoded as UTF-8, and ``NaN``/``Infinity`` (or ``1e999``),
-which are not JSON numbers. Input from outside is *checked* (``find_problem``,
-``check_value``) and refused naming the field; output of scripts and data already stored
-are *repaired* (``repair``): a lone surrogate becomes U+FFFD, a non-finite number ``null``.
+which are not JSON numbers. PostgreSQL also refuses the NUL character (``"\\u0000"``) in
+text and ``jsonb``. Input from outside is *checked* (``find_problem``, ``check_value``) and
+refused naming the field; output of scripts and data already stored are *repaired*
+(``repair``): a lone surrogate or a NUL becomes U+FFFD, a non-finite number ``null``.
 """
 
 from __future__ import annotations
@@ -24,16 +25,28 @@ __all__ = [
     "loads_checked",
     "loads_stored",
     "repair",
+    "repair_text",
+    "text_problem",
 ]
 
 REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_UNFIT = re.compile("[\x00\ud800-\udfff]")
 # In JSON text written with ``ensure_ascii``: what may decode to a surrogate or a non-finite.
-_SUSPECT_TEXT = re.compile(r"\\u[dD][89a-fA-F]|NaN|Infinity|[0-9][eE]\+?[0-9]{3}")
+_SUSPECT_TEXT = re.compile(r"\\u[dD][89a-fA-F]|\\u0000|NaN|Infinity|[0-9][eE]\+?[0-9]{3}")
 
 
 def _bad_text(text: str) -> bool:
-    return not text.isascii() and _SURROGATE.search(text) is not None
+    return "\x00" in text or (not text.isascii() and _SURROGATE.search(text) is not None)
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored (a lone surrogate, a NUL character), or None."""
+    if "\x00" in text:
+        return "the NUL character (\\u0000) is not allowed"
+    if not text.isascii() and _SURROGATE.search(text) is not None:
+        return "invalid Unicode: a lone surrogate (\\ud800-\\udfff)"
+    return None
 
 
 def _join(path: str, part: str | int) -> str:
@@ -52,18 +65,17 @@ def find_problem(value: Any, path: str = "") -> tuple[str, str] | None:
     while stack:
         item, where = stack.pop()
         if isinstance(item, str):
-            if _bad_text(item):
-                return where or "body", "invalid Unicode: a lone surrogate (\\ud800-\\udfff)"
+            reason = text_problem(item)
+            if reason is not None:
+                return where or "body", reason
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return where or "body", "not a finite number (NaN and Infinity are not JSON)"
         elif isinstance(item, dict):
             for key, child in reversed(list(item.items())):
-                if isinstance(key, str) and _bad_text(key):
-                    return (
-                        _join(where, _repair_text(key)),
-                        "invalid Unicode in a key: a lone surrogate (\\ud800-\\udfff)",
-                    )
+                reason = text_problem(key) if isinstance(key, str) else None
+                if reason is not None:
+                    return _join(where, repair_text(key)), f"in a key: {reason}"
                 stack.append((child, _join(where, str(key))))
         elif isinstance(item, list | tuple):
             for index in range(len(item) - 1, -1, -1):
@@ -79,24 +91,25 @@ def check_value(value: Any, field: str = "") -> None:
         raise Invalid(f"{where}: {reason}", details={"field": where})
 
 
-def _repair_text(text: str) -> str:
-    return _SURROGATE.sub(REPLACEMENT, text) if _bad_text(text) else text
+def repair_text(text: str) -> str:
+    """``text`` with lone surrogates and NUL characters replaced by U+FFFD."""
+    return _UNFIT.sub(REPLACEMENT, text) if _bad_text(text) else text
 
 
 def repair(value: Any) -> Any:
-    """``value`` with lone surrogates replaced by U+FFFD and non-finite numbers by None.
+    """``value`` with lone surrogates and NULs replaced by U+FFFD, non-finite numbers by None.
 
     Returns the very same object when nothing needed repair (the common case costs one walk).
     """
     if isinstance(value, str):
-        return _repair_text(value)
+        return repair_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         changed = False
         out: dict[Any, Any] = {}
         for key, child in value.items():
-            new_key = _repair_text(key) if isinstance(key, str) else key
+            new_key = repair_text(key) if isinstance(key, str) else key
             new_child = repair(child)
             changed = changed or new_key is not key or new_child is not child
             out[new_key] = new_child

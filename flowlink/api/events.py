@@ -310,7 +310,7 @@ async def webhook(
         )
     body: Any = None
     if raw:
-        text_body = raw.decode("utf-8", errors="replace")
+        text_body = jsonsafe.repair_text(raw.decode("utf-8", errors="replace"))
         body = text_body
         if "json" in request.headers.get("content-type", "") or text_body[:1] in "{[":
             try:

@@ -7,14 +7,16 @@ memory. Routes that need no login (``/auth/login``, webhooks, a ``/sync`` reques
 signature) and requests without credentials get the tighter public limit.
 
 A JSON body is then checked once, before any route sees it: invalid UTF-8, a lone
-surrogate (``"\\ud800"``), ``NaN``/``Infinity`` or nesting too deep for the parser are
-refused with 422 naming the field, so nothing of the kind is ever stored.
+surrogate (``"\\ud800"``), a NUL character, ``NaN``/``Infinity`` or nesting too deep for the
+parser are refused with 422 naming the field, so nothing of the kind is ever stored. A NUL
+in the path or a query parameter (which PostgreSQL cannot compare) is refused the same way.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -53,6 +55,12 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        unfit = nul_in_request(scope)
+        if unfit is not None:
+            await _invalid(
+                scope, receive, send, unfit, "the NUL character (\\u0000) is not allowed"
+            )
+            return
         limit, setting = self.limit_for(scope["path"], headers)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -78,14 +86,7 @@ class BodyGuard:
         if body:
             problem = json_problem(scope["path"], headers, body)
             if problem is not None:
-                field, reason = problem
-                response = error_response(
-                    422,
-                    "invalid",
-                    f"{field}: {reason}",
-                    {"field": field, "errors": [{"field": field, "message": reason}]},
-                )
-                await response(scope, receive, send)
+                await _invalid(scope, receive, send, *problem)
                 return
         replayed = False
 
@@ -110,6 +111,28 @@ class BodyGuard:
         )
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+async def _invalid(scope: Scope, receive: Receive, send: Send, field: str, reason: str) -> None:
+    response = error_response(
+        422,
+        "invalid",
+        f"{field}: {reason}",
+        {"field": field, "errors": [{"field": field, "message": reason}]},
+    )
+    await response(scope, receive, send)
+
+
+def nul_in_request(scope: Scope) -> str | None:
+    """The query parameter (or ``path``) that holds a NUL character, if any."""
+    if "\x00" in scope["path"]:
+        return "path"
+    query = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                return name.replace("\x00", "\ufffd")
+    return None
 
 
 def json_problem(path: str, headers: Headers, body: bytes) -> tuple[str, str] | None:

@@ -30,8 +30,10 @@ _HEADER = struct.Struct(">I")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _loads = json.loads
 # What may hide a value the store cannot take: a surrogate (raw, as the runner's encoder
-# writes it, or escaped), NaN/Infinity, or an exponent large enough to overflow a float.
-_SUSPECT = re.compile(rb"\xed[\xa0-\xbf]|\\u[dD][89a-fA-F]|NaN|Infinity|[0-9][eE]\+?[0-9]{3}")
+# writes it, or escaped), a NUL, NaN/Infinity, or an exponent large enough to overflow a float.
+_SUSPECT = re.compile(
+    rb"\xed[\xa0-\xbf]|\\u[dD][89a-fA-F]|\\u0000|NaN|Infinity|[0-9][eE]\+?[0-9]{3}"
+)
 
 
 class ProtocolError(Exception):

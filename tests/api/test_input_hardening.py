@@ -48,6 +48,7 @@ FLOWS = {
     # Python source escapes: the running script holds real lone surrogates and a NaN.
     "poison": "def handler(system, this, inputs):\n"
     "    this.log('logged \\ud800 here')\n"
+    "    this.log('nul \\x00 here')\n"
     "    print('printed \\udc00 there')\n"
     "    this.save(message='saved \\ud800')\n"
     "    return this.success('done \\ud800', value='\\ud800', nan=float('nan'),"
@@ -134,6 +135,9 @@ SURROGATE_CASES = [
     ("POST", "/events", '{"type": "a.b", "payload": {"deep": {"s": "\\udfff"}}}', "payload.deep.s"),
     ("POST", "/events", '{"events": [{"type": "a.b", "payload": "\\ud800"}]}', "events.0.payload"),
     ("PUT", "/flows/bad", '{"script": "x = \\"\\ud800\\""}', "script"),
+    # PostgreSQL cannot hold a NUL character: refused on both stores alike
+    ("POST", "/executions", '{"flow": "echo", "inputs": {"n": "a\\u0000b"}}', "inputs.n"),
+    ("PUT", "/settings/token", '{"value": ["\\u0000"]}', "value.0"),
     # a remote run's inputs never reach the link's outbox
     (
         "POST",
@@ -206,6 +210,24 @@ def test_nan_and_infinity_are_refused(ws: LiveServer, path: str, body: str, fiel
     assert counts(ws) == before
 
 
+def test_nul_in_the_path_or_the_query_is_refused(ws: LiveServer) -> None:
+    for path, params, field in [
+        (f"{BASE}/events", {"text": "a\x00b"}, "text"),
+        (f"{BASE}/events", {"payload.a": "\x00"}, "payload.a"),
+        (f"{BASE}/executions", {"flow": "\x00"}, "flow"),
+        (f"{BASE}/executions/a%00b", {}, "path"),
+    ]:
+        response = ws.client.get(path, params=params)
+        assert_refused(response, field)
+    with httpx.Client(base_url=ws.url, timeout=60) as anonymous:
+        hook = anonymous.post(f"{BASE}/webhooks/open-hook", params={"q": "\x00"})
+        assert_refused(hook, "q")
+        # a text body is repaired: it is read as text anyway
+        text = raw_post(anonymous, f"{BASE}/webhooks/open-hook", b"a\x00b", content_type=None)
+        assert text.status_code == 200, text.text
+        assert text.json()["got"]["body"] == "a\ufffdb"
+
+
 def test_invalid_utf8_and_deep_nesting_are_refused(ws: LiveServer) -> None:
     bad_bytes = b'{"flow": "echo", "inputs": {"a": "\xed\xa0\x80"}}'
     assert_refused(raw_post(ws.client, f"{BASE}/executions", bad_bytes), "body")
@@ -228,6 +250,7 @@ def test_script_that_logs_and_returns_a_lone_surrogate_is_repaired(ws: LiveServe
     logs = ws.client.get(f"{BASE}/executions/{record['id']}/logs").json()["items"]
     lines = [item["line"] for item in logs]
     assert any("logged \ufffd here" in line for line in lines), lines
+    assert any("nul \ufffd here" in line for line in lines), lines
     assert any("printed" in line and "there" in line for line in lines), lines
     counts(ws)  # lists still answer
 

@@ -21,9 +21,10 @@ def test_raw_surrogates_from_the_runner_encoder_are_repaired() -> None:
 
 
 def test_escaped_surrogates_and_non_finite_numbers_are_repaired() -> None:
-    body = b'{"op":"done","outputs":{"s":"\\ud800","n":NaN,"i":-Infinity,"e":1e999}}'
+    body = b'{"op":"done","outputs":{"s":"\\ud800","n":NaN,"i":-Infinity,"e":1e999,"z":"\\u0000"}}'
     decoded = FrameDecoder().feed(frame(body))
-    assert decoded == [{"op": "done", "outputs": {"s": "\ufffd", "n": None, "i": None, "e": None}}]
+    outputs = {"s": "\ufffd", "n": None, "i": None, "e": None, "z": "\ufffd"}
+    assert decoded == [{"op": "done", "outputs": outputs}]
 
 
 def test_clean_frames_are_left_alone() -> None:
