@@ -351,7 +351,7 @@ async def webhook(
                 found,
                 inputs,
                 http,
-                correlation_id=request.headers.get("x-correlation-id") or None,
+                correlation_id=triggers.webhook_correlation_id(request.headers),
             )
             if execution is None:
                 raise Invalid(

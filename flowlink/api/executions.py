@@ -27,12 +27,14 @@ MAX_BATCH = 1000
 
 
 class ExecutionCreate(RequestBody):
-    flow: str | None = Field(None, description="Name of the flow to run")
+    flow: str | None = Field(None, max_length=128, description="Name of the flow to run")
     inputs: dict[str, Any] | None = Field(None, description="Inputs (a JSON object)")
     script: str | None = Field(
         None, description="Run this script instead of a stored flow (ad-hoc run)"
     )
-    name: str | None = Field(None, description="Name shown for an ad-hoc script run")
+    name: str | None = Field(
+        None, max_length=128, description="Name shown for an ad-hoc script run"
+    )
     max_runtime: float | None = Field(
         None, gt=0, le=604800, description="Seconds before the execution is killed"
     )

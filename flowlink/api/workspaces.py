@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
 class WorkspaceCreate(RequestBody):
     slug: str = Field(description="2-63 of a-z 0-9 -")
-    name: str | None = None
+    name: str | None = Field(None, max_length=200)
     description: str | None = None
 
 

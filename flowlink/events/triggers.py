@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import identity_principal
-from flowlink.errors import FlowlinkError, NotFound, Unauthorized
+from flowlink.errors import FlowlinkError, Invalid, NotFound, Unauthorized
 from flowlink.events.rejections import rejection_log
 from flowlink.events.service import (
     check_payload_size,
@@ -45,6 +45,7 @@ from flowlink.store.models import (
 from flowlink.workspaces.service import find_workspace
 
 DEFAULT_MAX_DEPTH = 20
+MAX_CORRELATION_ID = 64  # the width of the correlation_id columns
 IDENTITY_KIND = {"endpoint": "webhook", "schedule": "schedule", "event": "automation"}
 WEBHOOK_KEY_PREFIX = "whk_"
 # Request headers never passed to a webhook's flow (credentials and hop-by-hop noise).
@@ -495,6 +496,17 @@ def note_webhook_rejected(
 
     key = ("webhook.rejected", workspace_slug, slug, reason)
     rejection_log(store, window).note(key, http.get("ip"), write)
+
+
+def webhook_correlation_id(headers: Mapping[str, str]) -> str | None:
+    """The ``X-Correlation-Id`` a webhook caller sent (to join a correlation), checked."""
+    value = headers.get("x-correlation-id") or None
+    if value is not None and len(value) > MAX_CORRELATION_ID:
+        raise Invalid(
+            f"X-Correlation-Id: at most {MAX_CORRELATION_ID} characters",
+            details={"field": "X-Correlation-Id"},
+        )
+    return value
 
 
 def filter_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -363,6 +363,26 @@ def test_empty_event_batch_is_422(ws: LiveServer) -> None:
     assert response.json()["error"]["details"]["errors"][0]["field"] == "events"
 
 
+def test_values_too_long_for_the_store_are_422(ws: LiveServer) -> None:
+    """Found on PostgreSQL, where a value wider than its column answered 500."""
+    long_name = ws.client.post("/api/v1/workspaces", json={"slug": "wide", "name": "n" * 201})
+    assert long_name.status_code == 422, long_name.text
+    assert long_name.json()["error"]["details"]["errors"][0]["field"] == "name"
+    ad_hoc = ws.client.post(f"{BASE}/executions", json={"script": "x = 1", "name": "n" * 129})
+    assert ad_hoc.status_code == 422, ad_hoc.text
+    flow = ws.client.post(f"{BASE}/executions", json={"flow": "f" * 129})
+    assert flow.status_code == 422, flow.text
+    with httpx.Client(base_url=ws.url, timeout=60) as anonymous:
+        hook = anonymous.post(
+            f"{BASE}/webhooks/open-hook?async=1", headers={"X-Correlation-Id": "c" * 65}
+        )
+        assert_refused(hook, "X-Correlation-Id")
+        fits = anonymous.post(
+            f"{BASE}/webhooks/open-hook?async=1", headers={"X-Correlation-Id": "c" * 64}
+        )
+        assert fits.status_code == 202, fits.text
+
+
 # --- uniform 404 without login ---------------------------------------------------------------
 
 
