@@ -363,6 +363,26 @@ def test_empty_event_batch_is_422(ws: LiveServer) -> None:
     assert response.json()["error"]["details"]["errors"][0]["field"] == "events"
 
 
+@pytest.mark.parametrize(
+    ("settings_yml", "message"),
+    [
+        ('z: "\\ud800"\n', "lone surrogate"),
+        ('w: "a\\0b"\n', "NUL"),
+        ('v: {"\\udc00": 1}\n', "lone surrogate"),
+    ],
+)
+def test_yaml_escapes_the_store_cannot_hold_are_refused(
+    ws: LiveServer, settings_yml: str, message: str
+) -> None:
+    files = {"workspace.yml": f"name: Y\nslug: {WS}-yaml\n", "settings.yml": settings_yml}
+    response = ws.client.post(f"{BASE}-yaml/apply", json={"files": files})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["details"]["file"] == "settings.yml"
+    assert error["details"]["line"] == 1
+    assert message in error["message"]
+
+
 def test_values_too_long_for_the_store_are_422(ws: LiveServer) -> None:
     """Found on PostgreSQL, where a value wider than its column answered 500."""
     long_name = ws.client.post("/api/v1/workspaces", json={"slug": "wide", "name": "n" * 201})
