@@ -129,3 +129,11 @@ def rejection_log(store: Store, window: float) -> RejectionLog:
         if log is None or log.window != window:
             log = _logs[store] = RejectionLog(store, window)
         return log
+
+
+def flush_rejections(store: Store) -> None:
+    """Record the counts of every open window now (when the server stops)."""
+    with _logs_lock:
+        log = _logs.get(store)
+    if log is not None:
+        log.flush(everything=True)

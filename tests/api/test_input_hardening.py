@@ -22,6 +22,7 @@ from flowlink.settings import (
     DEFAULT_MAX_PUBLIC_BODY_BYTES,
     ServerSettings,
 )
+from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution
 from tests.conftest import LiveServer, make_settings, start_live_server
 
@@ -598,3 +599,21 @@ def test_unsigned_sync_and_bad_webhook_keys_make_one_event_per_window(
     assert summary["payload"]["reason"]
     assert {"firstAt", "lastAt"} <= set(summary["payload"])
     assert summary["source"]["http"]["client"] == "127.0.0.1"
+
+
+def test_counts_of_open_windows_are_recorded_when_the_server_stops(database_url: str) -> None:
+    started = start_live_server(make_settings(database_url), with_worker=False)
+    apply_workspace(started.live)
+    with httpx.Client(base_url=started.live.url, timeout=60) as anonymous:
+        for _ in range(7):
+            answer = anonymous.post(f"{BASE}/webhooks/hook", headers={"X-Flowlink-Key": "nope"})
+            assert answer.status_code == 401
+    started.stop()  # long before the 60 s window closes
+    store = Store(database_url)
+    try:
+        with store.read() as session:
+            events = list(session.scalars(select(Event).where(Event.type == "error")))
+    finally:
+        store.dispose()
+    counts = sorted(e.payload["count"] for e in events if e.payload.get("automation") == "hook")
+    assert counts == [1, 6], counts
