@@ -23,7 +23,7 @@ def create_app(context: ServerContext) -> FastAPI:
     )
     app.state.context = context
     install_error_handlers(app)
-    app.add_middleware(BodyGuard, settings=context.settings)
+    app.add_middleware(BodyGuard, settings=context.settings, store=context.store)
     app.include_router(system.router)
     app.include_router(workspaces.router)
     app.include_router(executions.router)

@@ -4,7 +4,9 @@ An ASGI middleware in front of every route. It counts the bytes of the body as t
 (a ``Content-Length`` over the limit is refused before anything is read, and a chunked body
 without one is refused as soon as it passes the limit), so a large body never reaches
 memory. Routes that need no login (``/auth/login``, webhooks, a ``/sync`` request without a
-signature) and requests without credentials get the tighter public limit.
+signature) and requests without credentials get the tighter public limit; a request with
+credentials may go past it only once its token or session cookie has been checked (401
+otherwise), so a made-up ``Authorization`` header buys no room.
 
 A JSON body is then checked once, before any route sees it: invalid UTF-8, a lone
 surrogate (``"\\ud800"``), a NUL character, ``NaN``/``Infinity`` or nesting too deep for the
@@ -18,23 +20,47 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flowlink.access.service import authenticate_session, authenticate_token
 from flowlink.api.errors import error_response, is_sync_path, is_webhook_path
+from flowlink.errors import Unauthorized
 from flowlink.jsonsafe import find_problem
 from flowlink.settings import ServerSettings
+from flowlink.store.engine import Store
 
 LOGIN_PATH = "/api/v1/auth/login"
-SESSION_COOKIE_PREFIX = "flowlink_session="
+SESSION_COOKIE = "flowlink_session"
+SESSION_COOKIE_PREFIX = SESSION_COOKIE + "="
 
 
 class BodyGuard:
     """Refuse request bodies over their limit (413) and JSON unfit to store (422)."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ServerSettings, store: Store) -> None:
         self.app = app
         self.settings = settings
+        self.store = store
+
+    def credentials_problem(self, headers: Headers) -> Unauthorized | None:
+        """Why the request's token or session cookie does not hold, or None if it does."""
+        header = headers.get("authorization", "")
+        try:
+            with self.store.read() as session:
+                if header:
+                    scheme, _, secret = header.partition(" ")
+                    if scheme.lower() != "bearer" or not secret.strip():
+                        raise Unauthorized("malformed credentials")
+                    authenticate_token(session, secret.strip())
+                else:
+                    cookie = cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE, "")
+                    authenticate_session(session, cookie)
+        except Unauthorized as error:
+            return error
+        return None
 
     def limit_for(self, path: str, headers: Headers) -> tuple[int, str]:
         """The byte limit of a request and the setting that sets it."""
@@ -62,10 +88,18 @@ class BodyGuard:
             )
             return
         limit, setting = self.limit_for(scope["path"], headers)
+        public = self.settings.max_public_body_bytes
+        # Past the public limit only with credentials that hold (a /sync signature is
+        # checked by its route, once the body is read).
+        checked = limit <= public or is_sync_path(scope["path"])
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             await self._too_large(scope, receive, send, limit, setting)
             return
+        if not checked and declared.isdigit() and int(declared) > public:
+            if not await self._credentials_hold(scope, receive, send, headers):
+                return
+            checked = True
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -78,6 +112,10 @@ class BodyGuard:
             if size > limit:
                 await self._too_large(scope, receive, send, limit, setting)
                 return
+            if not checked and size > public:
+                if not await self._credentials_hold(scope, receive, send, headers):
+                    return
+                checked = True
             if chunk:
                 chunks.append(chunk)
             more = message.get("more_body", False)
@@ -98,6 +136,17 @@ class BodyGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _credentials_hold(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers
+    ) -> bool:
+        problem = await run_in_threadpool(self.credentials_problem, headers)
+        if problem is None:
+            return True
+        response = error_response(problem.status, problem.code, problem.message, problem.details)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+        return False
 
     @staticmethod
     async def _too_large(

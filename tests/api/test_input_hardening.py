@@ -531,6 +531,18 @@ def test_configured_limits_per_route(small_limits: LiveServer, tmp_path: Path) -
         public = anonymous.post(f"{BASE}/executions", json=twenty_kb)
         assert public.status_code == 413, public.text
         assert public.json()["error"]["details"]["setting"] == "FLOWLINK_MAX_PUBLIC_BODY_BYTES"
+        # made-up credentials buy no room: checked once the body passes the public limit
+        for headers in ({"Authorization": "Bearer fl_made_up"}, {"Cookie": "flowlink_session=x"}):
+            forged = anonymous.post(f"{BASE}/executions", json=twenty_kb, headers=headers)
+            assert forged.status_code == 401, forged.text
+            assert forged.json()["error"]["code"] == "unauthorized"
+        port = int(server.url.rsplit(":", 1)[1])
+        head = (
+            f"POST {BASE}/executions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fl_made_up"
+            "\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n"
+        ).encode()
+        answer, _ = _http_exchange(port, head, iter([]))  # answered before any body
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
         hook = anonymous.post(f"{BASE}/webhooks/open-hook?async=1", json=twenty_kb)
         assert hook.status_code == 413
         small_hook = anonymous.post(f"{BASE}/webhooks/open-hook?async=1", json={"a": 1})
