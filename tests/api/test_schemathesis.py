@@ -10,7 +10,6 @@ Destructive calls are pointed at throw-away names so the run keeps its fixtures.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,13 +23,10 @@ from schemathesis import GenerationMode
 
 from tests.api.test_input_hardening import WS, apply_workspace, make_sync_config
 from tests.conftest import (
-    POSTGRES_URL,
     LiveServer,
-    _admin_execute,
-    _database_url,
     _postgres_reason,
-    _postgres_template,
     make_settings,
+    postgres_database,
     start_live_server,
 )
 
@@ -49,12 +45,8 @@ def fuzz_database(
     reason = _postgres_reason()
     if reason:
         pytest.skip(reason)
-    name = f"flowlink_fuzz_{uuid.uuid4().hex[:12]}"
-    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template()}"')
-    try:
-        yield _database_url(POSTGRES_URL, name)
-    finally:
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database("flowlink_fuzz") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
