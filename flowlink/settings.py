@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///flowlink.db"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_PUBLIC_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ class ServerSettings:
     link_refresh: float = 2.0
     # Addresses or CIDR networks of reverse proxies whose X-Forwarded-For/-Proto are believed.
     trusted_proxies: tuple[str, ...] = ()
+    # Request bodies: any route, and routes (or requests) without credentials.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_public_body_bytes: int = DEFAULT_MAX_PUBLIC_BODY_BYTES
+    # Refused unauthenticated requests: one event per source and window, with a count.
+    rejection_window: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +105,11 @@ class ServerSettings:
             link_backoff_max=number("FLOWLINK_LINK_BACKOFF_MAX", 30.0),
             link_refresh=number("FLOWLINK_LINK_REFRESH", 2.0),
             trusted_proxies=_trusted_proxies_env(env.get("FLOWLINK_TRUSTED_PROXIES", "")),
+            max_body_bytes=int(number("FLOWLINK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+            max_public_body_bytes=int(
+                number("FLOWLINK_MAX_PUBLIC_BODY_BYTES", DEFAULT_MAX_PUBLIC_BODY_BYTES)
+            ),
+            rejection_window=number("FLOWLINK_REJECTION_WINDOW", 60.0),
         )
 
 

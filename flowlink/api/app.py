@@ -17,6 +17,8 @@ from flowlink.api import (
 )
 from flowlink.api.deps import ServerContext
 from flowlink.api.errors import install_error_handlers
+from flowlink.api.guard import BodyGuard
+from flowlink.api.responses import SafeJSONResponse
 from flowlink.observability.http import HttpMetrics
 from flowlink.observability.tracing import TracingMiddleware
 
@@ -28,9 +30,11 @@ def create_app(context: ServerContext) -> FastAPI:
         version=__version__,
         description="Self-hosted automation engine: flows, executions, events, linked workspaces.",
         openapi_url="/openapi.json",
+        default_response_class=SafeJSONResponse,
     )
     app.state.context = context
     install_error_handlers(app)
+    app.add_middleware(BodyGuard, settings=context.settings, store=context.store)
     app.include_router(system.router)
     app.include_router(workspaces.router)
     app.include_router(executions.router)

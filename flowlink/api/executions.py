@@ -6,11 +6,12 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from flowlink.access.policy import allows, authorize
 from flowlink.access.service import Principal
+from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext, request_http
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
@@ -25,13 +26,15 @@ MAX_WAIT_SECONDS = 300.0
 MAX_BATCH = 1000
 
 
-class ExecutionCreate(BaseModel):
-    flow: str | None = Field(None, description="Name of the flow to run")
+class ExecutionCreate(RequestBody):
+    flow: str | None = Field(None, max_length=128, description="Name of the flow to run")
     inputs: dict[str, Any] | None = Field(None, description="Inputs (a JSON object)")
     script: str | None = Field(
         None, description="Run this script instead of a stored flow (ad-hoc run)"
     )
-    name: str | None = Field(None, description="Name shown for an ad-hoc script run")
+    name: str | None = Field(
+        None, max_length=128, description="Name shown for an ad-hoc script run"
+    )
     max_runtime: float | None = Field(
         None, gt=0, le=604800, description="Seconds before the execution is killed"
     )
@@ -46,7 +49,7 @@ class ExecutionCreate(BaseModel):
     )
 
 
-class ExecutionBatch(BaseModel):
+class ExecutionBatch(RequestBody):
     executions: list[ExecutionCreate] = Field(
         min_length=1, max_length=MAX_BATCH, description="Executions to start, all or none"
     )
@@ -234,7 +237,7 @@ def get_logs(
     execution_id: str,
     context: Context,
     caller: Caller,
-    after: Annotated[int, Query(ge=0, description="Only lines after this log id")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="Only lines after this log id")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> dict[str, Any]:
     """Log lines of an execution, oldest first; poll with ``after`` to follow."""

@@ -7,9 +7,10 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from flowlink.access.policy import authorize
+from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
 from flowlink.linking import exchange
 from flowlink.linking import service as linking
@@ -20,10 +21,8 @@ from flowlink.workspaces import service as workspaces
 router = APIRouter(prefix="/api/v1/workspaces/{ws}/sync_config", tags=["linking"])
 
 
-class SyncConfigFields(BaseModel):
+class SyncConfigFields(RequestBody):
     """The fields of DESIGN section 6; keys are accepted here and never returned."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool | None = None
     remote_url: str | None = Field(

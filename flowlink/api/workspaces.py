@@ -6,10 +6,11 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flowlink.access.policy import allows, authorize, authorize_admin, visible
 from flowlink.access.service import Principal
+from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
 from flowlink.events.triggers import ensure_webhook_keys
 from flowlink.settings import resolve_secret_key
@@ -19,24 +20,24 @@ from flowlink.workspaces import service as workspaces
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
 
-class WorkspaceCreate(BaseModel):
+class WorkspaceCreate(RequestBody):
     slug: str = Field(description="2-63 of a-z 0-9 -")
-    name: str | None = None
+    name: str | None = Field(None, max_length=200)
     description: str | None = None
 
 
-class ApplyBody(BaseModel):
+class ApplyBody(RequestBody):
     files: dict[str, str] = Field(
         description="The workspace folder: 'workspace.yml', 'flows/<name>.py', 'settings.yml'"
     )
 
 
-class FlowBody(BaseModel):
+class FlowBody(RequestBody):
     script: str
     description: str | None = None
 
 
-class SettingBody(BaseModel):
+class SettingBody(RequestBody):
     value: Any = Field(description="Any JSON value")
     secret: bool | None = Field(
         default=None,

@@ -26,7 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import identity_principal
-from flowlink.errors import FlowlinkError, NotFound, Unauthorized
+from flowlink.errors import FlowlinkError, Invalid, NotFound, Unauthorized
+from flowlink.events.rejections import rejection_log
 from flowlink.events.service import (
     DISPATCHING,
     NATIVE_PENDING,
@@ -39,6 +40,7 @@ from flowlink.events.service import (
 )
 from flowlink.executions.service import create_execution
 from flowlink.store import notify
+from flowlink.store.engine import Store
 from flowlink.store.models import (
     Automation,
     AutomationKey,
@@ -49,8 +51,10 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
+from flowlink.workspaces.service import find_workspace
 
 DEFAULT_MAX_DEPTH = 20
+MAX_CORRELATION_ID = 64  # the width of the correlation_id columns
 IDENTITY_KIND = {"endpoint": "webhook", "schedule": "schedule", "event": "automation"}
 WEBHOOK_KEY_PREFIX = "whk_"
 # Request headers never passed to a webhook's flow (credentials and hop-by-hop noise).
@@ -623,15 +627,49 @@ def record_webhook_rejected(
     slug: str,
     reason: str,
     http: Mapping[str, Any],
+    aggregate: Mapping[str, Any] | None = None,
 ) -> None:
-    """Record a refused webhook call as an ``error`` event (in its own transaction)."""
+    """Record a refused webhook call as an ``error`` event (in its own transaction).
+
+    ``aggregate`` (``count``...) says how many refusals the event stands for.
+    """
     record(
         session,
         workspace,
         "error",
-        {"message": f"webhook {slug!r} refused: {reason}", "reason": reason, "automation": slug},
+        {
+            "message": f"webhook {slug!r} refused: {reason}",
+            "reason": reason,
+            "automation": slug,
+            **(aggregate or {}),
+        },
         extra_source={"automationSlug": slug, "http": dict(http)},
     )
+
+
+def note_webhook_rejected(
+    store: Store, window: float, workspace_slug: str, slug: str, reason: str, http: dict[str, Any]
+) -> None:
+    """Record a refused webhook call, aggregated per client address and ``window`` seconds."""
+
+    def write(session: Session, aggregate: dict[str, Any]) -> None:
+        workspace = find_workspace(session, workspace_slug)
+        if workspace is not None:
+            record_webhook_rejected(session, workspace, slug, reason, http, aggregate)
+
+    key = ("webhook.rejected", workspace_slug, slug, reason)
+    rejection_log(store, window).note(key, http.get("ip"), write)
+
+
+def webhook_correlation_id(headers: Mapping[str, str]) -> str | None:
+    """The ``X-Correlation-Id`` a webhook caller sent (to join a correlation), checked."""
+    value = headers.get("x-correlation-id") or None
+    if value is not None and len(value) > MAX_CORRELATION_ID:
+        raise Invalid(
+            f"X-Correlation-Id: at most {MAX_CORRELATION_ID} characters",
+            details={"field": "X-Correlation-Id"},
+        )
+    return value
 
 
 def filter_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ import httpx
 from flowlink.errors import Invalid
 from flowlink.linking import outbox, signing
 from flowlink.linking.exchange import apply_messages, outgoing, pending_messages
-from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
+from flowlink.linking.inbound import SyncRejected, authenticate_exchange, note_rejection
 from flowlink.linking.protocol import (
     FEATURES,
     FEATURES_HEADER,
@@ -93,15 +93,8 @@ def answer_exchange(
             seen = store.notifier.total()  # before looking: nothing that happens after is missed
             messages = outgoing(session, config, MAX_MESSAGES - 1)
     except SyncRejected as rejection:
-        with store.write() as session:
-            workspace = get_workspace(session, workspace_slug)
-            record_rejection(
-                session,
-                workspace,
-                name,
-                rejection,
-                {"method": method, "url": url, "client": client},
-            )
+        http = {"method": method, "url": url, "client": client}
+        note_rejection(store, settings.rejection_window, workspace_slug, name, rejection, http)
         raise
     if not messages and poll > 0:
         messages = _wait_for_news(store, config_id, seen, poll=poll, stopping=stopping)

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from flowlink.jsonsafe import repair
 from flowlink.store import notify
 from flowlink.store.models import LinkOutbox, utcnow
 
@@ -47,15 +48,18 @@ def enqueue_many(session: Session, sync_config_id: str, messages: list[dict[str,
 
 
 def pending(session: Session, sync_config_id: str, limit: int) -> list[dict[str, Any]]:
-    """The oldest ``limit`` messages not yet acked, in the order they were put in."""
-    return list(
-        session.scalars(
-            select(LinkOutbox.body)
-            .where(LinkOutbox.sync_config_id == sync_config_id)
-            .order_by(LinkOutbox.id)
-            .limit(limit)
-        )
+    """The oldest ``limit`` messages not yet acked, in the order they were put in.
+
+    Repaired (see ``flowlink.jsonsafe``): a value stored before strings were checked must
+    not make the other end refuse every exchange of the link.
+    """
+    rows = session.scalars(
+        select(LinkOutbox.body)
+        .where(LinkOutbox.sync_config_id == sync_config_id)
+        .order_by(LinkOutbox.id)
+        .limit(limit)
     )
+    return [repair(body) for body in rows]
 
 
 def acknowledge(session: Session, sync_config_id: str, message_ids: Iterable[str]) -> int:

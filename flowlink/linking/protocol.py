@@ -31,6 +31,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from flowlink.errors import Invalid
+from flowlink.jsonsafe import find_problem
 
 MAX_MESSAGES = 1000
 MAX_POLL_SECONDS = 60.0
@@ -157,6 +158,9 @@ def parse_envelope(data: Any) -> Envelope:
         error = errors[0]
         field = _path("", error.absolute_path).lstrip(".") or "body"
         raise Invalid(f"{field}: {error.message}", details={"field": field})
+    problem = find_problem(data.get("poll"), "poll")
+    if problem is not None:
+        raise Invalid(f"{problem[0]}: {problem[1]}", details={"field": problem[0]})
     messages: list[dict[str, Any]] = data["messages"]
     seen: set[str] = set()
     for index, message in enumerate(messages):
@@ -175,6 +179,12 @@ def parse_envelope(data: Any) -> Envelope:
             problem = problems[0]
             field = _path(prefix, problem.absolute_path)
             raise Invalid(f"{field}: {problem.message}", details={"field": field, "index": index})
+        # Lone surrogates and NaN/Infinity pass the schema but cannot be stored.
+        problem = find_problem(message, prefix)
+        if problem is not None:
+            raise Invalid(
+                f"{problem[0]}: {problem[1]}", details={"field": problem[0], "index": index}
+            )
         if message["id"] in seen:
             raise Invalid(
                 f"{prefix}.id: message id {message['id']!r} appears twice",

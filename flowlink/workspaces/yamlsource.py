@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from flowlink.jsonsafe import text_problem
+
 __all__ = [
     "Mark",
     "NodeMarks",
@@ -309,6 +311,11 @@ class _Builder:
             raise self.fail(node, f"invalid YAML value: {exc.problem}", path) from None
         if isinstance(value, float) and not math.isfinite(value):
             raise self.fail(node, f"{value!r} is not a valid JSON number", path)
+        if isinstance(value, str):
+            # "\ud800" or "\0" escapes: text the store cannot hold (see flowlink.jsonsafe)
+            problem = text_problem(value)
+            if problem is not None:
+                raise self.fail(node, problem, path)
         return value
 
     def key(self, node: Node, path: Path) -> str:
