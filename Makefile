@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint format bench install install-test clean
+.PHONY: run test lint format bench install install-test clean chromium
 
 $(BIN)/flowlink: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ format: install-test
 	$(BIN)/ruff format flowlink flow_api.py tests bench
 	$(BIN)/ruff check --fix flowlink flow_api.py tests bench
 
-test: lint
+# The console tests drive Debian's chromium with Playwright (browsers cannot be downloaded).
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: lint chromium
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: install-test

@@ -8,6 +8,7 @@ from flowlink import __version__
 from flowlink.api import access, events, executions, linking, system, workspaces
 from flowlink.api.deps import ServerContext
 from flowlink.api.errors import install_error_handlers
+from flowlink.web.app import install as install_console
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -26,4 +27,5 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(events.router)
     app.include_router(access.router)
     app.include_router(linking.router)
+    install_console(app)
     return app

@@ -573,3 +573,20 @@ def _workspaces(session: Session, ids: set[str]) -> dict[str, Workspace]:
     if not ids:
         return {}
     return {w.id: w for w in session.scalars(select(Workspace).where(Workspace.id.in_(ids)))}
+
+
+def status_counts(
+    session: Session, workspace_ids: Sequence[str], since: datetime
+) -> dict[str, dict[str, int]]:
+    """Executions created since ``since`` per workspace id and status (for the console)."""
+    counts: dict[str, dict[str, int]] = {ws: {} for ws in workspace_ids}
+    if not workspace_ids:
+        return counts
+    rows = session.execute(
+        select(Execution.workspace_id, Execution.status, func.count())
+        .where(Execution.workspace_id.in_(list(workspace_ids)), Execution.created_at >= since)
+        .group_by(Execution.workspace_id, Execution.status)
+    )
+    for workspace_id, status, count in rows:
+        counts[workspace_id][status] = int(count)
+    return counts

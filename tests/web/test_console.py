@@ -1,0 +1,233 @@
+"""The web console in a real headless Chromium against a real server (SQLite store)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, make_settings, start_live_server
+from tests.web.conftest import PASSWORD, Team, make_team
+
+WS = "console"
+SLOW = """import time
+import flow_api
+
+
+def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
+    for i in range(int(inputs.get("n", 5))):
+        this.log(f"line {i}")
+        time.sleep(float(inputs.get("pause", 0.3)))
+    return this.success("done", count=int(inputs.get("n", 5)))
+"""
+FAIL = """import flow_api
+
+
+def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
+    raise RuntimeError("this flow fails")
+"""
+SCRIPT_TAG = "<script>window.__xss = 1</script>"
+IMG_TAG = '"><img src=x onerror="window.__xss = 2">'
+XSS = f"""import flow_api
+
+
+def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
+    this.log({SCRIPT_TAG!r})
+    this.log({IMG_TAG!r})
+    return this.success({IMG_TAG!r})
+"""
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+    """One server on a SQLite store for the module, with a workspace, an operator, a viewer."""
+    path: Path = tmp_path_factory.mktemp("console") / "flowlink.db"
+    started = start_live_server(make_settings(f"sqlite:///{path}"))
+    yield make_team(started.live, WS, {"slow": SLOW, "fail": FAIL, "xss": XSS})
+    started.stop()
+
+
+@pytest.fixture
+def page(browser: Any, team: Team) -> Iterator[Any]:
+    """A fresh browser context (no cookies) with one page; script dialogs fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    yield page
+    context.close()
+    assert not dialogs, f"a script ran: {dialogs}"
+
+
+def login(page: Any, live: LiveServer, username: str, password: str = PASSWORD) -> None:
+    """Log in through the form and land on the home page."""
+    page.goto(f"{live.url}/login")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live.url}/")
+
+
+def start(live: LiveServer, flow: str, inputs: dict[str, Any] | None = None) -> str:
+    """Start an execution through the API; returns its id."""
+    answer = live.client.post(
+        f"/api/v1/workspaces/{WS}/executions", json={"flow": flow, "inputs": inputs or {}}
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def test_login_wrong_password_then_logout_revokes(page: Any, team: Team) -> None:
+    live = team.live
+    page.goto(f"{live.url}/w/{WS}/executions")
+    assert "/login?next=" in page.url
+    page.get_by_label("User name").fill("olga")
+    page.get_by_label("Password").fill("wrong-password")
+    page.get_by_role("button", name="Log in").click()
+    assert page.locator("#login-error").inner_text() == "wrong username or password"
+    assert page.get_by_label("User name").input_value() == "olga"
+    assert page.get_by_label("Password").input_value() == ""
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live.url}/w/{WS}/executions")
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["flowlink_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Lax"
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(f"{live.url}/login")
+    # The old cookie is dead on the server, not only forgotten by the browser.
+    with httpx.Client(base_url=live.url, cookies={"flowlink_session": session["value"]}) as c:
+        answer = c.get("/")
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+
+
+def test_run_form_shows_log_lines_live(page: Any, team: Team) -> None:
+    live = team.live
+    login(page, live, "olga")
+    page.goto(f"{live.url}/w/{WS}/flows/slow")
+    page.get_by_label("Inputs (a JSON object)").fill("[1, 2")
+    page.get_by_role("button", name="Run", exact=True).click()
+    assert "not valid JSON" in page.locator("#inputs-error").inner_text()
+    assert page.get_by_label("Inputs (a JSON object)").input_value() == "[1, 2"
+    page.get_by_label("Inputs (a JSON object)").fill('{"n": 6, "pause": 0.4}')
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_url(f"{live.url}/w/{WS}/executions/*")
+    log = page.locator("#log")
+    log.get_by_text("line 1", exact=True).wait_for()
+    # The second line came while the run was still going: it arrived live, not on reload.
+    assert page.locator("#status").inner_text() == "running"
+    assert "line 5" not in log.inner_text()
+    log.get_by_text("line 5", exact=True).wait_for()
+    page.locator("#status.success").wait_for()
+    assert page.locator("#outputs").inner_text().count('"count": 6') == 1
+    lines = log.locator(".line").all_inner_texts()
+    assert lines == [f"line {i}" for i in range(6)]
+
+
+def test_cancel_a_run(page: Any, team: Team) -> None:
+    live = team.live
+    login(page, live, "olga")
+    execution = start(live, "slow", {"n": 200, "pause": 0.1})
+    page.goto(f"{live.url}/w/{WS}/executions/{execution}")
+    page.locator("#log").get_by_text("line 2", exact=True).wait_for()
+    page.get_by_role("button", name="Cancel").click()
+    page.locator("#status.cancelled").wait_for()
+    assert live.wait_for(WS, execution)["status"] == "cancelled"
+
+
+def test_filter_executions_and_rows_update_live(page: Any, team: Team) -> None:
+    live = team.live
+    failed = start(live, "fail")
+    passed = start(live, "slow", {"n": 1, "pause": 0})
+    live.wait_for(WS, failed)
+    live.wait_for(WS, passed)
+    login(page, live, "olga")
+    page.goto(f"{live.url}/w/{WS}/executions")
+    page.get_by_label("Status").select_option("error")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**status=error**")
+    statuses = page.locator("table.executions [data-status]").all_inner_texts()
+    assert statuses and set(statuses) == {"error"}
+    assert page.locator(f"tr[data-execution='{failed}']").count() == 1
+    assert page.locator(f"tr[data-execution='{passed}']").count() == 0
+
+    page.goto(f"{live.url}/w/{WS}/executions?flow=slow")
+    time.sleep(0.5)  # let the page's event stream connect
+    fresh = start(live, "slow", {"n": 3, "pause": 0.3})
+    row = page.locator(f"tr[data-execution='{fresh}']")
+    row.locator(".badge.running").wait_for()
+    row.locator(".badge.success").wait_for()
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+
+def test_viewer_sees_no_run_button_and_a_forged_run_gets_403(page: Any, team: Team) -> None:
+    live = team.live
+    login(page, live, "vic")
+    page.goto(f"{live.url}/w/{WS}/flows/slow")
+    assert page.get_by_role("heading", name="Flow slow").count() == 1
+    assert page.get_by_role("button", name="Run", exact=True).count() == 0
+    csrf = page.locator("form.logout input[name=csrf_token]").input_value()
+    before = len(live.client.get(f"/api/v1/workspaces/{WS}/executions").json()["items"])
+    forged = page.request.post(
+        f"{live.url}/w/{WS}/flows/slow/run", form={"csrf_token": csrf, "inputs": "{}"}
+    )
+    assert forged.status == 403
+    assert "may not execute executions" in forged.text()
+    after = live.client.get(f"/api/v1/workspaces/{WS}/executions").json()["items"]
+    assert len(after) == before
+
+
+def test_log_lines_and_page_parameters_render_as_text(page: Any, team: Team) -> None:
+    live = team.live
+    execution = start(live, "xss")
+    live.wait_for(WS, execution)
+    login(page, live, "olga")
+    page.goto(f"{live.url}/w/{WS}/executions/{execution}")
+    assert page.locator("#log .line").all_inner_texts() == [SCRIPT_TAG, IMG_TAG]
+    assert page.locator("#message").inner_text() == IMG_TAG
+    assert page.locator("main img").count() == 0
+    assert page.evaluate("window.__xss") is None
+
+    page.goto(f"{live.url}/w/{WS}/executions?flow={IMG_TAG}")
+    assert page.get_by_label("Flow").input_value() == IMG_TAG
+    page.goto(f"{live.url}/w/{WS}/flows/{SCRIPT_TAG}")
+    assert SCRIPT_TAG in page.locator("main").inner_text()
+    assert page.locator("main img, main script").count() == 0
+    assert page.evaluate("window.__xss") is None
+
+
+def test_tampered_cookie_leads_to_login(page: Any, team: Team) -> None:
+    live = team.live
+    login(page, live, "olga")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "flowlink_session")
+    page.context.add_cookies([{**cookie, "value": cookie["value"][:-2] + "xx"}])
+    page.goto(f"{live.url}/w/{WS}/flows")
+    assert page.get_by_role("heading", name="Log in to flowlink").count() == 1
+    assert "/login?next=" in page.url
+
+
+def test_narrow_screen_and_keyboard(browser: Any, team: Team) -> None:
+    live = team.live
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        page.goto(f"{live.url}/login")
+        assert page.evaluate("document.activeElement.id") == "username"
+        page.keyboard.type("olga")
+        page.keyboard.press("Tab")
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"{live.url}/")
+        page.goto(f"{live.url}/w/{WS}/executions")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page is {width}px wide at 390px"
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    finally:
+        context.close()

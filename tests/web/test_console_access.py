@@ -1,0 +1,97 @@
+"""The console's access rules over plain HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import update
+
+from flowlink.store.models import UserSession, utcnow
+from tests.conftest import LiveServer
+from tests.web.conftest import csrf_in, make_team, web_login
+
+WS = "guarded"
+HELLO = """import flow_api
+
+
+def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
+    return this.success("hi")
+"""
+
+
+def test_forms_need_a_csrf_token_and_the_role(live_server: LiveServer) -> None:
+    team = make_team(live_server, WS, {"hello": HELLO})
+    url = live_server.url
+    with closing(web_login(url, "vic", "console-pass-1")) as viewer:
+        page = viewer.get(f"/w/{WS}/flows/hello")
+        assert page.status_code == 200
+        assert 'id="run"' not in page.text
+        csrf = csrf_in(page.text)
+        for data in ({"inputs": "{}"}, {"inputs": "{}", "csrf_token": "0" * 64}):
+            answer = viewer.post(f"/w/{WS}/flows/hello/run", data=data)
+            assert answer.status_code == 403, answer.text
+            assert "CSRF token" in answer.text
+        forged = viewer.post(f"/w/{WS}/flows/hello/run", data={"csrf_token": csrf, "inputs": "{}"})
+        assert forged.status_code == 403
+        assert "text/html" in forged.headers["content-type"]
+    denied = live_server.client.get(
+        f"/api/v1/workspaces/{WS}/events", params={"types": "access.denied"}
+    ).json()["items"]
+    assert any(e["payload"]["principal"].get("name") == "vic" for e in denied)
+    with closing(web_login(url, "olga", "console-pass-1")) as operator:
+        csrf = csrf_in(operator.get(f"/w/{WS}/flows/hello").text)
+        started = operator.post(
+            f"/w/{WS}/flows/hello/run", data={"csrf_token": csrf, "inputs": '{"a": 1}'}
+        )
+        assert started.status_code == 303
+        assert started.headers["location"].startswith(f"/w/{WS}/executions/")
+        execution = started.headers["location"].rsplit("/", 1)[1]
+        record = team.live.wait_for(WS, execution)
+        assert record["input_value"] == {"a": 1} and record["status"] == "success"
+        # Another workspace's pages do not exist for a member of this one only.
+        other = live_server.client.post("/api/v1/workspaces", json={"slug": "other"})
+        assert other.status_code == 201
+        assert operator.get("/w/other/executions").status_code == 404
+
+
+def test_sessions_tampered_expired_and_logged_out(live_server: LiveServer) -> None:
+    make_team(live_server, WS, {"hello": HELLO})
+    url = live_server.url
+    with httpx.Client(base_url=url, cookies={"flowlink_session": "forged"}) as forged:
+        answer = forged.get(f"/w/{WS}/executions?status=error")
+        assert answer.status_code == 303
+        assert (
+            answer.headers["location"] == "/login?next=%2Fw%2Fguarded%2Fexecutions%3Fstatus%3Derror"
+        )
+        assert forged.post("/logout", data={"csrf_token": "x"}).status_code == 303
+    with closing(web_login(url, "olga", "console-pass-1")) as user:
+        assert user.get("/").status_code == 200
+        with live_server.store.write() as session:
+            session.execute(update(UserSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+        assert user.get("/").headers["location"] == "/login?next=%2F"
+    with closing(web_login(url, "olga", "console-pass-1")) as user:
+        csrf = csrf_in(user.get("/").text)
+        cookie = user.cookies["flowlink_session"]
+        assert user.post("/logout", data={"csrf_token": csrf}).headers["location"] == "/login"
+        with httpx.Client(base_url=url, cookies={"flowlink_session": cookie}) as again:
+            assert again.get("/").status_code == 303
+    # The login form itself carries a CSRF token bound to a cookie.
+    with httpx.Client(base_url=url) as anonymous:
+        answer = anonymous.post(
+            "/login", data={"username": "olga", "password": "console-pass-1", "csrf_token": "x"}
+        )
+        assert answer.status_code == 403
+        # A local next only: no open redirect after login.
+        token = csrf_in(anonymous.get("/login").text)
+        answer = anonymous.post(
+            "/login",
+            data={
+                "username": "olga",
+                "password": "console-pass-1",
+                "csrf_token": token,
+                "next": "//evil.example/",
+            },
+        )
+        assert answer.headers["location"] == "/"
