@@ -374,3 +374,13 @@ def cloudevent(view: Mapping[str, Any]) -> dict[str, Any]:
     if source.get("executionId"):
         result["subject"] = f"executions/{source['executionId']}"
     return result
+
+
+def recent_times(
+    session: Session, workspace: Workspace, criteria: EventFilter, *, limit: int = 10_000
+) -> list[datetime]:
+    """When the newest ``limit`` matching events happened, newest first (for a histogram)."""
+    query = _filtered(
+        select(Event.created_at).where(Event.workspace_id == workspace.id), session, criteria
+    )
+    return list(session.scalars(query.order_by(Event.seq.desc()).limit(limit)))

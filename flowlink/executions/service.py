@@ -590,3 +590,22 @@ def status_counts(
     for workspace_id, status, count in rows:
         counts[workspace_id][status] = int(count)
     return counts
+
+
+def by_correlation(
+    session: Session, correlation_id: str, workspace_ids: Sequence[str], *, limit: int = 200
+) -> list[Execution]:
+    """Executions of these workspaces that share a correlation id, oldest first."""
+    if not workspace_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Execution)
+            .where(
+                Execution.correlation_id == correlation_id,
+                Execution.workspace_id.in_(list(workspace_ids)),
+            )
+            .order_by(Execution.created_at)
+            .limit(limit)
+        )
+    )

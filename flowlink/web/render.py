@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -49,6 +50,9 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["pretty"] = _pretty
+    env.filters["compact"] = lambda value: json.dumps(
+        value, separators=(",", ":"), default=str, ensure_ascii=False
+    )
     env.filters["python"] = highlight_python
     env.globals["version"] = __version__
     env.globals["statuses"] = STATUSES
@@ -79,3 +83,32 @@ def render(
             "Referrer-Policy": "same-origin",
         },
     )
+
+
+def histogram(
+    times: list[datetime], start: datetime, end: datetime, buckets: int = 48
+) -> dict[str, Any]:
+    """Bars for an SVG chart of ``times`` between ``start`` and ``end`` (heights 0-100)."""
+    span = max((end - start).total_seconds(), 1.0)
+    counts = [0] * buckets
+    for moment in times:
+        offset = (moment - start).total_seconds()
+        if 0 <= offset <= span:
+            counts[min(int(offset / span * buckets), buckets - 1)] += 1
+    top = max(counts) or 1
+    step = span / buckets
+    bars = [
+        {
+            "index": i,
+            "count": count,
+            "height": round(count / top * 100, 1),
+            "label": iso(start + timedelta(seconds=i * step)),
+        }
+        for i, count in enumerate(counts)
+    ]
+    return {"bars": bars, "top": top, "start": iso(start), "end": iso(end), "total": len(times)}
+
+
+def iso(moment: datetime) -> str:
+    """A timestamp as RFC 3339 UTC with a ``Z`` (seconds)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -82,11 +82,15 @@ def _safe_next(target: str | None) -> str:
     return "/"
 
 
-def _see_other(url: str) -> RedirectResponse:
+def see_other(url: str) -> RedirectResponse:
+    """A 303 redirect (after a form POST)."""
     return RedirectResponse(url, status_code=303)
 
 
-def _workspace(session: Any, user: Principal, slug: str, subject: str = "workspace") -> Workspace:
+def workspace_for(
+    session: Any, user: Principal, slug: str, subject: str = "workspace"
+) -> Workspace:
+    """A workspace the user may read ``subject`` of (404 when hidden, 403 when not allowed)."""
     workspace = workspaces.get_workspace(session, slug)
     authorize(user, "read", subject, workspace)
     return workspace
@@ -125,7 +129,7 @@ def login_page(request: Request, next: str | None = None) -> Response:
         current_user(request)
     except Exception:
         return _login_page(request, target)
-    return _see_other(target)
+    return see_other(target)
 
 
 @router.post("/login")
@@ -149,7 +153,7 @@ async def login_submit(request: Request) -> Response:
         result = await run_in_threadpool(attempt)
     except (Unauthorized, TooManyRequests) as error:
         return _login_page(request, target, username, error.message, status=error.status)
-    response = _see_other(target)
+    response = see_other(target)
     set_login_cookies(response, request, result)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
@@ -165,7 +169,7 @@ async def logout(request: Request, sent: Post) -> Response:
             access.logout(session, cookie)
 
     await run_in_threadpool(end)
-    response = _see_other("/login")
+    response = see_other("/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
     return response
@@ -196,7 +200,7 @@ def home(request: Request, user: Viewer) -> Response:
 def flows_page(request: Request, ws: str, user: Viewer) -> Response:
     """The flows of a workspace."""
     with context_of(request).store.read() as session:
-        workspace = _workspace(session, user, ws, "flows")
+        workspace = workspace_for(session, user, ws, "flows")
         items = [
             {"name": f.name, "description": f.description, "updated_at": f.updated_at}
             for f in workspaces.list_flows(session, workspace)
@@ -216,7 +220,7 @@ def _flow_page(
     status: int = 200,
 ) -> Response:
     with context_of(request).store.read() as session:
-        workspace = _workspace(session, user, ws, "flows")
+        workspace = workspace_for(session, user, ws, "flows")
         flow = workspaces.get_flow(session, workspace, name)
         authorize(user, "read", "flows", workspace, {"flow": name})
         can_run = allows(user, "execute", "executions", workspace, {"flow": name})
@@ -265,7 +269,7 @@ async def run_flow(request: Request, ws: str, name: str, sent: Post) -> Response
 
     def start() -> str:
         with context.store.write() as session:
-            workspace = _workspace(session, sent.user, ws, "executions")
+            workspace = workspace_for(session, sent.user, ws, "executions")
             authorize(sent.user, "execute", "executions", workspace, {"flow": name})
             workspaces.get_flow(session, workspace, name)
             execution = executions.create_execution(
@@ -287,7 +291,7 @@ async def run_flow(request: Request, ws: str, name: str, sent: Post) -> Response
         return await run_in_threadpool(
             lambda: _flow_page(request, sent.user, ws, name, inputs=raw, error=message, status=422)
         )
-    return _see_other(f"/w/{ws}/executions/{execution_id}")
+    return see_other(f"/w/{ws}/executions/{execution_id}")
 
 
 # --- executions -------------------------------------------------------------------------------
@@ -305,7 +309,7 @@ def executions_page(
     """Executions, newest first, filtered, paged by cursor; rows follow status changes live."""
     error = ""
     with context_of(request).store.read() as session:
-        workspace = _workspace(session, user, ws, "executions")
+        workspace = workspace_for(session, user, ws, "executions")
         try:
             found = executions.list_executions(
                 session,
@@ -346,7 +350,7 @@ def executions_page(
 
 def _execution(request: Request, user: Principal, ws: str, execution_id: str) -> dict[str, Any]:
     with context_of(request).store.read() as session:
-        workspace = _workspace(session, user, ws, "executions")
+        workspace = workspace_for(session, user, ws, "executions")
         execution = executions.get_execution(session, workspace, execution_id)
         authorize(user, "read", "executions", workspace, {"flow": execution.flow_name})
         children = executions.list_executions(session, workspace, parent_id=execution.id, limit=500)
@@ -382,14 +386,14 @@ async def cancel_execution(request: Request, ws: str, execution_id: str, sent: P
 
     def cancel() -> None:
         with context_of(request).store.write() as session:
-            workspace = _workspace(session, sent.user, ws, "executions")
+            workspace = workspace_for(session, sent.user, ws, "executions")
             authorize(sent.user, "execute", "executions", workspace)
             execution = executions.get_execution(session, workspace, execution_id)
             authorize(sent.user, "execute", "executions", workspace, {"flow": execution.flow_name})
             executions.request_cancel(session, execution)
 
     await run_in_threadpool(cancel)
-    return _see_other(f"/w/{ws}/executions/{execution_id}")
+    return see_other(f"/w/{ws}/executions/{execution_id}")
 
 
 @router.get("/w/{ws}/executions/{execution_id}/live")
@@ -402,6 +406,6 @@ async def execution_live(request: Request, ws: str, execution_id: str, after: in
 
 def _execution_check(request: Request, user: Principal, ws: str, execution_id: str) -> None:
     with context_of(request).store.read() as session:
-        workspace = _workspace(session, user, ws, "executions")
+        workspace = workspace_for(session, user, ws, "executions")
         execution = executions.get_execution(session, workspace, execution_id)
         authorize(user, "read", "executions", workspace, {"flow": execution.flow_name})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,14 @@ def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
     this.log({SCRIPT_TAG!r})
     this.log({IMG_TAG!r})
     return this.success({IMG_TAG!r})
+"""
+PARENT = """import flow_api
+
+
+def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
+    for n in (1, 2):
+        this.flow("slow", {"n": n, "pause": 0})
+    return this.success("parent done")
 """
 pytestmark = pytest.mark.timeout(120)
 
@@ -231,3 +240,68 @@ def test_narrow_screen_and_keyboard(browser: Any, team: Team) -> None:
         assert page.evaluate("document.activeElement.textContent") == "Skip to content"
     finally:
         context.close()
+
+
+def emit(live: LiveServer, event_type: str, payload: Any) -> dict[str, Any]:
+    """Emit a custom event through the API."""
+    answer = live.client.post(
+        f"/api/v1/workspaces/{WS}/events", json={"type": event_type, "payload": payload}
+    )
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def test_activity_filters_live_tail_and_payload_as_text(page: Any, team: Team) -> None:
+    live = team.live
+    emit(live, "order.placed", {"item": SCRIPT_TAG, "note": IMG_TAG})
+    emit(live, "order.shipped", {"item": "book"})
+    login(page, live, "olga")
+    page.goto(f"{live.url}/w/{WS}/activity")
+    page.get_by_label("Types").fill("order.placed")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_url("**types=order.placed**")
+    rows = page.locator("table.events tbody tr")
+    assert rows.count() == 1
+    shown = rows.first.inner_text()
+    assert SCRIPT_TAG in shown and json.dumps(IMG_TAG) in shown
+    assert page.locator("main img").count() == 0
+    assert page.locator("svg rect.bar").count() == 48
+    time.sleep(0.5)  # let the live tail connect
+    emit(live, "order.shipped", {"item": "ignored by the filter"})
+    fresh = emit(live, "order.placed", {"item": "live one"})
+    page.locator(f"tr[data-event='{fresh['id']}']").wait_for()
+    assert rows.count() == 2
+    assert "ignored by the filter" not in page.locator("table.events").inner_text()
+    assert page.evaluate("window.__xss") is None
+
+    page.get_by_label("After").fill("yesterday")
+    page.get_by_role("button", name="Search").click()
+    assert "afterDate must be an ISO 8601" in page.locator("#filter-error").inner_text()
+    assert page.get_by_label("After").input_value() == "yesterday"
+    assert page.get_by_label("Types").input_value() == "order.placed"
+
+
+def test_activity_correlation_chain_and_cloudevents_download(page: Any, team: Team) -> None:
+    live = team.live
+    parent = live.client.post(
+        f"/api/v1/workspaces/{WS}/executions",
+        json={
+            "script": PARENT,
+            "name": "parent",
+            "inputs": {},
+        },
+    ).json()
+    live.wait_for(WS, parent["id"])
+    login(page, live, "olga")
+    page.goto(f"{live.url}/w/{WS}/executions/{parent['id']}")
+    page.get_by_role("link", name=parent["correlation_id"]).click()
+    page.wait_for_url("**correlationId=**")
+    chain = page.locator("tr[data-chain]")
+    assert chain.count() == 3  # the parent and its two children
+    assert page.locator("tr[data-chain] .badge.success").count() == 3
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Download as CloudEvents JSON").click()
+    batch = json.loads(Path(info.value.path()).read_text())
+    assert batch and all(e["specversion"] == "1.0" for e in batch)
+    assert {e["correlationid"] for e in batch} == {parent["correlation_id"]}
+    assert "executions.ended" in {e["type"] for e in batch}

@@ -156,5 +156,5 @@ document.addEventListener("DOMContentLoaded", () => {
   const list = document.getElementById("live-executions");
   if (list && window.EventSource) { followExecutions(list); }
   const activity = document.getElementById("live-activity");
-  if (activity && window.EventSource) { followActivity(activity); }
+  if (activity && window.EventSource && activity.dataset.off !== "yes") { followActivity(activity); }
 });
