@@ -609,3 +609,17 @@ def by_correlation(
             .limit(limit)
         )
     )
+
+
+def created_times(
+    session: Session, workspace: Workspace, since: datetime, *, limit: int = 10_000
+) -> list[datetime]:
+    """When the newest ``limit`` executions created since ``since`` were created, newest first."""
+    return list(
+        session.scalars(
+            select(Execution.created_at)
+            .where(Execution.workspace_id == workspace.id, Execution.created_at >= since)
+            .order_by(Execution.created_at.desc())
+            .limit(limit)
+        )
+    )

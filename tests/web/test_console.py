@@ -57,7 +57,9 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
     """One server on a SQLite store for the module, with a workspace, an operator, a viewer."""
     path: Path = tmp_path_factory.mktemp("console") / "flowlink.db"
     started = start_live_server(make_settings(f"sqlite:///{path}"))
-    yield make_team(started.live, WS, {"slow": SLOW, "fail": FAIL, "xss": XSS})
+    team = make_team(started.live, WS, {"slow": SLOW, "fail": FAIL, "xss": XSS})
+    team.add_user("eddie", "editor")
+    yield team
     started.stop()
 
 
@@ -305,3 +307,43 @@ def test_activity_correlation_chain_and_cloudevents_download(page: Any, team: Te
     assert batch and all(e["specversion"] == "1.0" for e in batch)
     assert {e["correlationid"] for e in batch} == {parent["correlation_id"]}
     assert "executions.ended" in {e["type"] for e in batch}
+
+
+def test_settings_masked_edited_and_shown_as_text(page: Any, team: Team) -> None:
+    live = team.live
+    put = live.client.put(
+        f"/api/v1/workspaces/{WS}/settings/api_token", json={"value": "sk-very-secret"}
+    )
+    assert put.status_code == 200, put.text
+    login(page, live, "eddie")
+    page.goto(f"{live.url}/w/{WS}/settings")
+    assert "sk-very-secret" not in page.content()
+    assert "(masked)" in page.locator("tr[data-setting='api_token']").inner_text()
+    page.get_by_label("Name").fill("bad name!")
+    page.get_by_label("Value (JSON; anything else is kept as text)").fill(IMG_TAG)
+    page.get_by_role("button", name="Save").click()
+    assert "setting" in page.locator("#setting-error").inner_text()
+    assert page.get_by_label("Name").input_value() == "bad name!"
+    assert page.get_by_label("Value (JSON; anything else is kept as text)").input_value() == IMG_TAG
+    page.get_by_label("Name").fill("banner")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url("**saved=banner")
+    assert json.dumps(IMG_TAG) in page.locator("tr[data-setting='banner']").inner_text()
+    assert page.locator("main img").count() == 0
+    assert page.evaluate("window.__xss") is None
+
+
+def test_overview_charts_and_window(page: Any, team: Team) -> None:
+    live = team.live
+    failed = start(live, "fail")
+    live.wait_for(WS, failed)
+    login(page, live, "olga")
+    page.goto(f"{live.url}/w/{WS}")
+    assert page.locator("svg[role=img]").count() == 2
+    assert page.locator(f"tr[data-execution='{failed}']").count() == 1
+    page.get_by_label("Window").select_option("1h")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url("**window=1h")
+    assert page.locator("svg rect.bar").count() == 96
+    page.goto(f"{live.url}/w/{WS}?window=%3Cscript%3E")
+    assert "window: one of 1h, 24h, 7d" in page.get_by_role("alert").inner_text()
