@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import LiveServer
 from tests.linking.servers import workspace_files
@@ -84,11 +85,15 @@ class Team:
             assert put.status_code == 200, put.text
 
 
-def make_team(live: LiveServer, ws: str, flows: dict[str, str]) -> Team:
-    """Apply a workspace with these flows and add an operator and a viewer."""
-    answer = live.client.post(
-        f"/api/v1/workspaces/{ws}/apply", json={"files": workspace_files(ws, flows)}
-    )
+def make_team(
+    live: LiveServer, ws: str, flows: dict[str, str], automations: dict[str, Any] | None = None
+) -> Team:
+    """Apply a workspace with these flows (and automations); add an operator and a viewer."""
+    files = workspace_files(ws, flows)
+    if automations:
+        spec = yaml.safe_load(files["workspace.yml"])
+        files["workspace.yml"] = yaml.safe_dump({**spec, "automations": automations})
+    answer = live.client.post(f"/api/v1/workspaces/{ws}/apply", json={"files": files})
     assert answer.status_code == 200, answer.text
     team = Team(live, ws)
     team.add_user("olga", "operator")

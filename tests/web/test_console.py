@@ -49,6 +49,18 @@ def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
         this.flow("slow", {"n": n, "pause": 0})
     return this.success("parent done")
 """
+EMITTER = """import flow_api
+
+
+def handler(system: flow_api.System, this: flow_api.Execution, inputs: dict):
+    this.emit("report.done", {"ok": True})
+    return this.success("emitted")
+"""
+AUTOMATIONS = {
+    "on-report": {"flow": "emitter", "when": {"events": ["report.requested"]}},
+    "nightly": {"flow": "fail", "when": {"schedules": ["0 3 * * *"]}},
+    "hook": {"flow": "slow", "when": {"endpoint": True}},
+}
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -57,8 +69,14 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
     """One server on a SQLite store for the module, with a workspace, an operator, a viewer."""
     path: Path = tmp_path_factory.mktemp("console") / "flowlink.db"
     started = start_live_server(make_settings(f"sqlite:///{path}"))
-    team = make_team(started.live, WS, {"slow": SLOW, "fail": FAIL, "xss": XSS})
+    team = make_team(
+        started.live,
+        WS,
+        {"slow": SLOW, "fail": FAIL, "xss": XSS, "emitter": EMITTER},
+        AUTOMATIONS,
+    )
     team.add_user("eddie", "editor")
+    team.add_user("otto", "owner")
     yield team
     started.stop()
 
@@ -347,3 +365,39 @@ def test_overview_charts_and_window(page: Any, team: Team) -> None:
     assert page.locator("svg rect.bar").count() == 96
     page.goto(f"{live.url}/w/{WS}?window=%3Cscript%3E")
     assert "window: one of 1h, 24h, 7d" in page.get_by_role("alert").inner_text()
+
+
+def test_automations_graph_cron_and_webhook_key(page: Any, team: Team) -> None:
+    live = team.live
+    login(page, live, "vic")
+    page.goto(f"{live.url}/w/{WS}/automations")
+    for key in (
+        "event:report.requested",
+        "automation:on-report",
+        "flow:emitter",
+        "event:report.done",
+        "schedule:0 3 * * *",
+        "webhook:hook",
+        "flow:slow",
+    ):
+        assert page.locator(f"svg a[data-node='{key}']").count() == 1, key
+    assert page.locator("svg path.edge").count() == 7
+    firings = page.locator("#automation-nightly time").all_inner_texts()
+    assert len(firings) == 5 and all(t.endswith("T03:00:00Z") for t in firings)
+    assert page.get_by_role("button", name="Rotate webhook key of hook").count() == 0
+    page.locator("svg a[data-node='flow:emitter']").click()
+    page.wait_for_url(f"{live.url}/w/{WS}/flows/emitter")
+
+    page.context.clear_cookies()
+    login(page, live, "otto")
+    page.goto(f"{live.url}/w/{WS}/automations")
+    page.get_by_role("button", name="Rotate webhook key of hook").click()
+    key = page.locator("#new-key").inner_text()
+    answer = httpx.post(
+        f"{live.url}/api/v1/workspaces/{WS}/webhooks/hook?async=true",
+        headers={"X-Flowlink-Key": key},
+        json={"n": 1, "pause": 0},
+    )
+    assert answer.status_code == 202, answer.text
+    page.goto(f"{live.url}/w/{WS}/automations")
+    assert page.locator("#new-key").count() == 0
