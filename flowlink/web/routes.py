@@ -18,9 +18,10 @@ from flowlink.access.policy import allows, authorize, visible
 from flowlink.access.service import Principal
 from flowlink.api.access import set_login_cookies
 from flowlink.api.deps import CSRF_COOKIE, SESSION_COOKIE
-from flowlink.errors import Invalid, TooManyRequests, Unauthorized
+from flowlink.errors import Conflict, Invalid, TooManyRequests, Unauthorized
 from flowlink.executions import service as executions
 from flowlink.linking import exchange
+from flowlink.linking import service as linking
 from flowlink.store.models import Workspace, utcnow
 from flowlink.web import live
 from flowlink.web.render import render
@@ -216,6 +217,7 @@ def _flow_page(
     name: str,
     *,
     inputs: str = "{}",
+    remote: str = "",
     error: str = "",
     status: int = 200,
 ) -> Response:
@@ -224,6 +226,11 @@ def _flow_page(
         flow = workspaces.get_flow(session, workspace, name)
         authorize(user, "read", "flows", workspace, {"flow": name})
         can_run = allows(user, "execute", "executions", workspace, {"flow": name})
+        remotes = [
+            c.name
+            for c in linking.list_sync_configs(session, workspace)
+            if c.enabled and linking.direction_of(c) == linking.CONTROLLING
+        ]
         recent = executions.list_executions(session, workspace, flow=name, limit=10)
         recent_views = [executions.execution_view(e, ws) for e in recent]
     return render(
@@ -237,6 +244,8 @@ def _flow_page(
             "inputs": inputs,
             "error": error,
             "recent": recent_views,
+            "remotes": remotes,
+            "remote": remote,
         },
         status=status,
     )
@@ -265,6 +274,7 @@ def parse_inputs(raw: str) -> dict[str, Any] | None:
 async def run_flow(request: Request, ws: str, name: str, sent: Post) -> Response:
     """Start the flow with the form's inputs and open the new execution's page."""
     raw = sent.text("inputs")
+    remote = sent.text("remote")
     context = context_of(request)
 
     def start() -> str:
@@ -272,6 +282,21 @@ async def run_flow(request: Request, ws: str, name: str, sent: Post) -> Response
             workspace = workspace_for(session, sent.user, ws, "executions")
             authorize(sent.user, "execute", "executions", workspace, {"flow": name})
             workspaces.get_flow(session, workspace, name)
+            if remote:
+                return exchange.start_remote_execution(
+                    session,
+                    workspace,
+                    remote,
+                    exchange.RemoteStart(
+                        flow=name,
+                        inputs=parse_inputs(raw),
+                        use_remote_flow=sent.text("use_remote_flow") == "on",
+                    ),
+                    user_id=sent.user.user_id,
+                    trigger={"type": "console"},
+                    principal=sent.user.describe(),
+                    default_max_runtime=context.settings.default_max_runtime,
+                ).id
             execution = executions.create_execution(
                 session,
                 workspace,
@@ -286,10 +311,19 @@ async def run_flow(request: Request, ws: str, name: str, sent: Post) -> Response
 
     try:
         execution_id = await run_in_threadpool(start)
-    except Invalid as error:
-        message = error.message
+    except (Invalid, Conflict) as error:
+        message, status = error.message, error.status
         return await run_in_threadpool(
-            lambda: _flow_page(request, sent.user, ws, name, inputs=raw, error=message, status=422)
+            lambda: _flow_page(
+                request,
+                sent.user,
+                ws,
+                name,
+                inputs=raw,
+                remote=remote,
+                error=message,
+                status=status,
+            )
         )
     return see_other(f"/w/{ws}/executions/{execution_id}")
 

@@ -30,11 +30,24 @@ MASK = "••••••••"
 
 
 def link_rows(session: Any, workspace: Any) -> list[dict[str, Any]]:
-    """The workspace's sync configs as the console shows them (keys as fingerprints only)."""
-    return [
-        linking.sync_config_view(session, c, workspace.slug)
-        for c in linking.list_sync_configs(session, workspace)
-    ]
+    """The workspace's sync configs as the console shows them (keys as fingerprints only),
+    each with the last ``sync.rejected`` event recorded for it on this end."""
+    rows = []
+    for config in linking.list_sync_configs(session, workspace):
+        view = linking.sync_config_view(session, config, workspace.slug)
+        rejected = events.search(
+            session,
+            workspace,
+            events.EventFilter(types=("sync.rejected",), payload=(("syncConfig", config.name),)),
+            limit=1,
+        )
+        view["last_rejection"] = (
+            {**(rejected[0].payload or {}), "at": events.iso_time(rejected[0].created_at)}
+            if rejected
+            else None
+        )
+        rows.append(view)
+    return rows
 
 
 @router.get("/w/{ws}")

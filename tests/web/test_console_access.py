@@ -50,6 +50,12 @@ def test_forms_need_a_csrf_token_and_the_role(live_server: LiveServer) -> None:
         execution = started.headers["location"].rsplit("/", 1)[1]
         record = team.live.wait_for(WS, execution)
         assert record["input_value"] == {"a": 1} and record["status"] == "success"
+        # Links: only organization admins see and use the edit controls.
+        links = operator.get(f"/w/{WS}/links")
+        assert links.status_code == 200 and "Create link" not in links.text
+        for path in (f"/w/{WS}/links", f"/w/{WS}/links/keypair"):
+            forged = operator.post(path, data={"csrf_token": csrf, "name": "x"})
+            assert forged.status_code == 403, forged.text
         # Another workspace's pages do not exist for a member of this one only.
         other = live_server.client.post("/api/v1/workspaces", json={"slug": "other"})
         assert other.status_code == 201
