@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from flowlink.api.errors import error_response
-from flowlink.web import activity, automations, links, routes, workspace
+from flowlink.web import access, activity, automations, links, routes, workspace
 from flowlink.web.render import highlight_css, render
 
 
@@ -29,6 +29,7 @@ def install(app: FastAPI) -> None:
     app.include_router(workspace.router)
     app.include_router(automations.router)
     app.include_router(links.router)
+    app.include_router(access.router)
     static = str(resources.files("flowlink.web") / "static")
     app.mount("/assets", StaticFiles(directory=static), name="assets")
 

@@ -401,3 +401,39 @@ def test_automations_graph_cron_and_webhook_key(page: Any, team: Team) -> None:
     assert answer.status_code == 202, answer.text
     page.goto(f"{live.url}/w/{WS}/automations")
     assert page.locator("#new-key").count() == 0
+
+
+def test_access_members_tokens_and_denials(page: Any, team: Team) -> None:
+    live = team.live
+    team.add_user("newbie", None)
+    login(page, live, "otto")
+    page.goto(f"{live.url}/w/{WS}/access")
+    page.get_by_label("User", exact=True).fill("ghost")
+    page.get_by_role("button", name="Set role").click()
+    assert "ghost" in page.locator("#access-error").inner_text()
+    assert page.get_by_label("User", exact=True).input_value() == "ghost"
+    page.get_by_label("User", exact=True).fill("newbie")
+    page.get_by_label("Role", exact=True).select_option("viewer")
+    page.get_by_role("button", name="Set role").click()
+    assert page.locator("tr[data-member='newbie']").inner_text().split("\t")[1] == "viewer"
+    page.get_by_label("Token name").fill("ci")
+    page.get_by_label("Token role").select_option("operator")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.locator("#new-token").inner_text()
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(f"{live.url}/api/v1/auth/me", headers=headers).status_code == 200
+    page.goto(f"{live.url}/w/{WS}/access")
+    assert secret not in page.content()
+    page.get_by_role("button", name="Revoke ci").click()
+    assert httpx.get(f"{live.url}/api/v1/auth/me", headers=headers).status_code == 401
+    assert "operator" in page.locator("dl.grid").inner_text()  # roles with their rules
+    # A denial shows with its reason.
+    page.context.clear_cookies()
+    login(page, live, "vic")
+    page.goto(f"{live.url}/w/{WS}/settings")
+    page.goto(f"{live.url}/w/{WS}/flows/slow")
+    csrf = page.locator("form.logout input[name=csrf_token]").input_value()
+    page.request.post(f"{live.url}/w/{WS}/flows/slow/run", form={"csrf_token": csrf})
+    page.goto(f"{live.url}/w/{WS}/access")
+    assert "may not execute executions" in page.locator("table.denials").inner_text()
+    assert page.get_by_role("button", name="Set role").count() == 0
