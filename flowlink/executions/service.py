@@ -623,3 +623,28 @@ def created_times(
             .limit(limit)
         )
     )
+
+
+def children_of(session: Session, execution_id: str, *, limit: int = 500) -> list[Execution]:
+    """An execution's children, oldest first (by the parent index, whatever the workspace size)."""
+    return list(
+        session.scalars(
+            select(Execution)
+            .where(Execution.parent_id == execution_id)
+            .order_by(Execution.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def log_lines(
+    session: Session, execution_id: str, *, after: int = 0, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Like ``get_logs`` + ``log_view``, read as plain rows (a page shows thousands at once)."""
+    rows = session.execute(
+        select(ExecutionLog.id, ExecutionLog.created_at, ExecutionLog.line)
+        .where(ExecutionLog.execution_id == execution_id, ExecutionLog.id > after)
+        .order_by(ExecutionLog.id)
+        .limit(limit)
+    )
+    return [{"id": i, "created_at": iso_or_none(at), "line": line} for i, at, line in rows]

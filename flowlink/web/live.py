@@ -21,7 +21,7 @@ from flowlink.executions import service as executions
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution
 
-FIRST_LINES = 2000  # lines rendered into the page; the stream sends the rest
+FIRST_LINES = 1000  # lines rendered into the page; the stream sends the rest
 BATCH = 500
 TICK_SECONDS = 0.05  # runners flush their log lines every 0.1 s
 KEEPALIVE_SECONDS = 15.0
@@ -36,7 +36,7 @@ def _read(
     store: Store, execution_id: str, after: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     with store.read() as session:
-        lines = executions.get_logs(session, execution_id, after=after, limit=BATCH)
+        lines = executions.log_lines(session, execution_id, after=after, limit=BATCH)
         execution = session.get(Execution, execution_id)
         state: dict[str, Any] = {"status": "gone"}
         if execution is not None:
@@ -46,7 +46,7 @@ def _read(
                 for key in ("status", "message", "started_at", "ended_at", "duration")
             }
             state["output_value"] = view["output_value"]
-        return [executions.log_view(line) for line in lines], state
+        return lines, state
 
 
 async def _follow(

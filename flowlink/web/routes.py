@@ -387,15 +387,15 @@ def _execution(request: Request, user: Principal, ws: str, execution_id: str) ->
         workspace = workspace_for(session, user, ws, "executions")
         execution = executions.get_execution(session, workspace, execution_id)
         authorize(user, "read", "executions", workspace, {"flow": execution.flow_name})
-        children = executions.list_executions(session, workspace, parent_id=execution.id, limit=500)
+        children = executions.children_of(session, execution.id)
         view = executions.execution_view(execution, ws, with_script=True)
-        view["children"] = [executions.execution_view(c, ws) for c in reversed(children)]
+        view["children"] = [executions.execution_view(c, ws) for c in children]
         view["link"] = exchange.role_of_link(session, execution)
         view["can_run"] = allows(
             user, "execute", "executions", workspace, {"flow": execution.flow_name}
         )
-        lines = executions.get_logs(session, execution.id, limit=live.FIRST_LINES)
-        view["logs"] = [executions.log_view(line) for line in lines]
+        lines = executions.log_lines(session, execution.id, limit=live.FIRST_LINES)
+        view["logs"] = lines
         view["logs_truncated"] = len(lines) == live.FIRST_LINES
         view["flow_exists"] = (
             workspaces.find_flow(session, workspace, execution.flow_name) is not None
