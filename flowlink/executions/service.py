@@ -141,9 +141,25 @@ def list_executions(
     parent_id: str | None = None,
     limit: int = 50,
     before: str | None = None,
+    trigger: str | None = None,
+    user_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[Execution]:
-    """Executions of a workspace, newest first; ``before`` is the last id of the previous page."""
+    """Executions of a workspace, newest first; ``before`` is the last id of the previous page.
+
+    ``trigger`` is a trigger type (api, console, flow, event, schedule, webhook, link...),
+    ``user_id`` who started it, ``since``/``until`` a window on the creation time.
+    """
     query = select(Execution).where(Execution.workspace_id == workspace.id)
+    if trigger:
+        query = query.where(Execution.trigger["type"].as_string() == trigger)
+    if user_id:
+        query = query.where(Execution.user_id == user_id)
+    if since:
+        query = query.where(Execution.created_at >= since)
+    if until:
+        query = query.where(Execution.created_at <= until)
     if status:
         if status not in ALL_STATUSES:
             raise Invalid(f"unknown status {status!r}", details={"field": "status"})

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -18,7 +18,8 @@ from flowlink.access.policy import allows, authorize, visible
 from flowlink.access.service import Principal
 from flowlink.api.access import set_login_cookies
 from flowlink.api.deps import CSRF_COOKIE, SESSION_COOKIE
-from flowlink.errors import Conflict, Invalid, TooManyRequests, Unauthorized
+from flowlink.errors import Conflict, Invalid, NotFound, TooManyRequests, Unauthorized
+from flowlink.events import service as events
 from flowlink.executions import service as executions
 from flowlink.linking import exchange
 from flowlink.linking import service as linking
@@ -338,6 +339,10 @@ def executions_page(
     user: Viewer,
     status: str = "",
     flow: str = "",
+    trigger: str = "",
+    by: str = "",
+    after_date: Annotated[str, Query(alias="afterDate")] = "",
+    before_date: Annotated[str, Query(alias="beforeDate")] = "",
     before: str = "",
 ) -> Response:
     """Executions, newest first, filtered, paged by cursor; rows follow status changes live."""
@@ -345,6 +350,13 @@ def executions_page(
     with context_of(request).store.read() as session:
         workspace = workspace_for(session, user, ws, "executions")
         try:
+            window = events.parse_filter(after_date=after_date, before_date=before_date)
+            started_by = None
+            if by:
+                try:
+                    started_by = access.get_user(session, by).id
+                except NotFound:
+                    raise Invalid(f"started by: no user {by!r}", details={"field": "by"}) from None
             found = executions.list_executions(
                 session,
                 workspace,
@@ -352,6 +364,10 @@ def executions_page(
                 flow=flow or None,
                 limit=PAGE_SIZE,
                 before=before or None,
+                trigger=trigger or None,
+                user_id=started_by,
+                since=window.after,
+                until=window.before,
             )
         except Invalid as failure:
             error, found = failure.message, []
@@ -361,7 +377,14 @@ def executions_page(
             if allows(user, "read", "executions", workspace, {"flow": e.flow_name})
         ]
         flow_names = [f.name for f in workspaces.list_flows(session, workspace)]
-    filters = {"status": status, "flow": flow}
+    filters = {
+        "status": status,
+        "flow": flow,
+        "trigger": trigger,
+        "by": by,
+        "afterDate": after_date,
+        "beforeDate": before_date,
+    }
     next_url = None
     if len(found) == PAGE_SIZE:
         next_url = f"?{urlencode({**filters, 'before': found[-1].id})}"

@@ -185,6 +185,16 @@ def test_filter_executions_and_rows_update_live(page: Any, team: Team) -> None:
     assert statuses and set(statuses) == {"error"}
     assert page.locator(f"tr[data-execution='{failed}']").count() == 1
     assert page.locator(f"tr[data-execution='{passed}']").count() == 0
+    page.get_by_label("Started by").fill("nobody")
+    page.get_by_role("button", name="Filter").click()
+    assert "no user 'nobody'" in page.get_by_role("alert").inner_text()
+    assert page.get_by_label("Started by").input_value() == "nobody"
+    page.goto(f"{live.url}/w/{WS}/executions?trigger=api&by=admin")
+    assert page.locator(f"tr[data-execution='{failed}']").count() == 1
+    page.goto(f"{live.url}/w/{WS}/executions?trigger=console")
+    assert page.locator(f"tr[data-execution='{failed}']").count() == 0
+    page.goto(f"{live.url}/w/{WS}/executions?afterDate=2999-01-01")
+    assert page.locator("table.executions tr.empty").count() == 1
 
     page.goto(f"{live.url}/w/{WS}/executions?flow=slow")
     time.sleep(0.5)  # let the page's event stream connect

@@ -50,6 +50,9 @@ def test_forms_need_a_csrf_token_and_the_role(live_server: LiveServer) -> None:
         execution = started.headers["location"].rsplit("/", 1)[1]
         record = team.live.wait_for(WS, execution)
         assert record["input_value"] == {"a": 1} and record["status"] == "success"
+        listed = operator.get(f"/w/{WS}/executions", params={"trigger": "console", "by": "olga"})
+        assert execution in listed.text
+        assert execution not in operator.get(f"/w/{WS}/executions?trigger=api").text
         # Links: only organization admins see and use the edit controls.
         links = operator.get(f"/w/{WS}/links")
         assert links.status_code == 200 and "Create link" not in links.text
