@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import sys
 import time
 import uuid
@@ -144,28 +145,59 @@ def log_latency(server_client: httpx.Client, web: httpx.Client, lines: int) -> l
     return latencies
 
 
+def prepare(database_url: str, args: argparse.Namespace) -> str:
+    """Fill the store (unless it was kept from an earlier run); returns the logged execution."""
+    store = Store(database_url)
+    store.migrate()
+    with store.read() as session:
+        from sqlalchemy import select
+
+        workspace_id = session.scalar(select(Workspace.id).where(Workspace.slug == SLUG))
+        if workspace_id is not None:
+            execution = session.scalar(
+                select(ExecutionLog.execution_id).order_by(ExecutionLog.id).limit(1)
+            )
+            store.dispose()
+            assert execution
+            return str(execution)
+    store.dispose()
+    began = time.perf_counter()
+    bulk_corpus(database_url, SLUG, args.events)
+    store = Store(database_url)
+    with store.read() as session:
+        from sqlalchemy import select
+
+        workspace_id = session.scalar(select(Workspace.id).where(Workspace.slug == SLUG))
+    store.dispose()
+    assert workspace_id
+    execution = bulk_executions(database_url, workspace_id, args.executions)
+    print(
+        f"store: {args.executions:,} executions, {args.events:,} events"
+        f" inserted in {time.perf_counter() - began:.0f} s"
+    )
+    return execution
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--executions", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--log-lines", type=int, default=100)
+    parser.add_argument(
+        "--keep",
+        help="Keep a copy of the generated store in this file; start from it when it exists",
+    )
     args = parser.parse_args()
     with fresh_database("sqlite") as database_url:
-        began = time.perf_counter()
-        bulk_corpus(database_url, SLUG, args.events)
-        store = Store(database_url)
-        with store.read() as session:
-            from sqlalchemy import select
-
-            workspace_id = session.scalar(select(Workspace.id).where(Workspace.slug == SLUG))
-        store.dispose()
-        assert workspace_id
-        execution = bulk_executions(database_url, workspace_id, args.executions)
-        print(
-            f"store: {args.executions:,} executions, {args.events:,} events"
-            f" inserted in {time.perf_counter() - began:.0f} s"
-        )
+        work = Path(database_url.removeprefix("sqlite:///"))
+        kept = Path(args.keep) if args.keep else None
+        if kept is not None and kept.exists():
+            shutil.copyfile(kept, work)
+            print(f"store: a copy of {kept}")
+        execution = prepare(database_url, args)
+        if kept is not None and not kept.exists():
+            shutil.copyfile(work, kept)
         with server(database_url) as running:
             apply_folder(
                 running.client,

@@ -22,16 +22,11 @@ import httpx
 from playwright.sync_api import sync_playwright
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the tests' launch)
+
 FLOWLINK = [sys.executable, "-m", "flowlink.cli.main"]
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def main() -> None:
@@ -80,7 +75,7 @@ def main() -> None:
             )
         time.sleep(1.0)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for scheme, width, pages in (
                 (
                     "light",

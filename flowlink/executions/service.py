@@ -664,3 +664,25 @@ def log_lines(
         .limit(limit)
     )
     return [{"id": i, "created_at": iso_or_none(at), "line": line} for i, at, line in rows]
+
+
+def descendants(
+    session: Session, execution_id: str, *, limit: int = 200, depth: int = 6
+) -> list[Execution]:
+    """Children, grandchildren... of an execution (one query per level), at most ``limit``."""
+    found: list[Execution] = []
+    level = [execution_id]
+    for _ in range(depth):
+        if not level or len(found) >= limit:
+            break
+        rows = list(
+            session.scalars(
+                select(Execution)
+                .where(Execution.parent_id.in_(level))
+                .order_by(Execution.created_at)
+                .limit(limit - len(found))
+            )
+        )
+        found.extend(rows)
+        level = [row.id for row in rows]
+    return found

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
@@ -410,10 +410,9 @@ def _execution(request: Request, user: Principal, ws: str, execution_id: str) ->
         workspace = workspace_for(session, user, ws, "executions")
         execution = executions.get_execution(session, workspace, execution_id)
         authorize(user, "read", "executions", workspace, {"flow": execution.flow_name})
-        children = executions.children_of(session, execution.id)
         view = executions.execution_view(execution, ws, with_script=True)
-        view["children"] = [executions.execution_view(c, ws) for c in children]
-        view["link"] = exchange.role_of_link(session, execution)
+        view["children"] = _tree(execution.id, executions.descendants(session, execution.id), ws)
+        view["link"] = _link_of(session, workspace, execution)
         view["can_run"] = allows(
             user, "execute", "executions", workspace, {"flow": execution.flow_name}
         )
@@ -424,6 +423,30 @@ def _execution(request: Request, user: Principal, ws: str, execution_id: str) ->
             workspaces.find_flow(session, workspace, execution.flow_name) is not None
         )
         return view
+
+
+def _tree(root: str, rows: list[Any], ws: str) -> list[dict[str, Any]]:
+    """Descendants as nested ``children`` lists under the root."""
+    nodes = {row.id: {**executions.execution_view(row, ws), "children": []} for row in rows}
+    top: list[dict[str, Any]] = []
+    for row in rows:
+        (top if row.parent_id == root else nodes[row.parent_id]["children"]).append(nodes[row.id])
+    return top
+
+
+def _link_of(session: Any, workspace: Workspace, execution: Any) -> dict[str, Any] | None:
+    """The link an execution went over: sync config, role, other workspace and execution."""
+    link = exchange.role_of_link(session, execution)
+    if link is None:
+        return None
+    config = linking.find_sync_config(session, workspace, link["sync_config"])
+    remote_url = config.remote_url if config else None
+    found = linking.SYNC_PATH_RE.search(urlsplit(remote_url).path) if remote_url else None
+    return {
+        **link,
+        "remote_url": remote_url,
+        "remote_workspace": found.group("ws") if found else None,
+    }
 
 
 @router.get("/w/{ws}/executions/{execution_id}")

@@ -447,3 +447,44 @@ def test_access_members_tokens_and_denials(page: Any, team: Team) -> None:
     page.goto(f"{live.url}/w/{WS}/access")
     assert "may not execute executions" in page.locator("table.denials").inner_text()
     assert page.get_by_role("button", name="Set role").count() == 0
+
+
+def test_children_tree_updates_live_and_pages_read_without_javascript(
+    browser: Any, page: Any, team: Team
+) -> None:
+    live = team.live
+    parent = live.client.post(
+        f"/api/v1/workspaces/{WS}/executions",
+        json={
+            "script": PARENT.replace('{"n": n, "pause": 0}', '{"n": 1, "pause": 4 / n}'),
+            "name": "parent",
+        },
+    ).json()
+    deadline = time.monotonic() + 20
+    while not live.client.get(f"/api/v1/workspaces/{WS}/executions/{parent['id']}").json()[
+        "children"
+    ]:
+        assert time.monotonic() < deadline, "no child started"
+        time.sleep(0.05)
+    login(page, live, "olga")
+    page.goto(f"{live.url}/w/{WS}/executions/{parent['id']}")
+    first = page.locator("#children li").first
+    assert first.locator("[data-status]").inner_text() in ("queued", "running")
+    first.locator(".badge.success").wait_for()
+    page.locator("#status.success").wait_for()
+
+    quiet = browser.new_context(java_script_enabled=False)
+    try:
+        plain = quiet.new_page()
+        plain.goto(f"{live.url}/login")
+        plain.get_by_label("User name").fill("olga")
+        plain.get_by_label("Password").fill(PASSWORD)
+        plain.get_by_role("button", name="Log in").click()
+        plain.wait_for_url(f"{live.url}/")
+        plain.goto(f"{live.url}/w/{WS}/executions/{parent['id']}")
+        assert plain.locator("#status").inner_text() == "success"
+        assert plain.locator("#children li").count() == 2
+        plain.goto(f"{live.url}/w/{WS}/activity?correlationId={parent['correlation_id']}")
+        assert plain.locator("tr[data-chain]").count() == 3
+    finally:
+        quiet.close()

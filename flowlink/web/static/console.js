@@ -68,7 +68,7 @@ function followExecution(root) {
 function statusRowUpdate(table, ev) {
   const data = JSON.parse(ev.data);
   const p = data.payload || {};
-  const row = table.querySelector("tr[data-execution='" + CSS.escape(p.id || "") + "']");
+  const row = table.querySelector("[data-execution='" + CSS.escape(p.id || "") + "']");
   if (!row) { return null; }
   const status = ev.type === "executions.started" ? "running" : p.status;
   if (status) { setBadge(row.querySelector("[data-status]"), status); }
@@ -79,14 +79,19 @@ function statusRowUpdate(table, ev) {
 }
 
 // Executions list: rows change status live; new runs appear on the first page.
+function executionEvents(box) {
+  const source = new EventSource("/api/v1/workspaces/" + encodeURIComponent(box.dataset.ws) +
+    "/events/stream?types=" + encodeURIComponent("executions.*"));
+  const onChange = (ev) => { statusRowUpdate(box, ev); };
+  source.addEventListener("executions.started", onChange);
+  source.addEventListener("executions.ended", onChange);
+  return source;
+}
+
 function followExecutions(box) {
   const table = box.querySelector("table");
   const ws = box.dataset.ws;
-  const source = new EventSource("/api/v1/workspaces/" + encodeURIComponent(ws) +
-    "/events/stream?types=" + encodeURIComponent("executions.*"));
-  const onChange = (ev) => { statusRowUpdate(table, ev); };
-  source.addEventListener("executions.started", onChange);
-  source.addEventListener("executions.ended", onChange);
+  const source = executionEvents(box);
   source.addEventListener("executions.created", (ev) => {
     if (box.dataset.prepend !== "yes") { return; }
     const p = JSON.parse(ev.data).payload || {};
@@ -155,6 +160,11 @@ document.addEventListener("DOMContentLoaded", () => {
   if (execution) { followExecution(execution); }
   const list = document.getElementById("live-executions");
   if (list && window.EventSource) { followExecutions(list); }
+  const children = document.getElementById("children");
+  if (children && window.EventSource &&
+      children.querySelector(".badge.queued, .badge.running, .badge.waiting")) {
+    executionEvents(children);
+  }
   const activity = document.getElementById("live-activity");
   if (activity && window.EventSource && activity.dataset.off !== "yes") { followActivity(activity); }
 });
