@@ -641,18 +641,6 @@ def created_times(
     )
 
 
-def children_of(session: Session, execution_id: str, *, limit: int = 500) -> list[Execution]:
-    """An execution's children, oldest first (by the parent index, whatever the workspace size)."""
-    return list(
-        session.scalars(
-            select(Execution)
-            .where(Execution.parent_id == execution_id)
-            .order_by(Execution.created_at)
-            .limit(limit)
-        )
-    )
-
-
 def log_lines(
     session: Session, execution_id: str, *, after: int = 0, limit: int = 1000
 ) -> list[dict[str, Any]]:
