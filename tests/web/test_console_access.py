@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import closing
 from datetime import timedelta
 
@@ -104,3 +105,50 @@ def test_sessions_tampered_expired_and_logged_out(live_server: LiveServer) -> No
             },
         )
         assert answer.headers["location"] == "/"
+
+
+def test_link_edit_form_keeps_keys_and_shows_errors_inline(live_server: LiveServer) -> None:
+    from flowlink.linking.keys import generate_key_pair
+    from tests.web.conftest import PASSWORD
+
+    make_team(live_server, WS, {"hello": HELLO})
+    own, remote = generate_key_pair(), generate_key_pair()
+    made = live_server.client.post(
+        f"/api/v1/workspaces/{WS}/sync_config",
+        json={
+            "name": "peer",
+            "own_private_key": own.private_pem,
+            "remote_public_key": remote.public_pem,
+        },
+    )
+    assert made.status_code == 201, made.text
+    answer = live_server.client.post(
+        "/api/v1/users", json={"username": "root", "password": PASSWORD, "is_admin": True}
+    )
+    assert answer.status_code == 201
+    with closing(web_login(live_server.url, "root", PASSWORD)) as admin:
+        page = admin.get(f"/w/{WS}/links?edit=peer")
+        assert "Save peer" in page.text and own.fingerprint in page.text
+        assert "PRIVATE KEY" not in page.text and "PUBLIC KEY" not in page.text
+        csrf = csrf_in(page.text)
+        form = {
+            "csrf_token": csrf,
+            "editing": "peer",
+            "remote_url": "https://peer.example/api/v1/workspaces/ops/sync_config/peer/sync",
+            "sync_interval": "soon",
+            "own_private_key": generate_key_pair().private_pem,
+            "enabled": "on",
+            "verify_ssl": "on",
+        }
+        failed = admin.post(f"/w/{WS}/links", data=form)
+        assert failed.status_code == 422
+        assert "sync_interval: a number of seconds" in failed.text
+        assert 'value="soon"' in failed.text and "peer.example" in failed.text
+        assert "PRIVATE KEY" not in failed.text
+        saved = admin.post(
+            f"/w/{WS}/links", data={**form, "sync_interval": "30", "own_private_key": ""}
+        )
+        assert saved.status_code == 303, re.findall(r'id="link-error">([^<]*)', saved.text)
+    view = live_server.client.get(f"/api/v1/workspaces/{WS}/sync_config/peer").json()
+    assert view["own_public_key_fingerprint"] == own.fingerprint  # empty key field: kept
+    assert view["sync_interval"] == 30 and view["remote_url"].startswith("https://peer")
