@@ -7,8 +7,8 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flowlink.api.errors import error_response
 from flowlink.web import access, activity, automations, links, routes, workspace
 from flowlink.web.render import highlight_css, render
 
@@ -33,11 +33,20 @@ def install(app: FastAPI) -> None:
     static = str(resources.files("flowlink.web") / "static")
     app.mount("/assets", StaticFiles(directory=static), name="assets")
 
-    @app.get("/{path:path}", include_in_schema=False)
-    def _not_found(request: Request, path: str) -> Response:
-        # Registered last: only paths no API route or page matched end here.
-        if path.startswith("api/"):
-            return error_response(404, "not_found", "Not Found")
-        return render(
-            request, "error.html", {"status": 404, "message": f"no page at /{path}"}, status=404
-        )
+    # Unknown paths outside /api/ get an HTML page; the API keeps its JSON errors. A handler
+    # rather than a catch-all route, so routes added after this one still match.
+    api_handler = app.exception_handlers[StarletteHTTPException]
+
+    async def _not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        if status == 404 and not request.url.path.startswith("/api/"):
+            return render(
+                request,
+                "error.html",
+                {"status": 404, "message": f"no page at {request.url.path}"},
+                status=404,
+            )
+        answer: Response = await api_handler(request, exc)  # type: ignore[misc]
+        return answer
+
+    app.add_exception_handler(StarletteHTTPException, _not_found)

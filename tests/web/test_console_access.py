@@ -152,3 +152,12 @@ def test_link_edit_form_keeps_keys_and_shows_errors_inline(live_server: LiveServ
     view = live_server.client.get(f"/api/v1/workspaces/{WS}/sync_config/peer").json()
     assert view["own_public_key_fingerprint"] == own.fingerprint  # empty key field: kept
     assert view["sync_interval"] == 30 and view["remote_url"].startswith("https://peer")
+
+
+def test_unknown_paths_html_for_pages_json_for_the_api(live_server: LiveServer) -> None:
+    page = httpx.get(f"{live_server.url}/no/such/page")
+    assert page.status_code == 404 and "text/html" in page.headers["content-type"]
+    api = httpx.get(f"{live_server.url}/api/v1/no-such-route")
+    assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{live_server.url}/assets/console.css").status_code == 200
+    assert "prefers-color-scheme: dark" in httpx.get(f"{live_server.url}/assets/highlight.css").text
