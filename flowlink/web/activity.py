@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from flowlink.access.policy import authorize, event_reader, visible
+from flowlink.access.policy import allows, authorize, event_reader, visible
 from flowlink.access.service import Principal
 from flowlink.api.events import _stream as event_stream
 from flowlink.errors import Invalid
@@ -66,6 +66,8 @@ def _chain(user: Principal, session: Any, correlation_id: str) -> list[dict[str,
     chain = []
     for execution in executions.by_correlation(session, correlation_id, list(shown)):
         workspace = shown[execution.workspace_id]
+        if not allows(user, "read", "executions", workspace, {"flow": execution.flow_name}):
+            continue
         view = executions.execution_view(execution, workspace.slug)
         view["link"] = exchange.role_of_link(session, execution)
         chain.append(view)

@@ -411,7 +411,7 @@ def _execution(request: Request, user: Principal, ws: str, execution_id: str) ->
         execution = executions.get_execution(session, workspace, execution_id)
         authorize(user, "read", "executions", workspace, {"flow": execution.flow_name})
         view = executions.execution_view(execution, ws, with_script=True)
-        view["children"] = _tree(execution.id, executions.descendants(session, execution.id), ws)
+        view["children"] = _tree(user, workspace, executions.descendants(session, execution.id))
         view["link"] = _link_of(session, workspace, execution)
         view["can_run"] = allows(
             user, "execute", "executions", workspace, {"flow": execution.flow_name}
@@ -425,12 +425,17 @@ def _execution(request: Request, user: Principal, ws: str, execution_id: str) ->
         return view
 
 
-def _tree(root: str, rows: list[Any], ws: str) -> list[dict[str, Any]]:
-    """Descendants as nested ``children`` lists under the root."""
-    nodes = {row.id: {**executions.execution_view(row, ws), "children": []} for row in rows}
+def _tree(user: Principal, workspace: Workspace, rows: list[Any]) -> list[dict[str, Any]]:
+    """Descendants the user may read, as nested ``children`` lists (rows are by level)."""
+    nodes: dict[str, dict[str, Any]] = {}
     top: list[dict[str, Any]] = []
     for row in rows:
-        (top if row.parent_id == root else nodes[row.parent_id]["children"]).append(nodes[row.id])
+        if not allows(user, "read", "executions", workspace, {"flow": row.flow_name}):
+            continue
+        node = {**executions.execution_view(row, workspace.slug), "children": []}
+        nodes[row.id] = node
+        parent = nodes.get(row.parent_id or "")
+        (parent["children"] if parent else top).append(node)
     return top
 
 

@@ -7,10 +7,12 @@ from contextlib import closing
 from datetime import timedelta
 
 import httpx
+import yaml
 from sqlalchemy import update
 
 from flowlink.store.models import UserSession, utcnow
 from tests.conftest import LiveServer
+from tests.linking.servers import workspace_files
 from tests.web.conftest import csrf_in, make_team, web_login
 
 WS = "guarded"
@@ -161,3 +163,42 @@ def test_unknown_paths_html_for_pages_json_for_the_api(live_server: LiveServer) 
     assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"
     assert httpx.get(f"{live_server.url}/assets/console.css").status_code == 200
     assert "prefers-color-scheme: dark" in httpx.get(f"{live_server.url}/assets/highlight.css").text
+
+
+def test_a_role_limited_to_some_flows_sees_only_their_runs(live_server: LiveServer) -> None:
+    from tests.web.conftest import PASSWORD
+
+    files = workspace_files("scoped", {"reports-daily": HELLO, "payroll": HELLO})
+    spec = yaml.safe_load(files["workspace.yml"])
+    spec["roles"] = {
+        "reporter": [
+            {"action": "read", "subject": "workspace"},
+            {"action": "read", "subject": "flows", "conditions": {"flow": "reports-*"}},
+            {"action": "read", "subject": "executions", "conditions": {"flow": "reports-*"}},
+            {"action": "execute", "subject": "executions", "conditions": {"flow": "reports-*"}},
+        ]
+    }
+    files["workspace.yml"] = yaml.safe_dump(spec)
+    client = live_server.client
+    assert client.post("/api/v1/workspaces/scoped/apply", json={"files": files}).is_success
+    assert client.post("/api/v1/users", json={"username": "rita", "password": PASSWORD}).is_success
+    assert client.put(
+        "/api/v1/workspaces/scoped/members/rita", json={"role": "reporter"}
+    ).is_success
+    ids = {}
+    for flow in ("reports-daily", "payroll"):
+        made = client.post(
+            "/api/v1/workspaces/scoped/executions", json={"flow": flow, "wait": 20}
+        ).json()
+        ids[flow] = made["id"]
+    with closing(web_login(live_server.url, "rita", PASSWORD)) as rita:
+        listed = rita.get("/w/scoped/executions").text
+        assert ids["reports-daily"] in listed and ids["payroll"] not in listed
+        assert rita.get(f"/w/scoped/executions/{ids['payroll']}").status_code == 403
+        assert rita.get("/w/scoped/flows/payroll").status_code == 403
+        flows = rita.get("/w/scoped/flows").text
+        assert "reports-daily" in flows and "payroll" not in flows
+        page = rita.get("/w/scoped/flows/reports-daily")
+        assert 'id="run"' in page.text
+        forged = rita.post("/w/scoped/flows/payroll/run", data={"csrf_token": csrf_in(page.text)})
+        assert forged.status_code == 403
