@@ -197,7 +197,7 @@ def test_filter_executions_and_rows_update_live(page: Any, team: Team) -> None:
     assert page.locator("table.executions tr.empty").count() == 1
 
     page.goto(f"{live.url}/w/{WS}/executions?flow=slow")
-    time.sleep(0.5)  # let the page's event stream connect
+    page.locator("html[data-live=open]").wait_for(state="attached")
     fresh = start(live, "slow", {"n": 3, "pause": 0.3})
     row = page.locator(f"tr[data-execution='{fresh}']")
     row.locator(".badge.running").wait_for()
@@ -296,7 +296,7 @@ def test_activity_filters_live_tail_and_payload_as_text(page: Any, team: Team) -
     assert SCRIPT_TAG in shown and json.dumps(IMG_TAG) in shown
     assert page.locator("main img").count() == 0
     assert page.locator("svg rect.bar").count() == 48
-    time.sleep(0.5)  # let the live tail connect
+    page.locator("html[data-live=open]").wait_for(state="attached")
     emit(live, "order.shipped", {"item": "ignored by the filter"})
     fresh = emit(live, "order.placed", {"item": "live one"})
     page.locator(f"tr[data-event='{fresh['id']}']").wait_for()

@@ -3,6 +3,12 @@
 
 function setText(el, value) { if (el) { el.textContent = value; } }
 
+// Mark the page once a live stream is connected (tests and the curious can wait for it).
+function opened(source) {
+  source.addEventListener("open", () => { document.documentElement.dataset.live = "open"; });
+  return source;
+}
+
 function setBadge(el, status) {
   if (!el) { return; }
   el.textContent = status;
@@ -31,7 +37,7 @@ function followExecution(root) {
   setText(state, "following");
   const url = "/w/" + encodeURIComponent(root.dataset.ws) + "/executions/" +
     encodeURIComponent(root.dataset.id) + "/live?after=" + encodeURIComponent(root.dataset.after);
-  const source = new EventSource(url);
+  const source = opened(new EventSource(url));
   source.addEventListener("logs", (ev) => {
     const lines = JSON.parse(ev.data);
     const part = document.createDocumentFragment();
@@ -80,8 +86,9 @@ function statusRowUpdate(table, ev) {
 
 // Executions list: rows change status live; new runs appear on the first page.
 function executionEvents(box) {
-  const source = new EventSource("/api/v1/workspaces/" + encodeURIComponent(box.dataset.ws) +
-    "/events/stream?types=" + encodeURIComponent("executions.*"));
+  const source = opened(new EventSource("/api/v1/workspaces/" +
+    encodeURIComponent(box.dataset.ws) + "/events/stream?types=" +
+    encodeURIComponent("executions.*")));
   const onChange = (ev) => { statusRowUpdate(box, ev); };
   source.addEventListener("executions.started", onChange);
   source.addEventListener("executions.ended", onChange);
@@ -123,7 +130,7 @@ function followExecutions(box) {
 // Activity view: new events matching the filters appear on top of the list.
 function followActivity(box) {
   const list = box.querySelector("tbody");
-  const source = new EventSource(box.dataset.stream);
+  const source = opened(new EventSource(box.dataset.stream));
   const add = (ev) => {
     const e = JSON.parse(ev.data);
     const empty = list.querySelector("tr.empty");
