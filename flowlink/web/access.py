@@ -34,6 +34,7 @@ def _page(
     ws: str,
     *,
     new_token: dict[str, Any] | None = None,
+    new_user: dict[str, Any] | None = None,
     form: dict[str, str] | None = None,
     error: str = "",
     status: int = 200,
@@ -78,6 +79,7 @@ def _page(
             "ws": ws,
             "nav": "access",
             "new_token": new_token,
+            "new_user": new_user,
             "form": form or {"name": "", "role": "viewer", "expires_at": "", "username": ""},
             "error": error,
             **data,
@@ -107,10 +109,13 @@ async def _handle(request: Request, ws: str, sent: Any, work: Any) -> Response:
         if error.status not in (404, 409, 422):
             raise
         message, status = error.message, error.status
-        form = {k: sent.text(k) for k in ("name", "role", "expires_at", "username")}
+        fields = ("name", "role", "expires_at", "username", "new_username")
+        form = {k: sent.text(k) for k in fields}
         return await run_in_threadpool(
             lambda: _page(request, sent.user, ws, form=form, error=message, status=status)
         )
+    if isinstance(result, dict) and "new_user" in result:
+        return await run_in_threadpool(lambda: _page(request, sent.user, ws, new_user=result))
     if isinstance(result, dict):
         return await run_in_threadpool(lambda: _page(request, sent.user, ws, new_token=result))
     return see_other(f"/w/{ws}/access")
@@ -178,5 +183,36 @@ async def set_member(request: Request, ws: str, sent: Post) -> Response:
                 return
             _grantable(sent.user, workspace, role, "manage", "workspace")
             access.set_membership(session, member, workspace, role)
+
+    return await _handle(request, ws, sent, change)
+
+
+@router.post("/w/{ws}/access/users")
+async def create_user(request: Request, ws: str, sent: Post) -> Response:
+    """Create a user (organization admins); the generated password is shown once."""
+    username = sent.text("new_username").strip()
+
+    def create() -> dict[str, Any]:
+        policy.authorize_admin(sent.user, "create users")
+        with context_of(request).store.write() as session:
+            user = access.create_user(
+                session, username, None, is_admin=sent.text("is_admin") == "on"
+            )
+            password = access.set_password(session, user, None)
+        return {"new_user": username, "password": password}
+
+    return await _handle(request, ws, sent, create)
+
+
+@router.post("/w/{ws}/access/users/{username}/disabled")
+async def set_disabled(request: Request, ws: str, username: str, sent: Post) -> Response:
+    """Disable a user (ending their sessions) or enable them again (organization admins)."""
+
+    def change() -> None:
+        policy.authorize_admin(sent.user, "change users")
+        with context_of(request).store.write() as session:
+            access.set_disabled(
+                session, access.get_user(session, username), sent.text("disabled") == "on"
+            )
 
     return await _handle(request, ws, sent, change)

@@ -202,3 +202,38 @@ def test_a_role_limited_to_some_flows_sees_only_their_runs(live_server: LiveServ
         assert 'id="run"' in page.text
         forged = rita.post("/w/scoped/flows/payroll/run", data={"csrf_token": csrf_in(page.text)})
         assert forged.status_code == 403
+
+
+def test_admin_creates_and_disables_users(live_server: LiveServer) -> None:
+    from tests.web.conftest import PASSWORD
+
+    make_team(live_server, WS, {"hello": HELLO})
+    client = live_server.client
+    made = client.post(
+        "/api/v1/users", json={"username": "root", "password": PASSWORD, "is_admin": True}
+    )
+    assert made.status_code == 201
+    with closing(web_login(live_server.url, "olga", PASSWORD)) as olga:
+        page = olga.get(f"/w/{WS}/access")
+        assert "Create user" not in page.text
+        forged = olga.post(
+            f"/w/{WS}/access/users", data={"csrf_token": csrf_in(page.text), "new_username": "x"}
+        )
+        assert forged.status_code == 403
+    with closing(web_login(live_server.url, "root", PASSWORD)) as root:
+        csrf = csrf_in(root.get(f"/w/{WS}/access").text)
+        dup = root.post(f"/w/{WS}/access/users", data={"csrf_token": csrf, "new_username": "olga"})
+        assert dup.status_code == 409 and "already exists" in dup.text
+        assert 'value="olga"' in dup.text
+        created = root.post(
+            f"/w/{WS}/access/users", data={"csrf_token": csrf, "new_username": "nina"}
+        )
+        password = re.search(r'id="new-password">([^<]+)<', created.text)
+        assert created.status_code == 200 and password
+        with closing(web_login(live_server.url, "nina", password.group(1))) as nina:
+            assert nina.get("/").status_code == 200
+            off = root.post(
+                f"/w/{WS}/access/users/nina/disabled", data={"csrf_token": csrf, "disabled": "on"}
+            )
+            assert off.status_code == 303
+            assert nina.get("/").status_code == 303  # a disabled user's session ends
