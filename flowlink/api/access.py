@@ -55,19 +55,8 @@ def _client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-# --- login sessions ---------------------------------------------------------------------------
-
-
-@router.post("/auth/login")
-def login(
-    body: LoginBody, request: Request, response: Response, context: Context
-) -> dict[str, Any]:
-    """Log in with a password: sets an HTTP-only session cookie and a CSRF cookie."""
-    with context.store.write() as session:
-        result = access.login(
-            session, context.login_throttle, body.username, body.password, _client_ip(request)
-        )
-        user = access.user_view(result.user)
+def set_login_cookies(response: Response, request: Request, result: access.LoginResult) -> None:
+    """Set the HTTP-only session cookie and the readable CSRF cookie (Secure under TLS)."""
     secure = request.url.scheme == "https"
     max_age = access.SESSION_HOURS * 3600
     response.set_cookie(
@@ -88,6 +77,22 @@ def login(
         secure=secure,
         path="/",
     )
+
+
+# --- login sessions ---------------------------------------------------------------------------
+
+
+@router.post("/auth/login")
+def login(
+    body: LoginBody, request: Request, response: Response, context: Context
+) -> dict[str, Any]:
+    """Log in with a password: sets an HTTP-only session cookie and a CSRF cookie."""
+    with context.store.write() as session:
+        result = access.login(
+            session, context.login_throttle, body.username, body.password, _client_ip(request)
+        )
+        user = access.user_view(result.user)
+    set_login_cookies(response, request, result)
     return {
         "user": user,
         "csrf_token": result.csrf_token,

@@ -21,6 +21,7 @@ from flowlink.api.guard import BodyGuard
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.observability.http import HttpMetrics
 from flowlink.observability.tracing import TracingMiddleware
+from flowlink.web.app import install as install_console
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -45,4 +46,5 @@ def create_app(context: ServerContext) -> FastAPI:
     app.add_middleware(HttpMetrics)
     app.add_middleware(TracingMiddleware)
     app.include_router(files.router)
+    install_console(app)
     return app

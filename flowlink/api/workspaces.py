@@ -212,10 +212,7 @@ def put_setting(
     """
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        existing = workspaces.find_setting(session, workspace, name)
-        action = "update" if existing is not None else "create"
-        if body.secret or (existing is not None and existing.secret):
-            action = "manage"
+        action = workspaces.setting_write_action(session, workspace, name, body.secret)
         authorize(caller, action, "settings", workspace, {"setting": name})
         workspaces.put_setting(
             session,

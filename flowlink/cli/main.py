@@ -128,6 +128,7 @@ def server(
     if demo:
         login = prepare_demo(running.context.store, url)
         console.print(f"\n[bold]flowlink[/bold] is starting at [link={url}]{url}[/link]")
+        console.print(f"  console:     [link={url}/]{url}/[/link]  (log in with the admin login)")
         if login:
             console.print(f"  admin login: [bold]{login['user']}[/bold] / {login['password']}")
             console.print(f"  API token:   {login['token']}")

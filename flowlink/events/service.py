@@ -426,3 +426,16 @@ def cloudevent(view: Mapping[str, Any]) -> dict[str, Any]:
     if source.get("executionId"):
         result["subject"] = f"executions/{source['executionId']}"
     return result
+
+
+def recent_times(
+    session: Session, workspace: Workspace, criteria: EventFilter, *, limit: int = 2_000
+) -> list[datetime]:
+    """When the newest ``limit`` matching events happened, newest first (for a histogram)."""
+    query = _filtered(
+        select(Event.created_at).where(Event.workspace_id == workspace.id), session, criteria
+    )
+    # One exact type: walk the (workspace, type, created_at) index instead of sorting by seq.
+    single = len(criteria.types) == 1 and not criteria.types[0].endswith("*")
+    order = Event.created_at.desc() if single else Event.seq.desc()
+    return list(session.scalars(query.order_by(order).limit(limit)))

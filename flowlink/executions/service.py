@@ -177,8 +177,16 @@ def list_executions(
     parent_id: str | None = None,
     limit: int = 50,
     before: str | None = None,
+    trigger: str | None = None,
+    user_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[Execution]:
-    """Executions of a workspace, newest first; ``before`` is the last id of the previous page."""
+    """Executions of a workspace, newest first; ``before`` is the last id of the previous page.
+
+    ``trigger`` is a trigger type (api, console, flow, event, schedule, webhook, link...),
+    ``user_id`` who started it, ``since``/``until`` a window on the creation time.
+    """
     query = select(Execution).where(Execution.workspace_id == workspace.id)
     if not parent_id:
         # Runs started through a link whose config follows the older meaning of "send all
@@ -191,6 +199,14 @@ def list_executions(
         query = query.where(
             or_(Execution.remote_config_id.is_(None), Execution.remote_config_id.not_in(hidden))
         )
+    if trigger:
+        query = query.where(Execution.trigger["type"].as_string() == trigger)
+    if user_id:
+        query = query.where(Execution.user_id == user_id)
+    if since:
+        query = query.where(Execution.created_at >= since)
+    if until:
+        query = query.where(Execution.created_at <= until)
     if status:
         if status not in ALL_STATUSES:
             raise Invalid(f"unknown status {status!r}", details={"field": "status"})
@@ -631,3 +647,88 @@ def _workspaces(session: Session, ids: set[str]) -> dict[str, Workspace]:
     if not ids:
         return {}
     return {w.id: w for w in session.scalars(select(Workspace).where(Workspace.id.in_(ids)))}
+
+
+def status_counts(
+    session: Session, workspace_ids: Sequence[str], since: datetime
+) -> dict[str, dict[str, int]]:
+    """Executions created since ``since`` per workspace id and status (for the console)."""
+    counts: dict[str, dict[str, int]] = {ws: {} for ws in workspace_ids}
+    if not workspace_ids:
+        return counts
+    rows = session.execute(
+        select(Execution.workspace_id, Execution.status, func.count())
+        .where(Execution.workspace_id.in_(list(workspace_ids)), Execution.created_at >= since)
+        .group_by(Execution.workspace_id, Execution.status)
+    )
+    for workspace_id, status, count in rows:
+        counts[workspace_id][status] = int(count)
+    return counts
+
+
+def by_correlation(
+    session: Session, correlation_id: str, workspace_ids: Sequence[str], *, limit: int = 200
+) -> list[Execution]:
+    """Executions of these workspaces that share a correlation id, oldest first."""
+    if not workspace_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Execution)
+            .where(
+                Execution.correlation_id == correlation_id,
+                Execution.workspace_id.in_(list(workspace_ids)),
+            )
+            .order_by(Execution.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def created_times(
+    session: Session, workspace: Workspace, since: datetime, *, limit: int = 10_000
+) -> list[datetime]:
+    """When the newest ``limit`` executions created since ``since`` were created, newest first."""
+    return list(
+        session.scalars(
+            select(Execution.created_at)
+            .where(Execution.workspace_id == workspace.id, Execution.created_at >= since)
+            .order_by(Execution.created_at.desc())
+            .limit(limit)
+        )
+    )
+
+
+def log_lines(
+    session: Session, execution_id: str, *, after: int = 0, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Like ``get_logs`` + ``log_view``, read as plain rows (a page shows thousands at once)."""
+    rows = session.execute(
+        select(ExecutionLog.id, ExecutionLog.created_at, ExecutionLog.line)
+        .where(ExecutionLog.execution_id == execution_id, ExecutionLog.id > after)
+        .order_by(ExecutionLog.id)
+        .limit(limit)
+    )
+    return [{"id": i, "created_at": iso_or_none(at), "line": line} for i, at, line in rows]
+
+
+def descendants(
+    session: Session, execution_id: str, *, limit: int = 200, depth: int = 6
+) -> list[Execution]:
+    """Children, grandchildren... of an execution (one query per level), at most ``limit``."""
+    found: list[Execution] = []
+    level = [execution_id]
+    for _ in range(depth):
+        if not level or len(found) >= limit:
+            break
+        rows = list(
+            session.scalars(
+                select(Execution)
+                .where(Execution.parent_id.in_(level))
+                .order_by(Execution.created_at)
+                .limit(limit - len(found))
+            )
+        )
+        found.extend(rows)
+        level = [row.id for row in rows]
+    return found

@@ -666,6 +666,16 @@ def get_setting(session: Session, workspace: Workspace, name: str) -> Setting:
     return setting
 
 
+def setting_write_action(
+    session: Session, workspace: Workspace, name: str, secret: bool | None
+) -> str:
+    """The access action writing setting ``name`` needs: a secret one needs ``manage``."""
+    existing = find_setting(session, workspace, name)
+    if secret or (existing is not None and existing.secret):
+        return "manage"
+    return "update" if existing is not None else "create"
+
+
 def put_setting(
     session: Session,
     workspace: Workspace,
