@@ -128,7 +128,8 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.context.stopping.set()
-        self.context.store.notifier.fire(notify.LINK, "")
+        for channel in (notify.LINK, notify.EVENTS, notify.LOGS):  # waiters see the stop
+            self.context.store.notifier.fire(channel, "")
         super().handle_exit(sig, frame)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -178,14 +177,6 @@ async def _stream(
     once, with the stream position as their ``id``.
     """
     store = context.store
-    loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
-
-    def on_notify(payload: str) -> None:
-        if not payload or payload == workspace_id:
-            loop.call_soon_threadsafe(wake.set)
-
-    unsubscribe = store.notifier.subscribe(notify.EVENTS, on_notify)
     late_commits = store.dialect == "postgresql"
     cursor = start  # highest seq delivered
     floor = start  # PostgreSQL: lowest seq that might still appear
@@ -202,12 +193,19 @@ async def _stream(
             )
             return [(e.seq, events.event_view(e)) for e in rows]
 
-    should_exit = getattr(request.app.state, "should_exit", lambda: False)
     last_sent = time.monotonic()
-    try:
+    with store.notifier.waiter({notify.EVENTS: {workspace_id}}) as waiter:
         yield "retry: 1000\n\n"
+        look = True
         while True:
-            wake.clear()
+            if not look:  # nothing announced: only check the client is still there
+                if await request.is_disconnected() or context.stopping.is_set():
+                    return
+                look = bool(await waiter.wait(1.0))
+                if not look and time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
+                continue
             rows = await run_in_threadpool(read)
             fresh = [(seq, view) for seq, view in rows if seq not in recent]
             now = time.monotonic()
@@ -227,16 +225,11 @@ async def _stream(
                     floor = cursor
             if len(fresh) >= STREAM_BATCH:
                 continue
-            if await request.is_disconnected() or should_exit():
-                return
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=0.5 if recent else 1.0)
-            except TimeoutError:
-                if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
-                    last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
-    finally:
-        unsubscribe()
+            look = bool(recent)
+            if recent:  # rows delivered lately may still be joined by late commits
+                if await request.is_disconnected() or context.stopping.is_set():
+                    return
+                await waiter.wait(0.5)
 
 
 @router.get("/events/stream")
@@ -358,7 +351,7 @@ async def webhook(
     execution_id = await run_in_threadpool(start)
     if async_:
         return JSONResponse({"id": execution_id, "status": "queued"}, status_code=202)
-    await run_in_threadpool(wait_for_end, context.store, execution_id, WEBHOOK_WAIT_SECONDS)
+    await wait_for_end(context.store, execution_id, WEBHOOK_WAIT_SECONDS)
 
     def result() -> tuple[str, Any, str | None]:
         with context.store.read() as session:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ app = typer.Typer(
 executions_app = typer.Typer(help="List, show and cancel executions.", no_args_is_help=True)
 app.add_typer(executions_app, name="executions")
 ENDED = ("success", "error", "cancelled")
+FOLLOW_WAIT = 10.0  # seconds a log follow request may be held by the server
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -221,20 +221,15 @@ def follow_execution(
     """Print log lines as they arrive until the execution ends; returns its final record."""
     after = 0
     base = f"/api/v1/workspaces/{workspace}/executions/{execution_id}"
-    delay = 0.05
     while True:
-        page = call(client, "GET", f"{base}/logs", params={"after": after})
+        # The server holds the request until a line comes or the execution ends.
+        page = call(client, "GET", f"{base}/logs", params={"after": after, "wait": FOLLOW_WAIT})
         for item in page["items"]:
             after = item["id"]
             if not quiet:
                 console.print(item["line"], highlight=False, markup=False)
         if page["status"] in ENDED and not page["items"]:
             return call(client, "GET", base)
-        if not page["items"]:
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
-        else:
-            delay = 0.05
 
 
 @app.command()

@@ -101,7 +101,8 @@ def record_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     session.execute(insert(Event), rows)
-    notify.announce(session, notify.EVENTS, "")
+    for workspace_id in dict.fromkeys(row.get("workspace_id") or "" for row in rows):
+        notify.announce(session, notify.EVENTS, workspace_id)
 
 
 def check_custom(event_type: str, payload: Any) -> None:

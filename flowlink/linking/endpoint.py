@@ -4,22 +4,24 @@ Nothing in a request is acted on before its signature holds (``authenticate_exch
 Then, in one transaction, its messages are applied and recorded as received. The answer
 carries this end's pending messages and an ``ack`` of the request's; with ``poll`` set and
 nothing to send, the answer waits (without holding a transaction) until something changes
-here or the poll time is up: the long poll of the immediate mode.
+here or the poll time is up: the long poll of the immediate mode. The wait holds no
+thread and no transaction (``exchange.wait_for_news``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from anyio import to_thread
 
 from flowlink.errors import Invalid
 from flowlink.linking import outbox, signing
-from flowlink.linking.exchange import apply_messages, outgoing, pending_messages
+from flowlink.linking.exchange import apply_messages, outgoing, wait_for_news
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
 from flowlink.linking.protocol import MAX_MESSAGES, envelope, parse_envelope
 from flowlink.linking.service import note_link_state, private_key_of
@@ -28,8 +30,6 @@ from flowlink.store.engine import Store
 from flowlink.workspaces.service import get_workspace
 
 CONTENT_TYPE = "application/json"
-COALESCE_SECONDS = 0.002  # after a wake-up, let changes made together go out together
-RECHECK_SECONDS = 0.25  # a held poll looks again this often (a run's start is sent late)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,19 @@ class SignedAnswer:
     headers: httpx.Headers
 
 
-def answer_exchange(
+@dataclass
+class _Applied:
+    """What the first, transactional part of an exchange found."""
+
+    private_key: Any
+    config_id: str
+    workspace_id: str
+    received: list[str]
+    messages: list[dict[str, Any]]
+    poll: float
+
+
+def _apply(
     store: Store,
     settings: ServerSettings,
     workspace_slug: str,
@@ -50,13 +62,10 @@ def answer_exchange(
     url: str,
     headers: httpx.Headers,
     body: bytes,
-    client: str | None = None,
-    stopping: threading.Event | None = None,
-) -> SignedAnswer:
-    """Authenticate and apply one exchange and build the signed answer (may long-poll).
-
-    ``stopping`` ends a long poll early when the server shuts down.
-    """
+    client: str | None,
+    stopping: threading.Event | None,
+) -> _Applied:
+    """Authenticate and apply one exchange and collect this end's messages (one write)."""
     secret = resolve_secret_key(settings)
     try:
         with store.write() as session:
@@ -77,13 +86,17 @@ def answer_exchange(
                 default_max_runtime=settings.default_max_runtime,
             )
             note_link_state(config, connected=True, last_error=None)
-            private_key = private_key_of(config, secret)
-            config_id = config.id
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
-            seen = store.notifier.total()  # before looking: nothing that happens after is missed
-            messages = outgoing(session, config, MAX_MESSAGES - 1)
+            return _Applied(
+                private_key=private_key_of(config, secret),
+                config_id=config.id,
+                workspace_id=workspace.id,
+                received=received,
+                messages=outgoing(session, config, MAX_MESSAGES - 1),
+                poll=poll,
+            )
     except SyncRejected as rejection:
         with store.write() as session:
             workspace = get_workspace(session, workspace_slug)
@@ -95,39 +108,63 @@ def answer_exchange(
                 {"method": method, "url": url, "client": client},
             )
         raise
-    if not messages and poll > 0:
-        messages = _wait_for_news(store, config_id, seen, poll=poll, stopping=stopping)
-    if received:
-        messages.append(outbox.new_message("ack", ids=received))
+
+
+def _signed(
+    applied: _Applied, messages: list[dict[str, Any]], method: str, url: str
+) -> SignedAnswer:
+    if applied.received:
+        messages.append(outbox.new_message("ack", ids=applied.received))
     content = json.dumps(envelope(messages), separators=(",", ":")).encode()
     answer_headers = httpx.Headers({"content-type": CONTENT_TYPE})
     signing.sign_response(
-        private_key, 200, answer_headers, content, request_method=method, request_url=url
+        applied.private_key, 200, answer_headers, content, request_method=method, request_url=url
     )
     return SignedAnswer(content, answer_headers)
 
 
-def _wait_for_news(
+async def answer_exchange(
     store: Store,
-    config_id: str,
-    seen: int,
+    settings: ServerSettings,
+    workspace_slug: str,
+    name: str,
     *,
-    poll: float,
+    method: str,
+    url: str,
+    headers: httpx.Headers,
+    body: bytes,
+    client: str | None = None,
     stopping: threading.Event | None = None,
-) -> list[dict[str, Any]]:
-    """Hold a long poll until this end has messages, the poll time is up or the server stops.
+) -> SignedAnswer:
+    """Authenticate and apply one exchange and build the signed answer (may long-poll).
 
-    ``seen`` is the notification count taken before this end last looked for messages.
+    The store work runs in short thread hops; a long poll waits on the event loop for a
+    notification that concerns this link and holds no thread. ``stopping`` ends a long
+    poll early when the server shuts down.
     """
-    notifier = store.notifier
-    deadline = time.monotonic() + poll
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or (stopping is not None and stopping.is_set()):
-            return []
-        notifier.wait_any(seen, min(remaining, RECHECK_SECONDS))
-        time.sleep(COALESCE_SECONDS)
-        seen = notifier.total()  # taken before looking, as above
-        messages = pending_messages(store, config_id, MAX_MESSAGES - 1)
-        if messages:
-            return messages
+    applied = await to_thread.run_sync(
+        functools.partial(
+            _apply,
+            store,
+            settings,
+            workspace_slug,
+            name,
+            method=method,
+            url=url,
+            headers=headers,
+            body=body,
+            client=client,
+            stopping=stopping,
+        )
+    )
+    messages = applied.messages
+    if not messages and applied.poll > 0:
+        messages = await wait_for_news(
+            store,
+            applied.config_id,
+            applied.workspace_id,
+            applied.poll,
+            stopping=stopping.is_set if stopping is not None else lambda: False,
+            limit=MAX_MESSAGES - 1,
+        )
+    return await to_thread.run_sync(_signed, applied, messages, method, url)
