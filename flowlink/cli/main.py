@@ -79,6 +79,7 @@ def worker_command(
     import threading
     from dataclasses import replace
 
+    from flowlink.background import BackgroundTasks
     from flowlink.executions.worker import Worker
     from flowlink.server import open_store
 
@@ -93,10 +94,15 @@ def worker_command(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    tasks = BackgroundTasks()
+    store.listen(tasks)
+    worker.schedule(tasks)
     worker.start()
+    tasks.start_in_thread()
     console.print(f"worker {worker.id} running (store: {store.dialect})")
     stop.wait()
     worker.stop()
+    tasks.stop_thread()
     store.dispose()
 
 

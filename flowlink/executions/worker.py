@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from flowlink.background import BackgroundTasks
 from flowlink.executions import service as executions
 from flowlink.executions.calls import FlowApiCalls
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
@@ -66,14 +67,11 @@ class Worker:
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the runner pool and the claim, heartbeat and reaper loops."""
+        """Start the runner pool and the claim and finish loops (see also ``schedule``)."""
         self.pool.start()
-        self.store.start_listening()
         self._unsubscribe.append(self.store.notifier.subscribe(notify.CANCEL, self._on_cancel))
         for target, name in (
             (self._claim_loop, "claim"),
-            (self._heartbeat_loop, "heartbeat"),
-            (self._reaper_loop, "reaper"),
             (self._finish_loop, "finish"),
         ):
             thread = threading.Thread(target=target, name=f"flowlink-{name}", daemon=True)
@@ -169,33 +167,29 @@ class Worker:
         )
         thread.start()
 
-    def _heartbeat_loop(self) -> None:
-        interval = max(self.settings.lease_seconds / 3, 0.2)
-        while not self._stopping.wait(interval):
-            ids = self.active_ids()
-            if not ids:
-                continue
-            try:
-                with self.store.write() as session:
-                    to_cancel = executions.renew_leases(
-                        session, self.id, ids, self.settings.lease_seconds
-                    )
-            except Exception:
-                log.exception("renewing leases failed")
-                continue
-            for execution_id in to_cancel:
-                self._on_cancel(execution_id)
+    def schedule(self, tasks: BackgroundTasks) -> None:
+        """Add the lease heartbeat (every lease/3) and the reaper (every lease/2) to the
+        process's background tasks; a failed run is logged and runs again next time."""
+        lease = self.settings.lease_seconds
+        tasks.every("worker heartbeat", max(lease / 3, 0.2), self.heartbeat, first="later")
+        tasks.every("lease reaper", max(lease / 2, 0.5), self.reap, first="later")
 
-    def _reaper_loop(self) -> None:
-        interval = max(self.settings.lease_seconds / 2, 0.5)
-        while not self._stopping.wait(interval):
-            try:
-                with self.store.write() as session:
-                    lost = executions.reap_expired(session)
-                if lost:
-                    log.warning("ended %d execution(s) whose worker was lost", len(lost))
-            except Exception:
-                log.exception("reaping expired leases failed")
+    def heartbeat(self) -> None:
+        """Renew the leases of the executions this worker runs; cancel those asked to stop."""
+        ids = self.active_ids()
+        if not ids:
+            return
+        with self.store.write() as session:
+            to_cancel = executions.renew_leases(session, self.id, ids, self.settings.lease_seconds)
+        for execution_id in to_cancel:
+            self._on_cancel(execution_id)
+
+    def reap(self) -> None:
+        """End active executions whose worker's lease expired (a worker that was lost)."""
+        with self.store.write() as session:
+            lost = executions.reap_expired(session)
+        if lost:
+            log.warning("ended %d execution(s) whose worker was lost", len(lost))
 
     def _on_cancel(self, execution_id: str) -> None:
         with self._runs_lock:

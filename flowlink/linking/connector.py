@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from flowlink.background import BackgroundTasks
 from flowlink.errors import NotFound
 from flowlink.events.service import record
 from flowlink.linking import outbox
@@ -247,28 +248,16 @@ class LinkManager:
         self.store = store
         self.settings = settings
         self.connectors: dict[str, Connector] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flowlink-links", daemon=True)
 
-    def start(self) -> None:
-        """Start watching the sync configs."""
-        self.refresh()
-        self._thread.start()
+    def schedule(self, tasks: BackgroundTasks) -> None:
+        """Refresh the connectors at once and every ``FLOWLINK_LINK_REFRESH`` seconds."""
+        tasks.every("link manager", self.settings.link_refresh, self.refresh, first="now")
 
     def stop(self) -> None:
         """Stop every connector."""
-        self._stop.set()
-        self._thread.join(timeout=5)
         for connector in list(self.connectors.values()):
             connector.stop()
         self.connectors.clear()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.link_refresh):
-            try:
-                self.refresh()
-            except Exception:
-                log.exception("could not refresh the link connectors")
 
     def refresh(self) -> None:
         """Start connectors for new or changed configs; stop those gone or disabled."""

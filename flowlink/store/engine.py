@@ -14,6 +14,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from flowlink.background import BackgroundTasks
 from flowlink.settings import sqlite_path
 from flowlink.store import notify
 
@@ -125,17 +126,24 @@ class Store:
         self.notifier = notify.Notifier()
         notify.install(session_class, self.notifier)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
-        self._listener: notify.PostgresListener | None = None
+        self.listening = threading.Event()  # set while the PostgreSQL listener listens
 
-    def start_listening(self) -> None:
-        """Receive other processes' notifications (PostgreSQL only; SQLite is single-process)."""
-        if self.dialect == "postgresql" and self._listener is None:
-            url = self.engine.url.set(drivername="postgresql")
-            self._listener = notify.PostgresListener(
-                url.render_as_string(hide_password=False), self.notifier
-            )
-            self._listener.start()
-            self._listener.ready.wait(timeout=5)
+    def listen(self, tasks: BackgroundTasks) -> None:
+        """Hear other processes' notifications (PostgreSQL only; SQLite is single-process).
+
+        The listener is a task of the process's ``BackgroundTasks``: one connection on the
+        event loop, started again when it is lost. ``listening`` is set while it listens.
+        """
+        if self.dialect != "postgresql":
+            return
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+
+        async def listen() -> None:
+            await notify.listen_postgres(conninfo, self.notifier, self.listening)
+
+        tasks.keep_running("PostgreSQL listener", listen)
 
     @property
     def dialect(self) -> str:
@@ -165,8 +173,5 @@ class Store:
         migrate(self.engine)
 
     def dispose(self) -> None:
-        """Stop listening and close all pooled connections."""
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+        """Close all pooled connections."""
         self.engine.dispose()

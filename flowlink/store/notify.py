@@ -268,42 +268,23 @@ def install(session_class: type[Session], notifier: Notifier) -> None:
         session.info.pop(_PENDING_KEY, None)
 
 
-class PostgresListener:
-    """A thread that LISTENs on every channel and fires notifications from other processes."""
+async def listen_postgres(conninfo: str, notifier: Notifier, ready: threading.Event) -> None:
+    """LISTEN on every channel and fire what other processes announce, on the event loop.
 
-    def __init__(self, conninfo: str, notifier: Notifier) -> None:
-        self._conninfo = conninfo
-        self._notifier = notifier
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flowlink-listen", daemon=True)
-        self.ready = threading.Event()
+    Runs until the connection is lost (then it raises; ``BackgroundTasks.keep_running``
+    starts it again). On every (re)connection every channel fires once with an empty payload:
+    waiters look at the store again, so nothing announced while disconnected is missed.
+    """
+    import psycopg
 
-    def start(self) -> None:
-        """Start listening in the background."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        import psycopg
-
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._conninfo, autocommit=True) as conn:
-                    for channel in CHANNELS:
-                        conn.execute(f"LISTEN {channel}")
-                    self.ready.set()
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            self._notifier.fire(note.channel, note.payload)
-            except Exception:
-                if self._stop.is_set():
-                    return
-                log.warning("lost the PostgreSQL notification connection; reconnecting")
-                # Wake everyone: they re-check the store, so nothing is missed while reconnecting.
-                for channel in CHANNELS:
-                    self._notifier.fire(channel, "")
-                self._stop.wait(1.0)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        for channel in CHANNELS:
+            await conn.execute(f"LISTEN {channel}")
+        ready.set()
+        for channel in CHANNELS:
+            notifier.fire(channel, "")
+        try:
+            async for note in conn.notifies():
+                notifier.fire(note.channel, note.payload)
+        finally:
+            ready.clear()
