@@ -177,7 +177,7 @@ def lifespan(running: RunningServer) -> Callable[[Any], AbstractAsyncContextMana
             yield
         finally:
             context.stopping.set()
-            await to_thread.run_sync(running.links.stop)
+            await running.links.stop()
             if running.worker is not None:
                 await to_thread.run_sync(running.worker.stop)
             await tasks.stop()

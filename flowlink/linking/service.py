@@ -292,7 +292,7 @@ def private_key_of(config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
     return _private_key(config.own_private_key, secret_key)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)  # one entry per link: a thousand links fit
 def _private_key(encrypted: str, secret_key: str) -> rsa.RSAPrivateKey:
     return keys.load_private_key(keys.decrypt_at_rest(secret_key, encrypted))
 
@@ -302,7 +302,7 @@ def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
     return _public_keys(config.remote_public_key)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)  # one entry per link: a thousand links fit
 def _public_keys(pem: str) -> dict[str, rsa.RSAPublicKey]:
     return {keys.fingerprint(k): k for k in keys.load_public_keys(pem)}
 
