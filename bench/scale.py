@@ -45,6 +45,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import apply_folder, fresh_database, percentile, postgres_url, server
+from link import key_pair
 
 from flowlink.linking import outbox, signing
 from flowlink.linking.keys import fingerprint, load_private_key, load_public_keys
@@ -169,7 +170,7 @@ def sites_main(args: argparse.Namespace) -> None:
                 url = args.controller + sync_path(WS, f"site-{n}")
                 tasks.append(asyncio.create_task(_site(client, url, key, trusted, ready, out)))
                 if n % 50 == 49:
-                    await asyncio.sleep(0.05)  # connect in waves, as sites would
+                    await asyncio.sleep(0.5)  # connect in waves, as sites coming up would
             await asyncio.gather(*tasks)
 
     asyncio.run(main())
@@ -178,16 +179,10 @@ def sites_main(args: argparse.Namespace) -> None:
 # --- the driver -----------------------------------------------------------------------------
 
 
-def key_pair(folder: Path, name: str) -> tuple[Path, str]:
-    """An RSA key made with openssl: (private key file, public PEM)."""
-    path = folder / f"{name}.pem"
-    subprocess.run(
-        ["openssl", "genrsa", "-out", str(path), "2048"], check=True, capture_output=True
-    )
-    public = subprocess.run(
-        ["openssl", "rsa", "-in", str(path), "-pubout"], check=True, capture_output=True, text=True
-    ).stdout
-    return path, public
+def key_file(folder: Path, name: str) -> tuple[Path, str]:
+    """An RSA key made with openssl (``link.key_pair``): (private key file, public PEM)."""
+    _private, public = key_pair(folder, name)
+    return folder / f"{name}.pem", public
 
 
 class Sites:
@@ -307,8 +302,8 @@ def row(name: str, value: float, target_key: str, unit: str, note: str = "") -> 
 def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any]) -> Sites:
     """Figure 1: connect the sites; measure threads, memory, idle CPU, API p99."""
     process = psutil.Process(ctl.process.pid)
-    controller_key, controller_pub = key_pair(folder, "controller")
-    site_key, site_pub = key_pair(folder, "site")
+    controller_key, controller_pub = key_file(folder, "controller")
+    site_key, site_pub = key_file(folder, "site")
     (folder / "controller.pub").write_text(controller_pub)
     began = time.perf_counter()
     create_links(ctl.client, sites, controller_key, site_pub)
@@ -512,8 +507,8 @@ def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
 
 def real_site(ctl: Any, database_url: str, folder: Path) -> None:
     """A real flowlink server as one more site, reverse-connected; one remote run through it."""
-    controller_key, controller_pub = key_pair(folder, "real-controller")
-    site_key, site_pub = key_pair(folder, "real-site")
+    controller_key, controller_pub = key_file(folder, "real-controller")
+    site_key, site_pub = key_file(folder, "real-site")
     ctl.client.post(
         f"/api/v1/workspaces/{WS}/sync_config",
         json={

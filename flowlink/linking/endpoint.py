@@ -10,7 +10,6 @@ thread and no transaction (``exchange.wait_for_news``).
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -52,21 +51,26 @@ class _Applied:
     poll: float
 
 
+@dataclass(frozen=True)
+class _Incoming:
+    """One exchange as it came in."""
+
+    workspace_slug: str
+    name: str
+    method: str
+    url: str
+    headers: httpx.Headers
+    body: bytes
+    client: str | None
+
+
 def _apply(
-    store: Store,
-    settings: ServerSettings,
-    workspace_slug: str,
-    name: str,
-    *,
-    method: str,
-    url: str,
-    headers: httpx.Headers,
-    body: bytes,
-    client: str | None,
-    stopping: threading.Event | None,
+    store: Store, settings: ServerSettings, incoming: _Incoming, stopping: threading.Event | None
 ) -> _Applied:
     """Authenticate and apply one exchange and collect this end's messages (one write)."""
     secret = resolve_secret_key(settings)
+    workspace_slug, name = incoming.workspace_slug, incoming.name
+    method, url, headers, body = incoming.method, incoming.url, incoming.headers, incoming.body
     try:
         with store.write() as session:
             workspace = get_workspace(session, workspace_slug)
@@ -105,7 +109,7 @@ def _apply(
                 workspace,
                 name,
                 rejection,
-                {"method": method, "url": url, "client": client},
+                {"method": method, "url": url, "client": incoming.client},
             )
         raise
 
@@ -142,21 +146,8 @@ async def answer_exchange(
     notification that concerns this link and holds no thread. ``stopping`` ends a long
     poll early when the server shuts down.
     """
-    applied = await to_thread.run_sync(
-        functools.partial(
-            _apply,
-            store,
-            settings,
-            workspace_slug,
-            name,
-            method=method,
-            url=url,
-            headers=headers,
-            body=body,
-            client=client,
-            stopping=stopping,
-        )
-    )
+    incoming = _Incoming(workspace_slug, name, method, url, headers, body, client)
+    applied = await to_thread.run_sync(_apply, store, settings, incoming, stopping)
     messages = applied.messages
     if not messages and applied.poll > 0:
         messages = await wait_for_news(

@@ -294,7 +294,8 @@ def private_key_of(config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
 
 @functools.lru_cache(maxsize=4096)  # one entry per link: a thousand links fit
 def _private_key(encrypted: str, secret_key: str) -> rsa.RSAPrivateKey:
-    return keys.load_private_key(keys.decrypt_at_rest(secret_key, encrypted))
+    # Checked when it was stored: a thousand links start without a thousand key checks.
+    return keys.load_private_key(keys.decrypt_at_rest(secret_key, encrypted), checked=True)
 
 
 def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
