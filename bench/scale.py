@@ -550,7 +550,12 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         f"\n== {backend}: {args.sites} sites, {args.waiters} waiting clients, "
         f"{args.streams} streams =="
     )
-    with fresh_database(backend) as url, server(url, FLOWLINK_WORKER_CONCURRENCY="8") as ctl:
+    log = folder / "controller.log"
+    print(f"  (controller log: {log})")
+    with (
+        fresh_database(backend) as url,
+        server(url, log=log, FLOWLINK_WORKER_CONCURRENCY="8") as ctl,
+    ):
         apply_folder(
             ctl.client,
             WS,
