@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +21,7 @@ from flowlink.errors import Invalid, Unauthorized
 from flowlink.events import service as events
 from flowlink.events import triggers
 from flowlink.store import notify
+from flowlink.store.engine import Store
 from flowlink.store.models import Execution
 from flowlink.workspaces import service as workspaces
 
@@ -155,6 +158,32 @@ def search_events(
     return {"items": views, "next_cursor": next_cursor}
 
 
+# Streams in the same place (workspace, filter, position) share one read of the store: an
+# event wakes a thousand streams, and they make one query, not a thousand. A read counts
+# for a stream only if no event was announced since it began (the EVENTS counter), so a
+# shared result is never older than the stream's wake-up.
+_reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[Any]]] = {}
+
+
+async def _shared_read(
+    key: tuple[Any, ...], store: Store, read: Callable[[], list[tuple[int, dict[str, Any]]]]
+) -> list[tuple[int, dict[str, Any]]]:
+    seen = store.notifier.counter(notify.EVENTS)
+    current = _reads.get(key)
+    if current is None or current[0] != seen:
+        future: asyncio.Future[Any] = asyncio.ensure_future(run_in_threadpool(read))
+        current = (seen, future)
+        _reads[key] = current
+
+        def forget(_done: asyncio.Future[Any], entry: Any = current) -> None:
+            if _reads.get(key) is entry:
+                del _reads[key]
+
+        future.add_done_callback(forget)
+    result: list[tuple[int, dict[str, Any]]] = await asyncio.shield(current[1])
+    return result
+
+
 def _sse(view: dict[str, Any], position: int) -> str:
     data = json.dumps(view, separators=(",", ":"), default=str)
     return f"id: {position}\nevent: {view['type']}\ndata: {data}\n\n"
@@ -182,15 +211,9 @@ async def _stream(
     floor = start  # PostgreSQL: lowest seq that might still appear
     recent: dict[int, float] = {}  # seq -> when delivered, for seqs above floor
 
-    def read() -> list[tuple[int, dict[str, Any]]]:
+    def read(after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
         with store.read() as session:
-            rows = events.read_after(
-                session,
-                workspace_id,
-                criteria,
-                floor if late_commits else cursor,
-                limit=STREAM_BATCH + len(recent),
-            )
+            rows = events.read_after(session, workspace_id, criteria, after, limit=limit)
             return [(e.seq, events.event_view(e)) for e in rows]
 
     last_sent = time.monotonic()
@@ -206,7 +229,12 @@ async def _stream(
                     last_sent = time.monotonic()
                     yield ": keep-alive\n\n"
                 continue
-            rows = await run_in_threadpool(read)
+            after, limit = (floor if late_commits else cursor), STREAM_BATCH + len(recent)
+            rows = await _shared_read(
+                (store, workspace_id, criteria, after, limit),
+                store,
+                functools.partial(read, after, limit),
+            )
             fresh = [(seq, view) for seq, view in rows if seq not in recent]
             now = time.monotonic()
             for seq, view in fresh:

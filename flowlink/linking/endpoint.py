@@ -20,7 +20,14 @@ from anyio import to_thread
 
 from flowlink.errors import Invalid
 from flowlink.linking import outbox, signing
-from flowlink.linking.exchange import apply_messages, outgoing, wait_for_news
+from flowlink.linking.exchange import (
+    News,
+    apply_messages,
+    follows_changes,
+    news_interests,
+    outgoing,
+    wait_for_news,
+)
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
 from flowlink.linking.protocol import MAX_MESSAGES, envelope, parse_envelope
 from flowlink.linking.service import note_link_state, private_key_of
@@ -29,6 +36,8 @@ from flowlink.store.engine import Store
 from flowlink.workspaces.service import get_workspace
 
 CONTENT_TYPE = "application/json"
+# (workspace slug, config name) -> (sync config id, workspace id), learnt from exchanges
+_LINK_IDS: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ class _Applied:
     received: list[str]
     messages: list[dict[str, Any]]
     poll: float
+    follows: bool  # whether executions here may concern the link (``follows_changes``)
 
 
 @dataclass(frozen=True)
@@ -93,13 +103,15 @@ def _apply(
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
+            messages = outgoing(session, config, MAX_MESSAGES - 1)
             return _Applied(
                 private_key=private_key_of(config, secret),
                 config_id=config.id,
                 workspace_id=workspace.id,
                 received=received,
-                messages=outgoing(session, config, MAX_MESSAGES - 1),
+                messages=messages,
                 poll=poll,
+                follows=bool(messages) or follows_changes(session, config),
             )
     except SyncRejected as rejection:
         with store.write() as session:
@@ -147,15 +159,25 @@ async def answer_exchange(
     poll early when the server shuts down.
     """
     incoming = _Incoming(workspace_slug, name, method, url, headers, body, client)
-    applied = await to_thread.run_sync(_apply, store, settings, incoming, stopping)
-    messages = applied.messages
-    if not messages and applied.poll > 0:
-        messages = await wait_for_news(
-            store,
-            applied.config_id,
-            applied.workspace_id,
-            applied.poll,
-            stopping=stopping.is_set if stopping is not None else lambda: False,
-            limit=MAX_MESSAGES - 1,
-        )
+    known = _LINK_IDS.get((workspace_slug, name))
+    # Registered before the transaction looks for messages, so that look is the first of
+    # the long poll: a poll that is renewed costs one write and no extra read.
+    interests = news_interests(*known, True) if known else {}
+    with store.notifier.waiter(interests) as waiter:
+        applied = await to_thread.run_sync(_apply, store, settings, incoming, stopping)
+        ids = (applied.config_id, applied.workspace_id)
+        _LINK_IDS[(workspace_slug, name)] = ids
+        messages = applied.messages
+        if not messages and applied.poll > 0:
+            first = News([], applied.follows) if known == ids else None
+            messages = await wait_for_news(
+                store,
+                applied.config_id,
+                applied.workspace_id,
+                applied.poll,
+                stopping=stopping.is_set if stopping is not None else lambda: False,
+                limit=MAX_MESSAGES - 1,
+                waiter=waiter,
+                first=first,
+            )
     return await to_thread.run_sync(_signed, applied, messages, method, url)

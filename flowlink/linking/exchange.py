@@ -760,6 +760,8 @@ async def wait_for_news(
     *,
     stopping: Callable[[], bool] = lambda: False,
     limit: int,
+    waiter: notify.AsyncWaiter | None = None,
+    first: News | None = None,
 ) -> list[dict[str, Any]]:
     """Wait on the event loop, holding no thread, until this end has messages for the other.
 
@@ -767,25 +769,35 @@ async def wait_for_news(
     also from other server processes), never on a timer while nothing changes. A run that
     just started is reported after ``START_GRACE``: after a wake-up that found nothing,
     it looks once more when that grace is over. Returns [] on the timeout or ``stopping``.
+
+    ``waiter`` and ``first``: a waiter already registered for this link before the caller
+    looked, and what that look found; the wait then starts without looking again.
     """
+    if waiter is None:
+        with store.notifier.waiter(news_interests(config_id, workspace_id, True)) as own:
+            return await wait_for_news(
+                store, config_id, workspace_id, timeout, stopping=stopping, limit=limit, waiter=own
+            )
     deadline = time.monotonic() + timeout
     grace = START_GRACE.total_seconds() + 0.05
-    with store.notifier.waiter(news_interests(config_id, workspace_id, True)) as waiter:
-        recheck = False
-        while True:
+    recheck = False
+    news = first
+    while True:
+        if news is None:
             news = await to_thread.run_sync(look_for_news, store, config_id, limit)
-            if news.messages:
-                return news.messages
-            waiter.set_interests(news_interests(config_id, workspace_id, news.follows))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or stopping():
-                return []
-            woken = await waiter.wait(min(remaining, grace) if recheck else remaining)
-            if stopping():
-                return []
-            recheck = bool(woken) and news.follows
-            if woken:
-                await asyncio.sleep(COALESCE_SECONDS)  # changes made together go out together
+        if news.messages:
+            return news.messages
+        waiter.set_interests(news_interests(config_id, workspace_id, news.follows))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or stopping():
+            return []
+        woken = await waiter.wait(min(remaining, grace) if recheck else remaining)
+        if stopping():
+            return []
+        recheck = bool(woken) and news.follows
+        if woken:
+            await asyncio.sleep(COALESCE_SECONDS)  # changes made together go out together
+        news = None
 
 
 def end_link_executions(session: Session, config: SyncConfig, reason: str) -> int:

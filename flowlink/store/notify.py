@@ -73,7 +73,8 @@ class AsyncWaiter:
         """
         if not self._event.is_set() and timeout > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout)
+                async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                    await self._event.wait()
         woken, self._woken_by = self._woken_by, set()
         self._event.clear()
         return woken
