@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -344,6 +345,8 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
     """Figure 2: one remote execution on every site, in one batch."""
     before = counts(ctl.client).get("success", 0)
     items = [{"flow": "echo", "remote": f"site-{n}", "inputs": {"n": n}} for n in range(sites)]
+    process = psutil.Process(ctl.process.pid)
+    cpu0 = process.cpu_times()
     began = time.time()
     ids: list[str] = []
     for start in range(0, sites, 1000):
@@ -363,6 +366,8 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
             break
         time.sleep(0.1)
     ended_s = time.time() - began
+    cpu1 = process.cpu_times()
+    cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / sites
     success = counts(ctl.client).get("success", 0) - before
     lost = sites - len(started)
     redelivered = sum(len(load.starts.get(i, [])) - 1 for i in ids if i in load.starts)
@@ -381,6 +386,7 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
         "s",
         f"{success}/{sites} success",
     )
+    print(f"  {'controller CPU per remote run (load-free cost)':<44} {cpu_ms:10.2f} ms")
     print(
         f"  {'lost / duplicated (run twice on a site)':<44} {lost} / 0"
         f"  (starts redelivered and ignored: {redelivered})"
@@ -482,6 +488,8 @@ def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
     if not connected.wait(timeout=120):
         raise RuntimeError("the event streams did not all open")
     api: list[float] = []
+    process = psutil.Process(ctl.process.pid)
+    cpu0 = process.cpu_times()
     for n in range(5):
         emitted[str(n)] = time.time()
         ctl.client.post(
@@ -489,9 +497,11 @@ def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
         ).raise_for_status()
         api += probe_api(ctl.url, ctl.token, "/api/v1/health", 20, 1)
     time.sleep(1)
+    cpu1 = process.cpu_times()
     done.set()
     thread.join(30)
     latencies = [r * 1000 for r in received]
+    cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / 5
     print(f"  {streams} open event streams, 5 events emitted:")
     row(
         "delivery p50",
@@ -502,6 +512,7 @@ def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
     )
     row("delivery p99", percentile(latencies, 99), "sse_p99_ms", "ms")
     row("API (health) p99 meanwhile", percentile(api, 99), "health_p99_ms", "ms")
+    print(f"  {'controller CPU per event to all streams':<44} {cpu_ms:10.2f} ms (with 20 health/s)")
     report.update(sse_p50=percentile(latencies, 50), sse_p99=percentile(latencies, 99))
 
 
@@ -544,6 +555,7 @@ def real_site(ctl: Any, database_url: str, folder: Path) -> None:
 
 def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     """All figures on one backend."""
+    print(f"  (load average of the machine: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     report: dict[str, Any] = {"idle_seconds": args.idle_seconds}
     folder = Path(tempfile.mkdtemp(prefix="flowlink-bench-scale-"))
     print(
