@@ -221,11 +221,13 @@ async def _stream(
         yield "retry: 1000\n\n"
         look = True
         while True:
-            if not look:  # nothing announced: only check the client is still there
+            if not look:  # nothing announced: sleep until a keep-alive is due
                 if await request.is_disconnected() or context.stopping.is_set():
                     return
-                look = bool(await waiter.wait(1.0))
-                if not look and time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+                # A client that went away is noticed when the keep-alive cannot be sent.
+                idle = KEEPALIVE_SECONDS - (time.monotonic() - last_sent)
+                look = bool(await waiter.wait(max(idle, 0.0)))
+                if not look and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                     last_sent = time.monotonic()
                     yield ": keep-alive\n\n"
                 continue
