@@ -41,6 +41,7 @@ bench: install-test
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/access.py
 	$(BIN)/python bench/link.py
+	$(BIN)/python bench/scaleout.py
 	$(BIN)/python bench/scale.py --quick
 
 clean:

@@ -29,10 +29,11 @@ from flowlink.access.service import (
 )
 from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
+from flowlink.api.proxies import ForwardedHeaders
 from flowlink.background import BackgroundTasks
 from flowlink.errors import Unauthorized
 from flowlink.events.scheduler import schedule_event_jobs
-from flowlink.executions.worker import Worker
+from flowlink.executions.worker import Worker, watch_other_workers
 from flowlink.linking.connector import LinkManager
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
@@ -170,6 +171,7 @@ def lifespan(running: RunningServer) -> Callable[[Any], AbstractAsyncContextMana
             running.worker.start()
             running.worker.schedule(tasks)
         running.links.schedule(tasks)
+        watch_other_workers(store, tasks, context.settings.poll_interval)
         await tasks.start()
         if store.dialect == "postgresql":  # other processes' notifications are heard
             await to_thread.run_sync(store.listening.wait, 5.0)
@@ -202,6 +204,7 @@ def build_server(
         workspaces.rerender_all(session, os.environ)
     context = ServerContext(store=store, settings=settings)
     app = create_app(context)
+    app.add_middleware(ForwardedHeaders, trusted=settings.trusted_proxies)
     config = uvicorn.Config(
         app,
         host=host,
@@ -210,12 +213,17 @@ def build_server(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         access_log=False,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (and FORWARDED_ALLOW_IPS):
+        # only the configured trusted proxies count (ForwardedHeaders).
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    worker = Worker(store, settings) if with_worker else None
+    app.state.sandbox_info = worker.pool.sandbox_info if worker is not None else None
     running = RunningServer(
         context=context,
-        worker=Worker(store, settings) if with_worker else None,
+        worker=worker,
         server=_Server(config, context),
         tasks=BackgroundTasks(context.stopping),
         links=LinkManager(store, settings),

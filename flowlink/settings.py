@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,11 @@ class ServerSettings:
     runner_cpu_seconds: int = 3600
     runner_open_files: int = 256
     runner_processes: int = 64
+    runner_cgroups: bool = True
     poll_interval: float = 0.5
+    log_max_lines: int = 100_000
+    log_max_bytes: int = 20 * 1024 * 1024
+    apply_max_settings: int = 2_000
     event_trigger_depth: int = 20
     scheduler_interval: float = 5.0
     event_retention_days: float = 3 * 365
@@ -36,6 +42,8 @@ class ServerSettings:
     link_poll: float = 25.0
     link_backoff_max: float = 30.0
     link_refresh: float = 2.0
+    # Addresses or CIDR networks of reverse proxies whose X-Forwarded-For/-Proto are believed.
+    trusted_proxies: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -52,6 +60,16 @@ class ServerSettings:
             except ValueError as exc:
                 raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
+        def switch(name: str, default: bool) -> bool:
+            raw = (env.get(name) or "").strip().lower()
+            if raw in ("", "auto"):
+                return default
+            if raw in ("1", "on", "true", "yes"):
+                return True
+            if raw in ("0", "off", "false", "no"):
+                return False
+            raise ValueError(f"{name} must be auto, on or off, got {env.get(name)!r}")
+
         return cls(
             database_url=env.get("FLOWLINK_DATABASE_URL") or DEFAULT_DATABASE_URL,
             secret_key=env.get("FLOWLINK_SECRET_KEY") or None,
@@ -63,7 +81,11 @@ class ServerSettings:
             runner_cpu_seconds=int(number("FLOWLINK_RUNNER_CPU_SECONDS", 3600)),
             runner_open_files=int(number("FLOWLINK_RUNNER_OPEN_FILES", 256)),
             runner_processes=int(number("FLOWLINK_RUNNER_PROCESSES", 64)),
+            runner_cgroups=switch("FLOWLINK_RUNNER_CGROUPS", True),
             poll_interval=number("FLOWLINK_POLL_INTERVAL", 0.5),
+            log_max_lines=int(number("FLOWLINK_LOG_MAX_LINES", 100_000)),
+            log_max_bytes=int(number("FLOWLINK_LOG_MAX_BYTES", 20 * 1024 * 1024)),
+            apply_max_settings=int(number("FLOWLINK_APPLY_MAX_SETTINGS", 2_000)),
             event_trigger_depth=int(number("FLOWLINK_EVENT_TRIGGER_DEPTH", 20)),
             scheduler_interval=number("FLOWLINK_SCHEDULER_INTERVAL", 5.0),
             event_retention_days=number("FLOWLINK_EVENT_RETENTION_DAYS", 3 * 365),
@@ -75,7 +97,35 @@ class ServerSettings:
             link_poll=number("FLOWLINK_LINK_POLL", 25.0),
             link_backoff_max=number("FLOWLINK_LINK_BACKOFF_MAX", 30.0),
             link_refresh=number("FLOWLINK_LINK_REFRESH", 2.0),
+            trusted_proxies=_trusted_proxies_env(env.get("FLOWLINK_TRUSTED_PROXIES", "")),
         )
+
+
+def _trusted_proxies_env(value: str) -> tuple[str, ...]:
+    try:
+        return trusted_proxies(value)
+    except ValueError as exc:
+        raise ValueError(f"FLOWLINK_TRUSTED_PROXIES: {exc}") from exc
+
+
+def trusted_proxies(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Trusted proxies as CIDR networks, from addresses or networks (a string: comma-separated).
+
+    Raises ValueError naming the first entry that is neither.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    networks = []
+    for item in items:
+        text = item.strip()
+        if not text:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError as exc:
+            raise ValueError(
+                f"trusted proxy {text!r} is not an IP address or CIDR network"
+            ) from exc
+    return tuple(networks)
 
 
 def sqlite_path(database_url: str) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
@@ -406,49 +407,103 @@ def authenticate_token(session: Session, secret: str) -> Principal:
 # --- login sessions ---------------------------------------------------------------------------
 
 
-class LoginThrottle:
-    """Failed logins per (username, client address), kept in this process's memory.
+@dataclass
+class _Strikes:
+    """Failed logins of one account or one address: how many, the last, the lock's end."""
 
-    After ``max_failures`` failures within ``window`` seconds further attempts are refused
-    until the window has passed; a successful login clears the count.
+    failures: int = 0
+    last: float = 0.0
+    locked_until: float = 0.0
+
+
+class LoginThrottle:
+    """Failed logins, counted per account (from any address) and per client address.
+
+    An account is locked after ``account_failures`` failures, whatever addresses they came
+    from; an address after ``address_failures`` failures, whatever accounts they tried. The
+    first lock lasts ``base_delay`` seconds and each further failure doubles it, up to
+    ``max_delay``; attempts while locked get 429 and count nothing. Counts are forgotten
+    ``forget_after`` seconds after the last failure. A successful login clears its account's
+    count but not its address's, so logging into one's own account between guesses at other
+    accounts does not help. Kept in this process's memory.
     """
 
-    def __init__(self, max_failures: int = 5, window: float = 300.0) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self._failures: dict[tuple[str, str], list[float]] = {}
+    MAX_KEYS = 100_000
+
+    def __init__(
+        self,
+        account_failures: int = 5,
+        address_failures: int = 20,
+        base_delay: float = 15.0,
+        max_delay: float = 900.0,
+        forget_after: float = 3600.0,
+    ) -> None:
+        self.account_failures = account_failures
+        self.address_failures = address_failures
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.forget_after = forget_after
+        self._strikes: dict[tuple[str, str], _Strikes] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
-        times = [t for t in self._failures.get(key, []) if now - t < self.window]
-        if times:
-            self._failures[key] = times
-        else:
-            self._failures.pop(key, None)
-        return times
+    @staticmethod
+    def _keys(username: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ("account", username.lower()), ("address", address)
+
+    def _current(self, key: tuple[str, str], now: float) -> _Strikes | None:
+        strikes = self._strikes.get(key)
+        if strikes is not None and now - strikes.last >= self.forget_after:
+            del self._strikes[key]
+            return None
+        return strikes
 
     def check(self, username: str, address: str) -> None:
-        """Raise TooManyRequests while this username and address are locked out."""
+        """Raise TooManyRequests while this account or this address is locked."""
         now = time.monotonic()
         with self._lock:
-            times = self._recent((username.lower(), address), now)
-            if len(times) >= self.max_failures:
-                retry = max(1, int(times[0] + self.window - now) + 1)
-                raise TooManyRequests("too many failed logins; try again later", retry_after=retry)
+            waits = [
+                strikes.locked_until - now
+                for key in self._keys(username, address)
+                if (strikes := self._current(key, now)) is not None and strikes.locked_until > now
+            ]
+        if waits:
+            retry = max(1, math.ceil(max(waits)))
+            raise TooManyRequests("too many failed logins; try again later", retry_after=retry)
 
     def failed(self, username: str, address: str) -> None:
-        """Count a failed login."""
+        """Count a failed login against the account and the address; lock them if due."""
         now = time.monotonic()
+        account, client = self._keys(username, address)
         with self._lock:
-            if len(self._failures) > 100_000:
-                self._failures.clear()
-            self._recent((username.lower(), address), now)
-            self._failures.setdefault((username.lower(), address), []).append(now)
+            if len(self._strikes) >= self.MAX_KEYS:
+                self._prune(now)
+            for key, threshold in (
+                (account, self.account_failures),
+                (client, self.address_failures),
+            ):
+                strikes = self._current(key, now) or self._strikes.setdefault(key, _Strikes())
+                strikes.failures += 1
+                strikes.last = now
+                over = strikes.failures - threshold
+                if over >= 0:
+                    delay = min(self.max_delay, self.base_delay * 2 ** min(over, 32))
+                    strikes.locked_until = now + delay
 
     def succeeded(self, username: str, address: str) -> None:
-        """Forget the failures of a login that succeeded."""
+        """Forget the failures of the account that just logged in."""
         with self._lock:
-            self._failures.pop((username.lower(), address), None)
+            self._strikes.pop(self._keys(username, address)[0], None)
+
+    def _prune(self, now: float) -> None:
+        """Drop forgotten counts; if that is not enough, the oldest unlocked half."""
+        for key in [k for k, s in self._strikes.items() if now - s.last >= self.forget_after]:
+            del self._strikes[key]
+        if len(self._strikes) >= self.MAX_KEYS:
+            unlocked = sorted(
+                (s.last, k) for k, s in self._strikes.items() if s.locked_until <= now
+            )
+            for _, key in unlocked[: len(unlocked) // 2 or len(unlocked)]:
+                del self._strikes[key]
 
 
 def csrf_token_for(session_secret: str) -> str:

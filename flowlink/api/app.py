@@ -5,9 +5,20 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from flowlink import __version__
-from flowlink.api import access, events, executions, linking, system, workspaces
+from flowlink.api import (
+    access,
+    events,
+    executions,
+    files,
+    linking,
+    operations,
+    system,
+    workspaces,
+)
 from flowlink.api.deps import ServerContext
 from flowlink.api.errors import install_error_handlers
+from flowlink.observability.http import HttpMetrics
+from flowlink.observability.tracing import TracingMiddleware
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -26,4 +37,8 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(events.router)
     app.include_router(access.router)
     app.include_router(linking.router)
+    app.include_router(operations.router)
+    app.add_middleware(HttpMetrics)
+    app.add_middleware(TracingMiddleware)
+    app.include_router(files.router)
     return app

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import authorize, event_reader
 from flowlink.api.deps import Caller, Context, ServerContext
+from flowlink.api.deps import request_http as _http
 from flowlink.api.executions import wait_for_end
 from flowlink.errors import Invalid, Unauthorized
 from flowlink.events import service as events
@@ -49,14 +50,6 @@ class EmitBody(BaseModel):
     correlationId: str | None = Field(
         None, max_length=64, description="Correlation id (a new one when omitted)"
     )
-
-
-def _http(request: Request) -> dict[str, Any]:
-    return {
-        "method": request.method,
-        "path": request.url.path,
-        "ip": request.client.host if request.client else None,
-    }
 
 
 def _criteria(

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from anyio import to_thread
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from flowlink.access.policy import allows, authorize
 from flowlink.access.service import Principal
-from flowlink.api.deps import Caller, Context, ServerContext
+from flowlink.api.deps import Caller, Context, ServerContext, request_http
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
 from flowlink.linking import exchange
@@ -92,6 +92,7 @@ def _start(
     body: ExecutionCreate,
     context: ServerContext,
     caller: Principal,
+    http: dict[str, Any],
 ) -> Execution:
     """Check the caller may run this and queue it (an ad-hoc script also needs flow rights)."""
     flow_name = body.flow if body.script is None else (body.name or body.flow)
@@ -116,9 +117,10 @@ def _start(
                 max_runtime=body.max_runtime,
             ),
             user_id=caller.user_id,
-            trigger={"type": "api", "token": caller.token_id},
+            trigger=_api_trigger(caller),
             principal=caller.describe(),
             default_max_runtime=context.settings.default_max_runtime,
+            http=http,
         )
     if body.use_remote_flow:
         raise Invalid("use_remote_flow: only with remote", details={"field": "use_remote_flow"})
@@ -129,27 +131,37 @@ def _start(
         script=body.script,
         inputs=body.inputs,
         user_id=caller.user_id,
-        trigger={"type": "api", "token": caller.token_id},
+        trigger=_api_trigger(caller),
         principal=caller.describe(),
         max_runtime=body.max_runtime,
         default_max_runtime=context.settings.default_max_runtime,
+        http=http,
     )
+
+
+def _api_trigger(caller: Principal) -> dict[str, Any]:
+    """The trigger of an API start: the token, or the login session it came from."""
+    trigger: dict[str, Any] = {"type": "api", "token": caller.token_id}
+    if caller.session_id:
+        trigger["sessionId"] = caller.session_id
+    return trigger
 
 
 @router.post("", status_code=201)
 async def start_execution(
-    ws: str, body: ExecutionCreate, context: Context, caller: Caller
+    ws: str, body: ExecutionCreate, request: Request, context: Context, caller: Caller
 ) -> dict[str, Any]:
     """Start an execution of a flow (or of an ad-hoc script) and return it.
 
     With ``wait`` the answer waits for the end without holding a thread: the store work
     runs in short thread hops and the wait is on the event loop.
     """
+    http = request_http(request)
 
     def start() -> dict[str, Any] | str:
         with context.store.write() as session:
             workspace = workspaces.get_workspace(session, ws)
-            execution = _start(session, workspace, body, context, caller)
+            execution = _start(session, workspace, body, context, caller, http)
             if not body.wait:
                 view = executions.execution_view(execution, workspace.slug, children=[])
                 view["script"] = execution.script
@@ -165,7 +177,7 @@ async def start_execution(
 
 @router.post("/batch", status_code=201)
 def start_executions(
-    ws: str, body: ExecutionBatch, context: Context, caller: Caller
+    ws: str, body: ExecutionBatch, request: Request, context: Context, caller: Caller
 ) -> dict[str, Any]:
     """Start many executions in one transaction: all of them or, on any error, none."""
     if any(item.wait for item in body.executions):
@@ -176,7 +188,7 @@ def start_executions(
         items = []
         for index, item in enumerate(body.executions):
             try:
-                execution = _start(session, workspace, item, context, caller)
+                execution = _start(session, workspace, item, context, caller, request_http(request))
             except FlowlinkError as error:
                 error.message = f"executions[{index}]: {error.message}"
                 error.details = {**error.details, "index": index}

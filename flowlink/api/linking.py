@@ -33,10 +33,26 @@ class SyncConfigFields(BaseModel):
     own_private_key: str | None = Field(
         None, description="PEM (PKCS#1, PKCS#8) or OpenSSH RSA private key, >= 2048 bits"
     )
+    own_private_key_env: str | None = Field(
+        None,
+        description="Instead of own_private_key: the server's environment variable holding it"
+        " (read by the server, never stored or returned)",
+    )
+    own_private_key_file: str | None = Field(
+        None,
+        description="Instead of own_private_key: an absolute path on the server to the key"
+        " file (read by the server, never stored or returned)",
+    )
     remote_public_key: str | None = Field(
         None, description="The other end's public key(s): one, or two while keys rotate"
     )
     send_all_executions: bool | None = None
+    send_all_executions_meaning: str | None = Field(
+        None,
+        description="'mirror' (default, Workspace Linking v8): send_all_executions mirrors every"
+        " execution to the controlled workspace; 'list' (older version): runs started through"
+        " the link show in the controlling workspace's list only with send_all_executions",
+    )
     sync_interval: float | None = Field(None, description="Seconds; null = immediate mode")
     direction: str | None = Field(None, description="controlling | controlled")
     role: str | None = Field(

@@ -9,8 +9,11 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from flowlink.access.policy import allows, authorize, authorize_admin, visible
+from flowlink.access.service import Principal
 from flowlink.api.deps import Caller, Context
 from flowlink.events.triggers import ensure_webhook_keys
+from flowlink.settings import resolve_secret_key
+from flowlink.store.models import Workspace
 from flowlink.workspaces import service as workspaces
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
@@ -35,6 +38,11 @@ class FlowBody(BaseModel):
 
 class SettingBody(BaseModel):
     value: Any = Field(description="Any JSON value")
+    secret: bool | None = Field(
+        default=None,
+        description="true: a secret setting (encrypted at rest, never returned; needs 'manage"
+        " settings'); omitted: keep the setting's kind (new settings are plain)",
+    )
 
 
 @router.get("")
@@ -76,17 +84,37 @@ def delete_workspace(ws: str, context: Context, caller: Caller) -> Response:
     return Response(status_code=204)
 
 
+def _authorize_apply(caller: Principal, existing: Workspace | None) -> None:
+    if existing is None:
+        authorize_admin(caller, "create workspaces")
+    else:
+        authorize(caller, "update", "workspace", existing)
+
+
 @router.post("/{ws}/apply")
 def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) -> dict[str, Any]:
     """Create or update the workspace from its folder's files, all or nothing."""
+    with context.store.read() as session:
+        existing = workspaces.find_workspace(session, ws)
+        _authorize_apply(caller, existing)
+        workspaces.precheck_new_settings(
+            session, existing, body.files, context.settings.apply_max_settings
+        )
     bundle = workspaces.parse_files(body.files)
     with context.store.write() as session:
         existing = workspaces.find_workspace(session, ws)
-        if existing is None:
-            authorize_admin(caller, "create workspaces")
-        else:
-            authorize(caller, "update", "workspace", existing)
-        result = workspaces.apply_bundle(session, bundle, os.environ, expected_slug=ws)
+        _authorize_apply(caller, existing)
+        if existing is not None:
+            for name in bundle.secrets:
+                authorize(caller, "manage", "settings", existing, {"setting": name})
+        result = workspaces.apply_bundle(
+            session,
+            bundle,
+            os.environ,
+            expected_slug=ws,
+            max_new_settings=context.settings.apply_max_settings,
+            secret_key=resolve_secret_key(context.settings) if bundle.secrets else None,
+        )
         view = result.view()
         # New webhook keys are shown once, here (rotate: POST .../automations/{a}/webhook_key).
         view["webhookKeys"] = ensure_webhook_keys(session, result.workspace)
@@ -177,21 +205,35 @@ def get_setting(ws: str, name: str, context: Context, caller: Caller) -> dict[st
 def put_setting(
     ws: str, name: str, body: SettingBody, context: Context, caller: Caller
 ) -> dict[str, Any]:
-    """Create or overwrite a setting."""
+    """Create or overwrite a setting; a secret one (``"secret": true``) needs 'manage settings'.
+
+    A secret's value is encrypted at rest and never returned: it can be replaced, not read.
+    """
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        exists = workspaces.find_setting(session, workspace, name) is not None
-        action = "update" if exists else "create"
+        existing = workspaces.find_setting(session, workspace, name)
+        action = "update" if existing is not None else "create"
+        if body.secret or (existing is not None and existing.secret):
+            action = "manage"
         authorize(caller, action, "settings", workspace, {"setting": name})
-        workspaces.put_setting(session, workspace, name, body.value)
+        workspaces.put_setting(
+            session,
+            workspace,
+            name,
+            body.value,
+            secret=body.secret,
+            secret_key=resolve_secret_key(context.settings),
+        )
         return workspaces.setting_view(workspaces.get_setting(session, workspace, name))
 
 
 @router.delete("/{ws}/settings/{name}", status_code=204)
 def delete_setting(ws: str, name: str, context: Context, caller: Caller) -> Response:
-    """Delete a setting."""
+    """Delete a setting (a secret one needs 'manage settings')."""
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "delete", "settings", workspace, {"setting": name})
+        existing = workspaces.find_setting(session, workspace, name)
+        action = "manage" if existing is not None and existing.secret else "delete"
+        authorize(caller, action, "settings", workspace, {"setting": name})
         workspaces.delete_setting(session, workspace, name)
     return Response(status_code=204)

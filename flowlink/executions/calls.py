@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -16,20 +19,92 @@ from flowlink.errors import FlowlinkError, Invalid, NotFound
 from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
 from flowlink.linking.exchange import RemoteStart, start_remote_execution
+from flowlink.observability.logs import redact as keep_out_of_server_logs
 from flowlink.runtime.errors import (
     DependencyFailed,
     FlowApiError,
     PermissionDenied,
     ResourceNotFound,
 )
-from flowlink.settings import ServerSettings
+from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, User, Workspace
+from flowlink.workspaces import files
 from flowlink.workspaces import service as workspaces
 
 LOG_FLUSH_SECONDS = 0.1
 LOG_FLUSH_LINES = 200
+MIN_REDACTED_LENGTH = 4  # shorter secret strings are not redacted (they would shred the log)
+REDACTED = "[secret]"
+
+
+def _secret_strings(value: Any) -> Iterator[str]:
+    """Every string inside a secret's value (and its JSON), as it could appear in a log."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _secret_strings(item)
+    if isinstance(value, dict | list):
+        yield json.dumps(value)
+
+
+class LogCap:
+    """The log lines and bytes one execution may store; what is over is counted, not kept.
+
+    A line that would pass either limit and every line after it are dropped; the first drop
+    adds a line saying so, and :meth:`summary` is the final line with what was dropped.
+    """
+
+    def __init__(self, max_lines: int, max_bytes: int) -> None:
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.lines = 0
+        self.bytes = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+
+    def admit(self, lines: list[str]) -> list[str]:
+        """The lines to keep of ``lines`` (plus the notice when the limit is reached)."""
+        if self.dropped_lines:
+            self._drop(lines)
+            return []
+        kept: list[str] = []
+        for index, line in enumerate(lines):
+            size = _size(line)
+            if self.lines + 1 > self.max_lines or self.bytes + size > self.max_bytes:
+                self._drop(lines[index:])
+                kept.append(
+                    f"[flowlink] log limit reached ({self.max_lines} lines or"
+                    f" {self.max_bytes} bytes per execution): further output is dropped"
+                )
+                break
+            self.lines += 1
+            self.bytes += size
+            kept.append(line)
+        return kept
+
+    def _drop(self, lines: list[str]) -> None:
+        self.dropped_lines += len(lines)
+        self.dropped_bytes += sum(_size(line) for line in lines)
+
+    def summary(self) -> str | None:
+        """The final line telling how much was dropped (None if nothing was)."""
+        if not self.dropped_lines:
+            return None
+        return (
+            f"[flowlink] {self.dropped_lines} log lines ({self.dropped_bytes} bytes) over the"
+            " limit were dropped"
+        )
+
+
+def _size(line: str) -> int:
+    """Bytes a log line takes (UTF-8 with its newline; invalid characters count as one)."""
+    return len(line.encode("utf-8", "replace")) + 1
 
 
 class ChildLauncher(Protocol):
@@ -71,10 +146,12 @@ class FlowApiCalls:
         self._retake_slot = retake_slot
         self._worker = worker
         self._pending_logs: list[str] = []
+        self.log_cap = LogCap(settings.log_max_lines, settings.log_max_bytes)
         self._last_flush = time.monotonic()
         self._acting = (execution.principal, execution.user_id)
         self._principal: Principal | None = None
         self._denials: list[dict[str, Any]] = []
+        self._secrets: list[str] = []  # values of secrets this script read, longest first
         self._handlers: dict[str, Callable[[Session, Workspace, dict[str, Any]], Any]] = {
             "execution.get": self._execution_get,
             "execution.save": self._execution_save,
@@ -84,18 +161,31 @@ class FlowApiCalls:
             "setting.exists": self._setting_exists,
             "setting.delete": self._setting_delete,
             "flow.get": self._flow_get,
+            "file.get": self._file_get,
+            "file.save": self._file_save,
+            "file.exists": self._file_exists,
+            "file.delete": self._file_delete,
+            "file.list": self._file_list,
             "user.get_own": self._user_get_own,
         }
+        # Calls that manage their own transactions (waiting must not hold one).
+        self._direct: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "execution.wait": lambda params: self._wait(str(params.get("id"))),
+            "execution.start_child": self._start_child_now,
+        }
+
+    def methods(self) -> list[str]:
+        """Every ``flow_api`` call this answers (the surface the permission matrix covers)."""
+        return sorted({*self._handlers, *self._direct})
 
     # --- entry points for the runtime -----------------------------------------------------
 
     def handle(self, method: str, params: dict[str, Any]) -> Any:
         """Do one call; domain errors become the ``flow_api`` exceptions of the same meaning."""
         self.flush_logs()
-        if method == "execution.wait":
-            return self._wait(str(params.get("id")))
-        if method == "execution.start_child":
-            return self._start_child_now(params)
+        direct = self._direct.get(method)
+        if direct is not None:
+            return direct(params)
         handler = self._handlers.get(method)
         if handler is None:
             raise FlowApiError(f"unknown flow_api call {method!r}")
@@ -110,9 +200,22 @@ class FlowApiCalls:
         except FlowlinkError as error:
             raise FlowApiError(error.message) from error
 
+    def redact(self, text: str) -> str:
+        """``text`` with the value of every secret this execution read replaced by [secret]."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
     def write_logs(self, lines: list[str]) -> None:
-        """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``."""
-        self._pending_logs.extend(lines)
+        """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``.
+
+        Values of secrets the script read are redacted first; lines over the execution's log
+        limit are only counted (see :class:`LogCap`).
+        """
+        if self._secrets:
+            lines = [self.redact(line) for line in lines]
+        self._pending_logs.extend(self.log_cap.admit(lines))
         if (
             len(self._pending_logs) >= LOG_FLUSH_LINES
             or time.monotonic() - self._last_flush >= LOG_FLUSH_SECONDS
@@ -120,9 +223,15 @@ class FlowApiCalls:
             self.flush_logs()
 
     def take_pending_logs(self) -> list[str]:
-        """Hand over the log lines not yet written (the worker writes them with the ending)."""
+        """Hand over the log lines not yet written (the worker writes them with the ending).
+
+        They end with the line telling how many lines were over the limit, if any were.
+        """
         self._record_denials()
         lines, self._pending_logs = self._pending_logs, []
+        summary = self.log_cap.summary()
+        if summary is not None:
+            lines.append(summary)
         return lines
 
     def flush_logs(self) -> None:
@@ -146,17 +255,22 @@ class FlowApiCalls:
         attributes: dict[str, Any] | None = None,
     ) -> None:
         """Raise PermissionDenied unless the execution's principal may do this (see policy)."""
+        principal = self._principal_for(session)
+        try:
+            policy.authorize(principal, action, subject, workspace, attributes)
+        except (policy.AccessDenied, policy.WorkspaceHidden) as error:
+            self._denials.append({**error.denial, "execution_id": self.execution_id})
+            reason = error.denial["reason"]
+            raise PermissionDenied(f"permission denied: {reason}") from None
+
+    def _principal_for(self, session: Session) -> Principal:
+        """Who this execution acts as (loaded once)."""
         if self._principal is None:
             descriptor, user_id = self._acting
             self._principal = principal_from_descriptor(
                 session, descriptor, user_id, self.workspace_id
             )
-        try:
-            policy.authorize(self._principal, action, subject, workspace, attributes)
-        except (policy.AccessDenied, policy.WorkspaceHidden) as error:
-            self._denials.append({**error.denial, "execution_id": self.execution_id})
-            reason = error.denial["reason"]
-            raise PermissionDenied(f"permission denied: {reason}") from None
+        return self._principal
 
     def _record_denials(self) -> None:
         """Write denials as ``access.denied`` events (outside the denied call's transaction)."""
@@ -174,10 +288,19 @@ class FlowApiCalls:
             return execution
         return executions.get_execution(session, workspace, str(execution_id))
 
+    def _authorize_read(self, session: Session, workspace: Workspace, execution: Execution) -> None:
+        """Reading another execution needs ``read executions`` on its flow, as its GET route.
+
+        An execution's own record and those of the children it started need nothing more, as
+        ``POST .../executions`` with ``wait`` returns the execution it started.
+        """
+        if self.execution_id in (execution.id, execution.parent_id):
+            return
+        self._authorize(session, workspace, "read", "executions", {"flow": execution.flow_name})
+
     def _execution_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         execution = self._target(session, workspace, params.get("id"))
-        if execution.id != self.execution_id:
-            self._authorize(session, workspace, "read", "executions", {"flow": execution.flow_name})
+        self._authorize_read(session, workspace, execution)
         field = str(params.get("field") or "")
         if field == "script":
             return execution.script
@@ -290,17 +413,38 @@ class FlowApiCalls:
 
     def _setting_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         self._authorize(session, workspace, "read", "settings", {"setting": params.get("name")})
-        return workspaces.get_setting(session, workspace, str(params.get("name"))).value
+        setting = workspaces.get_setting(session, workspace, str(params.get("name")))
+        if not setting.secret:
+            return setting.value
+        value = workspaces.setting_value(setting, resolve_secret_key(self.settings))
+        self._remember_secret(value)
+        return value
+
+    def _remember_secret(self, value: Any) -> None:
+        known = set(self._secrets)
+        known.update(s for s in _secret_strings(value) if len(s) >= MIN_REDACTED_LENGTH)
+        self._secrets = sorted(known, key=len, reverse=True)
+        for secret in self._secrets:
+            keep_out_of_server_logs(secret)  # this process now knows it
 
     def _setting_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
-        self._authorize(session, workspace, "update", "settings", {"setting": params.get("name")})
+        name = str(params.get("name"))
+        secret = params.get("secret")
+        existing = workspaces.find_setting(session, workspace, name)
+        manage = bool(secret) or (existing is not None and existing.secret)
+        action = "manage" if manage else "update" if existing is not None else "create"
+        self._authorize(session, workspace, action, "settings", {"setting": name})
         workspaces.put_setting(
             session,
             workspace,
-            str(params.get("name")),
+            name,
             params.get("value"),
             execution_id=self.execution_id,
+            secret=None if secret is None else bool(secret),
+            secret_key=resolve_secret_key(self.settings),
         )
+        if manage:
+            self._remember_secret(params.get("value"))
 
     def _setting_exists(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
@@ -311,7 +455,9 @@ class FlowApiCalls:
     def _setting_delete(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
     ) -> None:
-        self._authorize(session, workspace, "delete", "settings", {"setting": params.get("name")})
+        existing = workspaces.find_setting(session, workspace, str(params.get("name")))
+        action = "manage" if existing is not None and existing.secret else "delete"
+        self._authorize(session, workspace, action, "settings", {"setting": params.get("name")})
         workspaces.delete_setting(
             session, workspace, str(params.get("name")), execution_id=self.execution_id
         )
@@ -324,6 +470,54 @@ class FlowApiCalls:
         if field not in view:
             raise FlowApiError(f"unknown flow field {field!r}; known: {', '.join(sorted(view))}")
         return view[field]
+
+    def _file_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "read", "files", {"path": path})
+        found = files.get_file(session, workspace, path)
+        field = str(params.get("field") or "content")
+        if field == "content":
+            return base64.b64encode(found.content).decode("ascii")
+        view = files.file_view(found)
+        if field not in view:
+            raise FlowApiError(
+                f"unknown file field {field!r}; known: content, {', '.join(sorted(view))}"
+            )
+        return view[field]
+
+    def _file_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        path = files.check_path(params.get("path"))
+        exists = files.find_file(session, workspace, path) is not None
+        self._authorize(
+            session, workspace, "update" if exists else "create", "files", {"path": path}
+        )
+        try:
+            content = base64.b64decode(str(params.get("content") or ""), validate=True)
+        except ValueError:
+            raise FlowApiError("file content must be bytes or text") from None
+        files.put_file(session, workspace, path, content, execution_id=self.execution_id)
+
+    def _file_exists(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> bool:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "read", "files", {"path": path})
+        return files.find_file(session, workspace, path) is not None
+
+    def _file_delete(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "delete", "files", {"path": path})
+        files.delete_file(session, workspace, path, execution_id=self.execution_id)
+
+    def _file_list(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        self._authorize(session, workspace, "read", "files")
+        prefix = str(params.get("prefix") or "")
+        return [
+            f.path
+            for f in files.list_files(session, workspace)
+            if f.path.startswith(prefix)
+            and policy.allows(
+                self._principal_for(session), "read", "files", workspace, {"path": f.path}
+            )
+        ]
 
     def _user_get_own(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         execution = session.get(Execution, self.execution_id)
@@ -347,6 +541,7 @@ class FlowApiCalls:
                 raise FlowApiError(error.message) from error
             except NotFound as error:
                 raise ResourceNotFound(error.message) from error
+            self._authorize_read(session, workspace, child)
             if child.status in executions.ENDED:
                 return self._ended_view(child, workspace.slug)
             executions.set_waiting(session, self.execution_id, True)
@@ -374,7 +569,25 @@ class FlowApiCalls:
         view = executions.execution_view(child, slug)
         if child.status != executions.SUCCESS:
             raise DependencyFailed(
-                f"child execution {child.id} ({child.flow_name}) ended with {child.status}:"
-                f" {child.message}"
+                child_failure(child.id, child.flow_name, child.status, child.message)
             )
         return view
+
+
+_LINE_SUFFIX = re.compile(r" \(line (\d+)\)$")
+
+
+def child_failure(child_id: str, flow: str, status: str, message: str | None) -> str:
+    """The message of the ``DependencyFailedError`` a parent gets for a failed child.
+
+    The child's own line moves into the text (``at line 4 of child``), so the parent's
+    ``(line N)`` that follows never reads as a repeat: ``... ended with error at line 4 of
+    child: ValueError: boom (line 7)``.
+    """
+    text = message or status
+    where = ""
+    match = _LINE_SUFFIX.search(text)
+    if match:
+        text = text[: match.start()]
+        where = f" at line {match.group(1)} of {flow}"
+    return f"child execution {child_id} ({flow}) ended with {status}{where}: {text}"

@@ -7,13 +7,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
+from flowlink.observability import metrics
+from flowlink.observability.tracing import current_traceparent, valid_traceparent
 from flowlink.store import notify
-from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
+from flowlink.store.models import (
+    Execution,
+    ExecutionLog,
+    SyncConfig,
+    Workspace,
+    new_id,
+    utcnow,
+)
 from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
 from flowlink.workspaces.spec import SpecError, validate_script
 
@@ -54,15 +63,25 @@ def create_execution(
     default_max_runtime: float = 3600.0,
     principal: dict[str, Any] | None = None,
     remote_config_id: str | None = None,
+    traceparent: str | None = None,
+    http: dict[str, Any] | None = None,
 ) -> Execution:
     """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script.
+
+    ``http`` (method, path, ip) is the request that started it, for the ``executions.created``
+    event. A login session's id in ``trigger["sessionId"]`` is inherited by children.
 
     ``principal`` (``Principal.describe()``) is who it acts as; a child inherits its parent's.
     ``remote_config_id`` marks an execution that runs in a linked workspace and is only
     mirrored here (see ``flowlink.linking.exchange``): no worker ever claims it.
+    ``traceparent`` (W3C) defaults to the current span's when tracing is on.
     """
     if inputs is not None and not isinstance(inputs, dict):
         raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
+    trigger = dict(trigger or {"type": "api"})
+    inherited = (parent.trigger or {}).get("sessionId") if parent is not None else None
+    if inherited and "sessionId" not in trigger:
+        trigger["sessionId"] = inherited
     if max_runtime is not None and not (0 < max_runtime <= 7 * 24 * 3600):
         raise Invalid(
             "max_runtime must be between 0 and 604800 seconds", details={"field": "max_runtime"}
@@ -93,10 +112,11 @@ def create_execution(
         depth=parent.depth + 1 if parent else 0,
         max_runtime=max_runtime or default_max_runtime,
         user_id=user_id or (parent.user_id if parent else None),
-        trigger=trigger or {"type": "api"},
+        trigger=trigger,
         cancel_requested=False,
         principal=principal if principal is not None else (parent.principal if parent else None),
         remote_config_id=remote_config_id,
+        traceparent=traceparent if valid_traceparent(traceparent) else current_traceparent(),
     )
     session.add(execution)
     record(
@@ -107,10 +127,26 @@ def create_execution(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
+        extra_source=execution_source(trigger, http),
     )
     if remote_config_id is None:
         notify.announce(session, notify.QUEUED, execution.id)
     return execution
+
+
+def execution_source(
+    trigger: dict[str, Any] | None, http: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The event ``source`` fields an execution adds: its login session and automation."""
+    trigger = trigger or {}
+    source: dict[str, Any] = {}
+    if trigger.get("sessionId"):
+        source["sessionId"] = trigger["sessionId"]
+    if trigger.get("automation"):
+        source["automationSlug"] = trigger["automation"]
+    if http:
+        source["http"] = dict(http)
+    return source or None
 
 
 def check_script(name: str, script: str) -> None:
@@ -144,6 +180,17 @@ def list_executions(
 ) -> list[Execution]:
     """Executions of a workspace, newest first; ``before`` is the last id of the previous page."""
     query = select(Execution).where(Execution.workspace_id == workspace.id)
+    if not parent_id:
+        # Runs started through a link whose config follows the older meaning of "send all
+        # executions" (unset) stay out of the list (their parents still show them).
+        hidden = select(SyncConfig.id).where(
+            SyncConfig.workspace_id == workspace.id,
+            SyncConfig.send_all_executions_meaning == "list",
+            SyncConfig.send_all_executions.is_(False),
+        )
+        query = query.where(
+            or_(Execution.remote_config_id.is_(None), Execution.remote_config_id.not_in(hidden))
+        )
     if status:
         if status not in ALL_STATUSES:
             raise Invalid(f"unknown status {status!r}", details={"field": "status"})
@@ -234,12 +281,12 @@ def append_logs(
     """Append log lines to an execution (and announce them to log followers and links)."""
     now = utcnow()
     rows = [
-        ExecutionLog(execution_id=execution_id, created_at=now, line=line[:MAX_LOG_LINE])
+        {"execution_id": execution_id, "created_at": now, "line": line[:MAX_LOG_LINE]}
         for line in lines
     ]
     if not rows:
         return
-    session.add_all(rows)
+    session.execute(insert(ExecutionLog), rows)
     if workspace_id is None:
         execution = session.get(Execution, execution_id)  # usually already in the session
         workspace_id = execution.workspace_id if execution is not None else ""
@@ -402,7 +449,10 @@ def _started(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
+        extra_source=execution_source(execution.trigger),
     )
+    waited = (execution.started_at or utcnow()) - execution.created_at
+    metrics.count_started(session, [(workspace.slug, waited.total_seconds())])
     return Claimed(execution, workspace.slug, workspace.config_rendered or {})
 
 
@@ -483,6 +533,7 @@ def finish_many(
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     done: set[str] = set()  # an id listed twice ends once
+    counted: list[tuple[str, str, float]] = []
     for execution_id, outcome in endings:
         row = rows.get(execution_id)
         if row is None or row.status in ENDED or execution_id in done:
@@ -520,6 +571,7 @@ def finish_many(
                 correlation_id=row.correlation_id,
                 execution_id=execution_id,
                 user_id=row.user_id,
+                extra_source=execution_source(row.trigger),
             )
         )
         automation_row = automation_executed_row(
@@ -536,7 +588,11 @@ def finish_many(
         if automation_row is not None:
             events.append(automation_row)
         done.add(execution_id)
+        counted.append(
+            (slugs.get(row.workspace_id) or "", outcome.status, (now - started).total_seconds())
+        )
     if updates:
+        metrics.count_ended(session, counted)
         session.execute(update(Execution), updates)
         record_rows(session, events)
         notify.announce(session, notify.ENDED, "")

@@ -44,7 +44,7 @@ from flowlink.linking.exchange import (
     news_interests,
 )
 from flowlink.linking.ownership import LinkOwnership
-from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope
+from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope, for_peer
 from flowlink.linking.service import (
     STATE_WRITE_EVERY,
     note_link_state,
@@ -58,6 +58,7 @@ from flowlink.linking.transport import (
     TlsOptions,
     Transport,
 )
+from flowlink.observability import metrics, tracing
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
 from flowlink.store.models import SyncConfig, Workspace
@@ -89,6 +90,10 @@ class Connector:
         self.workspace_id = config.workspace_id
         self.version = (config.updated_at, config.enabled)
         self.interval = config.sync_interval
+        # Made in a thread hop (``LinkManager``): this read does not block the event loop.
+        with store.read() as session:
+            slug = session.scalar(select(Workspace.slug).where(Workspace.id == config.workspace_id))
+        self.label = f"{slug}/{config.name}"  # how metrics name this link
         tls = TlsOptions(config.ca_certificate, config.verify_ssl)
         self.transport = Transport(
             str(config.remote_url),
@@ -214,14 +219,23 @@ class Connector:
             messages, self._follows = news.messages, news.follows
         if skip_if_idle and not messages:
             return IDLE  # acks alone wait for the poller, which is about to ask again anyway
+        messages = for_peer(messages, self.transport.peer_features)
         acks, self._acks = self._acks, []
         if acks:
             messages.append(outbox.new_message("ack", ids=acks))
         try:
             read_timeout = None if poll is None else poll + self.settings.link_timeout
-            answer = await self.transport.exchange_async(
-                envelope(messages, poll), read_timeout=read_timeout
-            )
+            began = time.monotonic()
+            with tracing.span(
+                "link exchange", kind="CLIENT", **{"flowlink.link": self.label}
+            ) as span:
+                if span is not None:
+                    span.set_attribute("flowlink.link.messages", len(messages))
+                answer = await self.transport.exchange_async(
+                    envelope(messages, poll), read_timeout=read_timeout
+                )
+            if not poll:  # a held long poll measures the other end's idleness, not latency
+                metrics.link_exchanged(self.label, time.monotonic() - began)
         except BaseException:
             self._acks[:0] = acks  # not delivered: send them next time
             raise
@@ -256,6 +270,7 @@ class Connector:
 
     async def _succeeded(self) -> None:
         self._failures = 0
+        metrics.link_state(self.label, True)
         changed = self._connected is not True
         self._connected = True
         due = time.monotonic() - self._state_written >= STATE_WRITE_EVERY.total_seconds()
@@ -264,6 +279,7 @@ class Connector:
 
     async def _failed(self, error: Exception) -> None:
         self._failures += 1
+        metrics.link_state(self.label, False)
         changed = self._connected is not False
         self._connected = False
         reason = getattr(error, "reason", None)

@@ -29,7 +29,15 @@ from flowlink.linking.exchange import (
     wait_for_news,
 )
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
-from flowlink.linking.protocol import MAX_MESSAGES, envelope, parse_envelope
+from flowlink.linking.protocol import (
+    FEATURES,
+    FEATURES_HEADER,
+    MAX_MESSAGES,
+    envelope,
+    features_of,
+    for_peer,
+    parse_envelope,
+)
 from flowlink.linking.service import note_link_state, private_key_of
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
@@ -126,15 +134,20 @@ def _apply(
         raise
 
 
-def _signed(
-    applied: _Applied, messages: list[dict[str, Any]], method: str, url: str
-) -> SignedAnswer:
+def _signed(applied: _Applied, messages: list[dict[str, Any]], incoming: _Incoming) -> SignedAnswer:
+    messages = for_peer(messages, features_of(incoming.headers.get(FEATURES_HEADER)))
     if applied.received:
         messages.append(outbox.new_message("ack", ids=applied.received))
     content = json.dumps(envelope(messages), separators=(",", ":")).encode()
     answer_headers = httpx.Headers({"content-type": CONTENT_TYPE})
+    answer_headers[FEATURES_HEADER] = ",".join(sorted(FEATURES))
     signing.sign_response(
-        applied.private_key, 200, answer_headers, content, request_method=method, request_url=url
+        applied.private_key,
+        200,
+        answer_headers,
+        content,
+        request_method=incoming.method,
+        request_url=incoming.url,
     )
     return SignedAnswer(content, answer_headers)
 
@@ -180,4 +193,4 @@ async def answer_exchange(
                 waiter=waiter,
                 first=first,
             )
-    return await to_thread.run_sync(_signed, applied, messages, method, url)
+    return await to_thread.run_sync(_signed, applied, messages, incoming)

@@ -24,6 +24,7 @@ from flowlink.errors import Unauthorized
 from flowlink.events.service import record
 from flowlink.linking import signing
 from flowlink.linking.service import get_sync_config, public_keys_of
+from flowlink.observability import metrics
 from flowlink.store.models import LinkNonce, SyncConfig, Workspace, utcnow
 
 # A nonce must be remembered for as long as its signature could still be accepted.
@@ -98,6 +99,7 @@ def record_rejection(
     http: Mapping[str, Any] | None = None,
 ) -> None:
     """Record ``sync.rejected`` (in its own transaction: the request's was rolled back)."""
+    metrics.link_rejected(rejection.reason)
     record(
         session,
         workspace,

@@ -78,3 +78,16 @@ def depth(session: Session, sync_config_id: str) -> int:
     return (
         session.scalar(select(func.count()).where(LinkOutbox.sync_config_id == sync_config_id)) or 0
     )
+
+
+def depths(session: Session) -> dict[str, int]:
+    """Messages waiting per link (``workspace/sync config``), links with an empty outbox omitted."""
+    from flowlink.store.models import SyncConfig, Workspace
+
+    rows = session.execute(
+        select(Workspace.slug, SyncConfig.name, func.count(LinkOutbox.id))
+        .join(SyncConfig, SyncConfig.id == LinkOutbox.sync_config_id)
+        .join(Workspace, Workspace.id == SyncConfig.workspace_id)
+        .group_by(Workspace.slug, SyncConfig.name)
+    )
+    return {f"{slug}/{name}": count for slug, name, count in rows}

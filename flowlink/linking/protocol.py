@@ -59,6 +59,11 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "inputs": {"type": "object"},
             "correlation_id": {"type": ["string", "null"], "maxLength": 64},
             "max_runtime": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 604800},
+            # W3C trace context; sent only to peers that accept it (see observability.tracing)
+            "traceparent": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            },
         },
     },
     "execution.update": {
@@ -185,3 +190,30 @@ def envelope(messages: list[dict[str, Any]], poll: float | None = None) -> dict[
     if poll is not None:
         body["poll"] = poll
     return body
+
+
+# Optional fields a peer may not know: sent only when it says it accepts them (old peers
+# validate messages strictly and would refuse an unknown field).
+FEATURES_HEADER = "Flowlink-Link-Features"
+OPTIONAL_FIELDS = {"traceparent": "traceparent"}  # field name -> feature that allows it
+FEATURES = frozenset(OPTIONAL_FIELDS.values())
+
+
+def features_of(header: str | None) -> frozenset[str]:
+    """The features a peer announced in ``Flowlink-Link-Features`` (unknown ones ignored)."""
+    if not header:
+        return frozenset()
+    return frozenset(part.strip() for part in header.split(",")) & FEATURES
+
+
+def for_peer(messages: list[dict[str, Any]], accepted: frozenset[str]) -> list[dict[str, Any]]:
+    """The messages without the optional fields the peer did not say it accepts."""
+    dropped = [field for field, feature in OPTIONAL_FIELDS.items() if feature not in accepted]
+    if not dropped:
+        return messages
+    return [
+        {k: v for k, v in message.items() if k not in dropped}
+        if any(field in message for field in dropped)
+        else message
+        for message in messages
+    ]

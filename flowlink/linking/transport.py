@@ -14,7 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flowlink.errors import Invalid
 from flowlink.linking import signing
 from flowlink.linking.keys import fingerprint
-from flowlink.linking.protocol import Envelope, parse_envelope
+from flowlink.linking.protocol import (
+    FEATURES,
+    FEATURES_HEADER,
+    Envelope,
+    features_of,
+    parse_envelope,
+)
+from flowlink.observability.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/json"
@@ -117,6 +124,7 @@ class Transport:
         self._http: httpx.Client | None = None
         if http is None:
             self._http = httpx.Client(verify=tls_verify(tls), timeout=self.timeout)
+        self.peer_features: frozenset[str] = frozenset()  # learned from the other end's answers
 
     def close(self) -> None:
         """Close the blocking client's connections (a shared async client is not ours)."""
@@ -160,6 +168,10 @@ class Transport:
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = httpx.Headers({"content-type": CONTENT_TYPE})
         signing.sign_request(self.own_key, "POST", self.remote_url, headers, content)
+        headers[FEATURES_HEADER] = ",".join(sorted(FEATURES))  # unsigned: only a hint
+        traceparent = current_traceparent()
+        if traceparent:
+            headers["traceparent"] = traceparent
         return content, headers
 
     def _timeout(self, read_timeout: float | None) -> httpx.Timeout:
@@ -201,6 +213,7 @@ class Transport:
                 f"the remote's answer is not signed by its configured key ({exc.message})",
                 reason=exc.reason,
             ) from None
+        self.peer_features = features_of(response.headers.get(FEATURES_HEADER))
         try:
             return parse_envelope(response.json())
         except ValueError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,9 +125,13 @@ class Store:
             expire_on_commit=False,
         )
         self.notifier = notify.Notifier()
+        from flowlink.events.triggers import install as install_native_triggers
+
+        install_native_triggers(session_class)  # before notify: its starts are announced too
         notify.install(session_class, self.notifier)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self.listening = threading.Event()  # set while the PostgreSQL listener listens
+        self._version_connection: sqlite3.Connection | None = None
 
     def listen(self, tasks: BackgroundTasks) -> None:
         """Hear other processes' notifications (PostgreSQL only; SQLite is single-process).
@@ -172,6 +177,20 @@ class Store:
         """Upgrade the schema to the newest version."""
         migrate(self.engine)
 
+    def data_version(self) -> int | None:
+        """SQLite: a number that changes whenever another connection (of this process or
+        another) commits; ``None`` on PostgreSQL, whose changes are announced by NOTIFY."""
+        db_file = sqlite_path(str(self.engine.url))
+        if self.dialect != "sqlite" or db_file is None:
+            return None
+        if self._version_connection is None:
+            self._version_connection = sqlite3.connect(str(db_file), check_same_thread=False)
+        row = self._version_connection.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
     def dispose(self) -> None:
         """Close all pooled connections."""
+        if self._version_connection is not None:
+            self._version_connection.close()
+            self._version_connection = None
         self.engine.dispose()

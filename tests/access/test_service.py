@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -219,20 +220,49 @@ def test_last_admin_cannot_be_disabled(store: Store) -> None:
         access.set_disabled(session, access.get_user(session, "admin"), True)
 
 
-def test_throttle_locks_username_and_address_then_expires() -> None:
-    throttle = access.LoginThrottle(max_failures=3, window=0.3)
-    for _ in range(3):
-        throttle.check("Ann", "ip")
-        throttle.failed("Ann", "ip")
-    with pytest.raises(TooManyRequests) as caught:
-        throttle.check("ann", "ip")
-    assert caught.value.status == 429 and caught.value.retry_after >= 1
-    throttle.check("ann", "other-ip")
-    throttle.check("bob", "ip")
-    import time
+def _retry_after(throttle: access.LoginThrottle, username: str, address: str) -> int | None:
+    try:
+        throttle.check(username, address)
+    except TooManyRequests as error:
+        assert error.status == 429
+        return error.retry_after
+    return None
 
-    time.sleep(0.35)
-    throttle.check("ann", "ip")
+
+def test_throttle_locks_the_account_from_any_address_with_growing_delays() -> None:
+    throttle = access.LoginThrottle(account_failures=3, base_delay=10.0, max_delay=35.0)
+    for n in range(3):
+        assert _retry_after(throttle, "Ann", f"10.0.0.{n}") is None
+        throttle.failed("Ann", f"10.0.0.{n}")
+    # locked for every address, and only this account
+    assert _retry_after(throttle, "ann", "10.9.9.9") == 10
+    assert _retry_after(throttle, "bob", "10.0.0.1") is None
+    throttle.failed("ann", "10.0.0.7")  # a failure counted after the lock doubles it
+    assert _retry_after(throttle, "ann", "10.0.0.1") == 20
+    throttle.failed("ann", "10.0.0.7")
+    assert _retry_after(throttle, "ann", "10.0.0.1") == 35  # capped at max_delay
+    throttle.succeeded("ann", "10.0.0.1")
+    assert _retry_after(throttle, "ann", "10.0.0.1") is None
+
+
+def test_throttle_locks_an_address_trying_many_accounts_and_forgets() -> None:
+    throttle = access.LoginThrottle(
+        account_failures=5, address_failures=4, base_delay=0.2, forget_after=0.5
+    )
+    for n in range(4):
+        throttle.failed(f"user{n}", "10.0.0.1")
+    assert _retry_after(throttle, "someone", "10.0.0.1") == 1
+    assert _retry_after(throttle, "someone", "10.0.0.2") is None
+    # logging into an account does not reset the address's count
+    throttle.succeeded("someone", "10.0.0.1")
+    assert _retry_after(throttle, "other", "10.0.0.1") == 1
+    time.sleep(0.25)
+    assert _retry_after(throttle, "other", "10.0.0.1") is None  # the lock ended
+    throttle.failed("other", "10.0.0.1")
+    assert _retry_after(throttle, "other", "10.0.0.1") == 1  # still counted: locked again
+    time.sleep(0.55)
+    throttle.failed("other", "10.0.0.1")  # forgotten: this is the first failure again
+    assert _retry_after(throttle, "other", "10.0.0.1") is None
 
 
 def test_identities_and_inherited_principal(store: Store, ws: Workspace) -> None:
