@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,15 @@ def tls_verify(options: TlsOptions) -> ssl.SSLContext | bool:
                 details={"field": "ca_certificate"},
             ) from None
     return True
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Network, TLS and timeout errors of httpx as ``LinkUnavailable``."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise LinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 class AsyncClients:
@@ -136,15 +147,13 @@ class Transport:
         if self._http is None:
             self._http = httpx.Client(verify=tls_verify(self.tls), timeout=self.timeout)
         content, headers = self._request(body)
-        try:
+        with _unavailable():
             response = self._http.post(
                 self.remote_url,
                 content=content,
                 headers=headers,
                 timeout=self._timeout(read_timeout),
             )
-        except httpx.HTTPError as exc:
-            raise LinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return self._answer(response)
 
     async def exchange_async(
@@ -153,15 +162,13 @@ class Transport:
         """``exchange`` on the event loop: waiting for the answer holds no thread."""
         assert self.async_http is not None, "made without an async client"
         content, headers = self._request(body)
-        try:
+        with _unavailable():
             response = await self.async_http.post(
                 self.remote_url,
                 content=content,
                 headers=headers,
                 timeout=self._timeout(read_timeout),
             )
-        except httpx.HTTPError as exc:
-            raise LinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return self._answer(response)
 
     def _request(self, body: dict[str, Any]) -> tuple[bytes, httpx.Headers]:
