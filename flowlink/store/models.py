@@ -368,3 +368,29 @@ class LinkExecution(Base):
     log_mark: Mapped[int] = mapped_column(BigId, default=0)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Page(Base):
+    """A page of a workspace: its template and the settings of its ``pages/<slug>.yml``."""
+
+    __tablename__ = "pages"
+    __table_args__ = (UniqueConstraint("workspace_id", "slug"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(128))
+    template: Mapped[str] = mapped_column(Text)
+    meta_text: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class CustomDomain(Base):
+    """A host name claimed by one workspace to serve its pages (unique across workspaces)."""
+
+    __tablename__ = "custom_domains"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )

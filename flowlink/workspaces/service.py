@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import event_row, record, record_rows
+from flowlink.pages import store as pages
 from flowlink.store.models import (
     Automation,
     AutomationTrigger,
@@ -247,7 +248,9 @@ def apply_bundle(
     workspace.config_schema = dict(spec.config_schema)
     workspace.config_rendered = rendered
 
+    result.changes["domains"] = pages.claim_domains(session, workspace, spec.custom_domains)
     result.changes["flows"] = _sync_flows(session, workspace, bundle.flows)
+    result.changes["pages"] = pages.sync_pages(session, workspace, bundle.page_specs)
     result.changes["automations"] = _sync_automations(session, workspace, spec.automations)
     result.changes["settings"] = _apply_settings(
         session, workspace, bundle.settings, limit=max_new_settings
@@ -445,11 +448,19 @@ def count_top_level_keys(text: str) -> int:
 
 
 def export_files(session: Session, slug: str) -> dict[str, str]:
-    """The workspace as folder files (``workspace.yml``, ``flows/*.py``, ``settings.yml``)."""
+    """The workspace as folder files (``workspace.yml``, ``flows/*.py``, ``settings.yml``,
+    ``pages/*.html`` and ``pages/*.yml``)."""
     workspace = get_workspace(session, slug)
     flows = {f.name: f.script for f in list_flows(session, workspace)}
     settings = {s.name: s.value for s in list_settings(session, workspace)}
-    bundle = WorkspaceBundle(spec=stored_spec(workspace), flows=flows, settings=settings, pages={})
+    templates, metas = pages.stored_pages(session, workspace)
+    bundle = WorkspaceBundle(
+        spec=stored_spec(workspace),
+        flows=flows,
+        settings=settings,
+        pages=templates,
+        page_meta=metas,
+    )
     return bundle_to_files(bundle)
 
 

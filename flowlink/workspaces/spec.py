@@ -5,7 +5,7 @@ A workspace folder (see docs/workspaces.md)::
     workspace.yml        name, slug, description, config, automations, customDomains, roles
     flows/<name>.py      one flow script per file
     settings.yml         optional initial settings: name -> any JSON value
-    pages/<name>.html    optional pages
+    pages/<name>.html    optional pages, each with an optional pages/<name>.yml
 
 :func:`parse_bundle` turns the folder's files (relative POSIX path -> text)
 into a :class:`WorkspaceBundle`; :func:`bundle_to_files` is its inverse. Every
@@ -24,6 +24,9 @@ from typing import Any
 from croniter import croniter
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+
+from flowlink.pages.domains import DomainError, normalize_domain
+from flowlink.pages.spec import PageSpec, parse_pages
 
 from .templating import TemplateProblem, check_template, is_template
 from .yamlsource import (
@@ -83,7 +86,7 @@ SUBJECTS: tuple[str, ...] = (
     "sync_configs",
     "tokens",
 )
-BUILTIN_ROLES: tuple[str, ...] = ("owner", "editor", "operator", "viewer")
+BUILTIN_ROLES: tuple[str, ...] = ("owner", "editor", "operator", "viewer", "visitor")
 # Condition keys a custom role rule may use, per subject (values are glob patterns);
 # ``name`` is accepted everywhere as the name of the resource (flow, setting, event type...).
 CONDITION_KEYS: dict[str, tuple[str, ...]] = {
@@ -150,12 +153,18 @@ class WorkspaceSpec:
 
 @dataclass(frozen=True)
 class WorkspaceBundle:
-    """A whole workspace folder: spec, flow scripts, initial settings and pages."""
+    """A whole workspace folder: spec, flow scripts, initial settings and pages.
+
+    ``pages`` are the templates (``pages/<slug>.html``), ``page_meta`` the texts of the
+    optional ``pages/<slug>.yml`` and ``page_specs`` both parsed (see ``flowlink.pages.spec``).
+    """
 
     spec: WorkspaceSpec
     flows: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
     pages: Mapping[str, str] = field(default_factory=dict)
+    page_meta: Mapping[str, str] = field(default_factory=dict)
+    page_specs: Mapping[str, PageSpec] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- schema
@@ -334,11 +343,14 @@ def _checks(
             path = ("customDomains", index)
             if not isinstance(host, str):
                 continue
-            if not is_valid_hostname(host):
-                yield smap.error(path, f"invalid hostname {host!r}")
-            elif host.lower() in seen:
+            try:
+                canonical = normalize_domain(host)
+            except DomainError as exc:
+                yield smap.error(path, str(exc))
+                continue
+            if canonical in seen:
                 yield smap.error(path, f"duplicate custom domain {host!r}")
-            seen.add(host.lower())
+            seen.add(canonical)
     roles = data.get("roles")
     if isinstance(roles, dict):
         for role in roles:
@@ -523,7 +535,7 @@ def _build_spec(data: dict[str, Any], text: str) -> WorkspaceSpec:
         config_value=config.get("value") or {},
         config_schema=config.get("schema") or {},
         automations=automations,
-        custom_domains=tuple(h.lower() for h in data.get("customDomains") or ()),
+        custom_domains=tuple(normalize_domain(h) for h in data.get("customDomains") or ()),
         roles=roles,
         source_text=text,
     )
@@ -574,11 +586,14 @@ def validate_script(name: str, script: str, file: str | None = None) -> None:
         raise SpecError(f"invalid Python script: {exc}", file=file) from None
 
 
-_KINDS = ("workspace", "settings", "flow", "page")
+_KINDS = ("workspace", "settings", "flow", "page", "page_meta")
 
 
 def classify_path(path: str) -> tuple[str, str]:
-    """Classify a folder path: ``("workspace"|"settings", "")`` or ``("flow"|"page", name)``.
+    """Classify a folder path: ``("workspace"|"settings", "")`` or ``(kind, name)``.
+
+    ``kind`` is ``flow`` (``flows/<name>.py``), ``page`` (``pages/<name>.html``) or
+    ``page_meta`` (``pages/<name>.yml``).
 
     Raises :class:`SpecError` naming the file for anything else.
     """
@@ -592,9 +607,12 @@ def classify_path(path: str) -> tuple[str, str]:
         rest = path[len(folder) :]
         if "/" in rest or "\\" in rest:
             raise SpecError(f"{kind} files cannot be in subfolders of {folder}", file=path)
+        if kind == "page" and rest.endswith(".yml"):
+            suffix, kind = ".yml", "page_meta"
         if not rest.endswith(suffix):
             raise SpecError(
-                f"unexpected file in {folder}: {kind} files are named {folder}<name>{suffix}",
+                f"unexpected file in {folder}: {kind} files are named {folder}<name>{suffix}"
+                + (f" (and {folder}<name>.yml)" if kind == "page" else ""),
                 file=path,
             )
         name = rest[: -len(suffix)]
@@ -607,7 +625,7 @@ def classify_path(path: str) -> tuple[str, str]:
         return kind, name
     raise SpecError(
         "unexpected file: a workspace folder holds workspace.yml, settings.yml, "
-        "flows/<name>.py and pages/<name>.html",
+        "flows/<name>.py, pages/<name>.html and pages/<name>.yml",
         file=path,
     )
 
@@ -646,7 +664,18 @@ def parse_bundle(files: Mapping[str, str]) -> WorkspaceBundle:
     settings_text = kinds["settings"].get("")
     settings = parse_settings(settings_text) if settings_text is not None else {}
     pages = dict(sorted(kinds["page"].items()))
-    return WorkspaceBundle(spec=spec, flows=flows, settings=settings, pages=pages)
+    page_meta = dict(sorted(kinds["page_meta"].items()))
+    page_specs = parse_pages(
+        pages, page_meta, flows=flows.keys(), roles=(*BUILTIN_ROLES, *spec.roles)
+    )
+    return WorkspaceBundle(
+        spec=spec,
+        flows=flows,
+        settings=settings,
+        pages=pages,
+        page_meta=page_meta,
+        page_specs=page_specs,
+    )
 
 
 # --------------------------------------------------------------------------- writing
@@ -716,4 +745,8 @@ def bundle_to_files(bundle: WorkspaceBundle) -> dict[str, str]:
         path = f"pages/{name}.html"
         classify_path(path)
         files[path] = bundle.pages[name]
+    for name in sorted(bundle.page_meta):
+        path = f"pages/{name}.yml"
+        classify_path(path)
+        files[path] = bundle.page_meta[name]
     return files

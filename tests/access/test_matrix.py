@@ -66,6 +66,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", WS + "/webhooks/{automation}"): PUBLIC,
     ("DELETE", WS + "/webhooks/{automation}"): PUBLIC,
     ("POST", WS + "/automations/{automation}/webhook_key"): OWN,
+    ("GET", WS + "/pages"): READ,
     ("GET", "/api/v1/users"): ADMIN,
     ("POST", "/api/v1/users"): ADMIN,
     ("GET", "/api/v1/users/{username}"): ADMIN,
