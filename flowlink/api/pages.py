@@ -221,16 +221,9 @@ async def _run_flow(
             )
 
     try:
-        execution_id = await asyncio.to_thread(start)
+        return await pages.run_flow(context.store, start, pages.PAGE_FLOW_TIMEOUT)
     except FlowlinkError as exc:
         return pages.FlowResult("error", None, exc.message)
-    await pages.wait_ended(context.store, execution_id, pages.PAGE_FLOW_TIMEOUT)
-
-    def result() -> pages.FlowResult:
-        with context.store.read() as session:
-            return pages.execution_result(session, execution_id)
-
-    return await asyncio.to_thread(result)
 
 
 _LOGIN_FORM = """<!doctype html><html><head><meta charset="utf-8"><title>Log in</title></head>

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +31,12 @@ __all__ = [
     "LoadedPage",
     "PageContext",
     "decide",
-    "execution_result",
     "load_page",
     "page_template_values",
     "recent_events",
     "render_page",
+    "run_flow",
     "start_page_flow",
-    "wait_ended",
 ]
 PAGE_FLOW_TIMEOUT = 30.0
 
@@ -140,37 +139,6 @@ def start_page_flow(
     return execution.id
 
 
-async def wait_ended(store: Store, execution_id: str, timeout: float) -> None:
-    """Wait, holding no thread, until the execution ends or ``timeout`` seconds pass."""
-    loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
-
-    def on_end(_payload: str) -> None:
-        loop.call_soon_threadsafe(wake.set)
-
-    unsubscribe = store.notifier.subscribe(notify.ENDED, on_end)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            wake.clear()
-            status = await asyncio.to_thread(_status, store, execution_id)
-            if status is None or status in executions.ENDED:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            # The notification is a hint; poll now and then (another process may finish it).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=min(remaining, 0.5))
-    finally:
-        unsubscribe()
-
-
-def _status(store: Store, execution_id: str) -> str | None:
-    with store.read() as session:
-        return session.scalar(select(Execution.status).where(Execution.id == execution_id))
-
-
 @dataclass(frozen=True)
 class FlowResult:
     """How a page's flow run ended."""
@@ -185,15 +153,48 @@ class FlowResult:
         return self.status == "success"
 
 
-def execution_result(session: Session, execution_id: str) -> FlowResult:
-    """The status, outputs and message of a page's flow run."""
-    execution = session.get(Execution, execution_id)
-    if execution is None:
+async def run_flow(store: Store, start: Callable[[], str], timeout: float) -> FlowResult:
+    """Start an execution with ``start`` (in a thread) and wait for its end, holding no thread.
+
+    Listening begins before the start, so the end's notification cannot be missed; it is
+    only a hint, so the store is also looked at every half second (another process may end
+    it). After ``timeout`` seconds the result says it did not finish.
+    """
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def on_end(_payload: str) -> None:
+        loop.call_soon_threadsafe(wake.set)
+
+    unsubscribe = store.notifier.subscribe(notify.ENDED, on_end)
+    try:
+        execution_id = await asyncio.to_thread(start)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, min(remaining, 0.5)))
+            wake.clear()
+            result = await asyncio.to_thread(_result, store, execution_id)
+            if result.status in executions.ENDED or time.monotonic() >= deadline:
+                return result
+    finally:
+        unsubscribe()
+
+
+def _result(store: Store, execution_id: str) -> FlowResult:
+    with store.read() as session:
+        row = session.execute(
+            select(Execution.status, Execution.outputs, Execution.message).where(
+                Execution.id == execution_id
+            )
+        ).first()
+    if row is None:
         return FlowResult("error", None, "the execution is gone")
-    message = execution.message
-    if execution.status not in executions.ENDED:
+    status, outputs, message = row
+    if status not in executions.ENDED:
         message = f"the flow did not finish within {PAGE_FLOW_TIMEOUT:g} s"
-    return FlowResult(execution.status, execution.outputs, message)
+    return FlowResult(status, outputs, message)
 
 
 @dataclass(frozen=True)
