@@ -5,7 +5,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from flowlink import __version__
-from flowlink.api import access, events, executions, linking, pages, system, workspaces
+from flowlink.api import (
+    access,
+    apps,
+    events,
+    executions,
+    linking,
+    pages,
+    system,
+    workspaces,
+)
 from flowlink.api.deps import ServerContext
 from flowlink.api.errors import install_error_handlers
 
@@ -27,5 +36,6 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(access.router)
     app.include_router(linking.router)
     app.include_router(pages.router)
+    app.include_router(apps.router)
     app.add_middleware(pages.CustomDomains, lookup=pages.domain_lookup(context))
     return app

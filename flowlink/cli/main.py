@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from flowlink.cli.access import tokens_app, users_app
+from flowlink.cli.apps import apps_app
 from flowlink.cli.client import Client
 from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, err, fail, print_json
 from flowlink.cli.events import events_app
@@ -410,6 +411,7 @@ app.add_typer(tokens_app, name="tokens")
 
 
 app.add_typer(events_app, name="events")
+app.add_typer(apps_app, name="apps")
 app.add_typer(link_app, name="link")
 
 

@@ -221,6 +221,7 @@ def apply_bundle(
     new_spec = {
         "automations": {slug: _automation_spec(a) for slug, a in spec.automations.items()},
         "customDomains": list(spec.custom_domains),
+        **({"apps": {slug: dict(i) for slug, i in spec.apps.items()}} if spec.apps else {}),
         "roles": {
             name: [
                 {"action": r.action, "subject": r.subject, "conditions": dict(r.conditions)}
@@ -252,6 +253,7 @@ def apply_bundle(
     result.changes["flows"] = _sync_flows(session, workspace, bundle.flows)
     result.changes["pages"] = pages.sync_pages(session, workspace, bundle.page_specs)
     result.changes["automations"] = _sync_automations(session, workspace, spec.automations)
+    result.changes["apps"] = _sync_apps(session, workspace, spec, environ)
     result.changes["settings"] = _apply_settings(
         session, workspace, bundle.settings, limit=max_new_settings
     )
@@ -276,6 +278,22 @@ def apply_bundle(
             record(session, workspace, "workspaces.configured", {"keys": sorted(rendered)})
     session.flush()
     return result
+
+
+def _sync_apps(
+    session: Session, workspace: Workspace, spec: WorkspaceSpec, environ: Mapping[str, str]
+) -> list[str]:
+    from flowlink.apps import service as apps  # apps use workspaces' templating and models
+
+    declared = {
+        slug: apps.InstanceSpec(
+            slug=slug, app=i["app"], version=i["version"], config=i.get("config") or {}
+        )
+        for slug, i in spec.apps.items()
+    }
+    if spec.config_schema:
+        apps.check_schema(spec.config_schema, spec.slug)
+    return apps.sync_instances(session, workspace, declared, environ)
 
 
 def _sync_flows(session: Session, workspace: Workspace, flows: Mapping[str, str]) -> list[str]:
@@ -491,6 +509,7 @@ def stored_spec(workspace: Workspace) -> WorkspaceSpec:
         automations=automations,
         custom_domains=tuple(workspace.spec.get("customDomains", [])),
         roles=roles,
+        apps=workspace.spec.get("apps", {}),
         source_text=workspace.source_text or "",
     )
 

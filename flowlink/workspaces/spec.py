@@ -72,6 +72,8 @@ _SLUG = re.compile(SLUG_RE)
 _NAME = re.compile(FLOW_NAME_RE)
 _EVENT = re.compile(EVENT_TYPE_RE)
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_INSTANCE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 
 ACTIONS: tuple[str, ...] = ("read", "create", "update", "delete", "execute", "manage")
 SUBJECTS: tuple[str, ...] = (
@@ -149,6 +151,8 @@ class WorkspaceSpec:
     custom_domains: tuple[str, ...] = ()
     roles: Mapping[str, tuple[RoleRule, ...]] = field(default_factory=dict)
     source_text: str = ""
+    # app instances: slug -> {"app", "version", "config"} (see flowlink.apps.service)
+    apps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,19 @@ WORKSPACE_SCHEMA: dict[str, Any] = {
             },
         },
         "customDomains": {"type": ["array", "null"], "items": _STRING},
+        "apps": {
+            "type": ["object", "null"],
+            "additionalProperties": {
+                "type": "object",
+                "required": ["app", "version"],
+                "additionalProperties": False,
+                "properties": {
+                    "app": _STRING,
+                    "version": {"type": ["string", "number"]},
+                    "config": _MAPPING,
+                },
+            },
+        },
         "roles": {
             "type": ["object", "null"],
             "additionalProperties": {
@@ -334,8 +351,10 @@ def _checks(
         yield from _template_checks(config["value"], ("config", "value"), smap)
     automations = data.get("automations")
     if isinstance(automations, dict):
+        apps_ = data.get("apps")
+        instances = list(apps_) if isinstance(apps_, dict) else []
         for slug_, automation in automations.items():
-            yield from _automation_checks(slug_, automation, smap, flows)
+            yield from _automation_checks(slug_, automation, smap, flows, instances)
     domains = data.get("customDomains")
     if isinstance(domains, list):
         seen: set[str] = set()
@@ -351,6 +370,25 @@ def _checks(
             if canonical in seen:
                 yield smap.error(path, f"duplicate custom domain {host!r}")
             seen.add(canonical)
+    apps = data.get("apps")
+    if isinstance(apps, dict):
+        for slug_, instance in apps.items():
+            if not _matches(_INSTANCE, slug_):
+                yield smap.error(
+                    ("apps", slug_),
+                    f"invalid app instance slug {slug_!r}: 1-63 of a-z 0-9 _ -, starting with"
+                    " a letter or digit (no '.')",
+                    at_key=True,
+                )
+            version = instance.get("version") if isinstance(instance, dict) else None
+            if isinstance(version, str) and not _matches(_VERSION, version):
+                yield smap.error(
+                    ("apps", slug_, "version"),
+                    f"invalid version {version!r}: letters, digits, '.', '+', '_' and '-'",
+                )
+            config_ = instance.get("config") if isinstance(instance, dict) else None
+            if isinstance(config_, dict):
+                yield from _template_checks(config_, ("apps", slug_, "config"), smap)
     roles = data.get("roles")
     if isinstance(roles, dict):
         for role in roles:
@@ -410,8 +448,13 @@ def _template_checks(
 
 
 def _automation_checks(
-    slug: str, automation: Any, smap: SourceMap, flows: Collection[str] | None
+    slug: str,
+    automation: Any,
+    smap: SourceMap,
+    flows: Collection[str] | None,
+    instances: Collection[str] = (),
 ) -> Iterator[SpecError]:
+    """An automation's flow is a flow of the folder or ``<instance>.<flow>`` of an app."""
     base = ("automations", slug)
     if not _matches(_NAME, slug):
         yield smap.error(
@@ -423,7 +466,12 @@ def _automation_checks(
     if not isinstance(automation, dict):
         return
     flow = automation.get("flow")
-    if isinstance(flow, str) and flows is not None and flow not in flows:
+    if (
+        isinstance(flow, str)
+        and flows is not None
+        and flow not in flows
+        and flow.partition(".")[0] not in instances
+    ):
         yield smap.error(
             (*base, "flow"),
             f"automation {slug!r} uses flow {flow!r}, but there is no flows/{flow}.py",
@@ -538,6 +586,14 @@ def _build_spec(data: dict[str, Any], text: str) -> WorkspaceSpec:
         custom_domains=tuple(normalize_domain(h) for h in data.get("customDomains") or ()),
         roles=roles,
         source_text=text,
+        apps={
+            slug: {
+                "app": instance["app"],
+                "version": str(instance["version"]),
+                "config": dict(instance.get("config") or {}),
+            }
+            for slug, instance in (data.get("apps") or {}).items()
+        },
     )
 
 
@@ -712,6 +768,8 @@ def spec_to_yaml(spec: WorkspaceSpec) -> str:
         doc["automations"] = automations
     if spec.custom_domains:
         doc["customDomains"] = list(spec.custom_domains)
+    if spec.apps:
+        doc["apps"] = {slug: to_plain(dict(instance)) for slug, instance in spec.apps.items()}
     if spec.roles:
         doc["roles"] = {
             role: [

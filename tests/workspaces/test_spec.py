@@ -584,7 +584,7 @@ def test_error_is_deterministic() -> None:
     messages = {str(spec_error(text)) for _ in range(5)}
     assert messages == {
         "workspace.yml:1:1: zeta: unknown field 'zeta' (expected one of: name, "
-        "slug, description, config, automations, customDomains, roles)"
+        "slug, description, config, automations, customDomains, apps, roles)"
     }
 
 
