@@ -435,7 +435,7 @@ def _child_context(
         str(declared["app"]),
         declared.get("config") or {},
         parent.get("config") or {},
-        {},
+        os.environ,
         f"apps.{full}",
     )
     context = {

@@ -4,6 +4,7 @@ uninstall, nested instances and their hidden events."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -237,3 +238,59 @@ def test_cli_publish_install_and_an_automation_on_an_instance_flow(
         i["slug"] for i in live_server.client.get("/api/v1/workspaces/host/apps").json()["items"]
     ]
     assert slugs == ["h"]
+
+
+def test_nested_instance_events_never_reach_the_live_stream(live_server: LiveServer) -> None:
+    publish_tools(live_server)
+    assert apply(live_server, "host", {"workspace.yml": HOST_YML, "flows/main.py": MAIN})
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        headers = {"Authorization": f"Bearer {live_server.token}"}
+        with (
+            httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client,
+            client.stream("GET", "/api/v1/workspaces/host/events/stream") as response,
+        ):
+            ready.set()
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                    if seen[-1]["type"] == "marker":
+                        return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert ready.wait(10)
+    time.sleep(0.3)
+    assert run(live_server, "host", "main")["status"] == "success"
+    live_server.client.post("/api/v1/workspaces/host/events", json={"type": "marker"})
+    reader.join(30)
+    types = [e["type"] for e in seen]
+    assert "toolbox.executed" in types and types[-1] == "marker"
+    assert not [e for e in seen if e["source"].get("appInstanceDepth", 0) >= 2]
+    # they exist, for whoever asks for the nested instance
+    assert events(live_server, "host", **{"source.appInstanceFullSlug": "toolbox.helper"})
+
+
+def test_a_running_execution_keeps_its_version(live_server: LiveServer) -> None:
+    publish_tools(live_server)
+    slow = GREET_V1.replace("    this.emit(", "    import time\n    time.sleep(2)\n    this.emit(")
+    slow_files = {"workspace.yml": TOOLS_YML, "flows/greet.py": slow, "flows/deep.py": DEEP}
+    assert apply(live_server, "tools", slow_files).status_code == 200
+    assert publish(live_server, "tools", "1.1.0").status_code == 201
+    host = HOST_YML.replace("version: 1.0.0", "version: 1.1.0")
+    assert apply(live_server, "host", {"workspace.yml": host, "flows/main.py": MAIN})
+    started = live_server.client.post(
+        "/api/v1/workspaces/host/executions", json={"flow": "toolbox.greet"}
+    ).json()
+    upgraded = live_server.client.put(
+        "/api/v1/workspaces/host/apps/toolbox",
+        json={"app": "tools", "version": "1.0.0", "config": {"GREETING": "x", "TIMES": 5}},
+    )
+    assert upgraded.status_code == 200
+    ended = live_server.wait_for("host", started["id"])
+    assert ended["status"] == "success", ended
+    outputs = ended["output_value"]
+    assert isinstance(outputs, dict)
+    assert outputs["text"] == "https://api.example.com " * 2  # the config it started with
