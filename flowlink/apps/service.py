@@ -48,6 +48,7 @@ __all__ = [
     "check_schema",
     "get_version",
     "install",
+    "instance_page",
     "instance_view",
     "list_apps",
     "list_instances",
@@ -470,6 +471,21 @@ def resolve_flow(
     if child is None:
         return None
     return resolve_flow(session, workspace, child[0], rest)
+
+
+def instance_page(
+    session: Session, workspace: Workspace, instance_slug: str, page_slug: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The stored page ``page_slug`` of instance ``instance_slug`` (from its version) and the
+    instance's config, or None."""
+    instance = find_instance(session, workspace, instance_slug)
+    if instance is None:
+        return None
+    version = session.get(AppVersion, instance.app_version_id)
+    page = ((version.snapshot if version else {}).get("pages") or {}).get(page_slug)
+    if not isinstance(page, Mapping):
+        return None
+    return dict(page), dict(instance.config_rendered or {})
 
 
 def app_source(app: Mapping[str, Any] | None) -> dict[str, Any] | None:

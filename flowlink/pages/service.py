@@ -7,7 +7,7 @@ import contextlib
 import enum
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.access import policy
 from flowlink.access.service import Principal, identity_principal
+from flowlink.apps.service import instance_page
 from flowlink.errors import NotFound
 from flowlink.events.service import EventFilter, event_view, search
 from flowlink.executions import service as executions
@@ -61,12 +62,38 @@ def load_page(session: Session, workspace_slug: str, slug: str) -> LoadedPage:
         .where(Workspace.slug == workspace_slug, Page.slug == slug)
     ).first()
     if row is None:
-        raise NotFound(
-            f"page {slug!r} not found", details={"workspace": workspace_slug, "page": slug}
-        )
+        loaded = _instance_page(session, workspace_slug, slug)
+        if loaded is None:
+            raise NotFound(
+                f"page {slug!r} not found", details={"workspace": workspace_slug, "page": slug}
+            )
+        return loaded
     workspace, page = row
     spec = page_from_dict(page.slug, page.template, page.meta_text, page.spec)
     return LoadedPage(workspace=workspace, spec=spec, config=dict(workspace.config_rendered or {}))
+
+
+def _instance_page(session: Session, workspace_slug: str, slug: str) -> LoadedPage | None:
+    """``<instance>.<page>``: a page of an app instance, with the instance's config; its
+    flows run as the instance's (``<instance>.<flow>``)."""
+    instance, dot, page_slug = slug.partition(".")
+    if not dot:
+        return None
+    workspace = session.scalar(select(Workspace).where(Workspace.slug == workspace_slug))
+    if workspace is None:
+        return None
+    found = instance_page(session, workspace, instance, page_slug)
+    if found is None:
+        return None
+    page, config = found
+    spec = page_from_dict(slug, page["template"], page.get("meta"), page.get("spec") or {})
+    spec = replace(
+        spec,
+        flow=f"{instance}.{spec.flow}" if spec.flow else None,
+        form_flow=f"{instance}.{spec.form_flow}" if spec.form_flow else None,
+        event_types=tuple(f"{instance}.{t}" for t in spec.event_types),
+    )
+    return LoadedPage(workspace=workspace, spec=spec, config=config)
 
 
 class Decision(enum.Enum):

@@ -59,6 +59,9 @@ MAIN = """def handler(system, this, inputs):
 """
 
 
+STATUS_PAGE = '<p id="t">{{ data.text }}</p><p id="c">{{ config.GREETING }}</p>'
+
+
 def apply(server: LiveServer, slug: str, files: dict[str, str]) -> httpx.Response:
     return server.client.post(f"/api/v1/workspaces/{slug}/apply", json={"files": files})
 
@@ -82,7 +85,13 @@ def events(server: LiveServer, ws: str, **params: str) -> list[dict[str, Any]]:
 def publish_tools(server: LiveServer) -> None:
     assert apply(server, "helper", {"workspace.yml": HELPER_YML, "flows/ping.py": PING})
     assert publish(server, "helper", "1.0.0").status_code == 201
-    files = {"workspace.yml": TOOLS_YML, "flows/greet.py": GREET_V1, "flows/deep.py": DEEP}
+    files = {
+        "workspace.yml": TOOLS_YML,
+        "flows/greet.py": GREET_V1,
+        "flows/deep.py": DEEP,
+        "pages/status.html": STATUS_PAGE,
+        "pages/status.yml": "access: public\nflow: greet\n",
+    }
     assert apply(server, "tools", files).status_code == 200
     published = publish(server, "tools", "1.0.0")
     assert published.status_code == 201, published.text
@@ -294,3 +303,19 @@ def test_a_running_execution_keeps_its_version(live_server: LiveServer) -> None:
     outputs = ended["output_value"]
     assert isinstance(outputs, dict)
     assert outputs["text"] == "https://api.example.com " * 2  # the config it started with
+
+
+def test_an_instance_page_is_served_with_the_instance_config(live_server: LiveServer) -> None:
+    publish_tools(live_server)
+    assert apply(live_server, "host", {"workspace.yml": HOST_YML, "flows/main.py": MAIN})
+    with httpx.Client(base_url=live_server.url, timeout=60) as anonymous:
+        page = anonymous.get("/pages/host/toolbox.status")
+        assert page.status_code == 200, page.text
+        greeting = "https://api.example.com "
+        assert f'<p id="t">{greeting * 2}</p><p id="c">{greeting}</p>' in page.text
+        assert anonymous.get("/pages/host/toolbox.nope").status_code == 404
+        assert anonymous.get("/pages/host/nobody.status").status_code == 404
+    runs = live_server.client.get(
+        "/api/v1/workspaces/host/executions", params={"flow": "toolbox.greet"}
+    ).json()["items"]
+    assert runs and runs[0]["trigger"]["type"] == "page"
