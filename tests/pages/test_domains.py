@@ -86,3 +86,13 @@ def test_host_key() -> None:
     assert host_key("[::1]:8080") is None
     assert host_key("localhost:8080") is None
     assert host_key("") is None
+
+
+def test_a_deleted_workspace_releases_its_domains(live_server: LiveServer) -> None:
+    assert apply(live_server, "shop", files()).status_code == 200
+    assert live_server.client.delete("/api/v1/workspaces/shop").status_code == 204
+    with anonymous(live_server) as client:
+        # not a custom domain any more: the server itself answers, API included
+        assert client.get("/api/v1/health", headers={"Host": "ops.example.com"}).status_code == 200
+    other = "name: Other\nslug: other\ncustomDomains: [ops.example.com]\n"
+    assert apply(live_server, "other", {"workspace.yml": other}).status_code == 200
