@@ -129,7 +129,16 @@ async def _serve(
     base = _base_url(request, ws)
     query = dict(request.query_params)
 
+    def context_for(
+        principal: Principal | None, token: str, events: Any, **extra: Any
+    ) -> pages.PageContext:
+        user = principal.username if principal else None
+        return pages.PageContext(
+            base_url=base, query=query, csrf_token=token, user=user, events=events, **extra
+        )
+
     def prepare() -> tuple[Any, ...]:
+        """Everything but the flows, in one thread hop; a page without flows is rendered too."""
         principal, cookie = _visitor(request, context)
         with context.store.read() as session:
             loaded = pages.load_page(session, ws, slug)
@@ -141,10 +150,16 @@ async def _serve(
                 if decision is pages.Decision.ALLOW
                 else []
             )
-        return principal, cookie, loaded, decision, events
+        token, new_token = _csrf(request, cookie)
+        body: str | RenderError | None = None
+        if decision is pages.Decision.ALLOW and form is None and loaded.spec.flow is None:
+            body = _render(loaded, context_for(principal, token, events))
+        return principal, loaded, decision, events, token, new_token, body
 
     try:
-        principal, cookie, loaded, decision, events = await asyncio.to_thread(prepare)
+        principal, loaded, decision, events, token, new_token, body = await asyncio.to_thread(
+            prepare
+        )
     except NotFound:
         return _message_page(404, "Page not found", "There is no such page.")
     if decision is pages.Decision.LOGIN:
@@ -153,49 +168,49 @@ async def _serve(
         return RedirectResponse(target, status_code=303)
     if decision is pages.Decision.DENY:
         return _message_page(403, "Forbidden", "You may not see this page.")
-    token, new_token = _csrf(request, cookie)
     spec = loaded.spec
-    result: Any = None
-    error: str | None = None
     status = 200
-    if form is not None:
-        if spec.form_flow is None:
-            return _message_page(405, "Method not allowed", "This page has no form.")
-        sent = form.pop(CSRF_FIELD, "")
-        if new_token or not sent or not hmac.compare_digest(sent, token):
-            return _message_page(403, "Forbidden", "Missing or wrong CSRF token: reload the page.")
-        outcome = await _run_flow(context, loaded, spec.form_flow, form, principal, "form")
-        if outcome.ok:
-            result = outcome.outputs
-        else:
-            error, status = outcome.message or outcome.status, 422
-    data: Any = None
-    if spec.flow is not None:
-        outcome = await _run_flow(context, loaded, spec.flow, query, principal, "view")
-        if not outcome.ok:
-            return _message_page(
-                502, "Page unavailable", f"The page's flow failed: {outcome.message}"
-            )
-        data = outcome.outputs
-    page_context = pages.PageContext(
-        base_url=base,
-        query=query,
-        csrf_token=token,
-        user=principal.username if principal else None,
-        data=data,
-        events=events,
-        result=result,
-        error=error,
-    )
-    try:
-        body = pages.render_page(loaded, page_context)
-    except RenderError as exc:
-        return _message_page(500, "Page error", f"The page template failed: {exc}")
+    if body is None:
+        result: Any = None
+        error: str | None = None
+        if form is not None:
+            if spec.form_flow is None:
+                return _message_page(405, "Method not allowed", "This page has no form.")
+            sent = form.pop(CSRF_FIELD, "")
+            if new_token or not sent or not hmac.compare_digest(sent, token):
+                return _message_page(
+                    403, "Forbidden", "Missing or wrong CSRF token: reload the page."
+                )
+            outcome = await _run_flow(context, loaded, spec.form_flow, form, principal, "form")
+            if outcome.ok:
+                result = outcome.outputs
+            else:
+                error, status = outcome.message or outcome.status, 422
+        data: Any = None
+        if spec.flow is not None:
+            outcome = await _run_flow(context, loaded, spec.flow, query, principal, "view")
+            if not outcome.ok:
+                return _message_page(
+                    502, "Page unavailable", f"The page's flow failed: {outcome.message}"
+                )
+            data = outcome.outputs
+        page_context = context_for(principal, token, events, data=data, result=result, error=error)
+        body = await asyncio.to_thread(_render, loaded, page_context)
+    if isinstance(body, RenderError):
+        return _message_page(500, "Page error", f"The page template failed: {body}")
     headers = dict(_SECURITY_HEADERS)
     if not spec.public:
         headers["Cache-Control"] = "private, no-store"
     response = HTMLResponse(body, status_code=status, headers=headers)
     return _finish(response, request, token, new_token)
+
+
+def _render(loaded: pages.LoadedPage, page_context: pages.PageContext) -> str | RenderError:
+    """The page's HTML, or the template's error (rendered off the event loop)."""
+    try:
+        return pages.render_page(loaded, page_context)
+    except RenderError as exc:
+        return exc
 
 
 async def _run_flow(
