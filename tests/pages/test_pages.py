@@ -144,6 +144,9 @@ def test_restricted_pages_need_login_and_the_right_role(live_server: LiveServer)
         assert "members only, vera" in page.text
         # a visitor sees pages and nothing else
         assert client.get("/api/v1/workspaces/shop/flows").status_code == 403
+        assert client.get("/api/v1/workspaces/shop").status_code == 403
+        listed = client.get("/api/v1/workspaces").json()["items"]
+        assert listed == [{"id": listed[0]["id"], "slug": "shop", "name": "Shop"}]
         # a page for other roles
         assert client.get("/pages/shop/support").status_code == 403
     support_password = make_user(live_server, "sam", "support")
