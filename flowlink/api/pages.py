@@ -11,6 +11,7 @@ import hmac
 import html
 import re
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -392,11 +393,29 @@ class CustomDomains:
         await self.app(scope, receive, send)
 
 
+DOMAIN_CACHE_SECONDS = 1.0
+_DOMAIN_CACHE_SIZE = 4096
+
+
 def domain_lookup(context: ServerContext) -> Callable[[str], str | None]:
-    """The workspace slug serving a canonical domain, read from the store."""
+    """The workspace slug serving a canonical domain, read from the store.
+
+    Answers (found or not) are kept for a second, so requests for the server's own host
+    name do not each cost a store read; a change of ``customDomains`` takes effect within
+    that second in every server process.
+    """
+    cache: dict[str, tuple[float, str | None]] = {}
 
     def lookup(domain: str) -> str | None:
+        now = time.monotonic()
+        hit = cache.get(domain)
+        if hit is not None and now - hit[0] < DOMAIN_CACHE_SECONDS:
+            return hit[1]
         with context.store.read() as session:
-            return page_store.workspace_for_domain(session, domain)
+            slug = page_store.workspace_for_domain(session, domain)
+        if len(cache) >= _DOMAIN_CACHE_SIZE:
+            cache.clear()
+        cache[domain] = (now, slug)
+        return slug
 
     return lookup
