@@ -242,6 +242,8 @@ def execution_view(
         "user_id": execution.user_id,
         "mirrored": execution.remote_config_id is not None,
     }
+    if execution.app:  # an app instance's flow: which instance and version it runs
+        view["app"] = {k: execution.app.get(k) for k in ("instance", "app", "version")}
     if children is not None:
         view["children"] = list(children)
     if with_script:

@@ -300,6 +300,7 @@ def test_a_running_execution_keeps_its_version(live_server: LiveServer) -> None:
     assert upgraded.status_code == 200
     ended = live_server.wait_for("host", started["id"])
     assert ended["status"] == "success", ended
+    assert ended["app"] == {"instance": "toolbox", "app": "tools", "version": "1.1.0"}
     outputs = ended["output_value"]
     assert isinstance(outputs, dict)
     assert outputs["text"] == "https://api.example.com " * 2  # the config it started with
