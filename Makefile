@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint format bench install install-test clean
+.PHONY: run test lint format bench install install-test clean chromium
 
 $(BIN)/flowlink: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ format: install-test
 	$(BIN)/ruff format flowlink flow_api.py tests bench
 	$(BIN)/ruff check --fix flowlink flow_api.py tests bench
 
-test: lint
+# The console tests drive Debian's chromium with Playwright (browsers cannot be downloaded);
+# as root (CI), install it when missing. Without it those tests skip and say why.
+chromium:
+	@test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: lint chromium
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: install-test
@@ -41,6 +47,11 @@ bench: install-test
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/access.py
 	$(BIN)/python bench/link.py
+	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/console.py
+	$(BIN)/python bench/apply.py
+	$(BIN)/python bench/sandbox.py
+	$(BIN)/python bench/requests.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache flowlink.db flowlink.db-* flowlink.db.secret

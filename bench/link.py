@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import apply_folder, fresh_database, percentile, postgres_url, server
 
 from tests.linking.servers import TcpProxy
+from tests.linking.servers import execution_counts as counts
 
 SEED = "def handler(system, this, inputs):\n    return this.success('all done')\n"
 TARGETS = {"p50_ms": 50.0, "rate": 100.0, "drain_s": 60.0}
@@ -64,26 +65,16 @@ def link(a: Any, b: Any, b_url: str, folder: Path) -> None:
     ).raise_for_status()
 
 
-def counts(client: httpx.Client) -> dict[str, int]:
-    """Executions of the server's store by status (from /metrics)."""
-    out: dict[str, int] = {}
-    for line in client.get("/api/v1/metrics").text.splitlines():
-        if line.startswith("flowlink_executions{"):
-            status = line.split('"')[1]
-            out[status] = int(line.rsplit(" ", 1)[1])
-    return out
-
-
 def outbox_depth(client: httpx.Client) -> int:
     """Messages waiting in A's outbox."""
     return int(client.get("/api/v1/workspaces/ws-a/sync_config/to-b").json()["outbox_depth"])
 
 
-def wait_ended(client: httpx.Client, total: int, timeout: float) -> float:
+def wait_ended(database_url: str, total: int, timeout: float) -> float:
     """Seconds until ``total`` executions have ended in this store."""
     start = time.perf_counter()
     while True:
-        now = counts(client)
+        now = counts(database_url)
         if sum(now.get(s, 0) for s in ("success", "error", "cancelled")) >= total:
             return time.perf_counter() - start
         if time.perf_counter() - start > timeout:
@@ -127,7 +118,7 @@ def run_backend(backend: str, round_trips: int, runs: int, drain: int) -> dict[s
         done = 20 + round_trips
         start = time.perf_counter()
         submit(a.client, runs)
-        elapsed = wait_ended(a.client, done + runs, 300)
+        elapsed = wait_ended(url_a, done + runs, 300)
         rate = runs / elapsed
         done += runs
         proxy.cut()
@@ -145,8 +136,8 @@ def run_backend(backend: str, round_trips: int, runs: int, drain: int) -> dict[s
                 raise RuntimeError("the outbox did not drain in 600 s")
             time.sleep(0.05)
         delivered = time.perf_counter() - start
-        completed = delivered + wait_ended(a.client, done + drain, 600)
-        a_counts, b_counts = counts(a.client), counts(b.client)
+        completed = delivered + wait_ended(url_a, done + drain, 600)
+        a_counts, b_counts = counts(url_a), counts(url_b)
     total = done + drain
     return {
         "p50_ms": percentile(trips, 50),

@@ -27,6 +27,7 @@ from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
 from flowlink.api.proxies import ForwardedHeaders
 from flowlink.errors import Unauthorized
+from flowlink.events.rejections import flush_rejections
 from flowlink.executions.worker import Worker
 from flowlink.linking.connector import LinkManager
 from flowlink.settings import ServerSettings, resolve_secret_key
@@ -175,6 +176,7 @@ def build_server(
         timeout_graceful_shutdown=10,
     )
     worker = Worker(store, settings) if with_worker else None
+    app.state.sandbox_info = worker.pool.sandbox_info if worker is not None else None
     return RunningServer(context=context, worker=worker, server=_Server(config, context))
 
 
@@ -193,6 +195,7 @@ def serve(running: RunningServer) -> None:
         running.server.run()
     finally:
         links.stop()
+        flush_rejections(running.context.store)
         stop_event_loops()
         if running.worker is not None:
             running.worker.stop()

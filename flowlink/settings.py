@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///flowlink.db"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_PUBLIC_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class ServerSettings:
     runner_cpu_seconds: int = 3600
     runner_open_files: int = 256
     runner_processes: int = 64
+    runner_cgroups: bool = True
     poll_interval: float = 0.5
     log_max_lines: int = 100_000
     log_max_bytes: int = 20 * 1024 * 1024
@@ -43,6 +46,11 @@ class ServerSettings:
     link_refresh: float = 2.0
     # Addresses or CIDR networks of reverse proxies whose X-Forwarded-For/-Proto are believed.
     trusted_proxies: tuple[str, ...] = ()
+    # Request bodies: any route, and routes (or requests) without credentials.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_public_body_bytes: int = DEFAULT_MAX_PUBLIC_BODY_BYTES
+    # Refused unauthenticated requests: one event per source and window, with a count.
+    rejection_window: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -59,6 +67,16 @@ class ServerSettings:
             except ValueError as exc:
                 raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
+        def switch(name: str, default: bool) -> bool:
+            raw = (env.get(name) or "").strip().lower()
+            if raw in ("", "auto"):
+                return default
+            if raw in ("1", "on", "true", "yes"):
+                return True
+            if raw in ("0", "off", "false", "no"):
+                return False
+            raise ValueError(f"{name} must be auto, on or off, got {env.get(name)!r}")
+
         return cls(
             database_url=env.get("FLOWLINK_DATABASE_URL") or DEFAULT_DATABASE_URL,
             secret_key=env.get("FLOWLINK_SECRET_KEY") or None,
@@ -70,6 +88,7 @@ class ServerSettings:
             runner_cpu_seconds=int(number("FLOWLINK_RUNNER_CPU_SECONDS", 3600)),
             runner_open_files=int(number("FLOWLINK_RUNNER_OPEN_FILES", 256)),
             runner_processes=int(number("FLOWLINK_RUNNER_PROCESSES", 64)),
+            runner_cgroups=switch("FLOWLINK_RUNNER_CGROUPS", True),
             poll_interval=number("FLOWLINK_POLL_INTERVAL", 0.5),
             log_max_lines=int(number("FLOWLINK_LOG_MAX_LINES", 100_000)),
             log_max_bytes=int(number("FLOWLINK_LOG_MAX_BYTES", 20 * 1024 * 1024)),
@@ -86,6 +105,11 @@ class ServerSettings:
             link_backoff_max=number("FLOWLINK_LINK_BACKOFF_MAX", 30.0),
             link_refresh=number("FLOWLINK_LINK_REFRESH", 2.0),
             trusted_proxies=_trusted_proxies_env(env.get("FLOWLINK_TRUSTED_PROXIES", "")),
+            max_body_bytes=int(number("FLOWLINK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+            max_public_body_bytes=int(
+                number("FLOWLINK_MAX_PUBLIC_BODY_BYTES", DEFAULT_MAX_PUBLIC_BODY_BYTES)
+            ),
+            rejection_window=number("FLOWLINK_REJECTION_WINDOW", 60.0),
         )
 
 

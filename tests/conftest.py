@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -83,9 +84,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     reason = _postgres_reason()
     if reason:
         pytest.skip(reason)
-    template = _postgres_template()
-    name = f"flowlink_t_{uuid.uuid4().hex[:12]}"
-    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    with postgres_database("flowlink_t") as url:
+        yield url
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database (a copy of the template), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template()}"')
     try:
         yield _database_url(POSTGRES_URL, name)
     finally:

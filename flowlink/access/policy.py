@@ -81,7 +81,10 @@ _VIEWER = _READ + _OWN_TOKENS
 _OPERATOR = _VIEWER + _grant(("execute",), ("executions", "automations"))
 _EDITOR = (
     _OPERATOR
-    + _grant(("create", "update", "delete"), ("flows", "settings", "automations", "pages", "apps"))
+    + _grant(
+        ("create", "update", "delete"),
+        ("flows", "settings", "automations", "pages", "apps", "files"),
+    )
     + _grant(("create",), ("events",))
 )
 _OWNER = _grant(("manage",), SUBJECTS)

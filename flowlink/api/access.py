@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, Field
 
 from flowlink.access import policy
 from flowlink.access import service as access
+from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import CSRF_COOKIE, SESSION_COOKIE, Caller, Context
 from flowlink.errors import Invalid, NotFound
 from flowlink.store.models import Workspace
@@ -18,54 +18,45 @@ from flowlink.workspaces import service as workspaces
 router = APIRouter(prefix="/api/v1", tags=["access"])
 
 
-class LoginBody(BaseModel):
+class LoginBody(RequestBody):
     username: str = Field(max_length=128)
     password: str = Field(max_length=1024)
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestBody):
     username: str
     password: str | None = Field(None, description="Omit to generate one (returned once)")
     is_admin: bool = False
 
 
-class UserPatch(BaseModel):
+class UserPatch(RequestBody):
     disabled: bool | None = None
 
 
-class PasswordBody(BaseModel):
+class PasswordBody(RequestBody):
     password: str | None = Field(None, description="Omit (as an admin) to generate one")
     current_password: str | None = Field(None, description="Required to change your own")
 
 
-class MemberBody(BaseModel):
+class MemberBody(RequestBody):
     role: str = Field(description="owner, editor, operator, viewer or a custom role")
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(RequestBody):
     name: str = Field(min_length=1, max_length=128)
     workspace: str | None = Field(None, description="Workspace slug; omit for an admin token")
     role: str | None = Field(None, description="Role in the workspace (at most your own)")
-    expires_at: datetime | None = Field(None, description="Optional expiry (ISO 8601)")
+    expires_at: AwareDatetime | None = Field(
+        None, description="Optional expiry (ISO 8601 with a time zone, e.g. ...Z)"
+    )
 
 
 def _client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-# --- login sessions ---------------------------------------------------------------------------
-
-
-@router.post("/auth/login")
-def login(
-    body: LoginBody, request: Request, response: Response, context: Context
-) -> dict[str, Any]:
-    """Log in with a password: sets an HTTP-only session cookie and a CSRF cookie."""
-    with context.store.write() as session:
-        result = access.login(
-            session, context.login_throttle, body.username, body.password, _client_ip(request)
-        )
-        user = access.user_view(result.user)
+def set_login_cookies(response: Response, request: Request, result: access.LoginResult) -> None:
+    """Set the HTTP-only session cookie and the readable CSRF cookie (Secure under TLS)."""
     secure = request.url.scheme == "https"
     max_age = access.SESSION_HOURS * 3600
     response.set_cookie(
@@ -86,6 +77,22 @@ def login(
         secure=secure,
         path="/",
     )
+
+
+# --- login sessions ---------------------------------------------------------------------------
+
+
+@router.post("/auth/login")
+def login(
+    body: LoginBody, request: Request, response: Response, context: Context
+) -> dict[str, Any]:
+    """Log in with a password: sets an HTTP-only session cookie and a CSRF cookie."""
+    with context.store.write() as session:
+        result = access.login(
+            session, context.login_throttle, body.username, body.password, _client_ip(request)
+        )
+        user = access.user_view(result.user)
+    set_login_cookies(response, request, result)
     return {
         "user": user,
         "csrf_token": result.csrf_token,

@@ -10,13 +10,20 @@ from flowlink.api import (
     apps,
     events,
     executions,
+    files,
     linking,
+    operations,
     pages,
     system,
     workspaces,
 )
 from flowlink.api.deps import ServerContext
 from flowlink.api.errors import install_error_handlers
+from flowlink.api.guard import BodyGuard
+from flowlink.api.responses import SafeJSONResponse
+from flowlink.observability.http import HttpMetrics
+from flowlink.observability.tracing import TracingMiddleware
+from flowlink.web.app import install as install_console
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -26,16 +33,24 @@ def create_app(context: ServerContext) -> FastAPI:
         version=__version__,
         description="Self-hosted automation engine: flows, executions, events, linked workspaces.",
         openapi_url="/openapi.json",
+        default_response_class=SafeJSONResponse,
     )
     app.state.context = context
     install_error_handlers(app)
+    app.add_middleware(BodyGuard, settings=context.settings, store=context.store)
     app.include_router(system.router)
     app.include_router(workspaces.router)
     app.include_router(executions.router)
     app.include_router(events.router)
     app.include_router(access.router)
     app.include_router(linking.router)
+    app.include_router(operations.router)
+    app.add_middleware(HttpMetrics)
+    app.add_middleware(TracingMiddleware)
+    app.include_router(files.router)
     app.include_router(pages.router)
     app.include_router(apps.router)
+    install_console(app)
+    # outermost of these: a custom domain serves pages only, never the API or the console
     app.add_middleware(pages.CustomDomains, lookup=pages.domain_lookup(context))
     return app

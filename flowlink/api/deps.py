@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -75,6 +75,15 @@ def authenticated(
                 f" in {CSRF_HEADER}"
             )
     return principal
+
+
+def request_http(request: Request) -> dict[str, Any]:
+    """The ``source.http`` of events a request causes: method, path and client address."""
+    return {
+        "method": request.method,
+        "path": request.url.path,
+        "ip": request.client.host if request.client else None,
+    }
 
 
 Context = Annotated[ServerContext, Depends(get_context)]

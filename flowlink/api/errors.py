@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flowlink.access.audit import record_denials
-from flowlink.errors import FlowlinkError, TooManyRequests, Unauthorized
+from flowlink.api.responses import SafeJSONResponse
+from flowlink.errors import FlowlinkError, NotFound, TooManyRequests, Unauthorized
 
 
 def error_response(
@@ -19,7 +20,7 @@ def error_response(
 ) -> JSONResponse:
     """A JSON error response in the API's shape."""
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(
+    return SafeJSONResponse(
         {"error": {"code": code, "message": message, "details": details or {}}},
         status_code=status,
         headers=headers,
@@ -33,11 +34,33 @@ def _field_name(location: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def is_sync_path(path: str) -> bool:
+    """``/api/v1/workspaces/{ws}/sync_config/{name}/sync``: a link's endpoint."""
+    return path.endswith("/sync") and "/sync_config/" in path
+
+
+def is_webhook_path(path: str) -> bool:
+    """``/api/v1/workspaces/{ws}/webhooks/{automation}``."""
+    return "/webhooks/" in path
+
+
+def is_public_path(path: str) -> bool:
+    """A route that needs no login: a webhook or a link's sync endpoint."""
+    return is_webhook_path(path) or is_sync_path(path)
+
+
+# One answer for an unknown workspace, automation or sync config on a route without login,
+# so that it cannot be used to find out which workspaces or automations exist.
+PUBLIC_NOT_FOUND = "nothing to call at this address"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors, validation errors and HTTP errors onto the error shape."""
 
     @app.exception_handler(FlowlinkError)
     async def _domain(request: Request, exc: FlowlinkError) -> JSONResponse:
+        if isinstance(exc, NotFound) and is_public_path(request.url.path):
+            return error_response(404, exc.code, PUBLIC_NOT_FOUND)
         denial = getattr(exc, "denial", None)
         if denial is not None:
             http = {

@@ -9,13 +9,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import StreamingResponse
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from flowlink import jsonsafe
 from flowlink.access.policy import authorize, event_reader
+from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext
+from flowlink.api.deps import request_http as _http
 from flowlink.api.executions import wait_for_end
+from flowlink.api.responses import SafeJSONResponse as JSONResponse
 from flowlink.errors import Invalid, Unauthorized
 from flowlink.events import service as events
 from flowlink.events import triggers
@@ -33,28 +37,20 @@ WEBHOOK_WAIT_SECONDS = 30.0
 MAX_WEBHOOK_BODY = 1_000_000
 
 
-class EventIn(BaseModel):
+class EventIn(RequestBody):
     type: str = Field(description="Event type, ^[A-Za-z0-9._-]{1,128}$")
     payload: Any = Field(None, description="Any JSON value, up to 100 kB")
 
 
-class EmitBody(BaseModel):
+class EmitBody(RequestBody):
     type: str | None = Field(None, description="Event type (one event)")
     payload: Any = Field(None, description="Payload of the one event")
     events: list[EventIn] | None = Field(
-        None, max_length=MAX_BATCH, description="A batch of events, all or none"
+        None, min_length=1, max_length=MAX_BATCH, description="A batch of events, all or none"
     )
     correlationId: str | None = Field(
         None, max_length=64, description="Correlation id (a new one when omitted)"
     )
-
-
-def _http(request: Request) -> dict[str, Any]:
-    return {
-        "method": request.method,
-        "path": request.url.path,
-        "ip": request.client.host if request.client else None,
-    }
 
 
 def _criteria(
@@ -134,7 +130,9 @@ def search_events(
     before_date: Annotated[str | None, Query(alias="beforeDate")] = None,
     correlation_id: Annotated[str | None, Query(alias="correlationId")] = None,
     limit: Annotated[int, Query(ge=1, le=events.MAX_SEARCH_LIMIT)] = 50,
-    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the last page")] = None,
+    cursor: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the last page")
+    ] = None,
 ) -> dict[str, Any] | JSONResponse:
     """Search events, newest first; also ``source.<field>=`` and ``payload.<path>=`` matches.
 
@@ -157,7 +155,7 @@ def search_events(
 
 
 def _sse(view: dict[str, Any], position: int) -> str:
-    data = json.dumps(view, separators=(",", ":"), default=str)
+    data = jsonsafe.dumps(view, separators=(",", ":"), default=str)
     return f"id: {position}\nevent: {view['type']}\ndata: {data}\n\n"
 
 
@@ -250,7 +248,7 @@ async def stream_events(
     after_date: Annotated[str | None, Query(alias="afterDate")] = None,
     before_date: Annotated[str | None, Query(alias="beforeDate")] = None,
     correlation_id: Annotated[str | None, Query(alias="correlationId")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Start after this seq")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Start after this seq")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events of the workspace (``id:`` = seq); resumes from ``Last-Event-ID``."""
@@ -259,6 +257,8 @@ async def stream_events(
     if last_event_id is not None and last_event_id.strip():
         try:
             start = int(last_event_id)
+            if not 0 <= start <= MAX_ID:
+                raise ValueError(start)
         except ValueError:
             raise Invalid(
                 "Last-Event-ID must be an event seq (an integer)",
@@ -303,7 +303,7 @@ async def webhook(
         )
     body: Any = None
     if raw:
-        text_body = raw.decode("utf-8", errors="replace")
+        text_body = jsonsafe.repair_text(raw.decode("utf-8", errors="replace"))
         body = text_body
         if "json" in request.headers.get("content-type", "") or text_body[:1] in "{[":
             try:
@@ -331,11 +331,9 @@ async def webhook(
             except Unauthorized as error:
                 rejected = error
         if rejected is not None:
-            with context.store.write() as session:
-                workspace = workspaces.get_workspace(session, ws)
-                triggers.record_webhook_rejected(
-                    session, workspace, automation, str(rejected.details.get("reason")), http
-                )
+            reason = str(rejected.details.get("reason"))
+            window = context.settings.rejection_window
+            triggers.note_webhook_rejected(context.store, window, ws, automation, reason, http)
             raise rejected
         with context.store.write() as session:
             workspace = workspaces.get_workspace(session, ws)
@@ -346,7 +344,7 @@ async def webhook(
                 found,
                 inputs,
                 http,
-                correlation_id=request.headers.get("x-correlation-id") or None,
+                correlation_id=triggers.webhook_correlation_id(request.headers),
             )
             if execution is None:
                 raise Invalid(

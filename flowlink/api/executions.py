@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Query, Request
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from flowlink.access.policy import allows, authorize
 from flowlink.access.service import Principal
-from flowlink.api.deps import Caller, Context, ServerContext
+from flowlink.api.bodies import MAX_ID, RequestBody
+from flowlink.api.deps import Caller, Context, ServerContext, request_http
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
 from flowlink.linking import exchange
@@ -25,13 +26,15 @@ MAX_WAIT_SECONDS = 300.0
 MAX_BATCH = 1000
 
 
-class ExecutionCreate(BaseModel):
-    flow: str | None = Field(None, description="Name of the flow to run")
+class ExecutionCreate(RequestBody):
+    flow: str | None = Field(None, max_length=128, description="Name of the flow to run")
     inputs: dict[str, Any] | None = Field(None, description="Inputs (a JSON object)")
     script: str | None = Field(
         None, description="Run this script instead of a stored flow (ad-hoc run)"
     )
-    name: str | None = Field(None, description="Name shown for an ad-hoc script run")
+    name: str | None = Field(
+        None, max_length=128, description="Name shown for an ad-hoc script run"
+    )
     max_runtime: float | None = Field(
         None, gt=0, le=604800, description="Seconds before the execution is killed"
     )
@@ -46,7 +49,7 @@ class ExecutionCreate(BaseModel):
     )
 
 
-class ExecutionBatch(BaseModel):
+class ExecutionBatch(RequestBody):
     executions: list[ExecutionCreate] = Field(
         min_length=1, max_length=MAX_BATCH, description="Executions to start, all or none"
     )
@@ -94,6 +97,7 @@ def _start(
     body: ExecutionCreate,
     context: ServerContext,
     caller: Principal,
+    http: dict[str, Any],
 ) -> Execution:
     """Check the caller may run this and queue it (an ad-hoc script also needs flow rights)."""
     flow_name = body.flow if body.script is None else (body.name or body.flow)
@@ -118,9 +122,10 @@ def _start(
                 max_runtime=body.max_runtime,
             ),
             user_id=caller.user_id,
-            trigger={"type": "api", "token": caller.token_id},
+            trigger=_api_trigger(caller),
             principal=caller.describe(),
             default_max_runtime=context.settings.default_max_runtime,
+            http=http,
         )
     if body.use_remote_flow:
         raise Invalid("use_remote_flow: only with remote", details={"field": "use_remote_flow"})
@@ -131,21 +136,30 @@ def _start(
         script=body.script,
         inputs=body.inputs,
         user_id=caller.user_id,
-        trigger={"type": "api", "token": caller.token_id},
+        trigger=_api_trigger(caller),
         principal=caller.describe(),
         max_runtime=body.max_runtime,
         default_max_runtime=context.settings.default_max_runtime,
+        http=http,
     )
+
+
+def _api_trigger(caller: Principal) -> dict[str, Any]:
+    """The trigger of an API start: the token, or the login session it came from."""
+    trigger: dict[str, Any] = {"type": "api", "token": caller.token_id}
+    if caller.session_id:
+        trigger["sessionId"] = caller.session_id
+    return trigger
 
 
 @router.post("", status_code=201)
 def start_execution(
-    ws: str, body: ExecutionCreate, context: Context, caller: Caller
+    ws: str, body: ExecutionCreate, request: Request, context: Context, caller: Caller
 ) -> dict[str, Any]:
     """Start an execution of a flow (or of an ad-hoc script) and return it."""
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        execution = _start(session, workspace, body, context, caller)
+        execution = _start(session, workspace, body, context, caller, request_http(request))
         if not body.wait:
             view = executions.execution_view(execution, workspace.slug, children=[])
             view["script"] = execution.script
@@ -157,7 +171,7 @@ def start_execution(
 
 @router.post("/batch", status_code=201)
 def start_executions(
-    ws: str, body: ExecutionBatch, context: Context, caller: Caller
+    ws: str, body: ExecutionBatch, request: Request, context: Context, caller: Caller
 ) -> dict[str, Any]:
     """Start many executions in one transaction: all of them or, on any error, none."""
     if any(item.wait for item in body.executions):
@@ -168,7 +182,7 @@ def start_executions(
         items = []
         for index, item in enumerate(body.executions):
             try:
-                execution = _start(session, workspace, item, context, caller)
+                execution = _start(session, workspace, item, context, caller, request_http(request))
             except FlowlinkError as error:
                 error.message = f"executions[{index}]: {error.message}"
                 error.details = {**error.details, "index": index}
@@ -223,7 +237,7 @@ def get_logs(
     execution_id: str,
     context: Context,
     caller: Caller,
-    after: Annotated[int, Query(ge=0, description="Only lines after this log id")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="Only lines after this log id")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> dict[str, Any]:
     """Log lines of an execution, oldest first; poll with ``after`` to follow."""

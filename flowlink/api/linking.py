@@ -7,9 +7,10 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from flowlink.access.policy import authorize
+from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
 from flowlink.linking import exchange
 from flowlink.linking import service as linking
@@ -20,10 +21,8 @@ from flowlink.workspaces import service as workspaces
 router = APIRouter(prefix="/api/v1/workspaces/{ws}/sync_config", tags=["linking"])
 
 
-class SyncConfigFields(BaseModel):
+class SyncConfigFields(RequestBody):
     """The fields of DESIGN section 6; keys are accepted here and never returned."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool | None = None
     remote_url: str | None = Field(
@@ -34,10 +33,26 @@ class SyncConfigFields(BaseModel):
     own_private_key: str | None = Field(
         None, description="PEM (PKCS#1, PKCS#8) or OpenSSH RSA private key, >= 2048 bits"
     )
+    own_private_key_env: str | None = Field(
+        None,
+        description="Instead of own_private_key: the server's environment variable holding it"
+        " (read by the server, never stored or returned)",
+    )
+    own_private_key_file: str | None = Field(
+        None,
+        description="Instead of own_private_key: an absolute path on the server to the key"
+        " file (read by the server, never stored or returned)",
+    )
     remote_public_key: str | None = Field(
         None, description="The other end's public key(s): one, or two while keys rotate"
     )
     send_all_executions: bool | None = None
+    send_all_executions_meaning: str | None = Field(
+        None,
+        description="'mirror' (default, Workspace Linking v8): send_all_executions mirrors every"
+        " execution to the controlled workspace; 'list' (older version): runs started through"
+        " the link show in the controlling workspace's list only with send_all_executions",
+    )
     sync_interval: float | None = Field(None, description="Seconds; null = immediate mode")
     direction: str | None = Field(None, description="controlling | controlled")
     role: str | None = Field(

@@ -1,37 +1,47 @@
-"""Health and Prometheus metrics."""
+"""Health (liveness) and Prometheus metrics."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
-from sqlalchemy import func, select
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from flowlink.api.deps import Context
-from flowlink.store.models import Execution
+from flowlink.executions import workers
+from flowlink.executions.service import queue_depth
+from flowlink.linking.outbox import depths as outbox_depths
+from flowlink.observability import metrics
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
 
 
 @router.get("/health")
-def health(context: Context) -> dict[str, Any]:
-    """200 once the server serves and its store answers."""
-    with context.store.read() as session:
-        session.execute(select(1))
-    return {"status": "ok", "store": context.store.dialect}
+def health(request: Request, context: Context) -> dict[str, Any]:
+    """Liveness: 200 while the process serves (readiness, with the store: ``/ready``).
+
+    ``sandbox`` tells what confines flow scripts here (mode, how limits are enforced:
+    ``cgroup-v1``, ``cgroup-v2`` or ``rlimit``, and the limits); null when no worker runs in
+    this process.
+    """
+    sandbox_info = getattr(request.app.state, "sandbox_info", None)
+    sandbox = sandbox_info() if sandbox_info is not None else None
+    return {"status": "ok", "store": context.store.dialect, "sandbox": sandbox}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(context: Context) -> str:
-    """Prometheus text exposition: executions by status."""
-    with context.store.read() as session:
-        rows = session.execute(
-            select(Execution.status, func.count()).group_by(Execution.status)
-        ).all()
-    lines = [
-        "# HELP flowlink_executions Executions in the store by status.",
-        "# TYPE flowlink_executions gauge",
-    ]
-    lines += [f'flowlink_executions{{status="{status}"}} {count}' for status, count in rows]
-    return "\n".join(lines) + "\n"
+@router.get("/metrics", response_class=Response)
+def metrics_endpoint(context: Context) -> Response:
+    """Prometheus text exposition (see docs/operations.md for the list)."""
+
+    def store_state() -> tuple[int, dict[str, int]]:
+        with context.store.read() as session:
+            return queue_depth(session), outbox_depths(session)
+
+    if metrics.multiprocess_dir():  # a killed worker's live gauges must not linger
+        with context.store.read() as session:
+            gone = workers.gone_pids_on_host(session, socket.gethostname())
+        for pid in gone:
+            metrics.process_exited(pid)
+    body = metrics.render(metrics.StoreGauges(store_state))
+    return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -6,37 +6,44 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flowlink.access.policy import allows, authorize, authorize_admin, visible
 from flowlink.access.service import Principal
+from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
 from flowlink.events.triggers import ensure_webhook_keys
+from flowlink.settings import resolve_secret_key
 from flowlink.store.models import Workspace
 from flowlink.workspaces import service as workspaces
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
 
-class WorkspaceCreate(BaseModel):
+class WorkspaceCreate(RequestBody):
     slug: str = Field(description="2-63 of a-z 0-9 -")
-    name: str | None = None
+    name: str | None = Field(None, max_length=200)
     description: str | None = None
 
 
-class ApplyBody(BaseModel):
+class ApplyBody(RequestBody):
     files: dict[str, str] = Field(
         description="The workspace folder: 'workspace.yml', 'flows/<name>.py', 'settings.yml'"
     )
 
 
-class FlowBody(BaseModel):
+class FlowBody(RequestBody):
     script: str
     description: str | None = None
 
 
-class SettingBody(BaseModel):
+class SettingBody(RequestBody):
     value: Any = Field(description="Any JSON value")
+    secret: bool | None = Field(
+        default=None,
+        description="true: a secret setting (encrypted at rest, never returned; needs 'manage"
+        " settings'); omitted: keep the setting's kind (new settings are plain)",
+    )
 
 
 @router.get("")
@@ -99,13 +106,18 @@ def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) 
         )
     bundle = workspaces.parse_files(body.files)
     with context.store.write() as session:
-        _authorize_apply(caller, workspaces.find_workspace(session, ws))
+        existing = workspaces.find_workspace(session, ws)
+        _authorize_apply(caller, existing)
+        if existing is not None:
+            for name in bundle.secrets:
+                authorize(caller, "manage", "settings", existing, {"setting": name})
         result = workspaces.apply_bundle(
             session,
             bundle,
             os.environ,
             expected_slug=ws,
             max_new_settings=context.settings.apply_max_settings,
+            secret_key=resolve_secret_key(context.settings) if bundle.secrets else None,
         )
         view = result.view()
         # New webhook keys are shown once, here (rotate: POST .../automations/{a}/webhook_key).
@@ -197,21 +209,32 @@ def get_setting(ws: str, name: str, context: Context, caller: Caller) -> dict[st
 def put_setting(
     ws: str, name: str, body: SettingBody, context: Context, caller: Caller
 ) -> dict[str, Any]:
-    """Create or overwrite a setting."""
+    """Create or overwrite a setting; a secret one (``"secret": true``) needs 'manage settings'.
+
+    A secret's value is encrypted at rest and never returned: it can be replaced, not read.
+    """
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        exists = workspaces.find_setting(session, workspace, name) is not None
-        action = "update" if exists else "create"
+        action = workspaces.setting_write_action(session, workspace, name, body.secret)
         authorize(caller, action, "settings", workspace, {"setting": name})
-        workspaces.put_setting(session, workspace, name, body.value)
+        workspaces.put_setting(
+            session,
+            workspace,
+            name,
+            body.value,
+            secret=body.secret,
+            secret_key=resolve_secret_key(context.settings),
+        )
         return workspaces.setting_view(workspaces.get_setting(session, workspace, name))
 
 
 @router.delete("/{ws}/settings/{name}", status_code=204)
 def delete_setting(ws: str, name: str, context: Context, caller: Caller) -> Response:
-    """Delete a setting."""
+    """Delete a setting (a secret one needs 'manage settings')."""
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "delete", "settings", workspace, {"setting": name})
+        existing = workspaces.find_setting(session, workspace, name)
+        action = "manage" if existing is not None and existing.secret else "delete"
+        authorize(caller, action, "settings", workspace, {"setting": name})
         workspaces.delete_setting(session, workspace, name)
     return Response(status_code=204)

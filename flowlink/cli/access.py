@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.cli.client import Client
 from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, fail, print_json
+from flowlink.cli.common import table as make_table
 from flowlink.errors import FlowlinkError
 from flowlink.settings import ServerSettings
 
@@ -97,7 +98,7 @@ def users_list(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(views)
         return
-    table = Table("username", "admin", "disabled", "roles")
+    table = make_table("username", "admin", "disabled", "roles", keep=("admin", "disabled"))
     for view in views:
         roles = ", ".join(f"{m['workspace']}={m['role']}" for m in view["memberships"])
         table.add_row(
@@ -234,7 +235,7 @@ def tokens_list(
     if as_json:
         print_json(page["items"])
         return
-    table = Table("id", "name", "workspace", "role", "state", "expires")
+    table = make_table("id", "name", "workspace", "role", "state", "expires", keep=("id", "state"))
     for item in page["items"]:
         _token_row(table, item)
     console.print(table)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,6 +12,28 @@ import httpx
 from flowlink.server import load_credentials
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+CA_BUNDLE_ENV = "FLOWLINK_CA_BUNDLE"
+# Set by ``flowlink --ca-certificate FILE`` for every client of this invocation.
+extra_ca_files: list[str] = []
+
+
+def tls_context(ca_files: list[str]) -> ssl.SSLContext | bool:
+    """Verification for the CLI's requests: the system CAs plus ``ca_files`` (and
+    ``FLOWLINK_CA_BUNDLE``), for servers whose certificate a private CA signed."""
+    files = [*ca_files, *([os.environ[CA_BUNDLE_ENV]] if os.environ.get(CA_BUNDLE_ENV) else [])]
+    if not files:
+        return True
+    context = ssl.create_default_context()
+    for file in files:
+        if not Path(file).is_file():
+            raise ApiError(f"CA certificate file {file!r} does not exist")
+        try:
+            context.load_verify_locations(cafile=file)
+        except ssl.SSLError as exc:
+            raise ApiError(
+                f"CA certificate file {file!r} is not a PEM certificate: {exc}"
+            ) from None
+    return context
 
 
 class ApiError(Exception):
@@ -25,21 +49,39 @@ class ApiError(Exception):
 class Client:
     """A small typed wrapper over the REST API."""
 
-    def __init__(self, server: str | None = None, token: str | None = None, timeout: float = 60):
+    def __init__(
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        timeout: float = 60,
+        *,
+        ca_files: list[str] | None = None,
+    ):
         saved = load_credentials()
         self.server = (
             server or os.environ.get("FLOWLINK_SERVER") or saved.get("server") or DEFAULT_SERVER
         ).rstrip("/")
         self.token = token or os.environ.get("FLOWLINK_TOKEN") or saved.get("token")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+        verify = tls_context([*extra_ca_files, *(ca_files or [])])
+        self.http = httpx.Client(
+            base_url=self.server, headers=headers, timeout=timeout, verify=verify
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; return the decoded JSON body or raise ApiError."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(f"cannot reach the flowlink server at {self.server}: {exc}") from exc
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = (
+                    " (a server with a private CA: pass --ca-certificate FILE or set"
+                    f" {CA_BUNDLE_ENV})"
+                )
+            raise ApiError(
+                f"cannot reach the flowlink server at {self.server}: {exc}{hint}"
+            ) from exc
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -60,3 +102,7 @@ class Client:
     def post(self, path: str, **kwargs: Any) -> Any:
         """POST to a path."""
         return self.request("POST", path, **kwargs)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()

@@ -7,7 +7,9 @@ import sys
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.table import Table
 
 from flowlink.cli.client import ApiError, Client
 
@@ -22,6 +24,37 @@ TokenOpt = Annotated[
     typer.Option("--token", envvar="FLOWLINK_TOKEN", help="API token", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
+
+
+def _help_metavar(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """The value placeholder ``--help`` shows: none for a flag, else the option's name
+    (``--server SERVER``) instead of Typer's ``<str>``/``<bool>`` type names."""
+    if self.metavar is not None:
+        return str(self.metavar)
+    if self.is_flag or self.count:
+        return None
+    return (self.name or "value").upper().replace("_", "-")
+
+
+def _no_metavar(self: typer.core.TyperArgument, ctx: Any) -> str | None:
+    """Arguments are shown by name (``WORKSPACE``) only, without a ``<str>`` type column."""
+    return None
+
+
+typer.core.TyperOption.display_type_rich = _help_metavar  # type: ignore[method-assign]
+typer.core.TyperArgument.display_type_rich = _no_metavar  # type: ignore[method-assign,assignment]
+
+
+def table(*columns: str, keep: tuple[str, ...] = ()) -> Table:
+    """A table for 80-column terminals: the ``keep`` columns are never wrapped or cut
+    (statuses, ids, times), the others fold their text onto more lines."""
+    result = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        if column in keep:
+            result.add_column(column, no_wrap=True, overflow="ignore")
+        else:
+            result.add_column(column, overflow="fold")
+    return result
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from flowlink.cli.client import ApiError, Client
 from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, fail, print_json
+from flowlink.cli.common import table as make_table
 from flowlink.settings import ServerSettings
 
 events_app: typer.Typer = typer.Typer(
@@ -89,7 +89,7 @@ def events_search(
     if as_json:
         print_json(result)
         return
-    table = Table("seq", "created", "type", "correlation", "payload")
+    table = make_table("seq", "created", "type", "correlation", "payload", keep=("seq",))
     for event in result["items"]:
         payload = json.dumps(event.get("payload"), default=str)
         table.add_row(

@@ -19,11 +19,21 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from flowlink.cli.client import ApiError, Client
-from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, err, fail, print_json
+from flowlink.cli.common import (
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    call,
+    console,
+    err,
+    fail,
+    print_json,
+    table,
+)
 from flowlink.linking.keys import DEFAULT_RSA_BITS, KeyPair, generate_key_pair
 
 link_app: typer.Typer = typer.Typer(
-    help="Link two workspaces (on one server or two) and show the state of their links.",
+    help="Link two workspaces (on one server or two); list, show, change and delete links.",
     no_args_is_help=True,
 )
 CONTROLLING = "controlling"
@@ -79,16 +89,20 @@ def format_mode(sync_interval: float | None) -> str:
 
 
 def _resolve_clients(
-    from_server: str | None, from_token: str | None, to_server: str | None, to_token: str | None
+    from_server: str | None,
+    from_token: str | None,
+    to_server: str | None,
+    to_token: str | None,
+    ca_files: list[str] | None = None,
 ) -> tuple[Client, Client]:
-    source = Client(from_server, from_token)
+    source = Client(from_server, from_token, ca_files=ca_files)
     target_url = (to_server or source.server).rstrip("/")
     if to_token is None:
         if target_url != source.server:
             # Never send one server's token to another server.
             raise fail(f"--to-token (or FLOWLINK_TO_TOKEN) is needed for {target_url}")
         to_token = source.token
-    return source, Client(target_url, to_token)
+    return source, Client(target_url, to_token, ca_files=ca_files)
 
 
 def _preflight(ends: list[End]) -> None:
@@ -320,7 +334,8 @@ def link_create(
         Path | None,
         typer.Option(
             "--ca-certificate",
-            help="CA certificate (PEM) the connecting side trusts for the https server",
+            help="CA certificate (PEM) the connecting side trusts for the https server; this"
+            " command trusts it too for its own requests",
             exists=True,
             dir_okay=False,
             readable=True,
@@ -360,7 +375,13 @@ def link_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create both ends of a link, with a fresh key pair each; nothing is left half-made."""
-    source, target = _resolve_clients(from_server, from_token, to_server, to_token)
+    source, target = _resolve_clients(
+        from_server,
+        from_token,
+        to_server,
+        to_token,
+        [str(ca_certificate)] if ca_certificate else None,
+    )
     name = name or to_workspace
     remote_name = remote_name or from_workspace
     if (source.server, from_workspace, name) == (target.server, to_workspace, remote_name):
@@ -490,3 +511,211 @@ def link_status(
         console.print(table, highlight=False)
     else:
         console.print(status_cards(views), highlight=False)
+
+
+# --- list, show, change, delete ---------------------------------------------------------------
+
+WorkspaceArg = Annotated[str, typer.Argument(help="Workspace slug")]
+NameArg = Annotated[str, typer.Argument(help="Sync config name")]
+
+
+def _config_path(workspace: str, name: str | None = None) -> str:
+    base = f"/api/v1/workspaces/{workspace}/sync_config"
+    return f"{base}/{name}" if name else base
+
+
+@link_app.command("list")
+def link_list(
+    workspace: WorkspaceArg,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a workspace's sync configs (one line each; see status for everything)."""
+    views = call(Client(server, token), "GET", _config_path(workspace))["items"]
+    if as_json:
+        print_json(views)
+        return
+    rows = table("name", "direction", "enabled", "state", "connects", keep=("enabled", "state"))
+    for view in views:
+        cells = status_cells(view)
+        rows.add_row(
+            cells["name"], cells["direction"], cells["enabled"], cells["state"], cells["connects"]
+        )
+    console.print(rows, highlight=False)
+
+
+@link_app.command("show")
+def link_show(
+    workspace: WorkspaceArg,
+    name: NameArg,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one sync config: every field (keys as fingerprints) and its state."""
+    view = call(Client(server, token), "GET", _config_path(workspace, name))
+    if as_json:
+        print_json(view)
+        return
+    console.print(status_cards([view]), highlight=False)
+
+
+def _patch(
+    workspace: str, name: str, body: dict[str, Any], server: str | None, token: str | None
+) -> dict[str, Any]:
+    if not body:
+        raise fail("nothing to change: give at least one option (see --help)")
+    result: dict[str, Any] = call(
+        Client(server, token), "PATCH", _config_path(workspace, name), json=body
+    )
+    return result
+
+
+def _read_file(path: Path | None) -> str | None:
+    return path.read_text() if path is not None else None
+
+
+FileOpt = dict(exists=True, dir_okay=False, readable=True)
+
+
+@link_app.command("update")
+def link_update(
+    workspace: WorkspaceArg,
+    name: NameArg,
+    remote_url: Annotated[
+        str | None, typer.Option("--remote-url", help="The other end's sync endpoint URL")
+    ] = None,
+    sync_interval: Annotated[
+        float | None,
+        typer.Option("--sync-interval", help="Exchange every N seconds", min=0.001),
+    ] = None,
+    immediate: Annotated[
+        bool, typer.Option("--immediate", help="Exchange as soon as a change occurs")
+    ] = False,
+    send_all_executions: Annotated[
+        bool | None,
+        typer.Option(
+            "--send-all-executions/--no-send-all-executions",
+            help="Mirror every execution of the controlling workspace",
+            show_default=False,
+        ),
+    ] = None,
+    send_all_meaning: Annotated[
+        str | None,
+        typer.Option(
+            "--send-all-meaning",
+            help="mirror (v8: mirror every execution to the controlled workspace) or list"
+            " (older: list the runs started through the link here only when set)",
+        ),
+    ] = None,
+    verify_ssl: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify-ssl/--no-verify-ssl",
+            help="Verify the TLS certificate of the other end",
+            show_default=False,
+        ),
+    ] = None,
+    ca_certificate: Annotated[
+        Path | None,
+        typer.Option("--ca-certificate", help="CA certificate (PEM) to trust", **FileOpt),
+    ] = None,
+    own_private_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--own-private-key",
+            help="File with this end's new private key",
+            **FileOpt,
+        ),
+    ] = None,
+    remote_public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--remote-public-key",
+            help="File with the other end's public key(s)",
+            **FileOpt,
+        ),
+    ] = None,
+    role: Annotated[
+        str | None, typer.Option("--role", help="Role of runs started through the link")
+    ] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change fields of one end of a link; what is not given stays as it is."""
+    if immediate and sync_interval is not None:
+        raise fail("--immediate and --sync-interval exclude each other")
+    body: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "remote_url": remote_url,
+            "sync_interval": sync_interval,
+            "send_all_executions": send_all_executions,
+            "send_all_executions_meaning": send_all_meaning,
+            "verify_ssl": verify_ssl,
+            "ca_certificate": _read_file(ca_certificate),
+            "own_private_key": _read_file(own_private_key),
+            "remote_public_key": _read_file(remote_public_key),
+            "role": role,
+        }.items()
+        if value is not None
+    }
+    if immediate:
+        body["sync_interval"] = None
+    view = _patch(workspace, name, body, server, token)
+    if as_json:
+        print_json(view)
+        return
+    console.print(f"updated {workspace}/{name}: {', '.join(sorted(body))}", highlight=False)
+
+
+def _set_enabled(
+    workspace: str, name: str, enabled: bool, server: str | None, token: str | None, as_json: bool
+) -> None:
+    view = _patch(workspace, name, {"enabled": enabled}, server, token)
+    if as_json:
+        print_json(view)
+        return
+    state = "enabled" if view["enabled"] else "disabled"
+    console.print(f"{workspace}/{name} {state}", highlight=False)
+
+
+@link_app.command("enable")
+def link_enable(
+    workspace: WorkspaceArg,
+    name: NameArg,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enable one end of a link (it exchanges again)."""
+    _set_enabled(workspace, name, True, server, token, as_json)
+
+
+@link_app.command("disable")
+def link_disable(
+    workspace: WorkspaceArg,
+    name: NameArg,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Disable one end of a link: it stops exchanging and rejects the other end's requests."""
+    _set_enabled(workspace, name, False, server, token, as_json)
+
+
+@link_app.command("delete")
+def link_delete(
+    workspace: WorkspaceArg,
+    name: NameArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Delete one end of a link (delete the other end on its server too)."""
+    if not yes and not typer.confirm(f"delete sync config {workspace}/{name}?", err=True):
+        raise fail("nothing deleted")
+    call(Client(server, token), "DELETE", _config_path(workspace, name))
+    console.print(f"deleted sync config {workspace}/{name}", highlight=False)

@@ -9,14 +9,27 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
+from flowlink import __version__
+from flowlink.cli import client as client_module
 from flowlink.cli.access import tokens_app, users_app
 from flowlink.cli.apps import apps_app
-from flowlink.cli.client import Client
-from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, err, fail, print_json
+from flowlink.cli.client import CA_BUNDLE_ENV, ApiError, Client
+from flowlink.cli.common import (
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    call,
+    console,
+    err,
+    fail,
+    print_json,
+    table,
+)
 from flowlink.cli.events import events_app
 from flowlink.cli.link import link_app
+from flowlink.cli.operations import backup_command, restore_command, workers_app
+from flowlink.cli.resources import flows_app, settings_app, workspaces_app
 from flowlink.settings import ServerSettings
 
 app = typer.Typer(
@@ -30,7 +43,45 @@ app.add_typer(executions_app, name="executions")
 ENDED = ("success", "error", "cancelled")
 
 
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"flowlink {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+    ca_certificate: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ca-certificate",
+            help="CA certificate (PEM) to trust for the servers this command talks to, besides"
+            f" the system's (repeatable; also {CA_BUNDLE_ENV})",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+) -> None:
+    """flowlink: self-hosted automation with Python flows, events and linked workspaces."""
+    client_module.extra_ca_files[:] = [str(path) for path in ca_certificate or []]
+
+
 # --- processes ------------------------------------------------------------------------------
+
+
+def announce(log_format: str, message: str) -> None:
+    """Say a process is up: on the terminal, or as a log line when logs are JSON."""
+    if log_format == "json":
+        logging.getLogger("flowlink").info(message)
+    else:
+        console.print(message)
 
 
 @app.command()
@@ -54,13 +105,13 @@ def server(
     """Run the API server (with a worker) on the store from FLOWLINK_DATABASE_URL."""
     from dataclasses import replace
 
+    from flowlink.observability import metrics, tracing
+    from flowlink.observability.logs import adopt_library_loggers, configure_logging
     from flowlink.server import build_server, prepare_demo, serve
     from flowlink.settings import trusted_proxies as parse_proxies
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per link exchange is noise
+    log_format = configure_logging()
+    tracing.setup()
     if bool(tls_cert) != bool(tls_key):
         raise fail("--tls-cert and --tls-key go together")
     try:
@@ -72,18 +123,23 @@ def server(
     running = build_server(
         settings, host=host, port=port, with_worker=worker, tls_cert=tls_cert, tls_key=tls_key
     )
+    adopt_library_loggers()  # uvicorn set up its own loggers while the server was built
     scheme = "https" if tls_cert else "http"
     url = f"{scheme}://{host}:{port}"
     if demo:
         login = prepare_demo(running.context.store, url)
         console.print(f"\n[bold]flowlink[/bold] is starting at [link={url}]{url}[/link]")
+        console.print(f"  console:     [link={url}/]{url}/[/link]  (log in with the admin login)")
         if login:
             console.print(f"  admin login: [bold]{login['user']}[/bold] / {login['password']}")
             console.print(f"  API token:   {login['token']}")
         console.print("  try:         .venv/bin/flowlink run demo parent --follow\n")
     else:
-        console.print(f"flowlink serving at {url} (store: {running.context.store.dialect})")
-    serve(running)
+        announce(log_format, f"flowlink serving at {url} (store: {running.context.store.dialect})")
+    try:
+        serve(running)
+    finally:
+        metrics.process_exited()  # its live gauges leave the host's shared metrics
 
 
 @app.command("worker")
@@ -96,11 +152,12 @@ def worker_command(
     from dataclasses import replace
 
     from flowlink.executions.worker import Worker
+    from flowlink.observability import metrics, tracing
+    from flowlink.observability.logs import configure_logging
     from flowlink.server import open_store
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_format = configure_logging()
+    tracing.setup()
     settings = ServerSettings.from_env()
     if concurrency:
         settings = replace(settings, worker_concurrency=concurrency)
@@ -110,10 +167,11 @@ def worker_command(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker.start()
-    console.print(f"worker {worker.id} running (store: {store.dialect})")
+    announce(log_format, f"worker {worker.id} running (store: {store.dialect})")
     stop.wait()
     worker.stop()
     store.dispose()
+    metrics.process_exited()
 
 
 @app.command()
@@ -331,19 +389,19 @@ def executions_list(
     if as_json:
         print_json(page["items"])
         return
-    table = Table("flow", "status", "created", "duration", "message")
-    table.add_column("id", no_wrap=True, min_width=36)  # whole, so it can be copied
+    # 80 columns hold id, flow, status, time and duration; wider terminals get the message.
+    wide = console.width >= 130
+    columns = ["id", "flow", "status", "created", "duration"] + (["message"] if wide else [])
+    rows = table(*columns, keep=("id", "status", "created", "duration"))
     for item in page["items"]:
-        duration = f"{item['duration']:.3f}s" if item["duration"] is not None else ""
-        table.add_row(
-            item["name"],
-            item["status"],
-            item["created_at"],
-            duration,
-            (item["message"] or "")[:60],
-            item["id"],
-        )
-    console.print(table)
+        duration = f"{item['duration']:.2f}s" if item["duration"] is not None else ""
+        created = str(item["created_at"] or "")
+        created = created[:19].replace("T", " ") if wide else created[5:19].replace("T", " ")
+        cells = [item["id"], item["name"], item["status"], created, duration]
+        if wide:
+            cells.append((item["message"] or "")[:80])
+        rows.add_row(*cells)
+    console.print(rows, highlight=False)
 
 
 @executions_app.command("show")
@@ -351,11 +409,12 @@ def executions_show(
     workspace: Annotated[str, typer.Argument(help="Workspace slug")],
     execution_id: Annotated[str, typer.Argument(help="Execution id")],
     logs: Annotated[bool, typer.Option(help="Include the log lines")] = True,
+    script: Annotated[bool, typer.Option(help="Include the script snapshot")] = True,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one execution: status, inputs, outputs, children and logs."""
+    """Show one execution: status, message, inputs, outputs, children, script and logs."""
     client = Client(server, token)
     base = f"/api/v1/workspaces/{workspace}/executions/{execution_id}"
     execution = call(client, "GET", base)
@@ -376,10 +435,18 @@ def executions_show(
         "parent_id",
         "correlation_id",
     ):
-        console.print(f"[bold]{key:>14}[/bold]  {execution[key]}", highlight=False)
-    console.print(f"[bold]{'inputs':>14}[/bold]  {json.dumps(execution['input_value'])}")
-    console.print(f"[bold]{'outputs':>14}[/bold]  {json.dumps(execution['output_value'])}")
+        value = execution.get(key)
+        shown = "-" if value is None or value == "" else value
+        console.print(f"[bold]{key:>14}[/bold]  ", end="", highlight=False)
+        console.print(str(shown), highlight=False, markup=False)
+    for key, field in (("inputs", "input_value"), ("outputs", "output_value")):
+        console.print(f"[bold]{key:>14}[/bold]  ", end="", highlight=False)
+        console.print(json.dumps(execution.get(field)), highlight=False, markup=False)
     console.print(f"[bold]{'children':>14}[/bold]  {', '.join(execution['children']) or '-'}")
+    if script and execution.get("script"):
+        console.print("[bold]script[/bold]")
+        for line in str(execution["script"]).splitlines():
+            console.print(f"  {line}", highlight=False, markup=False)
     if lines:
         console.print("[bold]logs[/bold]")
         for line in lines:
@@ -394,18 +461,24 @@ def executions_cancel(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cancel an execution and its unfinished children."""
-    result = call(
-        Client(server, token),
-        "POST",
-        f"/api/v1/workspaces/{workspace}/executions/{execution_id}/cancel",
-    )
+    """Cancel an execution and its unfinished children; prints the status it ended with."""
+    client = Client(server, token)
+    base = f"/api/v1/workspaces/{workspace}/executions/{execution_id}"
+    result = call(client, "POST", f"{base}/cancel")
+    # Cancelling is asynchronous: wait (a little) for the status it really ends with.
+    deadline = time.monotonic() + 15
+    while result["status"] not in ENDED and time.monotonic() < deadline:
+        time.sleep(0.1)
+        result = call(client, "GET", base)
     if as_json:
         print_json(result)
     else:
         console.print(f"{result['id']} {result['status']}")
 
 
+app.add_typer(workspaces_app, name="workspaces")
+app.add_typer(flows_app, name="flows")
+app.add_typer(settings_app, name="settings")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 
@@ -413,6 +486,9 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(events_app, name="events")
 app.add_typer(apps_app, name="apps")
 app.add_typer(link_app, name="link")
+app.add_typer(workers_app, name="workers")
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
 
 
 keys_app = typer.Typer(help="Key pairs for workspace links.", no_args_is_help=True)
@@ -458,7 +534,10 @@ def keys_generate(
 
 def main() -> None:
     """Entry point of the ``flowlink`` console script."""
-    app()
+    try:
+        app()
+    except ApiError as exc:  # e.g. an unreadable FLOWLINK_CA_BUNDLE
+        raise SystemExit(f"error: {exc.message}") from None
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ def fire_due(
                 slot = latest_slot(expression, now)
             except (ValueError, KeyError):  # validated at apply; never stop the loop
                 continue
-            if slot < now - grace or slot < automation.updated_at.replace(second=0, microsecond=0):
+            # A slot from before the automation was (re)applied is not its slot: applying at
+            # 09:47:36 must not fire the 09:47 slot at once.
+            if slot < now - grace or slot < automation.updated_at:
                 continue
             due.setdefault(slot, expression)
         for slot, expression in sorted(due.items()):

@@ -13,11 +13,25 @@ from sqlalchemy import ColumnElement, Select, String, cast, false, func, insert,
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
+from flowlink.observability import metrics
 from flowlink.store import notify
 from flowlink.store.models import Event, Workspace, new_id, utcnow
+from flowlink.workspaces.spec import LISTENABLE_NATIVE_EVENTS
 
 EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_PAYLOAD_BYTES = 100_000
+NATIVE_PENDING = "flowlink_native_events"
+"""``session.info`` key: listenable native events of this transaction, dispatched at commit."""
+DISPATCHING = "flowlink_dispatching_native"
+_LISTENABLE = frozenset(t for t in LISTENABLE_NATIVE_EVENTS if not t.endswith("*"))
+
+
+def _remember_native(session: Session, row: Mapping[str, Any]) -> None:
+    """Keep a listenable native event for ``flowlink.events.triggers.dispatch_native``."""
+    # Events recorded while native events are dispatched (trigger records, depth-limit
+    # errors) are not dispatched again: one round per transaction, never a loop.
+    if row["type"] in _LISTENABLE and row.get("workspace_id") and not session.info.get(DISPATCHING):
+        session.info.setdefault(NATIVE_PENDING, []).append(dict(row))
 
 
 class PayloadTooLarge(Invalid):
@@ -82,17 +96,18 @@ def record(
     **kwargs: Any,
 ) -> Event:
     """Add an event to the current transaction and announce it once committed."""
-    event = Event(
-        **event_row(
-            workspace.id if workspace else None,
-            workspace.slug if workspace else None,
-            event_type,
-            payload,
-            **kwargs,
-        )
+    row = event_row(
+        workspace.id if workspace else None,
+        workspace.slug if workspace else None,
+        event_type,
+        payload,
+        **kwargs,
     )
+    event = Event(**row)
     session.add(event)
+    _remember_native(session, row)
     notify.announce(session, notify.EVENTS, workspace.id if workspace else "")
+    metrics.count_events(session, [workspace.slug if workspace else None])
     return event
 
 
@@ -101,6 +116,8 @@ def record_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     insert_rows(session, rows)
+    for row in rows:
+        _remember_native(session, row)
     notify.announce(session, notify.EVENTS, "")
 
 
@@ -117,6 +134,7 @@ def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     stored exactly as the ``Event`` model stores them: JSON text, naive UTC times); the ORM's
     bulk insert costs about as much again there.
     """
+    metrics.count_events(session, [row["source"].get("workspaceSlug") for row in rows])
     if session.get_bind().dialect.name != "sqlite":
         session.execute(insert(Event), rows)
         return
@@ -423,3 +441,16 @@ def cloudevent(view: Mapping[str, Any]) -> dict[str, Any]:
     if source.get("executionId"):
         result["subject"] = f"executions/{source['executionId']}"
     return result
+
+
+def recent_times(
+    session: Session, workspace: Workspace, criteria: EventFilter, *, limit: int = 2_000
+) -> list[datetime]:
+    """When the newest ``limit`` matching events happened, newest first (for a histogram)."""
+    query = _filtered(
+        select(Event.created_at).where(Event.workspace_id == workspace.id), session, criteria
+    )
+    # One exact type: walk the (workspace, type, created_at) index instead of sorting by seq.
+    single = len(criteria.types) == 1 and not criteria.types[0].endswith("*")
+    order = Event.created_at.desc() if single else Event.seq.desc()
+    return list(session.scalars(query.order_by(order).limit(limit)))

@@ -3,23 +3,34 @@
 Custom events start every automation listening to their type (an indexed lookup on
 ``automation_triggers``), in the same transaction as the event. Each start carries the trigger
 chain depth; a chain deeper than the limit stops with an ``error`` event.
+
+Listenable native events (``LISTENABLE_NATIVE_EVENTS``) are collected while a transaction
+records them and dispatched just before it commits (:func:`install`), so they start their
+listeners atomically with the change too. An automation never fires on a native event caused
+by one of its own runs, their children, or runs started by events those emitted: every
+event-started execution carries its ``chain`` of automations.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import identity_principal
-from flowlink.errors import FlowlinkError, NotFound, Unauthorized
+from flowlink.errors import FlowlinkError, Invalid, NotFound, Unauthorized
+from flowlink.events.rejections import rejection_log
 from flowlink.events.service import (
+    DISPATCHING,
+    NATIVE_PENDING,
     check_payload_size,
     event_row,
     insert_rows,
@@ -29,6 +40,7 @@ from flowlink.events.service import (
 )
 from flowlink.executions.service import create_execution
 from flowlink.store import notify
+from flowlink.store.engine import Store
 from flowlink.store.models import (
     Automation,
     AutomationKey,
@@ -39,8 +51,10 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
+from flowlink.workspaces.service import find_workspace
 
 DEFAULT_MAX_DEPTH = 20
+MAX_CORRELATION_ID = 64  # the width of the correlation_id columns
 IDENTITY_KIND = {"endpoint": "webhook", "schedule": "schedule", "event": "automation"}
 WEBHOOK_KEY_PREFIX = "whk_"
 # Request headers never passed to a webhook's flow (credentials and hop-by-hop noise).
@@ -72,6 +86,24 @@ def chain_depth(session: Session, execution: Execution | None) -> int:
             return 0
         current = session.get(Execution, current.parent_id)
     return 0
+
+
+def automation_chain(session: Session, execution: Execution | None) -> list[str]:
+    """The automations whose triggers led to this execution (its own automation last)."""
+    current = execution
+    for _ in range(64):
+        if current is None:
+            return []
+        trigger = current.trigger or {}
+        chain = trigger.get("chain")
+        if isinstance(chain, list):
+            return [str(slug) for slug in chain]
+        if trigger.get("automation"):
+            return [str(trigger["automation"])]
+        if current.parent_id is None:
+            return []
+        current = session.get(Execution, current.parent_id)
+    return []
 
 
 def _listeners(
@@ -141,6 +173,7 @@ def start_automation(
             user_id=user_id,
             trigger=trigger,
             principal=identity,
+            http=dict(http) if http else None,
         )
     except FlowlinkError as error:
         record(
@@ -181,6 +214,7 @@ def _dispatch(
     depth: int,
     max_depth: int,
     user_id: str | None,
+    chain: Sequence[str] = (),
 ) -> None:
     listeners = _listeners(session, workspace.id, [e["type"] for e in envelopes])
     if not listeners:
@@ -223,7 +257,11 @@ def _dispatch(
                 correlation_id=correlation_id,
                 depth=depth + 1,
                 user_id=user_id,
-                extra_trigger={"eventId": envelope["id"], "eventType": envelope["type"]},
+                extra_trigger={
+                    "eventId": envelope["id"],
+                    "eventType": envelope["type"],
+                    "chain": [*chain, slug],
+                },
             )
 
 
@@ -238,11 +276,12 @@ def emit_many(
     depth: int = 0,
     max_depth: int = DEFAULT_MAX_DEPTH,
     source: Mapping[str, Any] | None = None,
+    chain: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Record custom events ``(type, payload)`` in one statement and start their listeners.
 
-    Every event of the call shares one correlation id (a new one unless given). Returns the
-    stored envelopes, in order.
+    Every event of the call shares one correlation id (a new one unless given). ``chain`` is
+    the emitting execution's automation chain. Returns the stored envelopes, in order.
     """
     correlation_id = correlation_id or new_id()
     extra: dict[str, Any] = dict(source or {})
@@ -294,7 +333,7 @@ def emit_many(
                 "payload": row["payload"],
             }
         )
-    _dispatch(session, workspace, envelopes, depth, max_depth, user_id)
+    _dispatch(session, workspace, envelopes, depth, max_depth, user_id, chain)
     return envelopes
 
 
@@ -326,6 +365,8 @@ def emit_from_execution(
     if execution is not None and execution.app:
         source["appInstanceFullSlug"] = execution.app["instance"]
         source["appInstanceDepth"] = int(execution.app["depth"])
+    if execution is not None and (execution.trigger or {}).get("sessionId"):
+        source["sessionId"] = execution.trigger["sessionId"]
     return emit(
         session,
         workspace,
@@ -337,7 +378,166 @@ def emit_from_execution(
         depth=chain_depth(session, execution),
         max_depth=max_depth,
         source=source,
+        chain=automation_chain(session, execution),
     )
+
+
+# --- native events -----------------------------------------------------------------------------
+
+
+def install(session_class: type[Session]) -> None:
+    """Dispatch a transaction's listenable native events just before it commits.
+
+    Install before ``notify.install`` so the executions it queues are announced with the rest.
+    """
+
+    @sa_event.listens_for(session_class, "before_commit")
+    def _before_commit(session: Session) -> None:
+        if session.info.get(NATIVE_PENDING):
+            dispatch_native(session)
+
+    @sa_event.listens_for(session_class, "after_rollback")
+    def _after_rollback(session: Session) -> None:
+        session.info.pop(NATIVE_PENDING, None)
+
+
+def _native_max_depth() -> int:
+    raw = os.environ.get("FLOWLINK_EVENT_TRIGGER_DEPTH", "")
+    return int(raw) if raw.strip().isdigit() else DEFAULT_MAX_DEPTH
+
+
+def _listened_types(row: Mapping[str, Any]) -> list[str]:
+    """The ``when.events`` entries that hear this native event."""
+    event_type = str(row["type"])
+    types = [event_type]
+    if event_type.startswith("sync."):
+        types.append("sync.*")
+    payload = row.get("payload")
+    if (
+        event_type == "executions.ended"
+        and isinstance(payload, dict)
+        and payload.get("status") == "error"
+    ):
+        types.append("executions.failed")
+    return types
+
+
+def dispatch_native(session: Session) -> None:
+    """Start the automations listening to the native events this transaction recorded.
+
+    One indexed query finds the listeners of all of them. Automations in the causing
+    execution's chain are skipped (no automation fires on its own runs), the trigger depth
+    limit applies as for custom events, and what the dispatch itself records is not
+    dispatched again.
+    """
+    rows = session.info.pop(NATIVE_PENDING, None) or []
+    if not rows:
+        return
+    wanted = {(r["workspace_id"], t) for r in rows for t in _listened_types(r)}
+    found = session.execute(
+        select(
+            AutomationTrigger.workspace_id,
+            AutomationTrigger.event_type,
+            Automation.id,
+            Automation.slug,
+            Automation.flow_name,
+        )
+        .join(Automation, Automation.id == AutomationTrigger.automation_id)
+        .where(
+            AutomationTrigger.workspace_id.in_(sorted({w for w, _ in wanted})),
+            AutomationTrigger.event_type.in_(sorted({t for _, t in wanted})),
+        )
+        .order_by(Automation.slug)
+    ).all()
+    listeners: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
+    for workspace_id, event_type, automation_id, slug, flow in found:
+        listeners[(workspace_id, event_type)].append((automation_id, slug, flow))
+    if not listeners:
+        return
+    session.info[DISPATCHING] = True
+    try:
+        session.flush()
+        max_depth = _native_max_depth()
+        for row in rows:
+            _dispatch_one_native(session, row, listeners, max_depth)
+    finally:
+        session.info.pop(DISPATCHING, None)
+
+
+def _dispatch_one_native(
+    session: Session,
+    row: Mapping[str, Any],
+    listeners: Mapping[tuple[str, str], list[tuple[str, str, str]]],
+    max_depth: int,
+) -> None:
+    targets: dict[str, tuple[str, str, str, str]] = {}
+    for listened in _listened_types(row):
+        for automation_id, slug, flow in listeners.get((row["workspace_id"], listened), ()):
+            targets.setdefault(automation_id, (automation_id, slug, flow, listened))
+    if not targets:
+        return
+    workspace = session.get(Workspace, row["workspace_id"])
+    if workspace is None:
+        return
+    source = row.get("source") or {}
+    cause = session.get(Execution, source["executionId"]) if source.get("executionId") else None
+    chain = automation_chain(session, cause)
+    depth = source.get("triggerDepth")
+    if not isinstance(depth, int):
+        depth = chain_depth(session, cause)
+    correlation_id = row.get("correlation_id") or new_id()
+    seq = session.scalar(select(Event.seq).where(Event.id == row["id"]))
+    envelope = {
+        "id": row["id"],
+        "seq": seq,
+        "type": row["type"],
+        "createdAt": iso_time(row["created_at"]),
+        "size": row["size"],
+        "source": source,
+        "payload": row.get("payload"),
+    }
+    starting = [t for t in targets.values() if t[1] not in chain]
+    if not starting:
+        return
+    if depth + 1 > max_depth:
+        record(
+            session,
+            workspace,
+            "error",
+            {
+                "message": (
+                    f"trigger chain stopped: event {row['type']!r} would start automations"
+                    f" at depth {depth + 1}, over the limit of {max_depth}"
+                ),
+                "reason": "trigger_depth_limit",
+                "eventId": row["id"],
+                "eventType": row["type"],
+                "automations": [slug for _, slug, _, _ in starting],
+                "limit": max_depth,
+            },
+            correlation_id=correlation_id,
+            extra_source={"triggerDepth": depth},
+        )
+        return
+    for automation_id, slug, flow, listened in starting:
+        start_automation(
+            session,
+            workspace,
+            automation_id=automation_id,
+            slug=slug,
+            flow=flow,
+            inputs=envelope,
+            trigger_type="event",
+            trigger_value=listened,
+            correlation_id=correlation_id,
+            depth=depth + 1,
+            extra_trigger={
+                "eventId": row["id"],
+                "eventType": row["type"],
+                "native": True,
+                "chain": [*chain, slug],
+            },
+        )
 
 
 # --- webhooks ----------------------------------------------------------------------------------
@@ -430,15 +630,49 @@ def record_webhook_rejected(
     slug: str,
     reason: str,
     http: Mapping[str, Any],
+    aggregate: Mapping[str, Any] | None = None,
 ) -> None:
-    """Record a refused webhook call as an ``error`` event (in its own transaction)."""
+    """Record a refused webhook call as an ``error`` event (in its own transaction).
+
+    ``aggregate`` (``count``...) says how many refusals the event stands for.
+    """
     record(
         session,
         workspace,
         "error",
-        {"message": f"webhook {slug!r} refused: {reason}", "reason": reason, "automation": slug},
+        {
+            "message": f"webhook {slug!r} refused: {reason}",
+            "reason": reason,
+            "automation": slug,
+            **(aggregate or {}),
+        },
         extra_source={"automationSlug": slug, "http": dict(http)},
     )
+
+
+def note_webhook_rejected(
+    store: Store, window: float, workspace_slug: str, slug: str, reason: str, http: dict[str, Any]
+) -> None:
+    """Record a refused webhook call, aggregated per client address and ``window`` seconds."""
+
+    def write(session: Session, aggregate: dict[str, Any]) -> None:
+        workspace = find_workspace(session, workspace_slug)
+        if workspace is not None:
+            record_webhook_rejected(session, workspace, slug, reason, http, aggregate)
+
+    key = ("webhook.rejected", workspace_slug, slug, reason)
+    rejection_log(store, window).note(key, http.get("ip"), write)
+
+
+def webhook_correlation_id(headers: Mapping[str, str]) -> str | None:
+    """The ``X-Correlation-Id`` a webhook caller sent (to join a correlation), checked."""
+    value = headers.get("x-correlation-id") or None
+    if value is not None and len(value) > MAX_CORRELATION_ID:
+        raise Invalid(
+            f"X-Correlation-Id: at most {MAX_CORRELATION_ID} characters",
+            details={"field": "X-Correlation-Id"},
+        )
+    return value
 
 
 def filter_headers(headers: Mapping[str, str]) -> dict[str, str]:

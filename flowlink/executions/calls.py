@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -16,20 +19,38 @@ from flowlink.errors import FlowlinkError, Invalid, NotFound
 from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
 from flowlink.linking.exchange import RemoteStart, start_remote_execution
+from flowlink.observability.logs import redact as keep_out_of_server_logs
 from flowlink.runtime.errors import (
     DependencyFailed,
     FlowApiError,
     PermissionDenied,
     ResourceNotFound,
 )
-from flowlink.settings import ServerSettings
+from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, User, Workspace
+from flowlink.workspaces import files
 from flowlink.workspaces import service as workspaces
 
 LOG_FLUSH_SECONDS = 0.1
 LOG_FLUSH_LINES = 200
+MIN_REDACTED_LENGTH = 4  # shorter secret strings are not redacted (they would shred the log)
+REDACTED = "[secret]"
+
+
+def _secret_strings(value: Any) -> Iterator[str]:
+    """Every string inside a secret's value (and its JSON), as it could appear in a log."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _secret_strings(item)
+    if isinstance(value, dict | list):
+        yield json.dumps(value)
 
 
 class LogCap:
@@ -132,6 +153,7 @@ class FlowApiCalls:
         self._app_prefix = f"{execution.app['instance']}." if execution.app else ""
         self._principal: Principal | None = None
         self._denials: list[dict[str, Any]] = []
+        self._secrets: list[str] = []  # values of secrets this script read, longest first
         self._handlers: dict[str, Callable[[Session, Workspace, dict[str, Any]], Any]] = {
             "execution.get": self._execution_get,
             "execution.save": self._execution_save,
@@ -141,6 +163,11 @@ class FlowApiCalls:
             "setting.exists": self._setting_exists,
             "setting.delete": self._setting_delete,
             "flow.get": self._flow_get,
+            "file.get": self._file_get,
+            "file.save": self._file_save,
+            "file.exists": self._file_exists,
+            "file.delete": self._file_delete,
+            "file.list": self._file_list,
             "user.get_own": self._user_get_own,
         }
         # Calls that manage their own transactions (waiting must not hold one).
@@ -175,11 +202,21 @@ class FlowApiCalls:
         except FlowlinkError as error:
             raise FlowApiError(error.message) from error
 
+    def redact(self, text: str) -> str:
+        """``text`` with the value of every secret this execution read replaced by [secret]."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
     def write_logs(self, lines: list[str]) -> None:
         """Buffer log lines; they reach the store within ``LOG_FLUSH_SECONDS``.
 
-        Lines over the execution's log limit are only counted (see :class:`LogCap`).
+        Values of secrets the script read are redacted first; lines over the execution's log
+        limit are only counted (see :class:`LogCap`).
         """
+        if self._secrets:
+            lines = [self.redact(line) for line in lines]
         self._pending_logs.extend(self.log_cap.admit(lines))
         if (
             len(self._pending_logs) >= LOG_FLUSH_LINES
@@ -220,17 +257,22 @@ class FlowApiCalls:
         attributes: dict[str, Any] | None = None,
     ) -> None:
         """Raise PermissionDenied unless the execution's principal may do this (see policy)."""
+        principal = self._principal_for(session)
+        try:
+            policy.authorize(principal, action, subject, workspace, attributes)
+        except (policy.AccessDenied, policy.WorkspaceHidden) as error:
+            self._denials.append({**error.denial, "execution_id": self.execution_id})
+            reason = error.denial["reason"]
+            raise PermissionDenied(f"permission denied: {reason}") from None
+
+    def _principal_for(self, session: Session) -> Principal:
+        """Who this execution acts as (loaded once)."""
         if self._principal is None:
             descriptor, user_id = self._acting
             self._principal = principal_from_descriptor(
                 session, descriptor, user_id, self.workspace_id
             )
-        try:
-            policy.authorize(self._principal, action, subject, workspace, attributes)
-        except (policy.AccessDenied, policy.WorkspaceHidden) as error:
-            self._denials.append({**error.denial, "execution_id": self.execution_id})
-            reason = error.denial["reason"]
-            raise PermissionDenied(f"permission denied: {reason}") from None
+        return self._principal
 
     def _record_denials(self) -> None:
         """Write denials as ``access.denied`` events (outside the denied call's transaction)."""
@@ -378,15 +420,38 @@ class FlowApiCalls:
     def _setting_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         name = self._setting_name(params)
         self._authorize(session, workspace, "read", "settings", {"setting": name})
-        return workspaces.get_setting(session, workspace, name).value
+        setting = workspaces.get_setting(session, workspace, name)
+        if not setting.secret:
+            return setting.value
+        value = workspaces.setting_value(setting, resolve_secret_key(self.settings))
+        self._remember_secret(value)
+        return value
+
+    def _remember_secret(self, value: Any) -> None:
+        known = set(self._secrets)
+        known.update(s for s in _secret_strings(value) if len(s) >= MIN_REDACTED_LENGTH)
+        self._secrets = sorted(known, key=len, reverse=True)
+        for secret in self._secrets:
+            keep_out_of_server_logs(secret)  # this process now knows it
 
     def _setting_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
         name = self._setting_name(params)
-        action = "update" if workspaces.find_setting(session, workspace, name) else "create"
+        secret = params.get("secret")
+        existing = workspaces.find_setting(session, workspace, name)
+        manage = bool(secret) or (existing is not None and existing.secret)
+        action = "manage" if manage else "update" if existing is not None else "create"
         self._authorize(session, workspace, action, "settings", {"setting": name})
         workspaces.put_setting(
-            session, workspace, name, params.get("value"), execution_id=self.execution_id
+            session,
+            workspace,
+            name,
+            params.get("value"),
+            execution_id=self.execution_id,
+            secret=None if secret is None else bool(secret),
+            secret_key=resolve_secret_key(self.settings),
         )
+        if manage:
+            self._remember_secret(params.get("value"))
 
     def _setting_exists(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
@@ -399,7 +464,9 @@ class FlowApiCalls:
         self, session: Session, workspace: Workspace, params: dict[str, Any]
     ) -> None:
         name = self._setting_name(params)
-        self._authorize(session, workspace, "delete", "settings", {"setting": name})
+        existing = workspaces.find_setting(session, workspace, name)
+        action = "manage" if existing is not None and existing.secret else "delete"
+        self._authorize(session, workspace, action, "settings", {"setting": name})
         workspaces.delete_setting(session, workspace, name, execution_id=self.execution_id)
 
     def _flow_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
@@ -410,6 +477,54 @@ class FlowApiCalls:
         if field not in view:
             raise FlowApiError(f"unknown flow field {field!r}; known: {', '.join(sorted(view))}")
         return view[field]
+
+    def _file_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "read", "files", {"path": path})
+        found = files.get_file(session, workspace, path)
+        field = str(params.get("field") or "content")
+        if field == "content":
+            return base64.b64encode(found.content).decode("ascii")
+        view = files.file_view(found)
+        if field not in view:
+            raise FlowApiError(
+                f"unknown file field {field!r}; known: content, {', '.join(sorted(view))}"
+            )
+        return view[field]
+
+    def _file_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        path = files.check_path(params.get("path"))
+        exists = files.find_file(session, workspace, path) is not None
+        self._authorize(
+            session, workspace, "update" if exists else "create", "files", {"path": path}
+        )
+        try:
+            content = base64.b64decode(str(params.get("content") or ""), validate=True)
+        except ValueError:
+            raise FlowApiError("file content must be bytes or text") from None
+        files.put_file(session, workspace, path, content, execution_id=self.execution_id)
+
+    def _file_exists(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> bool:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "read", "files", {"path": path})
+        return files.find_file(session, workspace, path) is not None
+
+    def _file_delete(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
+        path = files.check_path(params.get("path"))
+        self._authorize(session, workspace, "delete", "files", {"path": path})
+        files.delete_file(session, workspace, path, execution_id=self.execution_id)
+
+    def _file_list(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+        self._authorize(session, workspace, "read", "files")
+        prefix = str(params.get("prefix") or "")
+        return [
+            f.path
+            for f in files.list_files(session, workspace)
+            if f.path.startswith(prefix)
+            and policy.allows(
+                self._principal_for(session), "read", "files", workspace, {"path": f.path}
+            )
+        ]
 
     def _user_get_own(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         execution = session.get(Execution, self.execution_id)
@@ -461,7 +576,25 @@ class FlowApiCalls:
         view = executions.execution_view(child, slug)
         if child.status != executions.SUCCESS:
             raise DependencyFailed(
-                f"child execution {child.id} ({child.flow_name}) ended with {child.status}:"
-                f" {child.message}"
+                child_failure(child.id, child.flow_name, child.status, child.message)
             )
         return view
+
+
+_LINE_SUFFIX = re.compile(r" \(line (\d+)\)$")
+
+
+def child_failure(child_id: str, flow: str, status: str, message: str | None) -> str:
+    """The message of the ``DependencyFailedError`` a parent gets for a failed child.
+
+    The child's own line moves into the text (``at line 4 of child``), so the parent's
+    ``(line N)`` that follows never reads as a repeat: ``... ended with error at line 4 of
+    child: ValueError: boom (line 7)``.
+    """
+    text = message or status
+    where = ""
+    match = _LINE_SUFFIX.search(text)
+    if match:
+        text = text[: match.start()]
+        where = f" at line {match.group(1)} of {flow}"
+    return f"child execution {child_id} ({flow}) ended with {status}{where}: {text}"

@@ -13,8 +13,17 @@ from sqlalchemy.orm import Session
 from flowlink.apps.service import app_source, resolve_flow
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
+from flowlink.observability import metrics
+from flowlink.observability.tracing import current_traceparent, valid_traceparent
 from flowlink.store import notify
-from flowlink.store.models import Execution, ExecutionLog, Workspace, new_id, utcnow
+from flowlink.store.models import (
+    Execution,
+    ExecutionLog,
+    SyncConfig,
+    Workspace,
+    new_id,
+    utcnow,
+)
 from flowlink.workspaces.service import check_name, find_flow, get_flow, spec_error_to_invalid
 from flowlink.workspaces.spec import SpecError, validate_script
 
@@ -55,15 +64,25 @@ def create_execution(
     default_max_runtime: float = 3600.0,
     principal: dict[str, Any] | None = None,
     remote_config_id: str | None = None,
+    traceparent: str | None = None,
+    http: dict[str, Any] | None = None,
 ) -> Execution:
     """Queue an execution of a flow (or of an ad-hoc script) with a snapshot of its script.
+
+    ``http`` (method, path, ip) is the request that started it, for the ``executions.created``
+    event. A login session's id in ``trigger["sessionId"]`` is inherited by children.
 
     ``principal`` (``Principal.describe()``) is who it acts as; a child inherits its parent's.
     ``remote_config_id`` marks an execution that runs in a linked workspace and is only
     mirrored here (see ``flowlink.linking.exchange``): no worker ever claims it.
+    ``traceparent`` (W3C) defaults to the current span's when tracing is on.
     """
     if inputs is not None and not isinstance(inputs, dict):
         raise Invalid("inputs must be a JSON object", details={"field": "inputs"})
+    trigger = dict(trigger or {"type": "api"})
+    inherited = (parent.trigger or {}).get("sessionId") if parent is not None else None
+    if inherited and "sessionId" not in trigger:
+        trigger["sessionId"] = inherited
     if max_runtime is not None and not (0 < max_runtime <= 7 * 24 * 3600):
         raise Invalid(
             "max_runtime must be between 0 and 604800 seconds", details={"field": "max_runtime"}
@@ -94,11 +113,12 @@ def create_execution(
         depth=parent.depth + 1 if parent else 0,
         max_runtime=max_runtime or default_max_runtime,
         user_id=user_id or (parent.user_id if parent else None),
-        trigger=trigger or {"type": "api"},
+        trigger=trigger,
         cancel_requested=False,
         principal=principal if principal is not None else (parent.principal if parent else None),
         remote_config_id=remote_config_id,
         app=app,
+        traceparent=traceparent if valid_traceparent(traceparent) else current_traceparent(),
     )
     session.add(execution)
     record(
@@ -109,7 +129,7 @@ def create_execution(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
-        extra_source=app_source(app),
+        extra_source=execution_source(trigger, http, app),
     )
     if remote_config_id is None:
         notify.announce(session, notify.QUEUED, execution.id)
@@ -141,6 +161,25 @@ def _flow_script(
     return resolved[0], None, resolved[1]
 
 
+def execution_source(
+    trigger: dict[str, Any] | None,
+    http: dict[str, Any] | None = None,
+    app: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The event ``source`` fields an execution adds: its login session, automation and
+    app instance."""
+    trigger = trigger or {}
+    source: dict[str, Any] = {}
+    if trigger.get("sessionId"):
+        source["sessionId"] = trigger["sessionId"]
+    if trigger.get("automation"):
+        source["automationSlug"] = trigger["automation"]
+    if http:
+        source["http"] = dict(http)
+    source.update(app_source(app) or {})
+    return source or None
+
+
 def check_script(name: str, script: str) -> None:
     """Validate a script's syntax up front (used where a clear 422 is better than a failed run)."""
     try:
@@ -169,9 +208,36 @@ def list_executions(
     parent_id: str | None = None,
     limit: int = 50,
     before: str | None = None,
+    trigger: str | None = None,
+    user_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[Execution]:
-    """Executions of a workspace, newest first; ``before`` is the last id of the previous page."""
+    """Executions of a workspace, newest first; ``before`` is the last id of the previous page.
+
+    ``trigger`` is a trigger type (api, console, flow, event, schedule, webhook, link...),
+    ``user_id`` who started it, ``since``/``until`` a window on the creation time.
+    """
     query = select(Execution).where(Execution.workspace_id == workspace.id)
+    if not parent_id:
+        # Runs started through a link whose config follows the older meaning of "send all
+        # executions" (unset) stay out of the list (their parents still show them).
+        hidden = select(SyncConfig.id).where(
+            SyncConfig.workspace_id == workspace.id,
+            SyncConfig.send_all_executions_meaning == "list",
+            SyncConfig.send_all_executions.is_(False),
+        )
+        query = query.where(
+            or_(Execution.remote_config_id.is_(None), Execution.remote_config_id.not_in(hidden))
+        )
+    if trigger:
+        query = query.where(Execution.trigger["type"].as_string() == trigger)
+    if user_id:
+        query = query.where(Execution.user_id == user_id)
+    if since:
+        query = query.where(Execution.created_at >= since)
+    if until:
+        query = query.where(Execution.created_at <= until)
     if status:
         if status not in ALL_STATUSES:
             raise Invalid(f"unknown status {status!r}", details={"field": "status"})
@@ -421,8 +487,10 @@ def _started(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
-        extra_source=app_source(execution.app),
+        extra_source=execution_source(execution.trigger, app=execution.app),
     )
+    waited = (execution.started_at or utcnow()) - execution.created_at
+    metrics.count_started(session, [(workspace.slug, waited.total_seconds())])
     if execution.app:  # an app instance's flow runs with the instance's config
         return Claimed(execution, workspace.slug, dict(execution.app.get("config") or {}))
     return Claimed(execution, workspace.slug, workspace.config_rendered or {})
@@ -506,6 +574,7 @@ def finish_many(
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     done: set[str] = set()  # an id listed twice ends once
+    counted: list[tuple[str, str, float]] = []
     for execution_id, outcome in endings:
         row = rows.get(execution_id)
         if row is None or row.status in ENDED or execution_id in done:
@@ -543,7 +612,7 @@ def finish_many(
                 correlation_id=row.correlation_id,
                 execution_id=execution_id,
                 user_id=row.user_id,
-                extra_source=app_source(row.app),
+                extra_source=execution_source(row.trigger, app=row.app),
             )
         )
         automation_row = automation_executed_row(
@@ -560,7 +629,11 @@ def finish_many(
         if automation_row is not None:
             events.append(automation_row)
         done.add(execution_id)
+        counted.append(
+            (slugs.get(row.workspace_id) or "", outcome.status, (now - started).total_seconds())
+        )
     if updates:
+        metrics.count_ended(session, counted)
         session.execute(update(Execution), updates)
         record_rows(session, events)
         notify.announce(session, notify.ENDED, "")
@@ -610,3 +683,88 @@ def _workspaces(session: Session, ids: set[str]) -> dict[str, Workspace]:
     if not ids:
         return {}
     return {w.id: w for w in session.scalars(select(Workspace).where(Workspace.id.in_(ids)))}
+
+
+def status_counts(
+    session: Session, workspace_ids: Sequence[str], since: datetime
+) -> dict[str, dict[str, int]]:
+    """Executions created since ``since`` per workspace id and status (for the console)."""
+    counts: dict[str, dict[str, int]] = {ws: {} for ws in workspace_ids}
+    if not workspace_ids:
+        return counts
+    rows = session.execute(
+        select(Execution.workspace_id, Execution.status, func.count())
+        .where(Execution.workspace_id.in_(list(workspace_ids)), Execution.created_at >= since)
+        .group_by(Execution.workspace_id, Execution.status)
+    )
+    for workspace_id, status, count in rows:
+        counts[workspace_id][status] = int(count)
+    return counts
+
+
+def by_correlation(
+    session: Session, correlation_id: str, workspace_ids: Sequence[str], *, limit: int = 200
+) -> list[Execution]:
+    """Executions of these workspaces that share a correlation id, oldest first."""
+    if not workspace_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Execution)
+            .where(
+                Execution.correlation_id == correlation_id,
+                Execution.workspace_id.in_(list(workspace_ids)),
+            )
+            .order_by(Execution.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def created_times(
+    session: Session, workspace: Workspace, since: datetime, *, limit: int = 10_000
+) -> list[datetime]:
+    """When the newest ``limit`` executions created since ``since`` were created, newest first."""
+    return list(
+        session.scalars(
+            select(Execution.created_at)
+            .where(Execution.workspace_id == workspace.id, Execution.created_at >= since)
+            .order_by(Execution.created_at.desc())
+            .limit(limit)
+        )
+    )
+
+
+def log_lines(
+    session: Session, execution_id: str, *, after: int = 0, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Like ``get_logs`` + ``log_view``, read as plain rows (a page shows thousands at once)."""
+    rows = session.execute(
+        select(ExecutionLog.id, ExecutionLog.created_at, ExecutionLog.line)
+        .where(ExecutionLog.execution_id == execution_id, ExecutionLog.id > after)
+        .order_by(ExecutionLog.id)
+        .limit(limit)
+    )
+    return [{"id": i, "created_at": iso_or_none(at), "line": line} for i, at, line in rows]
+
+
+def descendants(
+    session: Session, execution_id: str, *, limit: int = 200, depth: int = 6
+) -> list[Execution]:
+    """Children, grandchildren... of an execution (one query per level), at most ``limit``."""
+    found: list[Execution] = []
+    level = [execution_id]
+    for _ in range(depth):
+        if not level or len(found) >= limit:
+            break
+        rows = list(
+            session.scalars(
+                select(Execution)
+                .where(Execution.parent_id.in_(level))
+                .order_by(Execution.created_at)
+                .limit(limit - len(found))
+            )
+        )
+        found.extend(rows)
+        level = [row.id for row in rows]
+    return found

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowlink.executions import service as executions
+from flowlink.executions import workers as registry
 from flowlink.executions.calls import FlowApiCalls
+from flowlink.observability import metrics, tracing
+from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.runtime.session import drive
 from flowlink.settings import ServerSettings, secret_key_path
@@ -54,6 +57,7 @@ class Worker:
                 processes=settings.runner_processes,
             ),
             protected_paths=protected_paths(store.engine, [str(secret_key_path(settings))]),
+            cgroups=settings.runner_cgroups,
         )
         self._runs: dict[str, threading.Event] = {}
         self._runs_lock = threading.Lock()
@@ -68,6 +72,8 @@ class Worker:
     def start(self) -> None:
         """Start the runner pool and the claim, heartbeat and reaper loops."""
         self.pool.start()
+        self._log_sandbox()
+        self._register()
         self.store.start_listening()
         self._unsubscribe.append(self.store.notifier.subscribe(notify.CANCEL, self._on_cancel))
         for target, name in (
@@ -80,6 +86,29 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info("worker %s started (concurrency %d)", self.id, self.settings.worker_concurrency)
+
+    def _log_sandbox(self) -> None:
+        info = self.pool.sandbox_info()
+        if info["limits"] == "rlimit":
+            log.warning(
+                "runner sandbox: mode %s; limits per process only (rlimits: %d MB address space,"
+                " %d s CPU per process, %d processes per execution): %s",
+                info["mode"],
+                info["memory_mb"],
+                info["cpu_seconds"],
+                info["processes"],
+                info.get("limits_note") or "control groups not available",
+            )
+        else:
+            log.info(
+                "runner sandbox: mode %s; limits per execution by %s: %d MB memory (processes and"
+                " private tmpfs together), %d processes, %d s CPU",
+                info["mode"],
+                info["limits"],
+                info["memory_mb"],
+                info["processes"],
+                info["cpu_seconds"],
+            )
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, give running executions ``grace`` seconds, then cancel the rest."""
@@ -98,6 +127,7 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=2)
         self.pool.close()
+        self._unregister()
 
     def active_ids(self) -> list[str]:
         """Ids of the executions this worker is running."""
@@ -165,13 +195,14 @@ class Worker:
         with self._runs_lock:
             self._runs[claimed.execution.id] = cancelled
         thread = threading.Thread(
-            target=self._run, args=(claimed, cancelled), name="flowlink-run", daemon=True
+            target=self._run_in_context, args=(claimed, cancelled), name="flowlink-run", daemon=True
         )
         thread.start()
 
     def _heartbeat_loop(self) -> None:
         interval = max(self.settings.lease_seconds / 3, 0.2)
         while not self._stopping.wait(interval):
+            self._beat()
             ids = self.active_ids()
             if not ids:
                 continue
@@ -185,6 +216,40 @@ class Worker:
                 continue
             for execution_id in to_cancel:
                 self._on_cancel(execution_id)
+
+    def _heartbeat_seconds(self) -> float:
+        """The heartbeat loop's interval (a third of the lease)."""
+        return max(self.settings.lease_seconds / 3, 0.2)
+
+    def _register(self) -> None:
+        """Appear in the worker registry (``GET /api/v1/workers``)."""
+        with self.store.write() as session:
+            registry.register(
+                session,
+                self.id,
+                concurrency=self.settings.worker_concurrency,
+                heartbeat_seconds=self._heartbeat_seconds(),
+            )
+
+    def _beat(self) -> None:
+        """Tell the registry and the metrics this worker is alive, and how busy it is."""
+        with self._runs_lock:
+            busy = len(self._runs)
+        warm = self.pool.warm_count
+        metrics.set_runners(busy, warm)
+        try:
+            with self.store.write() as session:
+                registry.heartbeat(session, self.id, busy=busy, warm=warm)
+        except Exception:
+            log.exception("worker heartbeat failed")
+
+    def _unregister(self) -> None:
+        metrics.set_runners(0, 0)
+        try:
+            with self.store.write() as session:
+                registry.stopped(session, self.id)
+        except Exception:
+            log.exception("could not mark worker %s stopped", self.id)
 
     def _reaper_loop(self) -> None:
         interval = max(self.settings.lease_seconds / 2, 0.5)
@@ -205,7 +270,32 @@ class Worker:
 
     # --- one execution --------------------------------------------------------------------
 
-    def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> None:
+    def _run_in_context(self, claimed: executions.Claimed, cancelled: threading.Event) -> None:
+        """Run with every log line of this thread naming the execution."""
+        execution = claimed.execution
+        with (
+            log_context(
+                workspace=claimed.workspace_slug,
+                executionId=execution.id,
+                correlationId=execution.correlation_id,
+            ),
+            tracing.span(
+                f"execution {execution.flow_name}",
+                traceparent=execution.traceparent,
+                **{
+                    "flowlink.workspace": claimed.workspace_slug,
+                    "flowlink.execution.id": execution.id,
+                    "flowlink.correlation.id": execution.correlation_id,
+                    "flowlink.flow": execution.flow_name,
+                },
+            ) as span,
+        ):
+            log.debug("execution started (flow %s)", execution.flow_name)
+            outcome = self._run(claimed, cancelled)
+            if outcome.status != executions.SUCCESS:
+                tracing.set_error(span, f"{outcome.status}: {outcome.message or ''}")
+
+    def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> executions.Outcome:
         execution = claimed.execution
         logs: list[str] = []
         outcome: executions.Outcome
@@ -223,7 +313,9 @@ class Worker:
                 None,
                 "worker_stopped",
             )
+        log.debug("execution ended: %s %s", outcome.status, outcome.message or "")
         self._endings.put(_Ending(execution.id, outcome, logs))
+        return outcome
 
     def _finish_loop(self) -> None:
         """Record endings in batches: one transaction for all that ended meanwhile."""
@@ -297,8 +389,8 @@ class Worker:
         )
         logs = calls.take_pending_logs()
         if result.traceback:
-            logs += result.traceback.rstrip("\n").splitlines()
-        message = result.message
+            logs += [calls.redact(line) for line in result.traceback.rstrip("\n").splitlines()]
+        message = None if result.message is None else calls.redact(result.message)
         if result.status == executions.CANCELLED:
             message = message or "cancelled"
         outcome = executions.Outcome(result.status, message, result.outputs, result.error_kind)

@@ -27,7 +27,7 @@ from flowlink.errors import NotFound
 from flowlink.events.service import record
 from flowlink.linking import outbox
 from flowlink.linking.exchange import apply_messages, pending_messages
-from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope
+from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope, for_peer
 from flowlink.linking.service import (
     STATE_WRITE_EVERY,
     note_link_state,
@@ -35,6 +35,7 @@ from flowlink.linking.service import (
     public_keys_of,
 )
 from flowlink.linking.transport import LinkRefused, LinkUnavailable, TlsOptions, Transport
+from flowlink.observability import metrics, tracing
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
@@ -58,6 +59,9 @@ class Connector:
         self.workspace_id = config.workspace_id
         self.version = (config.updated_at, config.enabled)
         self.interval = config.sync_interval
+        with store.read() as session:
+            slug = session.scalar(select(Workspace.slug).where(Workspace.id == config.workspace_id))
+        self.label = f"{slug}/{config.name}"  # how metrics name this link
         self.transport = Transport(
             str(config.remote_url),
             private_key_of(config, resolve_secret_key(settings)),
@@ -160,13 +164,24 @@ class Connector:
                 raise LinkRefused(error.message) from None
         if skip_if_idle and not messages:
             return IDLE  # acks alone wait for the poller, which is about to ask again anyway
+        messages = for_peer(messages, self.transport.peer_features)
         with self._acks_lock:
             acks, self._acks = self._acks, []
         if acks:
             messages.append(outbox.new_message("ack", ids=acks))
         try:
             read_timeout = None if poll is None else poll + self.settings.link_timeout
-            answer = self.transport.exchange(envelope(messages, poll), read_timeout=read_timeout)
+            began = time.monotonic()
+            with tracing.span(
+                "link exchange", kind="CLIENT", **{"flowlink.link": self.label}
+            ) as span:
+                if span is not None:
+                    span.set_attribute("flowlink.link.messages", len(messages))
+                answer = self.transport.exchange(
+                    envelope(messages, poll), read_timeout=read_timeout
+                )
+            if not poll:  # a held long poll measures the other end's idleness, not latency
+                metrics.link_exchanged(self.label, time.monotonic() - began)
         except BaseException:
             with self._acks_lock:
                 self._acks[:0] = acks  # not delivered: send them next time
@@ -201,6 +216,7 @@ class Connector:
     def _succeeded(self) -> None:
         with self._state_lock:
             self._failures = 0
+            metrics.link_state(self.label, True)
             changed = self._connected is not True
             self._connected = True
             due = time.monotonic() - self._state_written >= STATE_WRITE_EVERY.total_seconds()
@@ -210,6 +226,7 @@ class Connector:
     def _failed(self, error: Exception) -> None:
         with self._state_lock:
             self._failures += 1
+            metrics.link_state(self.label, False)
             changed = self._connected is not False
             self._connected = False
         reason = getattr(error, "reason", None)

@@ -20,8 +20,16 @@ import httpx
 from flowlink.errors import Invalid
 from flowlink.linking import outbox, signing
 from flowlink.linking.exchange import apply_messages, outgoing, pending_messages
-from flowlink.linking.inbound import SyncRejected, authenticate_exchange, record_rejection
-from flowlink.linking.protocol import MAX_MESSAGES, envelope, parse_envelope
+from flowlink.linking.inbound import SyncRejected, authenticate_exchange, note_rejection
+from flowlink.linking.protocol import (
+    FEATURES,
+    FEATURES_HEADER,
+    MAX_MESSAGES,
+    envelope,
+    features_of,
+    for_peer,
+    parse_envelope,
+)
 from flowlink.linking.service import note_link_state, private_key_of
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
@@ -85,22 +93,17 @@ def answer_exchange(
             seen = store.notifier.total()  # before looking: nothing that happens after is missed
             messages = outgoing(session, config, MAX_MESSAGES - 1)
     except SyncRejected as rejection:
-        with store.write() as session:
-            workspace = get_workspace(session, workspace_slug)
-            record_rejection(
-                session,
-                workspace,
-                name,
-                rejection,
-                {"method": method, "url": url, "client": client},
-            )
+        http = {"method": method, "url": url, "client": client}
+        note_rejection(store, settings.rejection_window, workspace_slug, name, rejection, http)
         raise
     if not messages and poll > 0:
         messages = _wait_for_news(store, config_id, seen, poll=poll, stopping=stopping)
+    messages = for_peer(messages, features_of(headers.get(FEATURES_HEADER)))
     if received:
         messages.append(outbox.new_message("ack", ids=received))
     content = json.dumps(envelope(messages), separators=(",", ":")).encode()
     answer_headers = httpx.Headers({"content-type": CONTENT_TYPE})
+    answer_headers[FEATURES_HEADER] = ",".join(sorted(FEATURES))
     signing.sign_response(
         private_key, 200, answer_headers, content, request_method=method, request_url=url
     )

@@ -96,6 +96,7 @@ def start_remote_execution(
     trigger: dict[str, Any] | None = None,
     principal: dict[str, Any] | None = None,
     default_max_runtime: float = 3600.0,
+    http: dict[str, Any] | None = None,
 ) -> Execution:
     """Start a flow in the linked workspace; returns the local execution that mirrors it.
 
@@ -134,6 +135,7 @@ def start_remote_execution(
         default_max_runtime=default_max_runtime,
         principal=principal,
         remote_config_id=config.id,
+        http=http,
     )
     session.add(_follow(config, ORIGIN, execution.id, execution.id, executions.QUEUED))
     outbox.enqueue(
@@ -149,6 +151,7 @@ def start_remote_execution(
             inputs=execution.inputs or {},
             correlation_id=execution.correlation_id,
             max_runtime=start.max_runtime,
+            **({"traceparent": execution.traceparent} if execution.traceparent else {}),
         ),
     )
     return execution
@@ -339,6 +342,7 @@ def _apply_start(
             max_runtime=message.get("max_runtime"),
             default_max_runtime=default_max_runtime,
             principal=_identity(config, workspace),
+            traceparent=message.get("traceparent"),
         )
     except FlowlinkError as error:
         kind = "not_found" if isinstance(error, NotFound) else "invalid"
@@ -457,6 +461,7 @@ def _mark_started(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
+        extra_source=executions.execution_source(execution.trigger),
     )
 
 
@@ -477,7 +482,11 @@ def _apply_cancel(
 
 
 def _sends_all(config: SyncConfig) -> bool:
-    return config.send_all_executions and direction_of(config) == CONTROLLING
+    return (
+        config.send_all_executions
+        and config.send_all_executions_meaning in (None, "mirror")
+        and direction_of(config) == CONTROLLING
+    )
 
 
 def _untracked_query(config: SyncConfig, limit: int) -> Any:

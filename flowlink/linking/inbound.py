@@ -5,7 +5,8 @@ signature against the configured remote public keys and records the signature's 
 the same signed request is never accepted twice (the nonce table is in the store, so this
 holds across server processes). A refusal is a ``SyncRejected`` with its reason; the caller
 answers 401 and records ``sync.rejected`` with ``record_rejection`` in a transaction of its
-own, since the request's transaction is rolled back.
+own, since the request's transaction is rolled back. ``note_rejection`` does that through
+the aggregation of ``flowlink.events.rejections``: one event per source and window.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Unauthorized
+from flowlink.events.rejections import rejection_log
 from flowlink.events.service import record
 from flowlink.linking import signing
 from flowlink.linking.service import get_sync_config, public_keys_of
+from flowlink.observability import metrics
+from flowlink.store.engine import Store
 from flowlink.store.models import LinkNonce, SyncConfig, Workspace, utcnow
+from flowlink.workspaces.service import find_workspace
 
 # A nonce must be remembered for as long as its signature could still be accepted.
 NONCE_MEMORY = signing.MAX_AGE + signing.CLOCK_SKEW + timedelta(seconds=5)
@@ -96,8 +101,12 @@ def record_rejection(
     config_name: str,
     rejection: SyncRejected,
     http: Mapping[str, Any] | None = None,
+    aggregate: Mapping[str, Any] | None = None,
 ) -> None:
-    """Record ``sync.rejected`` (in its own transaction: the request's was rolled back)."""
+    """Record ``sync.rejected`` (in its own transaction: the request's was rolled back).
+
+    ``aggregate`` (``count``...) says how many refusals the event stands for.
+    """
     record(
         session,
         workspace,
@@ -106,6 +115,27 @@ def record_rejection(
             "syncConfig": config_name,
             "reason": rejection.reason,
             "message": rejection.explanation,
+            **(aggregate or {}),
         },
         extra_source={"http": dict(http)} if http else None,
     )
+
+
+def note_rejection(
+    store: Store,
+    window: float,
+    workspace_slug: str,
+    config_name: str,
+    rejection: SyncRejected,
+    http: Mapping[str, Any],
+) -> None:
+    """Record a refused exchange, aggregated per client address and ``window`` seconds."""
+    metrics.link_rejected(rejection.reason)  # every refusal counts, whatever the aggregation
+
+    def write(session: Session, aggregate: dict[str, Any]) -> None:
+        workspace = find_workspace(session, workspace_slug)
+        if workspace is not None:
+            record_rejection(session, workspace, config_name, rejection, http, aggregate)
+
+    key = ("sync.rejected", workspace_slug, config_name, rejection.reason)
+    rejection_log(store, window).note(key, http.get("client"), write)

@@ -14,11 +14,10 @@ import re
 from dataclasses import dataclass
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from flowlink import atrest
 from flowlink.errors import Invalid
 
 MIN_RSA_BITS = 2048
@@ -168,24 +167,13 @@ def generate_key_pair(bits: int = DEFAULT_RSA_BITS) -> KeyPair:
     )
 
 
-def _fernet(secret_key: str) -> Fernet:
-    derived = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"flowlink private keys at rest"
-    ).derive(secret_key.encode())
-    return Fernet(base64.urlsafe_b64encode(derived))
-
-
 def encrypt_at_rest(secret_key: str, plaintext: str) -> str:
     """Encrypt a secret (a private key) with a key derived from the server's secret key."""
-    return _fernet(secret_key).encrypt(plaintext.encode()).decode()
+    return atrest.encrypt(secret_key, plaintext, purpose=atrest.PRIVATE_KEYS)
 
 
 def decrypt_at_rest(secret_key: str, token: str) -> str:
     """Decrypt what ``encrypt_at_rest`` made; a wrong server secret key is a clear error."""
-    try:
-        return _fernet(secret_key).decrypt(token.encode()).decode()
-    except InvalidToken:
-        raise ValueError(
-            "cannot decrypt a stored private key: FLOWLINK_SECRET_KEY (or the key file) is not"
-            " the one it was stored with"
-        ) from None
+    return atrest.decrypt(
+        secret_key, token, purpose=atrest.PRIVATE_KEYS, what="a stored private key"
+    )

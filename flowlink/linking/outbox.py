@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from flowlink.jsonsafe import repair
 from flowlink.store import notify
 from flowlink.store.models import LinkOutbox, utcnow
 
@@ -47,15 +48,18 @@ def enqueue_many(session: Session, sync_config_id: str, messages: list[dict[str,
 
 
 def pending(session: Session, sync_config_id: str, limit: int) -> list[dict[str, Any]]:
-    """The oldest ``limit`` messages not yet acked, in the order they were put in."""
-    return list(
-        session.scalars(
-            select(LinkOutbox.body)
-            .where(LinkOutbox.sync_config_id == sync_config_id)
-            .order_by(LinkOutbox.id)
-            .limit(limit)
-        )
+    """The oldest ``limit`` messages not yet acked, in the order they were put in.
+
+    Repaired (see ``flowlink.jsonsafe``): a value stored before strings were checked must
+    not make the other end refuse every exchange of the link.
+    """
+    rows = session.scalars(
+        select(LinkOutbox.body)
+        .where(LinkOutbox.sync_config_id == sync_config_id)
+        .order_by(LinkOutbox.id)
+        .limit(limit)
     )
+    return [repair(body) for body in rows]
 
 
 def acknowledge(session: Session, sync_config_id: str, message_ids: Iterable[str]) -> int:
@@ -78,3 +82,16 @@ def depth(session: Session, sync_config_id: str) -> int:
     return (
         session.scalar(select(func.count()).where(LinkOutbox.sync_config_id == sync_config_id)) or 0
     )
+
+
+def depths(session: Session) -> dict[str, int]:
+    """Messages waiting per link (``workspace/sync config``), links with an empty outbox omitted."""
+    from flowlink.store.models import SyncConfig, Workspace
+
+    rows = session.execute(
+        select(Workspace.slug, SyncConfig.name, func.count(LinkOutbox.id))
+        .join(SyncConfig, SyncConfig.id == LinkOutbox.sync_config_id)
+        .join(Workspace, Workspace.id == SyncConfig.workspace_id)
+        .group_by(Workspace.slug, SyncConfig.name)
+    )
+    return {f"{slug}/{name}": count for slug, name, count in rows}

@@ -31,6 +31,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from flowlink.errors import Invalid
+from flowlink.jsonsafe import find_problem
 
 MAX_MESSAGES = 1000
 MAX_POLL_SECONDS = 60.0
@@ -59,6 +60,11 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "inputs": {"type": "object"},
             "correlation_id": {"type": ["string", "null"], "maxLength": 64},
             "max_runtime": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 604800},
+            # W3C trace context; sent only to peers that accept it (see observability.tracing)
+            "traceparent": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            },
         },
     },
     "execution.update": {
@@ -152,6 +158,9 @@ def parse_envelope(data: Any) -> Envelope:
         error = errors[0]
         field = _path("", error.absolute_path).lstrip(".") or "body"
         raise Invalid(f"{field}: {error.message}", details={"field": field})
+    problem = find_problem(data.get("poll"), "poll")
+    if problem is not None:
+        raise Invalid(f"{problem[0]}: {problem[1]}", details={"field": problem[0]})
     messages: list[dict[str, Any]] = data["messages"]
     seen: set[str] = set()
     for index, message in enumerate(messages):
@@ -170,6 +179,12 @@ def parse_envelope(data: Any) -> Envelope:
             problem = problems[0]
             field = _path(prefix, problem.absolute_path)
             raise Invalid(f"{field}: {problem.message}", details={"field": field, "index": index})
+        # Lone surrogates and NaN/Infinity pass the schema but cannot be stored.
+        problem = find_problem(message, prefix)
+        if problem is not None:
+            raise Invalid(
+                f"{problem[0]}: {problem[1]}", details={"field": problem[0], "index": index}
+            )
         if message["id"] in seen:
             raise Invalid(
                 f"{prefix}.id: message id {message['id']!r} appears twice",
@@ -185,3 +200,30 @@ def envelope(messages: list[dict[str, Any]], poll: float | None = None) -> dict[
     if poll is not None:
         body["poll"] = poll
     return body
+
+
+# Optional fields a peer may not know: sent only when it says it accepts them (old peers
+# validate messages strictly and would refuse an unknown field).
+FEATURES_HEADER = "Flowlink-Link-Features"
+OPTIONAL_FIELDS = {"traceparent": "traceparent"}  # field name -> feature that allows it
+FEATURES = frozenset(OPTIONAL_FIELDS.values())
+
+
+def features_of(header: str | None) -> frozenset[str]:
+    """The features a peer announced in ``Flowlink-Link-Features`` (unknown ones ignored)."""
+    if not header:
+        return frozenset()
+    return frozenset(part.strip() for part in header.split(",")) & FEATURES
+
+
+def for_peer(messages: list[dict[str, Any]], accepted: frozenset[str]) -> list[dict[str, Any]]:
+    """The messages without the optional fields the peer did not say it accepts."""
+    dropped = [field for field, feature in OPTIONAL_FIELDS.items() if feature not in accepted]
+    if not dropped:
+        return messages
+    return [
+        {k: v for k, v in message.items() if k not in dropped}
+        if any(field in message for field in dropped)
+        else message
+        for message in messages
+    ]

@@ -8,9 +8,11 @@ only its SHA-256 fingerprint.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,12 +44,65 @@ FIELDS = (
     "ca_certificate",
     "verify_ssl",
     "own_private_key",
+    "own_private_key_env",
+    "own_private_key_file",
     "remote_public_key",
     "send_all_executions",
+    "send_all_executions_meaning",
     "sync_interval",
     "direction",
     "role",
 )
+
+
+SEND_ALL_MEANINGS = ("mirror", "list")
+"""``mirror``: v8, every execution of the controlling workspace is mirrored to the controlled
+one. ``list``: the older meaning, runs started through the link show in the controlling
+workspace's executions list only when ``send_all_executions`` is set."""
+KEY_SOURCES = ("own_private_key", "own_private_key_env", "own_private_key_file")
+# ``own_private_key`` holds the Fernet token of a stored key, or a reference to where the
+# server reads it: ``ref:env:<VARIABLE>`` or ``ref:file:<absolute path>`` (never the key).
+_REF = "ref:"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+def _key_reference(field: str, value: Any) -> str:
+    """Check a key reference (the variable or file exists and holds a usable private key)."""
+    if field == "own_private_key_env":
+        if not isinstance(value, str) or not _ENV_NAME.match(value):
+            raise Invalid(
+                f"{field}: an environment variable name (letters, digits, '_')",
+                details={"field": field},
+            )
+        return f"{_REF}env:{value}"
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise Invalid(f"{field}: an absolute path on the server", details={"field": field})
+    return f"{_REF}file:{value}"
+
+
+def _referenced_text(reference: str) -> str:
+    """The private key text a reference points at, or ValueError saying what is missing."""
+    kind, _, where = reference[len(_REF) :].partition(":")
+    if kind == "env":
+        text = os.environ.get(where)
+        if not text:
+            raise ValueError(
+                f"own_private_key_env: the environment variable {where} is not set on this server"
+            )
+        return text
+    try:
+        return Path(where).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"own_private_key_file: cannot read {where} on this server:"
+            f" {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+
+def key_source(config: SyncConfig) -> str:
+    """Where this end's private key comes from: ``stored``, ``env:NAME`` or ``file:PATH``."""
+    stored = config.own_private_key or ""
+    return stored[len(_REF) :] if stored.startswith(_REF) else "stored"
 
 
 def sync_path(workspace_slug: str, name: str) -> str:
@@ -121,9 +176,26 @@ def _apply(
     if unknown:
         raise Invalid(f"{unknown[0]}: unknown field", details={"field": unknown[0]})
     changed: list[str] = []
-    if "own_private_key" in data:
+    given = [field for field in KEY_SOURCES if data.get(field) is not None]
+    if len(given) > 1:
+        raise Invalid(
+            f"{given[1]}: give the private key one way: {', '.join(KEY_SOURCES)}",
+            details={"field": given[1]},
+        )
+    if given == ["own_private_key"]:
         private = keys.load_private_key(data["own_private_key"], field="own_private_key")
         config.own_private_key = keys.encrypt_at_rest(secret_key, keys.private_pem(private))
+        config.own_fingerprint = keys.fingerprint(private)
+        changed.append("own_private_key")
+    elif given:
+        field = given[0]
+        reference = _key_reference(field, data[field])
+        try:
+            text = _referenced_text(reference)
+        except ValueError as exc:
+            raise Invalid(str(exc), details={"field": field}) from None
+        private = keys.load_private_key(text, field=field)
+        config.own_private_key = reference
         config.own_fingerprint = keys.fingerprint(private)
         changed.append("own_private_key")
     if "remote_public_key" in data:
@@ -148,6 +220,19 @@ def _apply(
             if getattr(config, field) != value:
                 setattr(config, field, value)
                 changed.append(field)
+    if "send_all_executions_meaning" in data:
+        meaning = data["send_all_executions_meaning"]
+        if meaning not in (None, *SEND_ALL_MEANINGS):
+            raise Invalid(
+                "send_all_executions_meaning: 'mirror' (default: mirror every execution to the"
+                " controlled workspace) or 'list' (list the runs started through the link in"
+                " the controlling workspace)",
+                details={"field": "send_all_executions_meaning"},
+            )
+        meaning = None if meaning == "mirror" else meaning
+        if config.send_all_executions_meaning != meaning:
+            config.send_all_executions_meaning = meaning
+            changed.append("send_all_executions_meaning")
     if "direction" in data:
         direction = data["direction"]
         if direction not in (None, *DIRECTIONS):
@@ -215,9 +300,13 @@ def create_sync_config(
     """Create one end of a link; both keys are required."""
     name = data.get("name")
     check_name("sync config", name)  # type: ignore[arg-type]
-    for field in ("own_private_key", "remote_public_key"):
-        if not data.get(field):
-            raise Invalid(f"{field}: required", details={"field": field})
+    if not any(data.get(field) for field in KEY_SOURCES):
+        raise Invalid(
+            "own_private_key: required (or own_private_key_env / own_private_key_file)",
+            details={"field": "own_private_key"},
+        )
+    if not data.get("remote_public_key"):
+        raise Invalid("remote_public_key: required", details={"field": "remote_public_key"})
     if find_sync_config(session, workspace, str(name)) is not None:
         raise Conflict(f"sync config {name!r} already exists", details={"field": "name"})
     config = SyncConfig(
@@ -288,8 +377,16 @@ def note_link_state(config: SyncConfig, **state: Any) -> bool:
 
 def private_key_of(config: SyncConfig, secret_key: str) -> rsa.RSAPrivateKey:
     """This end's private key, decrypted (once per stored value: decrypting costs more than
-    signing)."""
+    signing), or read from the environment variable or file it references (parsed once per
+    content, so a replaced file or variable takes effect)."""
+    if config.own_private_key.startswith(_REF):
+        return _referenced_key(_referenced_text(config.own_private_key))
     return _private_key(config.own_private_key, secret_key)
+
+
+@functools.lru_cache(maxsize=64)
+def _referenced_key(text: str) -> rsa.RSAPrivateKey:
+    return keys.load_private_key(text)
 
 
 @functools.lru_cache(maxsize=256)
@@ -321,8 +418,10 @@ def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) 
         "ca_certificate": config.ca_certificate,
         "verify_ssl": config.verify_ssl,
         "own_public_key_fingerprint": config.own_fingerprint,
+        "own_private_key_source": key_source(config),
         "remote_public_key_fingerprints": list(config.remote_fingerprints),
         "send_all_executions": config.send_all_executions,
+        "send_all_executions_meaning": config.send_all_executions_meaning or "mirror",
         "sync_interval": config.sync_interval,
         "direction": direction_of(config),
         "role": config.role or DEFAULT_IDENTITY_ROLE,

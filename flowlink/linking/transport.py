@@ -14,7 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flowlink.errors import Invalid
 from flowlink.linking import signing
 from flowlink.linking.keys import fingerprint
-from flowlink.linking.protocol import Envelope, parse_envelope
+from flowlink.linking.protocol import (
+    FEATURES,
+    FEATURES_HEADER,
+    Envelope,
+    features_of,
+    parse_envelope,
+)
+from flowlink.observability.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/json"
@@ -76,6 +83,7 @@ class Transport:
                 "link to %s: TLS certificate verification is OFF (verify_ssl: false)", remote_url
             )
         self.http = httpx.Client(verify=tls_verify(tls), timeout=timeout)
+        self.peer_features: frozenset[str] = frozenset()  # learned from the other end's answers
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -86,6 +94,10 @@ class Transport:
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = httpx.Headers({"content-type": CONTENT_TYPE})
         signing.sign_request(self.own_key, "POST", self.remote_url, headers, content)
+        headers[FEATURES_HEADER] = ",".join(sorted(FEATURES))  # unsigned: only a hint
+        traceparent = current_traceparent()
+        if traceparent:
+            headers["traceparent"] = traceparent
         # A long poll holds the answer back: allow for it on top of the usual timeout.
         timeout = self.http.timeout
         if read_timeout is not None:
@@ -126,6 +138,7 @@ class Transport:
                 f"the remote's answer is not signed by its configured key ({exc.message})",
                 reason=exc.reason,
             ) from None
+        self.peer_features = features_of(response.headers.get(FEATURES_HEADER))
         try:
             return parse_envelope(response.json())
         except ValueError as exc:

@@ -18,6 +18,7 @@ the worker answered.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -28,6 +29,7 @@ from typing import Any, NoReturn, Protocol
 __all__ = [
     "DependencyFailedError",
     "Execution",
+    "File",
     "Flow",
     "FlowApiError",
     "PermissionDeniedError",
@@ -56,6 +58,10 @@ class PermissionDeniedError(FlowApiError):
 class DependencyFailedError(FlowApiError):
     """A child execution you waited for ended with status ``error`` or ``cancelled``."""
 
+
+# Tracebacks name the module scripts import (flow_api.DependencyFailedError), not ours.
+for _public in (FlowApiError, ResourceNotFoundError, PermissionDeniedError, DependencyFailedError):
+    _public.__module__ = "flow_api"
 
 _ERROR_TYPES: dict[str, type[FlowApiError]] = {
     "FlowApiError": FlowApiError,
@@ -404,10 +410,17 @@ class Setting:
             raise ValueError(f"unknown setting field {field!r} (use 'value')")
         return _rt().call("setting.get", {"name": self._name})
 
-    def save(self, value: Any) -> Setting:
-        """Create or overwrite the setting with ``value`` (JSON serializable)."""
+    def save(self, value: Any, secret: bool | None = None) -> Setting:
+        """Create or overwrite the setting with ``value`` (JSON serializable).
+
+        ``secret=True`` makes it a secret setting (needs 'manage settings'); ``None`` keeps
+        its kind. Values of secrets this execution reads or writes are redacted in its logs.
+        """
         _check_json(value, "value")
-        _rt().call("setting.save", {"name": self._name, "value": value})
+        params: dict[str, Any] = {"name": self._name, "value": value}
+        if secret is not None:
+            params["secret"] = bool(secret)
+        _rt().call("setting.save", params)
         return self
 
     def exists(self) -> bool:
@@ -459,8 +472,55 @@ class User:
         return self._data.get(field, default)
 
 
+class File:
+    """Handle to a workspace file (``system.file(path)``); contents are bytes."""
+
+    __slots__ = ("_path",)
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def __repr__(self) -> str:
+        return f"<flow_api.File {self._path!r}>"
+
+    @property
+    def path(self) -> str:
+        """The file's path in the workspace (``reports/q1.csv``)."""
+        return self._path
+
+    def get(self, field: str = "content") -> Any:
+        """The file's ``content`` (bytes), or ``size``, ``sha256``, ``content_type``, ``path``.
+
+        Raises :class:`ResourceNotFoundError` if the file does not exist.
+        """
+        if field == "path":
+            return self._path
+        data = _rt().call("file.get", {"path": self._path, "field": field})
+        return base64.b64decode(data) if field == "content" else data
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        """The file's content decoded as text."""
+        content: bytes = self.get("content")
+        return content.decode(encoding)
+
+    def save(self, content: bytes | str) -> File:
+        """Create or replace the file (text is stored as UTF-8); size limits apply."""
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        encoded = base64.b64encode(data).decode("ascii")
+        _rt().call("file.save", {"path": self._path, "content": encoded})
+        return self
+
+    def exists(self) -> bool:
+        """True if the file exists."""
+        return bool(_rt().call("file.exists", {"path": self._path}))
+
+    def delete(self) -> None:
+        """Delete the file (ResourceNotFoundError if missing)."""
+        _rt().call("file.delete", {"path": self._path})
+
+
 class System:
-    """Access to the workspace: settings, flows, configuration and the own user."""
+    """Access to the workspace: settings, flows, files, configuration and the own user."""
 
     __slots__ = ()
 
@@ -474,6 +534,14 @@ class System:
     def flow(self, name: str) -> Flow:
         """Handle to the flow ``name`` (no server call until you use it)."""
         return Flow(str(name))
+
+    def file(self, path: str) -> File:
+        """Handle to the workspace file ``path`` (no server call until you use it)."""
+        return File(str(path))
+
+    def files(self, prefix: str = "") -> list[str]:
+        """The paths of the workspace's files, sorted; only those starting with ``prefix``."""
+        return list(_rt().call("file.list", {"prefix": str(prefix)}))
 
     @property
     def config(self) -> dict[str, Any]:

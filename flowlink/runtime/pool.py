@@ -69,6 +69,7 @@ class _Zygote:
         self._forks: dict[int, dict[str, Any]] = {}
         self._live: set[int] = set()
         self._exits: dict[int, ExitInfo] = {}
+        self._limits: dict[int, str] = {}
         self.dead = False
         try:
             self.proc = subprocess.Popen(
@@ -97,6 +98,10 @@ class _Zygote:
         self.pid: int = int(hello["pid"])
         self.mode: str = str(hello["mode"])
         self.hide_proc: bool = bool(hello.get("hide_proc"))
+        self.limits: str = str(hello.get("limits") or "rlimit")
+        self.limits_note: str = str(hello.get("limits_note") or "")
+        self.private_tmp: bool = bool(hello.get("private_tmp"))
+        self.seccomp: bool = bool(hello.get("seccomp"))
         self._reader = threading.Thread(
             target=self._read_loop, name="flowlink-zygote-reader", daemon=True
         )
@@ -134,6 +139,8 @@ class _Zygote:
                     pid = int(msg["pid"])
                     if pid in self._live:
                         self._exits[pid] = (msg.get("returncode"), msg.get("signal"))
+                        if msg.get("limit"):
+                            self._limits[pid] = str(msg["limit"])
                 self._cv.notify_all()
         with self._cv:
             self.dead = True
@@ -152,8 +159,8 @@ class _Zygote:
             else:
                 self._ctl.send(data)
 
-    def fork(self, count: int) -> list[tuple[int, socket.socket, int]]:
-        """Fork ``count`` runners; returns ``(pid, socket, output_fd)`` for each success."""
+    def fork(self, count: int) -> list[tuple[int, int, socket.socket, int]]:
+        """Fork ``count`` runners; returns ``(pid, uid, socket, output_fd)`` for each success."""
         pending: list[tuple[int, socket.socket, int]] = []
         try:
             for _ in range(count):
@@ -173,7 +180,7 @@ class _Zygote:
         except RunnerError:
             if not pending:
                 raise
-        results: list[tuple[int, socket.socket, int]] = []
+        results: list[tuple[int, int, socket.socket, int]] = []
         errors: list[str] = []
         deadline = time.monotonic() + _READY_TIMEOUT
         for rid, parent, out_r in pending:
@@ -191,10 +198,15 @@ class _Zygote:
                     "zygote died" if reply is None else str(reply.get("message") or "fork failed")
                 )
                 continue
-            results.append((int(reply["pid"]), parent, out_r))
+            results.append((int(reply["pid"]), int(reply["uid"]), parent, out_r))
         if not results and errors:
             raise RunnerError(errors[0])
         return results
+
+    def watch(self, pid: int) -> None:
+        """Tell the zygote the runner starts its execution: watch its control group."""
+        with contextlib.suppress(OSError):
+            self._send({"op": "watch", "pid": pid})
 
     def kill(self, pid: int) -> None:
         """Ask the zygote to SIGKILL the runner and sweep its uid."""
@@ -212,11 +224,17 @@ class _Zygote:
                 self._cv.wait(remaining)
             return self._exits[pid]
 
+    def limit_of(self, pid: int) -> str | None:
+        """The limit (``memory``, ``processes``, ``cpu``) the runner's control group went over."""
+        with self._cv:
+            return self._limits.get(pid)
+
     def forget(self, pid: int) -> None:
         """Stop tracking a closed runner."""
         with self._cv:
             self._live.discard(pid)
             self._exits.pop(pid, None)
+            self._limits.pop(pid, None)
 
     def close(self) -> None:
         """Kill every runner of this zygote and the zygote itself."""
@@ -277,10 +295,23 @@ class Runner:
             if self._used or self._closed:
                 raise RunnerError("a runner can only be used for one execution")
             self._used = True
+        if self.uses_cgroup:
+            self._zygote.watch(self.pid)
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one protocol message to the runner."""
         self.sock.sendall(encode(message))
+
+    @property
+    def limit_hit(self) -> str | None:
+        """``memory``, ``processes`` or ``cpu`` if the execution's control group went over
+        that limit (known once the runner exited; None with the rlimit fallback)."""
+        return self._zygote.limit_of(self.pid) if self._exit is not None else None
+
+    @property
+    def uses_cgroup(self) -> bool:
+        """True when the execution's limits are enforced by a control group."""
+        return self._zygote.limits != "rlimit"
 
     @property
     def exit_info(self) -> ExitInfo | None:
@@ -356,9 +387,16 @@ _BASE_PREFIX = "flowlink-runners-"
 _LOCK_NAME = ".owner.lock"
 
 
-def _remove_stale_base_dirs() -> None:
+def _base_parent() -> str:
+    """Where runner base dirs go: ``/run`` for root (outside the world-writable directories
+    that every runner gets privately), the temp dir otherwise."""
+    if os.geteuid() == 0 and os.path.isdir("/run") and os.access("/run", os.W_OK):
+        return "/run"
+    return tempfile.gettempdir()
+
+
+def _remove_stale_base_dirs(parent: str) -> None:
     """Remove runner base dirs left behind by pools whose process died."""
-    parent = tempfile.gettempdir()
     try:
         names = [n for n in os.listdir(parent) if n.startswith(_BASE_PREFIX)]
     except OSError:
@@ -389,6 +427,8 @@ class RunnerPool:
     :param python: interpreter for the zygote (must be able to import flowlink).
     :param force_unprivileged: use the weaker non-root sandbox even as root
         (testing only).
+    :param cgroups: limit each execution with a control group where the machine allows it;
+        False selects the rlimit fallback (per process) everywhere.
     """
 
     def __init__(
@@ -399,6 +439,7 @@ class RunnerPool:
         protected_paths: Sequence[str] = (),
         python: str = sys.executable,
         force_unprivileged: bool = False,
+        cgroups: bool = True,
     ) -> None:
         if warm_size < 0:
             raise ValueError("warm_size must be >= 0")
@@ -407,6 +448,7 @@ class RunnerPool:
         self.protected_paths = [os.path.abspath(p) for p in protected_paths]
         self.python = python
         self._force_unprivileged = force_unprivileged
+        self._cgroups = cgroups
         self._cv = threading.Condition()
         self._zlock = threading.Lock()
         self._warm: collections.deque[Runner] = collections.deque()
@@ -426,8 +468,9 @@ class RunnerPool:
             if self._started:
                 raise RunnerError("pool already started")
             self._started = True
-        _remove_stale_base_dirs()
-        self.base_dir = tempfile.mkdtemp(prefix=_BASE_PREFIX)
+        parent = _base_parent()
+        _remove_stale_base_dirs(parent)
+        self.base_dir = tempfile.mkdtemp(prefix=_BASE_PREFIX, dir=parent)
         os.chmod(self.base_dir, 0o711)
         # held while the pool lives: lets a later pool recognise a stale base dir
         # (locked before it gets its final name, so nobody sees it unlocked)
@@ -485,6 +528,23 @@ class RunnerPool:
         """Sandbox mode chosen by the zygote: ``full``, ``uid`` or ``unprivileged``."""
         return self._zygote.mode if self._zygote is not None else "unknown"
 
+    def sandbox_info(self) -> dict[str, Any]:
+        """What is in force for every execution (reported by ``GET /api/v1/health``)."""
+        zygote = self._zygote
+        info: dict[str, Any] = {
+            "mode": self.mode,
+            "limits": zygote.limits if zygote is not None else "unknown",
+            "private_tmp": zygote.private_tmp if zygote is not None else False,
+            "seccomp": zygote.seccomp if zygote is not None else False,
+            "memory_mb": self.limits.memory_mb,
+            "processes": self.limits.processes,
+            "cpu_seconds": self.limits.cpu_seconds,
+            "open_files": self.limits.open_files,
+        }
+        if zygote is not None and zygote.limits_note:
+            info["limits_note"] = zygote.limits_note
+        return info
+
     @property
     def zygote_pid(self) -> int | None:
         """Pid of the current zygote process."""
@@ -522,6 +582,7 @@ class RunnerPool:
             "limits": asdict(self.limits),
             "protected_paths": self.protected_paths,
             "force_unprivileged": self._force_unprivileged,
+            "cgroups": self._cgroups,
         }
 
     def _new_zygote(self) -> _Zygote:
@@ -543,9 +604,9 @@ class RunnerPool:
         forked = zygote.fork(count)
         runners: list[Runner] = []
         errors: list[BaseException] = []
-        for pid, sock, out_fd in forked:
+        for pid, uid, sock, out_fd in forked:
             try:
-                runners.append(self._await_ready(zygote, pid, sock, out_fd))
+                runners.append(self._await_ready(zygote, pid, uid, sock, out_fd))
             except Exception as exc:
                 errors.append(exc)
         if not runners:
@@ -554,7 +615,9 @@ class RunnerPool:
             log.warning("runner failed to start: %s", error)
         return runners
 
-    def _await_ready(self, zygote: _Zygote, pid: int, sock: socket.socket, out_fd: int) -> Runner:
+    def _await_ready(
+        self, zygote: _Zygote, pid: int, uid: int, sock: socket.socket, out_fd: int
+    ) -> Runner:
         decoder = FrameDecoder()
         backlog: list[dict[str, Any]] = []
         msg: dict[str, Any] | None
@@ -572,7 +635,7 @@ class RunnerPool:
         # failed: collect what we can and clean up
         reason = "exited before it was ready" if msg is None else str(msg.get("message") or msg)
         tmpdir = str(msg.get("tmpdir") or "") if msg else ""
-        dead = Runner(zygote, pid, sandbox.runner_uid(pid), tmpdir, sock, out_fd, self.limits)
+        dead = Runner(zygote, pid, uid, tmpdir, sock, out_fd, self.limits)
         dead.close()
         raise RunnerError(f"runner {pid} failed to start: {reason}")
 

@@ -7,9 +7,12 @@ Every message is a JSON object encoded as UTF-8 and prefixed by its length as a
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 from typing import Any
+
+from flowlink.jsonsafe import repair
 
 __all__ = [
     "MAX_FRAME",
@@ -26,6 +29,11 @@ MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _loads = json.loads
+# What may hide a value the store cannot take: a surrogate (raw, as the runner's encoder
+# writes it, or escaped), a NUL, NaN/Infinity, or an exponent large enough to overflow a float.
+_SUSPECT = re.compile(
+    rb"\xed[\xa0-\xbf]|\\u[dD][89a-fA-F]|\\u0000|NaN|Infinity|[0-9][eE]\+?[0-9]{3}"
+)
 
 
 class ProtocolError(Exception):
@@ -67,6 +75,9 @@ class FrameDecoder:
                 raise ProtocolError(f"invalid JSON frame: {exc}") from None
             if not isinstance(msg, dict):
                 raise ProtocolError("frame is not a JSON object")
+            if _SUSPECT.search(buf, pos + 4, pos + 4 + size):
+                # A script's log line, output or message is repaired (U+FFFD, null), not lost.
+                msg = repair(msg)
             out.append(msg)
             pos += 4 + size
         if pos:

@@ -29,17 +29,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flowlink.runtime import cgroups, seccomp
+
 __all__ = [
     "SCRUBBED_ENV",
     "UID_BASE",
     "SandboxInfo",
+    "UidAllocator",
     "detect_mode",
     "enter",
     "exposed_python_paths",
     "kill_uid_processes",
     "limit_malloc_arenas",
     "prctl",
-    "runner_uid",
+    "private_dirs",
     "set_child_subreaper",
     "uid_in_use",
     "uid_processes",
@@ -47,8 +50,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: First uid used for runners; a runner's uid is ``UID_BASE + pid``.
+#: First uid used for runners; runner uids are ``UID_BASE .. UID_BASE + UID_RANGE - 1``.
 UID_BASE = 2_000_000_000
+#: How many sandbox uids there are; they are handed out in order (see :class:`UidAllocator`).
+UID_RANGE = 2_000_000_000
+#: Where root zygotes reserve blocks of runner uids (shared by every worker on the host).
+UID_STATE_FILE = "/var/lib/flowlink/runner-uids"
+_UID_BLOCK = 1024
+
+#: World-writable directories every runner gets privately (one fresh tmpfs, full mode).
+PRIVATE_DIRS = ("/tmp", "/dev/shm", "/var/tmp", "/run/lock")
 
 #: The only environment runners (and the zygote) ever get.
 SCRUBBED_ENV: dict[str, str] = {
@@ -58,6 +69,7 @@ SCRUBBED_ENV: dict[str, str] = {
 }
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -144,9 +156,95 @@ def limit_malloc_arenas(count: int = 2) -> None:
             mallopt(-8, count)  # M_ARENA_MAX
 
 
-def runner_uid(pid: int) -> int:
-    """The unique sandbox uid of the runner with this pid (root modes)."""
-    return UID_BASE + pid
+class UidAllocator:
+    """Hands out runner uids independently of pids; a uid is never reused while in use.
+
+    Uids come in order from blocks of ``_UID_BLOCK`` reserved in ``state_file`` under an
+    exclusive lock, so every zygote on the host (several workers, restarts) gets its own
+    block and a uid comes round again only after ``UID_RANGE`` runners. A uid that still has
+    a process (``uid_in_use``) is skipped. Without a usable state file the first block starts
+    at a random offset.
+    """
+
+    def __init__(self, state_file: str = UID_STATE_FILE) -> None:
+        self.state_file = state_file
+        self._next = 0
+        self._end = 0
+
+    def _reserve(self) -> int:
+        import fcntl
+
+        try:
+            os.makedirs(os.path.dirname(self.state_file), mode=0o700, exist_ok=True)
+            fd = os.open(self.state_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.warning("cannot keep runner uid state in %s (%s)", self.state_file, exc)
+            return int.from_bytes(os.urandom(4), "big") % UID_RANGE
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 32, 0).strip()
+            start = int(raw) % UID_RANGE if raw.isdigit() else 0
+            data = str((start + _UID_BLOCK) % UID_RANGE).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            return start
+        finally:
+            os.close(fd)
+
+    def allocate(self) -> int:
+        """The next free runner uid."""
+        for _ in range(4 * _UID_BLOCK):
+            if self._next >= self._end:
+                self._next = self._reserve()
+                self._end = self._next + _UID_BLOCK
+            uid = UID_BASE + self._next % UID_RANGE
+            self._next += 1
+            if not uid_in_use(uid):
+                return uid
+        raise OSError(errno.EAGAIN, "no free runner uid")
+
+
+def remove_files_of(uid: int, dirs: Sequence[str]) -> int:
+    """Remove what ``uid`` left directly in ``dirs`` (the host's ``/tmp``, ``/dev/shm``, ...).
+
+    For sandboxes without private directories (``uid`` mode), once every process of
+    ``uid`` is gone. Runs with the effective uid switched to ``uid`` (saved uid root), so it
+    can delete nothing that uid could not have deleted itself, whatever links it left.
+    Returns the number of entries removed.
+    """
+    import shutil
+
+    if uid < UID_BASE:
+        return 0
+    removed = 0
+    os.setresuid(uid, uid, 0)
+    try:
+        if os.getresuid() != (uid, uid, 0):
+            return 0
+        for directory in dirs:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if entry.stat(follow_symlinks=False).st_uid != uid:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                    removed += 1
+                except OSError:
+                    continue
+    finally:
+        os.setresuid(0, 0, 0)
+    return removed
+
+
+def private_dirs() -> list[str]:
+    """The directories of :data:`PRIVATE_DIRS` that exist here (real paths, no symlinks)."""
+    return [path for path in PRIVATE_DIRS if os.path.isdir(path) and os.path.realpath(path) == path]
 
 
 @dataclass(frozen=True)
@@ -201,7 +299,7 @@ def _probe(check: Callable[[], None]) -> bool:
 
 
 def _probe_uid_switch() -> None:
-    uid = runner_uid(os.getpid())
+    uid = UID_BASE + UID_RANGE + os.getpid()  # above the runners' range: never a runner's uid
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
@@ -325,6 +423,30 @@ def _setup_mounts(
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
 
 
+def _private_mounts(dirs: Sequence[str], stage: str, size_mb: int) -> None:
+    """Give this runner its own mount and IPC namespaces with fresh, empty ``dirs``.
+
+    One size-capped tmpfs is mounted on ``stage`` (an empty root-only directory of the
+    zygote's namespace); each of ``dirs`` gets a ``1777`` sub-directory of it bind-mounted on
+    top, and the stage mount is detached. The tmpfs lives exactly as long as the runner's
+    namespace, i.e. until the last process of the execution is gone; the IPC namespace does
+    the same for System V shared memory, semaphores and POSIX message queues.
+    """
+    unshare(CLONE_NEWNS | CLONE_NEWIPC)
+    mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(1, size_mb)}m,mode=0700")
+    stage_fd = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # /tmp last: the stage itself may live below /tmp and be covered afterwards
+        for i, path in enumerate(sorted(dirs, key=lambda d: d == "/tmp")):
+            sub = os.path.join(stage, f"d{i}")
+            os.mkdir(sub)
+            os.chmod(sub, 0o1777)
+            mount(sub, path, None, MS_BIND, None)
+        umount_detach(f"/proc/self/fd/{stage_fd}")
+    finally:
+        os.close(stage_fd)
+
+
 def enter_shared_namespace(config: dict[str, Any]) -> None:
     """Give the zygote (and so every runner it forks) its private mount namespace.
 
@@ -445,10 +567,24 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
     # cheaper than tempfile.mkdtemp (which seeds a new random.Random after fork)
     tmpdir = os.path.join(config["base_dir"], f"flowlink-run-{pid}-{os.urandom(6).hex()}")
     os.mkdir(tmpdir, 0o700)
+    if mode == "full" and config.get("private_dirs"):
+        _private_mounts(config["private_dirs"], config["stage_dir"], int(limits["memory_mb"]))
     if mode in ("full", "uid"):
-        uid = runner_uid(pid)
+        uid = int(config["uid"])
+        if uid < UID_BASE or uid_in_use(uid):
+            raise OSError(errno.EBUSY, f"sandbox uid {uid} is in use")
         os.chown(tmpdir, uid, uid)
-        _set_limits(limits, int(limits["processes"]))
+        processes = int(limits["processes"])
+        if config.get("cgroup"):
+            cgroups.enter(
+                cgroups.CgroupSetup.from_json(config["cgroup"]),
+                str(config["group"]),
+                int(limits["memory_mb"]),
+                processes,
+                bool(config.get("group_fresh")),
+            )
+            processes *= 2  # the pids group is the limit; RLIMIT_NPROC stays as a backstop
+        _set_limits(limits, processes)
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
@@ -464,6 +600,8 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
         _set_limits(limits, int(current) + int(limits["processes"]))
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if config.get("seccomp"):
+        seccomp.install()
     os.umask(0o077)
     os.chdir(tmpdir)
     os.environ.clear()

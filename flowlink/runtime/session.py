@@ -31,7 +31,7 @@ ERROR_KINDS = frozenset(
         "dependency_failed",  # uncaught DependencyFailedError (a child failed)
         "flow_error",  # the script called this.error(...)
         "sys_exit",  # the script called sys.exit()
-        "memory_limit",  # MemoryError under RLIMIT_AS
+        "memory_limit",  # MemoryError under RLIMIT_AS, or the control group's OOM killer
         "process_limit",  # fork failed under RLIMIT_NPROC
         "cpu_limit",  # SIGXCPU (RLIMIT_CPU)
         "timeout",  # deadline passed
@@ -44,6 +44,7 @@ ERROR_KINDS = frozenset(
 _POLL_INTERVAL = 0.05
 # Raw output without a newline is cut into lines of this size, so it cannot pile up.
 _MAX_PARTIAL_LINE = 256 * 1024
+_EXIT_WAIT_AFTER_END = 2.0
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
@@ -136,6 +137,27 @@ class _Driver:
         limit = _seconds(self.deadline - self.started)
         return Outcome("error", f"maximum runtime of {limit} s exceeded", {}, "timeout")
 
+    def limit_outcome(self) -> Outcome | None:
+        """The error for a control-group limit the execution went over, if any."""
+        limits = self.runner.limits
+        hit = self.runner.limit_hit
+        if hit == "memory":
+            return Outcome(
+                "error", f"memory limit exceeded ({limits.memory_mb} MB)", {}, "memory_limit"
+            )
+        if hit == "processes":
+            return Outcome(
+                "error",
+                f"process limit exceeded ({limits.processes} processes)",
+                {},
+                "process_limit",
+            )
+        if hit == "cpu":
+            return Outcome(
+                "error", f"CPU time limit exceeded ({limits.cpu_seconds} s)", {}, "cpu_limit"
+            )
+        return None
+
     def lost(self, detail: str | None = None) -> Outcome:
         runner = self.runner
         info = None if detail else runner.wait_exit(1.0)
@@ -143,6 +165,9 @@ class _Driver:
             runner.kill()
             info = None if detail else runner.exit_info
         self.finish_output()
+        over = self.limit_outcome()
+        if over is not None:
+            return over
         if detail:
             return Outcome("error", f"runner lost: {detail}", {}, "runner_lost")
         rc, sig = info if info is not None else (None, None)
@@ -171,6 +196,13 @@ class _Driver:
     def end(self, msg: dict[str, Any]) -> Outcome:
         self.runner.ended = True
         self.finish_output()
+        if self.runner.uses_cgroup:
+            # a process of the execution may have been killed for a limit of the whole group
+            # (``close`` waits for this exit anyway)
+            self.runner.wait_exit(_EXIT_WAIT_AFTER_END)
+            over = self.limit_outcome()
+            if over is not None:
+                return over
         status = msg.get("status")
         outputs = msg.get("outputs")
         message = msg.get("message")

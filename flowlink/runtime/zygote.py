@@ -8,11 +8,14 @@ object per packet):
 pool -> zygote
     ``{"op":"init","config":{...}}`` (first message),
     ``{"op":"fork","rid":n}`` + two fds via SCM_RIGHTS (runner socket, output pipe),
-    ``{"op":"kill","pid":n}``, ``{"op":"shutdown"}``.
+    ``{"op":"kill","pid":n}``, ``{"op":"watch","pid":n}`` (the runner starts its execution:
+    watch its control group), ``{"op":"shutdown"}``.
 zygote -> pool
     ``{"op":"hello","pid":..,"mode":..,"hide_proc":..}``,
-    ``{"op":"forked","rid":n,"pid":p}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
-    ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null}``.
+    ``{"op":"forked","rid":n,"pid":p,"uid":u}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
+    ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null[,"limit":name]}``
+    (``limit``: ``memory``, ``processes`` or ``cpu`` when the runner's control group went
+    over that limit; the zygote kills such a runner at once).
 
 ``exited`` is only sent once the runner is reaped *and* (root modes) every
 process of its sandbox uid has been killed ("swept"). Sweeping is done by a
@@ -37,7 +40,7 @@ import enum  # noqa: F401
 import functools  # noqa: F401
 import gc
 import hashlib  # noqa: F401
-import itertools  # noqa: F401
+import itertools
 import json
 import logging  # noqa: F401
 import math  # noqa: F401
@@ -59,9 +62,13 @@ import uuid  # noqa: F401
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from flowlink.runtime import flow_api, runner, sandbox
+from flowlink.runtime import cgroups, flow_api, runner, sandbox, seccomp
 
 _MAX_PACKET = 1 << 20
+#: how often the zygote looks at the control groups of live runners (seconds)
+_CHECK_INTERVAL = 0.1
+#: control groups kept for reuse
+_MAX_FREE_GROUPS = 64
 
 
 def _send(ctl: socket.socket, message: dict[str, Any]) -> None:
@@ -76,8 +83,11 @@ class _Sweeper:
         self.to_fd = -1
         self.from_fd = -1
 
-    def start(self, child_cleanup: Callable[[], None]) -> None:
-        """Fork the sweeper (``child_cleanup`` drops zygote resources in the child)."""
+    def start(self, child_cleanup: Callable[[], None], leftover_dirs: list[str]) -> None:
+        """Fork the sweeper (``child_cleanup`` drops zygote resources in the child).
+
+        ``leftover_dirs``: shared directories where a swept uid's files are removed too
+        (when runners have no private ones)."""
         req_r, req_w = os.pipe()
         ack_r, ack_w = os.pipe()
         pid = os.fork()
@@ -86,7 +96,7 @@ class _Sweeper:
                 child_cleanup()
                 os.close(req_w)
                 os.close(ack_r)
-                _sweeper_main(req_r, ack_w)
+                _sweeper_main(req_r, ack_w, leftover_dirs)
             finally:
                 os._exit(0)
         os.close(req_r)
@@ -129,7 +139,9 @@ def _kill_all_of(uid: int) -> None:
         os.setresuid(0, 0, 0)
 
 
-def _sweeper_main(req_fd: int, ack_fd: int) -> NoReturn:  # pragma: no cover - sweeper process
+def _sweeper_main(
+    req_fd: int, ack_fd: int, leftover_dirs: list[str]
+) -> NoReturn:  # pragma: no cover - sweeper process
     while True:
         data = _read_exact(req_fd, 4)
         if not data:
@@ -143,6 +155,8 @@ def _sweeper_main(req_fd: int, ack_fd: int) -> NoReturn:  # pragma: no cover - s
                 _kill_all_of(uid)
                 if sandbox.uid_in_use(uid):
                     time.sleep(0.0005)
+            if leftover_dirs and not sandbox.uid_in_use(uid):
+                sandbox.remove_files_of(uid, leftover_dirs)
             if os.getresuid() != (0, 0, 0):
                 os._exit(1)
         os.write(ack_fd, data)
@@ -160,6 +174,17 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel = selectors.DefaultSelector()
         self.sweeper = _Sweeper()
+        self.uids = sandbox.UidAllocator(config.get("uid_state_file") or sandbox.UID_STATE_FILE)
+        cg = config.get("cgroup")
+        self.cg = cgroups.CgroupSetup.from_json(cg) if cg else None
+        self.cpu_limit = float(config["limits"]["cpu_seconds"])
+        self.hits: dict[int, str] = {}  # uid -> limit it went over
+        # control groups: uid -> (group, counters when handed over); groups free for reuse
+        self.groups: dict[int, tuple[str, cgroups.Counters]] = {}
+        self.free_groups: list[str] = []
+        self.group_names = itertools.count(1)
+        self.next_check = 0.0
+        self.watched: set[int] = set()  # runners running an execution (warm ones use nothing)
         self.shutting_down = False
 
     # ---------------------------------------------------------------- setup
@@ -187,7 +212,7 @@ class Zygote:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(self.sweeper.from_fd)
         self.sweeper.close()
-        self.sweeper.start(self._child_cleanup)
+        self.sweeper.start(self._child_cleanup, list(self.config.get("leftover_dirs") or ()))
         self.sel.register(self.sweeper.from_fd, selectors.EVENT_READ, "sweeper")
         for uid in self.pending_sweeps:
             self._request_sweep(uid)
@@ -217,7 +242,8 @@ class Zygote:
         self._start_sweeper()
         gc.freeze()
         while True:
-            for key, _ in self.sel.select(timeout=1.0):
+            watch = self.cg is not None and bool(self.watched)
+            for key, _ in self.sel.select(timeout=_CHECK_INTERVAL if watch else 1.0):
                 if key.data == "ctl":
                     self._on_ctl()
                 elif key.data == "wake":
@@ -229,8 +255,27 @@ class Zygote:
                 elif key.data == "sweeper":
                     self._on_sweeper()
             self._reap()
+            if watch and time.monotonic() >= self.next_check:
+                self._check_limits()
             if self.shutting_down and not self.runners and not self.pending_sweeps:
                 return
+
+    def _check_limits(self) -> None:
+        """End every execution that went over a limit of its control group."""
+        assert self.cg is not None
+        self.next_check = time.monotonic() + _CHECK_INTERVAL
+        for pid in list(self.watched):
+            uid = self.runners.get(pid)
+            if uid is None:
+                self.watched.discard(pid)
+                continue
+            if uid in self.hits or uid not in self.groups:
+                continue
+            group, baseline = self.groups[uid]
+            hit = cgroups.exceeded(self.cg, group, self.cpu_limit, baseline)
+            if hit is not None:
+                self.hits[uid] = hit
+                self._kill(pid)
 
     def _on_ctl(self) -> None:
         try:
@@ -254,6 +299,10 @@ class Zygote:
             os.close(fd)
         if op == "kill":
             self._kill(int(msg.get("pid") or 0))
+        elif op == "watch":
+            pid = int(msg.get("pid") or 0)
+            if pid in self.runners:
+                self.watched.add(pid)
         elif op == "shutdown":
             self._shutdown()
 
@@ -284,13 +333,20 @@ class Zygote:
             self._reply({"op": "fork_failed", "rid": rid, "message": "bad fork request"})
             return
         chan_fd, out_fd = fds
-        if not self.root:
-            self._refresh_user_tasks()
+        uid = os.getuid()
         try:
+            if self.root:
+                uid = self.config["uid"] = self.uids.allocate()
+                if self.cg is not None:
+                    self._assign_group(uid)
+            else:
+                self._refresh_user_tasks()
             pid = os.fork()
         except OSError as exc:
             os.close(chan_fd)
             os.close(out_fd)
+            if uid in self.groups:
+                self.free_groups.append(self.groups.pop(uid)[0])
             self._reply({"op": "fork_failed", "rid": rid, "message": f"fork failed: {exc}"})
             return
         if pid == 0:  # pragma: no cover - runner process
@@ -301,8 +357,30 @@ class Zygote:
                 os._exit(runner.EXIT_SANDBOX_FAILED)
         os.close(chan_fd)
         os.close(out_fd)
-        self.runners[pid] = sandbox.runner_uid(pid) if self.root else os.getuid()
-        self._reply({"op": "forked", "rid": rid, "pid": pid})
+        self.runners[pid] = uid
+        self._reply({"op": "forked", "rid": rid, "pid": pid, "uid": uid})
+
+    def _assign_group(self, uid: int) -> None:
+        """Pick the control group of the next runner: a free one, else a new one."""
+        assert self.cg is not None
+        fresh = not self.free_groups
+        group = f"g{next(self.group_names)}" if fresh else self.free_groups.pop()
+        self.config["group"] = group
+        self.config["group_fresh"] = fresh
+        self.groups[uid] = (group, (0, 0, 0.0) if fresh else cgroups.counters(self.cg, group))
+
+    def _release_group(self, uid: int) -> str | None:
+        """After the sweep: the limit the runner's group went over, and free the group."""
+        assert self.cg is not None
+        group, baseline = self.groups.pop(uid, ("", (0, 0, 0.0)))
+        if not group:
+            return None
+        hit = cgroups.exceeded(self.cg, group, self.cpu_limit, baseline)
+        if len(self.free_groups) < _MAX_FREE_GROUPS:
+            self.free_groups.append(group)
+        else:
+            cgroups.remove(self.cg, group)
+        return hit
 
     def _refresh_user_tasks(self) -> None:
         """Count this user's tasks for the runners' process limit, at most once a second.
@@ -336,6 +414,7 @@ class Zygote:
                     self._start_sweeper()
                 continue
             uid = self.runners.pop(pid, None)
+            self.watched.discard(pid)
             if uid is None:
                 continue  # an orphan of some runner, or the mode probe
             rc: int | None = None
@@ -363,7 +442,18 @@ class Zygote:
             return  # restarted when reaped
         for i in range(0, len(data) - len(data) % 4, 4):
             uid = int.from_bytes(data[i : i + 4], "big")
-            for message in self.pending_sweeps.pop(uid, []):
+            messages = self.pending_sweeps.pop(uid, [])
+            if not messages:
+                continue  # a sweep on kill: the runner's "exited" sweep follows
+            hit = self.hits.pop(uid, None)
+            if self.cg is not None:
+                # the runner is reaped and nothing of its uid is left: final counters, and
+                # the group is free for the next runner
+                final = self._release_group(uid)
+                hit = hit or final
+            for message in messages:
+                if hit is not None:
+                    message["limit"] = hit
                 self._reply(message)
 
 
@@ -386,10 +476,36 @@ def main(argv: list[str] | None = None) -> None:
             config["expose"] = expose
             config["links"] = links
             sandbox.enter_shared_namespace(config)
+            config["private_dirs"] = sandbox.private_dirs()
+            config["stage_dir"] = os.path.join(config["base_dir"], f".stage-{os.getpid()}")
+            os.mkdir(config["stage_dir"], 0o700)
+        elif mode == "uid":
+            # no private directories: what a runner leaves in the shared ones goes after it
+            config["leftover_dirs"] = sandbox.private_dirs()
+        cg: cgroups.CgroupSetup | None = None
+        why = "cgroups disabled by configuration"
+        if mode in ("full", "uid") and config.get("cgroups", True):
+            cg, why = cgroups.setup(str(os.getpid()))
+        elif mode == "unprivileged":
+            why = "the unprivileged sandbox cannot create control groups"
+        config["cgroup"] = cg.to_json() if cg else None
+        config["seccomp"] = seccomp.probe()
         sys.modules["flow_api"] = flow_api
         sandbox.set_child_subreaper()
         sandbox.limit_malloc_arenas()
-        _send(ctl, {"op": "hello", "pid": os.getpid(), "mode": mode, "hide_proc": hide_proc})
+        _send(
+            ctl,
+            {
+                "op": "hello",
+                "pid": os.getpid(),
+                "mode": mode,
+                "hide_proc": hide_proc,
+                "limits": cg.name if cg else "rlimit",
+                "limits_note": "" if cg else why,
+                "private_tmp": bool(config.get("private_dirs")),
+                "seccomp": config["seccomp"],
+            },
+        )
     except BaseException as exc:
         try:
             _send(
@@ -398,7 +514,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         finally:
             os._exit(2)
-    Zygote(ctl, config).serve()
+    try:
+        Zygote(ctl, config).serve()
+    finally:
+        if cg is not None:
+            cgroups.remove_parents(cg)
     os._exit(0)
 
 

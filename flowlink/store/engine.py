@@ -14,6 +14,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from flowlink.jsonsafe import loads_stored
 from flowlink.settings import sqlite_path
 from flowlink.store import notify
 
@@ -59,6 +60,9 @@ def make_engine(database_url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
+            # A row stored before input was checked must not make a read fail (PostgreSQL's
+            # jsonb cannot hold lone surrogates or NaN in the first place).
+            json_deserializer=loads_stored,
             pool_size=20,
             max_overflow=40,
         )
@@ -123,6 +127,9 @@ class Store:
             expire_on_commit=False,
         )
         self.notifier = notify.Notifier()
+        from flowlink.events.triggers import install as install_native_triggers
+
+        install_native_triggers(session_class)  # before notify: its starts are announced too
         notify.install(session_class, self.notifier)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._listener: notify.PostgresListener | None = None

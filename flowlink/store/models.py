@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -104,6 +105,23 @@ class Setting(Base):
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[Any] = mapped_column(JSONType, nullable=True)
     secret: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WorkspaceFile(Base):
+    """A file of a workspace (``files/`` in a workspace folder, ``system.file`` in flows)."""
+
+    __tablename__ = "workspace_files"
+    __table_args__ = (UniqueConstraint("workspace_id", "path", name="uq_workspace_files_path"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(512))
+    # Deferred: listing files never loads their content.
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -201,6 +219,8 @@ class Execution(Base):
     # Set on an execution of an app instance's flow: {"instance": full slug, "depth", "app",
     # "version", "config"} (see flowlink.apps.service); it keeps them for its whole run.
     app: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # The W3C trace context the execution was queued in (tracing on), its span's parent.
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
 
 
 class ExecutionLog(Base):
@@ -305,6 +325,8 @@ class SyncConfig(Base):
     remote_public_key: Mapped[str] = mapped_column(Text)  # one or two SPKI PEM keys
     remote_fingerprints: Mapped[list[str]] = mapped_column(JSONType, default=list)
     send_all_executions: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "mirror" (None: the default, Workspace Linking v8) or "list" (the older meaning).
+    send_all_executions_meaning: Mapped[str | None] = mapped_column(String(16))
     sync_interval: Mapped[float | None] = mapped_column(Float)
     direction: Mapped[str | None] = mapped_column(String(16))
     # The role executions started through this link run under in this workspace.
@@ -442,3 +464,20 @@ class AppInstance(Base):
     config_rendered: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WorkerProcess(Base):
+    """A worker process as it last reported itself (registration and heartbeat)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    busy: Mapped[int] = mapped_column(Integer, default=0)
+    warm: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_seconds: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,1 @@
+"""The web console: server-rendered pages at ``/`` over the same domain functions as the API."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from .spec import SETTINGS_FILE, WORKSPACE_FILE, classify_path
+from .spec import FILES_DIR, SETTINGS_FILE, WORKSPACE_FILE, classify_path
 from .yamlsource import SpecError
 
 __all__ = ["read_folder", "write_folder"]
@@ -42,8 +43,9 @@ def _read_text(path: Path, rel: str) -> str:
 def read_folder(path: str | Path) -> dict[str, str]:
     """Read a workspace folder into relative POSIX path -> text, ready for ``parse_bundle``.
 
-    Reads workspace.yml, settings.yml and every file under flows/ and pages/
-    (skipping hidden files, ``__pycache__`` and editor backups); other files in
+    Reads workspace.yml, settings.yml, every file under flows/ and pages/
+    (skipping hidden files, ``__pycache__`` and editor backups) and every file under
+    files/ (any bytes, given base64-encoded; hidden files skipped); other files in
     the folder (README.md, .git, ...) are ignored. Raises :class:`SpecError` for a
     missing folder or workspace.yml and for a file that is not UTF-8.
     """
@@ -74,14 +76,32 @@ def read_folder(path: str | Path) -> dict[str, str]:
                 full = Path(current) / name
                 rel = full.relative_to(root).as_posix()
                 files[rel] = _read_text(full, rel)
+    files_root = root / FILES_DIR.rstrip("/")
+    if files_root.is_dir():
+        for current, dirs, names in os.walk(files_root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                if name.startswith("."):
+                    continue
+                full = Path(current) / name
+                rel = full.relative_to(root).as_posix()
+                try:
+                    files[rel] = base64.b64encode(full.read_bytes()).decode("ascii")
+                except OSError as exc:
+                    raise SpecError(f"cannot read file: {exc.strerror or exc}", file=rel) from None
     return dict(sorted(files.items()))
 
 
 def _write_if_changed(target: Path, text: str, rel: str) -> None:
     try:
-        data = text.encode("utf-8")
+        if rel.startswith(FILES_DIR):
+            data = base64.b64decode(text.encode("ascii"), validate=True)
+        else:
+            data = text.encode("utf-8")
     except UnicodeEncodeError:
         raise SpecError("contains characters that are not valid UTF-8", file=rel) from None
+    except ValueError:
+        raise SpecError("files/ entries are base64-encoded; this one is not", file=rel) from None
     try:
         if target.is_file() and target.read_bytes() == data:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import yaml
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from flowlink import atrest
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import event_row, record, record_rows
 from flowlink.pages import store as pages
@@ -23,6 +25,7 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
+from flowlink.workspaces.files import apply_files, list_files
 from flowlink.workspaces.spec import (
     FLOW_NAME_RE,
     SETTINGS_FILE,
@@ -40,6 +43,8 @@ from flowlink.workspaces.templating import render_config
 
 _SLUG = re.compile(SLUG_RE)
 _NAME = re.compile(FLOW_NAME_RE)
+SECRET_MASK = "********"
+"""What the API, the CLI and exports show in place of a secret's value."""
 
 
 def spec_error_to_invalid(error: SpecError) -> Invalid:
@@ -117,12 +122,43 @@ def workspace_view(workspace: Workspace) -> dict[str, Any]:
         "slug": workspace.slug,
         "name": workspace.name,
         "description": workspace.description,
-        "config": workspace.config_rendered,
+        "config": masked_config(workspace),
         "automations": workspace.spec.get("automations", {}),
         "custom_domains": workspace.spec.get("customDomains", []),
         "version": workspace.version,
         "created_at": workspace.created_at,
         "updated_at": workspace.updated_at,
+    }
+
+
+def masked_config(workspace: Workspace) -> dict[str, Any]:
+    """The rendered config as the API shows it: values from the environment are masked.
+
+    Keys supplied by ``WORKSPACE_CONFIG_<slug>_<KEY>`` (those ``workspace.yml`` does not
+    define) are masked, and so is every templated value whose template names one of them.
+    Only flows (``system.config``) see the real values.
+    """
+    rendered = dict(workspace.config_rendered or {})
+    raw = workspace.config_value or {}
+    from_env = [key for key in rendered if key not in raw]
+    if not from_env:
+        return rendered
+    names = re.compile(
+        r"(?<![A-Za-z0-9_])(" + "|".join(map(re.escape, from_env)) + r")(?![A-Za-z0-9_])"
+    )
+
+    def mask(template: Any, value: Any) -> Any:
+        if isinstance(template, str):
+            return SECRET_MASK if "{{" in template and names.search(template) else value
+        if isinstance(template, Mapping) and isinstance(value, Mapping):
+            return {k: mask(template.get(k), v) for k, v in value.items()}
+        if isinstance(template, list) and isinstance(value, list) and len(template) == len(value):
+            return [mask(t, v) for t, v in zip(template, value, strict=True)]
+        return value
+
+    return {
+        key: SECRET_MASK if key in from_env else mask(raw.get(key), value)
+        for key, value in rendered.items()
     }
 
 
@@ -193,13 +229,15 @@ def apply_bundle(
     *,
     expected_slug: str | None = None,
     max_new_settings: int | None = None,
+    secret_key: str | None = None,
 ) -> ApplyResult:
     """Create or update a workspace from a parsed folder, all or nothing, idempotently.
 
     Flows and automations are declarative (those missing from the folder are removed);
     settings from ``settings.yml`` are initial values: created when missing, never overwritten
     (flows own settings at run time). ``max_new_settings`` bounds the settings one apply
-    creates (and so the time it holds the store's write lock).
+    creates (and so the time it holds the store's write lock). Secret settings (``!secret``)
+    are encrypted with ``secret_key``, the server's secret key.
     """
     spec = bundle.spec
     if expected_slug is not None and spec.slug != expected_slug:
@@ -257,6 +295,10 @@ def apply_bundle(
     result.changes["settings"] = _apply_settings(
         session, workspace, bundle.settings, limit=max_new_settings
     )
+    if bundle.secrets:
+        result.changes["settings"] += _apply_secrets(session, workspace, bundle.secrets, secret_key)
+    if bundle.files:
+        result.changes["files"] = apply_files(session, workspace, bundle.files)
     if meta_changed and not created:
         result.changes["workspace"] = ["name/description/spec"]
     if config_changed:
@@ -465,12 +507,38 @@ def count_top_level_keys(text: str) -> int:
     return nodes // 2
 
 
+def _apply_secrets(
+    session: Session,
+    workspace: Workspace,
+    secrets: Mapping[str, str | None],
+    secret_key: str | None,
+) -> list[str]:
+    """Secrets from ``settings.yml``: created when missing; an existing plain setting of that
+    name becomes a secret (its value kept, now encrypted); existing secrets are kept."""
+    changes = []
+    for name, value in secrets.items():
+        setting = find_setting(session, workspace, name)
+        if setting is None:
+            put_setting(session, workspace, name, value, secret=True, secret_key=secret_key)
+            changes.append(f"+{name}")
+        elif not setting.secret:
+            put_setting(session, workspace, name, setting.value, secret=True, secret_key=secret_key)
+            changes.append(f"*{name}")
+    return changes
+
+
 def export_files(session: Session, slug: str) -> dict[str, str]:
     """The workspace as folder files (``workspace.yml``, ``flows/*.py``, ``settings.yml``,
-    ``pages/*.html`` and ``pages/*.yml``)."""
+    ``files/``, ``pages/*.html`` and ``pages/*.yml``).
+
+    Secret settings are written as ``name: !secret`` without their value.
+    """
     workspace = get_workspace(session, slug)
     flows = {f.name: f.script for f in list_flows(session, workspace)}
-    settings = {s.name: s.value for s in list_settings(session, workspace)}
+    stored = list_settings(session, workspace)
+    settings = {s.name: s.value for s in stored if not s.secret}
+    secrets: dict[str, str | None] = {s.name: None for s in stored if s.secret}
+    blobs = {f.path: f.content for f in list_files(session, workspace)}
     templates, metas = pages.stored_pages(session, workspace)
     bundle = WorkspaceBundle(
         spec=stored_spec(workspace),
@@ -478,6 +546,8 @@ def export_files(session: Session, slug: str) -> dict[str, str]:
         settings=settings,
         pages=templates,
         page_meta=metas,
+        secrets=secrets,
+        files=blobs,
     )
     return bundle_to_files(bundle)
 
@@ -621,6 +691,16 @@ def get_setting(session: Session, workspace: Workspace, name: str) -> Setting:
     return setting
 
 
+def setting_write_action(
+    session: Session, workspace: Workspace, name: str, secret: bool | None
+) -> str:
+    """The access action writing setting ``name`` needs: a secret one needs ``manage``."""
+    existing = find_setting(session, workspace, name)
+    if secret or (existing is not None and existing.secret):
+        return "manage"
+    return "update" if existing is not None else "create"
+
+
 def put_setting(
     session: Session,
     workspace: Workspace,
@@ -628,24 +708,30 @@ def put_setting(
     value: Any,
     *,
     execution_id: str | None = None,
+    secret: bool | None = None,
+    secret_key: str | None = None,
 ) -> None:
-    """Create or overwrite a setting; records ``settings.updated`` (never with the value)."""
+    """Create or overwrite a setting; records ``settings.updated`` (never with the value).
+
+    ``secret`` makes it a secret setting (None: keep its kind; new settings are plain); a
+    secret's value is encrypted at rest with ``secret_key``, the server's secret key.
+    """
     check_name("setting", name)
     setting = find_setting(session, workspace, name)
     created = setting is None
+    is_secret = bool(setting.secret if secret is None and setting is not None else secret)
+    stored = seal_secret(value, secret_key) if is_secret else value
     if setting is None:
-        setting = Setting(workspace_id=workspace.id, name=name, value=value)
+        setting = Setting(workspace_id=workspace.id, name=name, value=stored, secret=is_secret)
         session.add(setting)
     else:
-        setting.value = value
+        setting.value = stored
+        setting.secret = is_secret
         setting.updated_at = utcnow()
-    record(
-        session,
-        workspace,
-        "settings.updated",
-        {"name": name, "created": created},
-        execution_id=execution_id,
-    )
+    payload: dict[str, Any] = {"name": name, "created": created}
+    if is_secret:
+        payload["secret"] = True
+    record(session, workspace, "settings.updated", payload, execution_id=execution_id)
     session.flush()
 
 
@@ -663,11 +749,39 @@ def delete_setting(
     )
 
 
+def seal_secret(value: Any, secret_key: str | None) -> str | None:
+    """A secret's value as stored: its JSON, encrypted (None stays None: declared, not set)."""
+    if value is None:
+        return None
+    if not secret_key:
+        raise Invalid("secret settings need the server's secret key", details={"field": "secret"})
+    return atrest.encrypt(secret_key, json.dumps(value), purpose=atrest.SECRET_SETTINGS)
+
+
+def setting_value(setting: Setting, secret_key: str | None) -> Any:
+    """A setting's real value (decrypted for a secret); only flows are given secrets' values."""
+    if not setting.secret or setting.value is None:
+        return setting.value
+    if not secret_key:
+        raise Invalid("secret settings need the server's secret key", details={"field": "secret"})
+    plain = atrest.decrypt(
+        secret_key,
+        str(setting.value),
+        purpose=atrest.SECRET_SETTINGS,
+        what=f"the secret setting {setting.name!r}",
+    )
+    return json.loads(plain)
+
+
 def setting_view(setting: Setting) -> dict[str, Any]:
-    """The API representation of a setting."""
+    """The API representation of a setting; a secret's value is masked, for everyone."""
+    value = setting.value
+    if setting.secret:
+        value = SECRET_MASK if value is not None else None
     return {
         "name": setting.name,
-        "value": setting.value,
+        "secret": bool(setting.secret),
+        "value": value,
         "created_at": setting.created_at,
         "updated_at": setting.updated_at,
     }

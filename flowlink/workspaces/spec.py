@@ -15,6 +15,8 @@ module is pure logic: no database, no HTTP, no file system (see ``folder.py``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import re
 from collections.abc import Collection, Iterator, Mapping
@@ -30,6 +32,7 @@ from flowlink.pages.spec import PageSpec, parse_pages
 
 from .templating import TemplateProblem, check_template, is_template
 from .yamlsource import (
+    SecretValue,
     SourceMap,
     SpecError,
     dump_yaml,
@@ -43,24 +46,30 @@ __all__ = [
     "BUILTIN_ROLES",
     "CONDITION_KEYS",
     "EVENT_TYPE_RE",
+    "FILES_DIR",
     "FLOW_NAME_RE",
+    "LISTENABLE_NATIVE_EVENTS",
     "SETTINGS_FILE",
     "SLUG_RE",
     "SUBJECTS",
+    "UNLISTENABLE_NATIVE_EVENTS",
     "WORKSPACE_FILE",
     "WORKSPACE_SCHEMA",
     "AutomationSpec",
     "RoleRule",
+    "SecretValue",
     "SpecError",
     "WorkspaceBundle",
     "WorkspaceSpec",
     "bundle_to_files",
     "classify_path",
+    "file_path_problem",
     "is_valid_hostname",
     "parse_bundle",
     "parse_settings",
     "parse_spec",
     "spec_to_yaml",
+    "split_secrets",
     "validate_script",
 ]
 
@@ -71,6 +80,48 @@ EVENT_TYPE_RE = r"^[A-Za-z0-9._-]{1,128}$"
 _SLUG = re.compile(SLUG_RE)
 _NAME = re.compile(FLOW_NAME_RE)
 _EVENT = re.compile(EVENT_TYPE_RE)
+
+# Native events an automation may listen to (docs/events.md, "On native events"). ``sync.*``
+# stands for every ``sync.`` event; ``executions.failed`` is ``executions.ended`` with status
+# ``error``.
+LISTENABLE_NATIVE_EVENTS: tuple[str, ...] = (
+    "error",
+    "executions.ended",
+    "executions.failed",
+    "files.updated",
+    "settings.updated",
+    "sync.*",
+    "sync.configs.created",
+    "sync.configs.deleted",
+    "sync.configs.updated",
+    "sync.connected",
+    "sync.disconnected",
+    "sync.executions.received",
+    "sync.executions.sent",
+    "sync.rejected",
+    "workspaces.configured",
+    "workspaces.updated",
+)
+# Native events no automation may listen to: too frequent to look up listeners for, or
+# the automation machinery's own records (listening to them would loop).
+UNLISTENABLE_NATIVE_EVENTS = frozenset(
+    {
+        "access.denied",
+        "apikeys.created",
+        "apikeys.deleted",
+        "apps.published",
+        "events.cleaned",
+        "executions.created",
+        "executions.started",
+        "runtime.automations.executed",
+        "runtime.interactions.triggered",
+        "workspaces.app.configured",
+        "workspaces.app.installed",
+        "workspaces.app.uninstalled",
+        "workspaces.created",
+        "workspaces.deleted",
+    }
+)
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _INSTANCE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
@@ -87,6 +138,7 @@ SUBJECTS: tuple[str, ...] = (
     "apps",
     "sync_configs",
     "tokens",
+    "files",
 )
 BUILTIN_ROLES: tuple[str, ...] = ("owner", "editor", "operator", "viewer", "visitor")
 # Condition keys a custom role rule may use, per subject (values are glob patterns);
@@ -102,10 +154,34 @@ CONDITION_KEYS: dict[str, tuple[str, ...]] = {
     "apps": ("app", "name"),
     "sync_configs": ("sync_config", "name"),
     "tokens": ("role", "name"),
+    "files": ("path", "name"),
 }
 
 WORKSPACE_FILE = "workspace.yml"
 SETTINGS_FILE = "settings.yml"
+FILES_DIR = "files/"
+FILE_PATH_MAX_DEPTH = 8
+FILE_PATH_MAX_LENGTH = 512
+
+
+def file_path_problem(path: Any) -> str | None:
+    """Why ``path`` is not a valid workspace file path (``reports/q1.csv``), or None."""
+    if not isinstance(path, str) or not path:
+        return "a file path is required"
+    if len(path) > FILE_PATH_MAX_LENGTH:
+        return f"a file path has at most {FILE_PATH_MAX_LENGTH} characters"
+    segments = path.split("/")
+    if len(segments) > FILE_PATH_MAX_DEPTH:
+        return f"a file path is at most {FILE_PATH_MAX_DEPTH} folders deep"
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            return f"invalid file path {path!r}: empty, '.' or '..' parts are not allowed"
+        if not _matches(_NAME, segment):
+            return (
+                f"invalid file path {path!r}: each part uses letters, digits, '_', '.' and '-',"
+                " starting with a letter or digit"
+            )
+    return None
 
 
 def _matches(pattern: re.Pattern[str], value: str) -> bool:
@@ -169,6 +245,10 @@ class WorkspaceBundle:
     pages: Mapping[str, str] = field(default_factory=dict)
     page_meta: Mapping[str, str] = field(default_factory=dict)
     page_specs: Mapping[str, PageSpec] = field(default_factory=dict)
+    # Secret settings (``name: !secret value``): name -> value, None when only declared.
+    secrets: Mapping[str, str | None] = field(default_factory=dict)
+    # Workspace files (``files/<path>``): path -> content.
+    files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- schema
@@ -481,7 +561,18 @@ def _automation_checks(
     events = when.get("events")
     if isinstance(events, list):
         for index, event in enumerate(events):
-            if isinstance(event, str) and not _matches(_EVENT, event):
+            if event in LISTENABLE_NATIVE_EVENTS:
+                continue
+            if isinstance(event, str) and (
+                event in UNLISTENABLE_NATIVE_EVENTS or event.endswith(".*")
+            ):
+                yield smap.error(
+                    (*base, "when", "events", index),
+                    f"automation {slug!r} cannot listen to the native event {event!r}; it may"
+                    f" listen to any custom event and to the native events"
+                    f" {', '.join(LISTENABLE_NATIVE_EVENTS)}",
+                )
+            elif isinstance(event, str) and not _matches(_EVENT, event):
                 yield smap.error(
                     (*base, "when", "events", index),
                     f"invalid event type {event!r}: use 1 to 128 letters, digits, '.', '_' and '-'",
@@ -598,8 +689,11 @@ def _build_spec(data: dict[str, Any], text: str) -> WorkspaceSpec:
 
 
 def parse_settings(text: str, file: str = SETTINGS_FILE) -> dict[str, Any]:
-    """Parse a settings.yml: setting name -> any JSON value (an empty file: no settings)."""
-    data, smap = load_yaml(text, file)
+    """Parse a settings.yml: setting name -> any JSON value (an empty file: no settings).
+
+    A value tagged ``!secret`` is a :class:`SecretValue` (see :func:`split_secrets`).
+    """
+    data, smap = load_yaml(text, file, secrets=True)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -615,6 +709,13 @@ def parse_settings(text: str, file: str = SETTINGS_FILE) -> dict[str, Any]:
                 at_key=True,
             )
     return data
+
+
+def split_secrets(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """Separate parsed settings into plain settings and secrets (``!secret`` values)."""
+    plain = {k: v for k, v in settings.items() if not isinstance(v, SecretValue)}
+    secrets = {k: v.value for k, v in settings.items() if isinstance(v, SecretValue)}
+    return plain, secrets
 
 
 def validate_script(name: str, script: str, file: str | None = None) -> None:
@@ -642,14 +743,14 @@ def validate_script(name: str, script: str, file: str | None = None) -> None:
         raise SpecError(f"invalid Python script: {exc}", file=file) from None
 
 
-_KINDS = ("workspace", "settings", "flow", "page", "page_meta")
+_KINDS = ("workspace", "settings", "flow", "page", "page_meta", "file")
 
 
 def classify_path(path: str) -> tuple[str, str]:
     """Classify a folder path: ``("workspace"|"settings", "")`` or ``(kind, name)``.
 
-    ``kind`` is ``flow`` (``flows/<name>.py``), ``page`` (``pages/<name>.html``) or
-    ``page_meta`` (``pages/<name>.yml``).
+    ``kind`` is ``flow`` (``flows/<name>.py``), ``page`` (``pages/<name>.html``),
+    ``page_meta`` (``pages/<name>.yml``) or ``file`` (``files/<path>``).
 
     Raises :class:`SpecError` naming the file for anything else.
     """
@@ -657,6 +758,11 @@ def classify_path(path: str) -> tuple[str, str]:
         return "workspace", ""
     if path == SETTINGS_FILE:
         return "settings", ""
+    if path.startswith(FILES_DIR):
+        problem = file_path_problem(path[len(FILES_DIR) :])
+        if problem:
+            raise SpecError(problem, file=path)
+        return "file", path[len(FILES_DIR) :]
     for folder, suffix, kind in (("flows/", ".py", "flow"), ("pages/", ".html", "page")):
         if not path.startswith(folder):
             continue
@@ -681,7 +787,7 @@ def classify_path(path: str) -> tuple[str, str]:
         return kind, name
     raise SpecError(
         "unexpected file: a workspace folder holds workspace.yml, settings.yml, "
-        "flows/<name>.py, pages/<name>.html and pages/<name>.yml",
+        "flows/<name>.py, pages/<name>.html, pages/<name>.yml and files/<path>",
         file=path,
     )
 
@@ -708,9 +814,13 @@ def parse_bundle(files: Mapping[str, str]) -> WorkspaceBundle:
     settings.yml) and the first problem is raised as :class:`SpecError`.
     """
     kinds: dict[str, dict[str, str]] = {kind: {} for kind in _KINDS}
+    blobs: dict[str, bytes] = {}
     for path in sorted(files):
         kind, name = classify_path(path)
-        kinds[kind][name] = _check_text(path, files[path])
+        if kind == "file":
+            blobs[name] = _decode_file(path, files[path])
+        else:
+            kinds[kind][name] = _check_text(path, files[path])
     if "" not in kinds["workspace"]:
         raise SpecError("missing workspace.yml", file=WORKSPACE_FILE)
     flows = dict(sorted(kinds["flow"].items()))
@@ -719,6 +829,7 @@ def parse_bundle(files: Mapping[str, str]) -> WorkspaceBundle:
         validate_script(name, script)
     settings_text = kinds["settings"].get("")
     settings = parse_settings(settings_text) if settings_text is not None else {}
+    settings, secrets = split_secrets(settings)
     pages = dict(sorted(kinds["page"].items()))
     page_meta = dict(sorted(kinds["page_meta"].items()))
     page_specs = parse_pages(
@@ -731,7 +842,21 @@ def parse_bundle(files: Mapping[str, str]) -> WorkspaceBundle:
         pages=pages,
         page_meta=page_meta,
         page_specs=page_specs,
+        secrets=secrets,
+        files=blobs,
     )
+
+
+def _decode_file(path: str, text: Any) -> bytes:
+    """A ``files/`` entry of an apply: its content, base64 (binary files travel as text)."""
+    if not isinstance(text, str):
+        raise SpecError(f"expected base64 text, got {type(text).__name__}", file=path)
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise SpecError(
+            "files/ entries are sent base64-encoded; this one is not valid base64", file=path
+        ) from None
 
 
 # --------------------------------------------------------------------------- writing
@@ -797,8 +922,9 @@ def bundle_to_files(bundle: WorkspaceBundle) -> dict[str, str]:
         path = f"flows/{name}.py"
         classify_path(path)
         files[path] = bundle.flows[name]
-    if bundle.settings:
-        files[SETTINGS_FILE] = dump_yaml(dict(bundle.settings))
+    if bundle.settings or bundle.secrets:
+        secrets = {k: SecretValue(v) for k, v in bundle.secrets.items()}
+        files[SETTINGS_FILE] = dump_yaml(dict(sorted({**bundle.settings, **secrets}.items())))
     for name in sorted(bundle.pages):
         path = f"pages/{name}.html"
         classify_path(path)
@@ -807,4 +933,8 @@ def bundle_to_files(bundle: WorkspaceBundle) -> dict[str, str]:
         path = f"pages/{name}.yml"
         classify_path(path)
         files[path] = bundle.page_meta[name]
+    for name in sorted(bundle.files):
+        path = FILES_DIR + name
+        classify_path(path)
+        files[path] = base64.b64encode(bundle.files[name]).decode("ascii")
     return files

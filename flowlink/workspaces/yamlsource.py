@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from flowlink.jsonsafe import text_problem
+
 __all__ = [
     "Mark",
     "NodeMarks",
@@ -242,12 +244,23 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+SECRET_TAG = "!secret"
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """A value written ``!secret ...`` (settings.yml only): a secret setting; None = not given."""
+
+    value: str | None
+
+
 class _Builder:
     """Builds plain values from composed nodes, checking what safe_load does not."""
 
-    def __init__(self, loader: _Loader, smap: SourceMap) -> None:
+    def __init__(self, loader: _Loader, smap: SourceMap, *, secrets: bool = False) -> None:
         self.loader = loader
         self.smap = smap
+        self.secrets = secrets
         self.built = 0
         self.unique: set[int] = set()
         self.active: set[int] = set()
@@ -284,6 +297,12 @@ class _Builder:
         return value
 
     def scalar(self, node: ScalarNode, path: Path) -> Any:
+        if node.tag == SECRET_TAG and self.secrets and len(path) == 1:
+            return SecretValue(node.value if node.value != "" else None)
+        if node.tag == SECRET_TAG and self.secrets:
+            raise self.fail(
+                node, "!secret marks a whole setting: write 'name: !secret value'", path
+            )
         if node.tag not in _SCALAR_TAGS:
             raise self.fail(node, f"unsupported YAML tag {node.tag!r}", path)
         try:
@@ -292,6 +311,11 @@ class _Builder:
             raise self.fail(node, f"invalid YAML value: {exc.problem}", path) from None
         if isinstance(value, float) and not math.isfinite(value):
             raise self.fail(node, f"{value!r} is not a valid JSON number", path)
+        if isinstance(value, str):
+            # "\ud800" or "\0" escapes: text the store cannot hold (see flowlink.jsonsafe)
+            problem = text_problem(value)
+            if problem is not None:
+                raise self.fail(node, problem, path)
         return value
 
     def key(self, node: Node, path: Path) -> str:
@@ -380,13 +404,14 @@ def _syntax_error(exc: yaml.YAMLError, text: str, file: str | None) -> SpecError
     )
 
 
-def load_yaml(text: str, file: str | None) -> tuple[Any, SourceMap]:
+def load_yaml(text: str, file: str | None, *, secrets: bool = False) -> tuple[Any, SourceMap]:
     """Parse one YAML document safely into plain JSON-compatible values and their marks.
 
     Rejects what ``yaml.safe_load`` lets through unnoticed: duplicate keys,
     non-string keys, non-JSON values (dates stay strings), recursive aliases
     and alias bombs. An empty document loads as ``None``. Raises
-    :class:`SpecError` naming ``file``, line and column.
+    :class:`SpecError` naming ``file``, line and column. With ``secrets``, a top-level value
+    tagged ``!secret`` loads as a :class:`SecretValue` (the text as written).
     """
     smap = SourceMap(file)
     if not isinstance(text, str):
@@ -397,7 +422,7 @@ def load_yaml(text: str, file: str | None) -> tuple[Any, SourceMap]:
         node = loader.get_single_node()
         if node is None:
             return None, smap
-        return _Builder(loader, smap).build(node, (), None, 0), smap
+        return _Builder(loader, smap, secrets=secrets).build(node, (), None, 0), smap
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, text, file) from None
     except RecursionError:
@@ -411,6 +436,8 @@ def load_yaml(text: str, file: str | None) -> tuple[Any, SourceMap]:
 
 def to_plain(value: Any) -> Any:
     """Deep-copy ``value`` into plain dicts and lists (for dumping and comparing)."""
+    if isinstance(value, SecretValue):
+        return value
     if isinstance(value, Mapping):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -427,7 +454,12 @@ def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
     return dumper.represent_scalar(_STR, data, style=style)
 
 
+def _represent_secret(dumper: yaml.SafeDumper, data: SecretValue) -> yaml.ScalarNode:
+    return dumper.represent_scalar(SECRET_TAG, data.value or "")
+
+
 _Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(SecretValue, _represent_secret)
 
 
 def dump_yaml(value: Any) -> str:

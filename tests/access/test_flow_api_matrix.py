@@ -37,6 +37,11 @@ FLOW_API: dict[str, tuple[str, str] | None] = {
     "setting.save": ("PUT", "/settings/{setting}"),
     "setting.delete": ("DELETE", "/settings/{setting}"),
     "flow.get": ("GET", "/flows/{flow}"),
+    "file.get": ("GET", "/files/{path}"),
+    "file.exists": ("GET", "/files/{path}"),
+    "file.save": ("PUT", "/files/{path}"),
+    "file.delete": ("DELETE", "/files/{path}"),
+    "file.list": ("GET", "/files"),
     "user.get_own": ("GET", "/auth/me"),
 }
 
@@ -53,9 +58,13 @@ roles:
     - {action: update, subject: settings, conditions: {setting: reports-*}}
     - {action: delete, subject: settings, conditions: {setting: reports-*}}
     - {action: create, subject: events, conditions: {type: reports.*}}
+    - {action: read, subject: files, conditions: {path: reports/*}}
+    - {action: update, subject: files, conditions: {path: reports/*}}
+    - {action: delete, subject: files, conditions: {path: reports/*}}
   creator:
     - {action: execute, subject: executions, conditions: {flow: probe}}
     - {action: create, subject: settings}
+    - {action: create, subject: files}
   bare:
     - {action: execute, subject: executions, conditions: {flow: probe}}
 """
@@ -77,6 +86,12 @@ def handler(system, this, inputs):
         "setting.create": lambda x: system.setting(t["new_setting"][x]).save(1),
         "setting.delete": lambda x: system.setting(t["doomed"][x]).delete(),
         "flow.get": lambda x: system.flow(t["flow"][x]).get("script"),
+        "file.get": lambda x: system.file(t["file"][x]).get(),
+        "file.exists": lambda x: system.file(t["file"][x]).exists(),
+        "file.save": lambda x: system.file(t["file"][x]).save(b"1"),
+        "file.create": lambda x: system.file(t["new_file"][x]).save(b"1"),
+        "file.delete": lambda x: system.file(t["doomed_file"][x]).delete(),
+        "file.list": lambda x: system.files(),
         "user.get_own": lambda x: system.get_own_user().get("name"),
     }
     results = {}
@@ -141,6 +156,8 @@ class World:
             self.executions[flow] = run.json()["id"]
         for name in ("reports-a", "other-a"):
             client.put(f"/api/v1/workspaces/fx/settings/{name}", json={"value": 0})
+        for path in ("reports/a.txt", "other/a.txt"):
+            assert client.put(f"/api/v1/workspaces/fx/files/{path}", content=b"0").is_success
         for principal in PRINCIPALS:
             self.tokens[principal] = user_with_token(
                 self.server.store, f"u-{principal}", "fx", principal
@@ -152,6 +169,9 @@ class World:
             self.server.client.put(
                 f"/api/v1/workspaces/fx/settings/{prefix}-del-{principal}-{via}",
                 json={"value": 0},
+            )
+            self.server.client.put(
+                f"/api/v1/workspaces/fx/files/{prefix}/del-{principal}-{via}.txt", content=b"0"
             )
         return {
             "execution": {"in": self.executions["reports-daily"], "out": self.executions["other"]},
@@ -165,6 +185,15 @@ class World:
             "doomed": {
                 "in": f"reports-del-{principal}-{via}",
                 "out": f"other-del-{principal}-{via}",
+            },
+            "file": {"in": "reports/a.txt", "out": "other/a.txt"},
+            "new_file": {
+                "in": f"reports/new-{principal}-{via}.txt",
+                "out": f"other/new-{principal}-{via}.txt",
+            },
+            "doomed_file": {
+                "in": f"reports/del-{principal}-{via}.txt",
+                "out": f"other/del-{principal}-{via}.txt",
             },
         }
 
@@ -200,6 +229,12 @@ class World:
             "setting.create": ("PUT", "/settings/{}", "new_setting", "value"),
             "setting.delete": ("DELETE", "/settings/{}", "doomed", None),
             "flow.get": ("GET", "/flows/{}", "flow", None),
+            "file.get": ("GET", "/files/{}", "file", None),
+            "file.exists": ("GET", "/files/{}", "file", None),
+            "file.save": ("PUT", "/files/{}", "file", None),
+            "file.create": ("PUT", "/files/{}", "new_file", None),
+            "file.delete": ("DELETE", "/files/{}", "doomed_file", None),
+            "file.list": ("GET", "/files", "file", None),
             "user.get_own": ("GET", "/auth/me", "flow", None),
         }
         with self._client(principal) as client:
@@ -255,6 +290,7 @@ def test_flow_api_calls_are_checked_like_their_routes(live_server: LiveServer) -
             continue
         assert seen[call] == {"A", "D"}, (call, seen[call])
     assert seen["setting.create"] == {"A", "D"}
+    assert seen["file.create"] == {"A", "D"}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

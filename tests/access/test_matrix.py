@@ -34,6 +34,8 @@ WS = "/api/v1/workspaces/{ws}"
 EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/health"): PUBLIC,
     ("GET", "/api/v1/metrics"): PUBLIC,
+    ("GET", "/api/v1/ready"): PUBLIC,
+    ("GET", "/api/v1/workers"): ADMIN,
     ("POST", "/api/v1/auth/login"): PUBLIC,
     ("POST", "/api/v1/auth/logout"): ANY,
     ("GET", "/api/v1/auth/me"): ANY,
@@ -51,6 +53,10 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", WS + "/settings/{name}"): READ,
     ("PUT", WS + "/settings/{name}"): EDIT,
     ("DELETE", WS + "/settings/{name}"): EDIT,
+    ("GET", WS + "/files"): READ,
+    ("GET", WS + "/files/{path}"): READ,
+    ("PUT", WS + "/files/{path}"): EDIT,
+    ("DELETE", WS + "/files/{path}"): EDIT,
     ("POST", WS + "/executions"): EXECUTE,
     ("GET", WS + "/executions"): READ,
     ("POST", WS + "/executions/batch"): EXECUTE,
@@ -141,6 +147,7 @@ class World:
         if server.client.get("/api/v1/workspaces/other-ws").status_code == 404:
             server.client.post("/api/v1/workspaces", json={"slug": "other-ws"})
         server.client.put("/api/v1/workspaces/mx/settings/s", json={"value": 1})
+        server.client.put("/api/v1/workspaces/mx/files/doc.txt", content=b"matrix")
         run = server.client.post("/api/v1/workspaces/mx/executions", json={"flow": "f"})
         self.execution_id = run.json()["id"]
         self.tokens = {"admin": server.token, "none": None}
@@ -170,6 +177,7 @@ class World:
             .replace("{automation}", "hook")
             .replace("{app}", "mx")
             .replace("{instance}", "tb")
+            .replace("{path}", "doc.txt")
         )
         token = self.tokens[principal]
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -16,13 +16,22 @@ FLOWLINK = [sys.executable, "-m", "flowlink.cli.main"]
 
 
 def cli(
-    server: LiveServer | None, *args: str, env: dict[str, str] | None = None, check: bool = False
+    server: LiveServer | None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "FLOWLINK_CONFIG_DIR": "/nonexistent-flowlink-config", **(env or {})}
     if server is not None:
         environ.update({"FLOWLINK_SERVER": server.url, "FLOWLINK_TOKEN": server.token})
     result = subprocess.run(
-        [*FLOWLINK, *args], env=environ, capture_output=True, text=True, timeout=120
+        [*FLOWLINK, *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=input_text,
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr

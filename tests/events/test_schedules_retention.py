@@ -89,6 +89,28 @@ def test_each_slot_fires_once_with_schedule_trigger(store: Store) -> None:
         assert {e.payload["trigger"]["type"] for e in triggered} == {"schedule"}
 
 
+def test_a_slot_from_before_the_apply_never_fires(store: Store) -> None:
+    files = {"workspace.yml": SCHEDULED_YML, "flows/tick.py": TICK}
+    with store.write() as session:
+        workspaces.apply_bundle(session, workspaces.parse_files(files), {})
+        applied_at = datetime(2026, 1, 1, 9, 47, 36, tzinfo=UTC)
+        session.execute(update(Automation).values(updated_at=applied_at))
+    scheduler = Scheduler(store)
+    # The 09:47 slot is from before the apply: a tick right after it fires nothing ...
+    assert scheduler.tick(datetime(2026, 1, 1, 9, 47, 37, tzinfo=UTC)) == []
+    assert scheduler.tick(datetime(2026, 1, 1, 9, 47, 59, tzinfo=UTC)) == []
+    # ... and the next slot fires as usual.
+    fired = scheduler.tick(datetime(2026, 1, 1, 9, 48, 1, tzinfo=UTC))
+    assert [(slug, slot.minute) for slug, slot, _ in fired] == [("every-minute", 48)]
+    # A slot at the very second of the apply belongs to it.
+    with store.write() as session:
+        session.execute(
+            update(Automation).values(updated_at=datetime(2026, 1, 1, 9, 50, tzinfo=UTC))
+        )
+    fired = scheduler.tick(datetime(2026, 1, 1, 9, 50, 2, tzinfo=UTC))
+    assert sorted(slug for slug, _, _ in fired) == ["every-5", "every-minute"]
+
+
 def test_several_schedulers_fire_each_slot_exactly_once(database_url: str) -> None:
     """Four schedulers, each with its own store connection pool, race over the same slots."""
     stores = [Store(database_url) for _ in range(4)]

@@ -96,17 +96,11 @@ def public_pem_of(private: Path) -> str:
 # --- two real servers as separate processes (see tests/linking/servers.py) --------------------
 
 # Imported here, not at the top, to keep this section appended as one block.
-import uuid  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 from flowlink.store.engine import make_engine, migrate  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    POSTGRES_URL,
-    _admin_execute,
-    _database_url,
-    _postgres_template,
-)
+from tests.conftest import postgres_database  # noqa: E402
 from tests.linking.servers import (  # noqa: E402
     ProxyFactory,
     ServerFactory,
@@ -126,12 +120,8 @@ def second_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
         engine.dispose()
         yield url
         return
-    name = f"flowlink_t2_{uuid.uuid4().hex[:12]}"
-    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template()}"')
-    try:
-        yield _database_url(POSTGRES_URL, name)
-    finally:
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database("flowlink_t2") as url:
+        yield url
 
 
 @pytest.fixture

@@ -580,3 +580,23 @@ def make_tls(tmp_path: Path) -> tuple[Path, Path, Path]:
         "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
     )  # fmt: skip
     return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+
+
+_count_engines: dict[str, Any] = {}
+
+
+def execution_counts(database_url: str) -> dict[str, int]:
+    """Executions of a store by status, read from the store (works while its server is down)."""
+    from sqlalchemy import func, select
+
+    from flowlink.store.engine import make_engine
+    from flowlink.store.models import Execution
+
+    engine = _count_engines.get(database_url)
+    if engine is None:
+        engine = _count_engines[database_url] = make_engine(database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(Execution.status, func.count()).group_by(Execution.status)
+        ).all()
+    return {str(status): int(count) for status, count in rows}

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.linking.conftest import KeyMaker, public_pem_of
-from tests.linking.servers import ENDED, ProxyFactory, ServerProcess
+from tests.linking.servers import ENDED, ProxyFactory, ServerProcess, execution_counts
 
 WS_A, WS_B = "ws-a", "ws-b"
 TO_B, FROM_A = "to-b", "from-a"
@@ -89,14 +89,8 @@ def outbox_depth(a: ServerProcess) -> int:
 
 
 def counts(server: ServerProcess) -> dict[str, int]:
-    """Executions of the server's store by status (from /api/v1/metrics)."""
-    response = server.client.get("/api/v1/metrics")
-    assert response.status_code == 200, response.text
-    out: dict[str, int] = {}
-    for line in response.text.splitlines():
-        if line.startswith("flowlink_executions{"):
-            out[line.split('"')[1]] = int(float(line.rsplit(" ", 1)[1]))
-    return out
+    """Executions of the server's store by status (read from its store)."""
+    return execution_counts(server.database_url)
 
 
 def ended(server: ServerProcess) -> int:

@@ -100,3 +100,28 @@ def test_arbitrary_bodies_only_ever_raise_invalid(body: dict[str, Any]) -> None:
 def test_arbitrary_messages_only_ever_raise_invalid(messages: list[dict[str, Any]]) -> None:
     with contextlib.suppress(Invalid):
         parse_envelope({"messages": messages})
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({**START, "inputs": {"a": "\ud800"}}, "messages[0].inputs.a"),
+        ({**START, "inputs": {"\udc00": 1}}, "messages[0].inputs.\ufffd"),
+        ({**UPDATE, "outputs": {"x": float("nan")}}, "messages[0].outputs.x"),
+        ({**UPDATE, "logs": [{"seq": 1, "line": "bad \udfff"}]}, "messages[0].logs.0.line"),
+        ({**UPDATE, "message": "\ud800"}, "messages[0].message"),
+    ],
+)
+def test_lone_surrogates_and_nan_in_messages_are_refused(
+    message: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(Invalid) as caught:
+        parse_envelope(envelope([ACK, message]))
+    assert caught.value.details["field"] == field.replace("[0]", "[1]")
+    assert caught.value.details["index"] == 1
+
+
+def test_non_finite_poll_is_refused() -> None:
+    with pytest.raises(Invalid) as caught:
+        parse_envelope({"messages": [], "poll": float("nan")})
+    assert caught.value.details["field"] == "poll"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from flowlink.runtime import pool as pool_module
 from flowlink.runtime import sandbox
 from flowlink.runtime.errors import RunnerError
 from flowlink.runtime.pool import Runner, RunnerPool
@@ -219,11 +220,12 @@ def test_warm_runner_that_died_is_not_handed_out(fresh_pool_factory: PoolFactory
 def test_stale_base_dirs_of_dead_pools_are_removed(
     pool: RunnerPool, fresh_pool_factory: PoolFactory
 ) -> None:
-    stale = tempfile.mkdtemp(prefix="flowlink-runners-")
+    parent = pool_module._base_parent()
+    stale = tempfile.mkdtemp(prefix="flowlink-runners-", dir=parent)
     os.mkdir(os.path.join(stale, "flowlink-run-1-abc"))
     with open(os.path.join(stale, ".owner.lock"), "w"):
         pass  # nobody holds the lock: its pool is gone
-    unrelated = tempfile.mkdtemp(prefix="flowlink-runners-")  # no lock file: left alone
+    unrelated = tempfile.mkdtemp(prefix="flowlink-runners-", dir=parent)  # no lock file: left alone
     try:
         fresh_pool_factory(warm_size=0)
         assert not os.path.exists(stale)

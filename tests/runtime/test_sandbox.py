@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from flowlink.runtime import pool as pool_module
 from flowlink.runtime import sandbox
 from flowlink.runtime.pool import RunnerPool
 
@@ -28,8 +29,9 @@ def secret_env() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def secrets() -> Iterator[dict[str, Path]]:
-    # not under pytest's tmp_path: that is 0700, and the test must show the mounts hide them
-    base = Path(tempfile.mkdtemp(prefix="flowlink-secrets-"))
+    # not under pytest's tmp_path: that is 0700, and the test must show the mounts hide them;
+    # not under /tmp either: runners get their own, empty /tmp (full mode)
+    base = Path(tempfile.mkdtemp(prefix="flowlink-secrets-", dir=pool_module._base_parent()))
     base.chmod(0o755)
     store = base / "store.db"
     store.write_text(f"store {SECRET}")
@@ -218,7 +220,7 @@ def test_identity_cwd_and_hidden_home(pool: RunnerPool) -> None:
     )
     out = run.outcome.outputs
     runner = run.runner
-    assert runner.uid == sandbox.UID_BASE + runner.pid
+    assert sandbox.UID_BASE <= runner.uid < sandbox.UID_BASE + sandbox.UID_RANGE
     assert out["pid"] == runner.pid
     assert out["ids"] == [runner.uid, runner.uid, runner.uid, []]
     assert out["cwd"] == runner.tmpdir and out["tmp"] == runner.tmpdir

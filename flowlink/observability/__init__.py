@@ -1,0 +1,1 @@
+"""Seeing inside a running flowlink: Prometheus metrics, structured logs, traces."""

@@ -1,0 +1,69 @@
+"""``GET /api/v1/health`` and the server log tell how flow scripts are confined, and an
+execution over its limit says so in its record."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ..conftest import make_settings, start_live_server
+from ..runtime.conftest import cgroups_expected
+from ..runtime.test_cgroups import FOUR_CHILDREN
+
+
+@pytest.mark.parametrize("use_cgroups", [True, False], ids=["cgroups", "rlimit"])
+def test_health_reports_the_sandbox(
+    database_url: str, use_cgroups: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    if "postgresql" in database_url:
+        pytest.skip("the store plays no part here")
+    settings = make_settings(database_url, runner_cgroups=use_cgroups, runner_memory_mb=300)
+    with caplog.at_level(logging.INFO, logger="flowlink.executions.worker"):
+        started = start_live_server(settings)
+    try:
+        client = started.live.client
+        body = client.get("/api/v1/health").json()
+        applied = client.post(
+            "/api/v1/workspaces/limits/apply",
+            json={"files": {"workspace.yml": "name: Limits\nslug: limits\n"}},
+        )
+        assert applied.status_code == 200, applied.text
+        answer = client.post(
+            "/api/v1/workspaces/limits/executions",
+            json={"script": FOUR_CHILDREN, "wait": 120, "max_runtime": 60},
+        )
+        execution = answer.json()
+    finally:
+        started.stop()
+    sandbox = body["sandbox"]
+    assert body["status"] == "ok"
+    assert sandbox["memory_mb"] == 300 and sandbox["processes"] == settings.runner_processes
+    logged = [r.getMessage() for r in caplog.records if "runner sandbox" in r.getMessage()]
+    assert len(logged) == 1, logged
+    if use_cgroups and cgroups_expected():
+        assert sandbox["limits"] in ("cgroup-v1", "cgroup-v2"), sandbox
+        assert f"limits per execution by {sandbox['limits']}: 300 MB memory" in logged[0]
+        # the execution as a whole went over: its record says which limit
+        assert (execution["status"], execution["message"]) == (
+            "error",
+            "memory limit exceeded (300 MB)",
+        ), execution
+    elif not use_cgroups:
+        # per process only: each child stays under 300 MB
+        assert execution["status"] == "success", execution
+        assert sandbox["limits"] == "rlimit"
+        assert sandbox["limits_note"] == "cgroups disabled by configuration"
+        assert "limits per process only" in logged[0]
+        assert "cgroups disabled by configuration" in logged[0]
+
+
+def test_health_without_a_worker_in_the_process(database_url: str) -> None:
+    if "postgresql" in database_url:
+        pytest.skip("the store plays no part here")
+    started = start_live_server(make_settings(database_url), with_worker=False)
+    try:
+        body = started.live.client.get("/api/v1/health").json()
+    finally:
+        started.stop()
+    assert body["sandbox"] is None
