@@ -88,12 +88,15 @@ _EDITOR = (
     + _grant(("create",), ("events",))
 )
 _OWNER = _grant(("manage",), SUBJECTS)
+# End users who may see the workspace's pages and nothing else.
+_VISITOR = _grant(("read",), ("pages",))
 
 BUILTIN_RULES: dict[str, tuple[Rule, ...]] = {
     "owner": _OWNER,
     "editor": _EDITOR,
     "operator": _OPERATOR,
     "viewer": _VIEWER,
+    "visitor": _VISITOR,
 }
 _NO_RULES: tuple[Rule, ...] = ()
 _custom_cache: dict[tuple[str, int, str], tuple[Rule, ...]] = {}

@@ -28,7 +28,7 @@ from flowlink.store.models import ApiToken, Membership, User, UserSession, Works
 TOKEN_PREFIX = "fl_"
 SESSION_HOURS = 12
 MIN_PASSWORD_LENGTH = 8
-IDENTITY_KINDS = ("user", "webhook", "schedule", "sync_config", "automation", "system")
+IDENTITY_KINDS = ("user", "webhook", "schedule", "sync_config", "automation", "system", "page")
 DEFAULT_IDENTITY_ROLE = "editor"
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("flowlink-no-such-user")

@@ -7,11 +7,13 @@ from fastapi import FastAPI
 from flowlink import __version__
 from flowlink.api import (
     access,
+    apps,
     events,
     executions,
     files,
     linking,
     operations,
+    pages,
     system,
     workspaces,
 )
@@ -46,5 +48,9 @@ def create_app(context: ServerContext) -> FastAPI:
     app.add_middleware(HttpMetrics)
     app.add_middleware(TracingMiddleware)
     app.include_router(files.router)
+    app.include_router(pages.router)
+    app.include_router(apps.router)
     install_console(app)
+    # outermost of these: a custom domain serves pages only, never the API or the console
+    app.add_middleware(pages.CustomDomains, lookup=pages.domain_lookup(context))
     return app

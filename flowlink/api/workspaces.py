@@ -48,10 +48,13 @@ class SettingBody(RequestBody):
 
 @router.get("")
 def list_workspaces(context: Context, caller: Caller) -> dict[str, Any]:
-    """List the workspaces the caller can see."""
+    """List the workspaces the caller can see (slug and name only without ``read workspace``,
+    e.g. for a ``visitor``, who may see pages and nothing else)."""
     with context.store.read() as session:
         items = [
             workspaces.workspace_view(w)
+            if allows(caller, "read", "workspace", w)
+            else {"id": w.id, "slug": w.slug, "name": w.name}
             for w in workspaces.list_workspaces(session)
             if visible(caller, w)
         ]

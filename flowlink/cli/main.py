@@ -13,6 +13,7 @@ import typer
 from flowlink import __version__
 from flowlink.cli import client as client_module
 from flowlink.cli.access import tokens_app, users_app
+from flowlink.cli.apps import apps_app
 from flowlink.cli.client import CA_BUNDLE_ENV, ApiError, Client
 from flowlink.cli.common import (
     JsonOpt,
@@ -485,6 +486,7 @@ app.add_typer(tokens_app, name="tokens")
 
 
 app.add_typer(events_app, name="events")
+app.add_typer(apps_app, name="apps")
 app.add_typer(link_app, name="link")
 app.add_typer(workers_app, name="workers")
 app.command("backup")(backup_command)

@@ -328,6 +328,20 @@ def _json_text(column: Any, path: str) -> Any:
     return element.as_string()
 
 
+def _visible_depths(criteria: EventFilter) -> ColumnElement[bool]:
+    """Events of nested app instances (depth >= 2) are hidden from the workspace's feed.
+
+    They stay visible one level up: filtering on ``source.appInstanceFullSlug`` of an
+    instance of depth ``d`` shows events down to depth ``d + 1``.
+    """
+    shown = 1
+    for path, value in criteria.source:
+        if path == "appInstanceFullSlug":
+            shown = value.count(".") + 2
+    depth = cast(_json_text(Event.source, "appInstanceDepth"), String)
+    return or_(depth.is_(None), depth.in_([str(d) for d in range(shown + 1)]))
+
+
 def _filtered(query: Select[Any], session: Session, criteria: EventFilter) -> Select[Any]:
     if criteria.types:
         clauses: list[ColumnElement[bool]] = []
@@ -344,6 +358,7 @@ def _filtered(query: Select[Any], session: Session, criteria: EventFilter) -> Se
         query = query.where(Event.created_at <= criteria.before)
     if criteria.correlation_id:
         query = query.where(Event.correlation_id == criteria.correlation_id)
+    query = query.where(_visible_depths(criteria))
     for path, value in criteria.source:
         query = query.where(cast(_json_text(Event.source, path), String) == value)
     for path, value in criteria.payload:

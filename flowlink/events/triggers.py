@@ -362,6 +362,9 @@ def emit_from_execution(
     source: dict[str, Any] = {}
     if execution is not None and (execution.trigger or {}).get("automation"):
         source["automationSlug"] = execution.trigger["automation"]
+    if execution is not None and execution.app:
+        source["appInstanceFullSlug"] = execution.app["instance"]
+        source["appInstanceDepth"] = int(execution.app["depth"])
     if execution is not None and (execution.trigger or {}).get("sessionId"):
         source["sessionId"] = execution.trigger["sessionId"]
     return emit(

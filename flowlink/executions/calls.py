@@ -149,6 +149,8 @@ class FlowApiCalls:
         self.log_cap = LogCap(settings.log_max_lines, settings.log_max_bytes)
         self._last_flush = time.monotonic()
         self._acting = (execution.principal, execution.user_id)
+        # An app instance's flow: its settings and custom events are its own (prefixed).
+        self._app_prefix = f"{execution.app['instance']}." if execution.app else ""
         self._principal: Principal | None = None
         self._denials: list[dict[str, Any]] = []
         self._secrets: list[str] = []  # values of secrets this script read, longest first
@@ -400,20 +402,25 @@ class FlowApiCalls:
             self._worker.launch_reserved(claimed)
         return result
 
+    def _setting_name(self, params: dict[str, Any]) -> str:
+        return self._app_prefix + str(params.get("name"))
+
     def _emit(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
-        self._authorize(session, workspace, "create", "events", {"type": params.get("type")})
+        event_type = self._app_prefix + str(params.get("type"))
+        self._authorize(session, workspace, "create", "events", {"type": event_type})
         emit_from_execution(
             session,
             workspace,
             self.execution_id,
-            str(params.get("type")),
+            event_type,
             params.get("payload"),
             max_depth=self.settings.event_trigger_depth,
         )
 
     def _setting_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
-        self._authorize(session, workspace, "read", "settings", {"setting": params.get("name")})
-        setting = workspaces.get_setting(session, workspace, str(params.get("name")))
+        name = self._setting_name(params)
+        self._authorize(session, workspace, "read", "settings", {"setting": name})
+        setting = workspaces.get_setting(session, workspace, name)
         if not setting.secret:
             return setting.value
         value = workspaces.setting_value(setting, resolve_secret_key(self.settings))
@@ -428,7 +435,7 @@ class FlowApiCalls:
             keep_out_of_server_logs(secret)  # this process now knows it
 
     def _setting_save(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
-        name = str(params.get("name"))
+        name = self._setting_name(params)
         secret = params.get("secret")
         existing = workspaces.find_setting(session, workspace, name)
         manage = bool(secret) or (existing is not None and existing.secret)
@@ -449,18 +456,18 @@ class FlowApiCalls:
     def _setting_exists(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
     ) -> bool:
-        self._authorize(session, workspace, "read", "settings", {"setting": params.get("name")})
-        return workspaces.find_setting(session, workspace, str(params.get("name"))) is not None
+        name = self._setting_name(params)
+        self._authorize(session, workspace, "read", "settings", {"setting": name})
+        return workspaces.find_setting(session, workspace, name) is not None
 
     def _setting_delete(
         self, session: Session, workspace: Workspace, params: dict[str, Any]
     ) -> None:
-        existing = workspaces.find_setting(session, workspace, str(params.get("name")))
+        name = self._setting_name(params)
+        existing = workspaces.find_setting(session, workspace, name)
         action = "manage" if existing is not None and existing.secret else "delete"
-        self._authorize(session, workspace, action, "settings", {"setting": params.get("name")})
-        workspaces.delete_setting(
-            session, workspace, str(params.get("name")), execution_id=self.execution_id
-        )
+        self._authorize(session, workspace, action, "settings", {"setting": name})
+        workspaces.delete_setting(session, workspace, name, execution_id=self.execution_id)
 
     def _flow_get(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
         self._authorize(session, workspace, "read", "flows", {"flow": params.get("name")})

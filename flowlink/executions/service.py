@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from flowlink.apps.service import app_source, resolve_flow
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
 from flowlink.observability import metrics
@@ -23,7 +24,7 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
-from flowlink.workspaces.service import check_name, get_flow, spec_error_to_invalid
+from flowlink.workspaces.service import check_name, find_flow, get_flow, spec_error_to_invalid
 from flowlink.workspaces.spec import SpecError, validate_script
 
 QUEUED = "queued"
@@ -87,11 +88,11 @@ def create_execution(
             "max_runtime must be between 0 and 604800 seconds", details={"field": "max_runtime"}
         )
     flow_id = None
+    app: dict[str, Any] | None = None
     if script is None:
         if not flow_name:
             raise Invalid("either flow or script is required", details={"field": "flow"})
-        flow = get_flow(session, workspace, flow_name)
-        script, flow_id = flow.script, flow.id
+        script, flow_id, app = _flow_script(session, workspace, flow_name, parent)
     else:
         flow_name = flow_name or "script"
         check_name("flow", flow_name)
@@ -116,6 +117,7 @@ def create_execution(
         cancel_requested=False,
         principal=principal if principal is not None else (parent.principal if parent else None),
         remote_config_id=remote_config_id,
+        app=app,
         traceparent=traceparent if valid_traceparent(traceparent) else current_traceparent(),
     )
     session.add(execution)
@@ -127,17 +129,45 @@ def create_execution(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
-        extra_source=execution_source(trigger, http),
+        extra_source=execution_source(trigger, http, app),
     )
     if remote_config_id is None:
         notify.announce(session, notify.QUEUED, execution.id)
     return execution
 
 
+def _flow_script(
+    session: Session, workspace: Workspace, name: str, parent: Execution | None
+) -> tuple[str, str | None, dict[str, Any] | None]:
+    """Script, flow id and app context of flow ``name`` started from ``parent``.
+
+    The workspace's own flows first (from the host only); then, as ``instance.flow``, the
+    flows of an installed app instance (see ``flowlink.apps.service.resolve_flow``).
+    """
+    context = parent.app if parent is not None else None
+    if context is None:
+        flow = find_flow(session, workspace, name)
+        if flow is not None:
+            return flow.script, flow.id, None
+    resolved = resolve_flow(session, workspace, context, name)
+    if resolved is None:
+        if context is not None:
+            raise NotFound(
+                f"flow {name!r} not found in app instance {context['instance']!r}",
+                details={"workspace": workspace.slug, "flow": name},
+            )
+        get_flow(session, workspace, name)  # raises the usual NotFound
+    assert resolved is not None
+    return resolved[0], None, resolved[1]
+
+
 def execution_source(
-    trigger: dict[str, Any] | None, http: dict[str, Any] | None = None
+    trigger: dict[str, Any] | None,
+    http: dict[str, Any] | None = None,
+    app: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The event ``source`` fields an execution adds: its login session and automation."""
+    """The event ``source`` fields an execution adds: its login session, automation and
+    app instance."""
     trigger = trigger or {}
     source: dict[str, Any] = {}
     if trigger.get("sessionId"):
@@ -146,6 +176,7 @@ def execution_source(
         source["automationSlug"] = trigger["automation"]
     if http:
         source["http"] = dict(http)
+    source.update(app_source(app) or {})
     return source or None
 
 
@@ -277,6 +308,8 @@ def execution_view(
         "user_id": execution.user_id,
         "mirrored": execution.remote_config_id is not None,
     }
+    if execution.app:  # an app instance's flow: which instance and version it runs
+        view["app"] = {k: execution.app.get(k) for k in ("instance", "app", "version")}
     if children is not None:
         view["children"] = list(children)
     if with_script:
@@ -465,10 +498,12 @@ def _started(
         correlation_id=execution.correlation_id,
         execution_id=execution.id,
         user_id=execution.user_id,
-        extra_source=execution_source(execution.trigger),
+        extra_source=execution_source(execution.trigger, app=execution.app),
     )
     waited = (execution.started_at or utcnow()) - execution.created_at
     metrics.count_started(session, [(workspace.slug, waited.total_seconds())])
+    if execution.app:  # an app instance's flow runs with the instance's config
+        return Claimed(execution, workspace.slug, dict(execution.app.get("config") or {}))
     return Claimed(execution, workspace.slug, workspace.config_rendered or {})
 
 
@@ -532,6 +567,7 @@ def finish_many(
                 Execution.outputs,
                 Execution.message,
                 Execution.trigger,
+                Execution.app,
             )
             .where(Execution.id.in_([execution_id for execution_id, _ in endings]))
             .with_for_update()
@@ -587,7 +623,7 @@ def finish_many(
                 correlation_id=row.correlation_id,
                 execution_id=execution_id,
                 user_id=row.user_id,
-                extra_source=execution_source(row.trigger),
+                extra_source=execution_source(row.trigger, app=row.app),
             )
         )
         automation_row = automation_executed_row(

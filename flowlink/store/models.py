@@ -216,6 +216,9 @@ class Execution(Base):
     # Set on an execution that runs in a linked workspace and only mirrors it here (the id of
     # the sync config it runs through); the queue never claims such an execution.
     remote_config_id: Mapped[str | None] = mapped_column(String(36))
+    # Set on an execution of an app instance's flow: {"instance": full slug, "depth", "app",
+    # "version", "config"} (see flowlink.apps.service); it keeps them for its whole run.
+    app: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     # The W3C trace context the execution was queued in (tracing on), its span's parent.
     traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
 
@@ -390,6 +393,77 @@ class LinkExecution(Base):
     log_mark: Mapped[int] = mapped_column(BigId, default=0)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Page(Base):
+    """A page of a workspace: its template and the settings of its ``pages/<slug>.yml``."""
+
+    __tablename__ = "pages"
+    __table_args__ = (UniqueConstraint("workspace_id", "slug"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(128))
+    template: Mapped[str] = mapped_column(Text)
+    meta_text: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class CustomDomain(Base):
+    """A host name claimed by one workspace to serve its pages (unique across workspaces)."""
+
+    __tablename__ = "custom_domains"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+
+
+class App(Base):
+    """An app: a workspace published as immutable versions, installable as instances."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    workspace_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AppVersion(Base):
+    """One published version of an app: a snapshot of its workspace (never changed)."""
+
+    __tablename__ = "app_versions"
+    __table_args__ = (UniqueConstraint("app_id", "version"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(String(64))
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    published_by: Mapped[str | None] = mapped_column(String(128))
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AppInstance(Base):
+    """An app version installed into a workspace under a slug, with its own config."""
+
+    __tablename__ = "app_instances"
+    __table_args__ = (UniqueConstraint("workspace_id", "slug"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(63))
+    app_version_id: Mapped[str] = mapped_column(ForeignKey("app_versions.id"))
+    app_slug: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(64))
+    config_value: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    config_rendered: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class WorkerProcess(Base):

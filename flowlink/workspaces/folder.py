@@ -14,7 +14,7 @@ from .yamlsource import SpecError
 __all__ = ["read_folder", "write_folder"]
 
 _CONTENT_DIRS = ("flows", "pages")
-_STALE = (("flows", ".py"),)
+_STALE = (("flows", ".py"), ("pages", ".html"), ("pages", ".yml"))
 
 
 def _skipped(name: str) -> bool:
@@ -127,9 +127,9 @@ def write_folder(path: str | Path, files: Mapping[str, str]) -> None:
     """Write workspace files (as from ``bundle_to_files``) into a folder.
 
     Creates the folder and its subfolders, writes each file atomically (and
-    only when its content changed), and removes stale ``flows/*.py`` that are
-    not in ``files`` (a flow deleted from the workspace). Other files
-    (README.md, pages, settings.yml when not given, ...) are left alone. Raises
+    only when its content changed), and removes stale ``flows/*.py``,
+    ``pages/*.html`` and ``pages/*.yml`` that are not in ``files`` (deleted from the
+    workspace). Other files (README.md, settings.yml when not given, ...) are left alone. Raises
     :class:`SpecError` for a path that is not a workspace file.
     """
     root = Path(path)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from flowlink import atrest
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import event_row, record, record_rows
+from flowlink.pages import store as pages
 from flowlink.store.models import (
     Automation,
     AutomationTrigger,
@@ -258,6 +259,7 @@ def apply_bundle(
     new_spec = {
         "automations": {slug: _automation_spec(a) for slug, a in spec.automations.items()},
         "customDomains": list(spec.custom_domains),
+        **({"apps": {slug: dict(i) for slug, i in spec.apps.items()}} if spec.apps else {}),
         "roles": {
             name: [
                 {"action": r.action, "subject": r.subject, "conditions": dict(r.conditions)}
@@ -285,8 +287,11 @@ def apply_bundle(
     workspace.config_schema = dict(spec.config_schema)
     workspace.config_rendered = rendered
 
+    result.changes["domains"] = pages.claim_domains(session, workspace, spec.custom_domains)
     result.changes["flows"] = _sync_flows(session, workspace, bundle.flows)
+    result.changes["pages"] = pages.sync_pages(session, workspace, bundle.page_specs)
     result.changes["automations"] = _sync_automations(session, workspace, spec.automations)
+    result.changes["apps"] = _sync_apps(session, workspace, spec, environ)
     result.changes["settings"] = _apply_settings(
         session, workspace, bundle.settings, limit=max_new_settings
     )
@@ -315,6 +320,22 @@ def apply_bundle(
             record(session, workspace, "workspaces.configured", {"keys": sorted(rendered)})
     session.flush()
     return result
+
+
+def _sync_apps(
+    session: Session, workspace: Workspace, spec: WorkspaceSpec, environ: Mapping[str, str]
+) -> list[str]:
+    from flowlink.apps import service as apps  # apps use workspaces' templating and models
+
+    declared = {
+        slug: apps.InstanceSpec(
+            slug=slug, app=i["app"], version=i["version"], config=i.get("config") or {}
+        )
+        for slug, i in spec.apps.items()
+    }
+    if spec.config_schema:
+        apps.check_schema(spec.config_schema, spec.slug)
+    return apps.sync_instances(session, workspace, declared, environ)
 
 
 def _sync_flows(session: Session, workspace: Workspace, flows: Mapping[str, str]) -> list[str]:
@@ -507,7 +528,8 @@ def _apply_secrets(
 
 
 def export_files(session: Session, slug: str) -> dict[str, str]:
-    """The workspace as folder files (``workspace.yml``, ``flows/*.py``, ``settings.yml``).
+    """The workspace as folder files (``workspace.yml``, ``flows/*.py``, ``settings.yml``,
+    ``files/``, ``pages/*.html`` and ``pages/*.yml``).
 
     Secret settings are written as ``name: !secret`` without their value.
     """
@@ -517,11 +539,13 @@ def export_files(session: Session, slug: str) -> dict[str, str]:
     settings = {s.name: s.value for s in stored if not s.secret}
     secrets: dict[str, str | None] = {s.name: None for s in stored if s.secret}
     blobs = {f.path: f.content for f in list_files(session, workspace)}
+    templates, metas = pages.stored_pages(session, workspace)
     bundle = WorkspaceBundle(
         spec=stored_spec(workspace),
         flows=flows,
         settings=settings,
-        pages={},
+        pages=templates,
+        page_meta=metas,
         secrets=secrets,
         files=blobs,
     )
@@ -555,6 +579,7 @@ def stored_spec(workspace: Workspace) -> WorkspaceSpec:
         automations=automations,
         custom_domains=tuple(workspace.spec.get("customDomains", [])),
         roles=roles,
+        apps=workspace.spec.get("apps", {}),
         source_text=workspace.source_text or "",
     )
 

@@ -5,7 +5,7 @@ A workspace folder (see docs/workspaces.md)::
     workspace.yml        name, slug, description, config, automations, customDomains, roles
     flows/<name>.py      one flow script per file
     settings.yml         optional initial settings: name -> any JSON value
-    pages/<name>.html    optional pages
+    pages/<name>.html    optional pages, each with an optional pages/<name>.yml
 
 :func:`parse_bundle` turns the folder's files (relative POSIX path -> text)
 into a :class:`WorkspaceBundle`; :func:`bundle_to_files` is its inverse. Every
@@ -26,6 +26,9 @@ from typing import Any
 from croniter import croniter
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+
+from flowlink.pages.domains import DomainError, normalize_domain
+from flowlink.pages.spec import PageSpec, parse_pages
 
 from .templating import TemplateProblem, check_template, is_template
 from .yamlsource import (
@@ -120,6 +123,8 @@ UNLISTENABLE_NATIVE_EVENTS = frozenset(
     }
 )
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_INSTANCE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 
 ACTIONS: tuple[str, ...] = ("read", "create", "update", "delete", "execute", "manage")
 SUBJECTS: tuple[str, ...] = (
@@ -135,7 +140,7 @@ SUBJECTS: tuple[str, ...] = (
     "tokens",
     "files",
 )
-BUILTIN_ROLES: tuple[str, ...] = ("owner", "editor", "operator", "viewer")
+BUILTIN_ROLES: tuple[str, ...] = ("owner", "editor", "operator", "viewer", "visitor")
 # Condition keys a custom role rule may use, per subject (values are glob patterns);
 # ``name`` is accepted everywhere as the name of the resource (flow, setting, event type...).
 CONDITION_KEYS: dict[str, tuple[str, ...]] = {
@@ -222,16 +227,24 @@ class WorkspaceSpec:
     custom_domains: tuple[str, ...] = ()
     roles: Mapping[str, tuple[RoleRule, ...]] = field(default_factory=dict)
     source_text: str = ""
+    # app instances: slug -> {"app", "version", "config"} (see flowlink.apps.service)
+    apps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class WorkspaceBundle:
-    """A whole workspace folder: spec, flow scripts, initial settings and pages."""
+    """A whole workspace folder: spec, flow scripts, initial settings and pages.
+
+    ``pages`` are the templates (``pages/<slug>.html``), ``page_meta`` the texts of the
+    optional ``pages/<slug>.yml`` and ``page_specs`` both parsed (see ``flowlink.pages.spec``).
+    """
 
     spec: WorkspaceSpec
     flows: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
     pages: Mapping[str, str] = field(default_factory=dict)
+    page_meta: Mapping[str, str] = field(default_factory=dict)
+    page_specs: Mapping[str, PageSpec] = field(default_factory=dict)
     # Secret settings (``name: !secret value``): name -> value, None when only declared.
     secrets: Mapping[str, str | None] = field(default_factory=dict)
     # Workspace files (``files/<path>``): path -> content.
@@ -282,6 +295,19 @@ WORKSPACE_SCHEMA: dict[str, Any] = {
             },
         },
         "customDomains": {"type": ["array", "null"], "items": _STRING},
+        "apps": {
+            "type": ["object", "null"],
+            "additionalProperties": {
+                "type": "object",
+                "required": ["app", "version"],
+                "additionalProperties": False,
+                "properties": {
+                    "app": _STRING,
+                    "version": {"type": ["string", "number"]},
+                    "config": _MAPPING,
+                },
+            },
+        },
         "roles": {
             "type": ["object", "null"],
             "additionalProperties": {
@@ -405,8 +431,10 @@ def _checks(
         yield from _template_checks(config["value"], ("config", "value"), smap)
     automations = data.get("automations")
     if isinstance(automations, dict):
+        apps_ = data.get("apps")
+        instances = list(apps_) if isinstance(apps_, dict) else []
         for slug_, automation in automations.items():
-            yield from _automation_checks(slug_, automation, smap, flows)
+            yield from _automation_checks(slug_, automation, smap, flows, instances)
     domains = data.get("customDomains")
     if isinstance(domains, list):
         seen: set[str] = set()
@@ -414,11 +442,33 @@ def _checks(
             path = ("customDomains", index)
             if not isinstance(host, str):
                 continue
-            if not is_valid_hostname(host):
-                yield smap.error(path, f"invalid hostname {host!r}")
-            elif host.lower() in seen:
+            try:
+                canonical = normalize_domain(host)
+            except DomainError as exc:
+                yield smap.error(path, str(exc))
+                continue
+            if canonical in seen:
                 yield smap.error(path, f"duplicate custom domain {host!r}")
-            seen.add(host.lower())
+            seen.add(canonical)
+    apps = data.get("apps")
+    if isinstance(apps, dict):
+        for slug_, instance in apps.items():
+            if not _matches(_INSTANCE, slug_):
+                yield smap.error(
+                    ("apps", slug_),
+                    f"invalid app instance slug {slug_!r}: 1-63 of a-z 0-9 _ -, starting with"
+                    " a letter or digit (no '.')",
+                    at_key=True,
+                )
+            version = instance.get("version") if isinstance(instance, dict) else None
+            if isinstance(version, str) and not _matches(_VERSION, version):
+                yield smap.error(
+                    ("apps", slug_, "version"),
+                    f"invalid version {version!r}: letters, digits, '.', '+', '_' and '-'",
+                )
+            config_ = instance.get("config") if isinstance(instance, dict) else None
+            if isinstance(config_, dict):
+                yield from _template_checks(config_, ("apps", slug_, "config"), smap)
     roles = data.get("roles")
     if isinstance(roles, dict):
         for role in roles:
@@ -478,8 +528,13 @@ def _template_checks(
 
 
 def _automation_checks(
-    slug: str, automation: Any, smap: SourceMap, flows: Collection[str] | None
+    slug: str,
+    automation: Any,
+    smap: SourceMap,
+    flows: Collection[str] | None,
+    instances: Collection[str] = (),
 ) -> Iterator[SpecError]:
+    """An automation's flow is a flow of the folder or ``<instance>.<flow>`` of an app."""
     base = ("automations", slug)
     if not _matches(_NAME, slug):
         yield smap.error(
@@ -491,7 +546,12 @@ def _automation_checks(
     if not isinstance(automation, dict):
         return
     flow = automation.get("flow")
-    if isinstance(flow, str) and flows is not None and flow not in flows:
+    if (
+        isinstance(flow, str)
+        and flows is not None
+        and flow not in flows
+        and flow.partition(".")[0] not in instances
+    ):
         yield smap.error(
             (*base, "flow"),
             f"automation {slug!r} uses flow {flow!r}, but there is no flows/{flow}.py",
@@ -614,9 +674,17 @@ def _build_spec(data: dict[str, Any], text: str) -> WorkspaceSpec:
         config_value=config.get("value") or {},
         config_schema=config.get("schema") or {},
         automations=automations,
-        custom_domains=tuple(h.lower() for h in data.get("customDomains") or ()),
+        custom_domains=tuple(normalize_domain(h) for h in data.get("customDomains") or ()),
         roles=roles,
         source_text=text,
+        apps={
+            slug: {
+                "app": instance["app"],
+                "version": str(instance["version"]),
+                "config": dict(instance.get("config") or {}),
+            }
+            for slug, instance in (data.get("apps") or {}).items()
+        },
     )
 
 
@@ -675,11 +743,14 @@ def validate_script(name: str, script: str, file: str | None = None) -> None:
         raise SpecError(f"invalid Python script: {exc}", file=file) from None
 
 
-_KINDS = ("workspace", "settings", "flow", "page", "file")
+_KINDS = ("workspace", "settings", "flow", "page", "page_meta", "file")
 
 
 def classify_path(path: str) -> tuple[str, str]:
-    """Classify a folder path: ``("workspace"|"settings", "")`` or ``("flow"|"page", name)``.
+    """Classify a folder path: ``("workspace"|"settings", "")`` or ``(kind, name)``.
+
+    ``kind`` is ``flow`` (``flows/<name>.py``), ``page`` (``pages/<name>.html``),
+    ``page_meta`` (``pages/<name>.yml``) or ``file`` (``files/<path>``).
 
     Raises :class:`SpecError` naming the file for anything else.
     """
@@ -698,9 +769,12 @@ def classify_path(path: str) -> tuple[str, str]:
         rest = path[len(folder) :]
         if "/" in rest or "\\" in rest:
             raise SpecError(f"{kind} files cannot be in subfolders of {folder}", file=path)
+        if kind == "page" and rest.endswith(".yml"):
+            suffix, kind = ".yml", "page_meta"
         if not rest.endswith(suffix):
             raise SpecError(
-                f"unexpected file in {folder}: {kind} files are named {folder}<name>{suffix}",
+                f"unexpected file in {folder}: {kind} files are named {folder}<name>{suffix}"
+                + (f" (and {folder}<name>.yml)" if kind == "page" else ""),
                 file=path,
             )
         name = rest[: -len(suffix)]
@@ -713,7 +787,7 @@ def classify_path(path: str) -> tuple[str, str]:
         return kind, name
     raise SpecError(
         "unexpected file: a workspace folder holds workspace.yml, settings.yml, "
-        "flows/<name>.py, pages/<name>.html and files/<path>",
+        "flows/<name>.py, pages/<name>.html, pages/<name>.yml and files/<path>",
         file=path,
     )
 
@@ -757,8 +831,19 @@ def parse_bundle(files: Mapping[str, str]) -> WorkspaceBundle:
     settings = parse_settings(settings_text) if settings_text is not None else {}
     settings, secrets = split_secrets(settings)
     pages = dict(sorted(kinds["page"].items()))
+    page_meta = dict(sorted(kinds["page_meta"].items()))
+    page_specs = parse_pages(
+        pages, page_meta, flows=flows.keys(), roles=(*BUILTIN_ROLES, *spec.roles)
+    )
     return WorkspaceBundle(
-        spec=spec, flows=flows, settings=settings, pages=pages, secrets=secrets, files=blobs
+        spec=spec,
+        flows=flows,
+        settings=settings,
+        pages=pages,
+        page_meta=page_meta,
+        page_specs=page_specs,
+        secrets=secrets,
+        files=blobs,
     )
 
 
@@ -808,6 +893,8 @@ def spec_to_yaml(spec: WorkspaceSpec) -> str:
         doc["automations"] = automations
     if spec.custom_domains:
         doc["customDomains"] = list(spec.custom_domains)
+    if spec.apps:
+        doc["apps"] = {slug: to_plain(dict(instance)) for slug, instance in spec.apps.items()}
     if spec.roles:
         doc["roles"] = {
             role: [
@@ -842,6 +929,10 @@ def bundle_to_files(bundle: WorkspaceBundle) -> dict[str, str]:
         path = f"pages/{name}.html"
         classify_path(path)
         files[path] = bundle.pages[name]
+    for name in sorted(bundle.page_meta):
+        path = f"pages/{name}.yml"
+        classify_path(path)
+        files[path] = bundle.page_meta[name]
     for name in sorted(bundle.files):
         path = FILES_DIR + name
         classify_path(path)

@@ -45,6 +45,7 @@ __all__ = [
     "env_overrides",
     "is_template",
     "render_config",
+    "render_over",
 ]
 
 ENV_PREFIX = "WORKSPACE_CONFIG_"
@@ -634,3 +635,25 @@ def render_config(
     resolver.render_all()
     rendered: dict[str, Any] = resolver.materialize((), root)
     return rendered
+
+
+def render_over(
+    value: Mapping[str, Any], base: Mapping[str, Any], *, file: str, field: str
+) -> dict[str, Any]:
+    """Render ``{{config.X}}`` templates in ``value`` where ``config`` is ``base`` + ``value``.
+
+    ``base`` (an already rendered config, e.g. the host workspace's) is used literally;
+    keys of ``value`` win. Returns the rendered keys of ``value`` only. Errors are
+    :class:`SpecError` naming ``file`` and ``field``.
+    """
+    root: dict[str, Any] = to_plain(base)
+    own = to_plain(value)
+    root.update(own)
+    literal: set[Path] = {(key,) for key in root if key not in own}
+    resolver = _Resolver(root, literal, file, None)
+    try:
+        resolver.render_all()
+        rendered: dict[str, Any] = resolver.materialize((), root)
+    except SpecError as error:
+        raise SpecError(error.message, file=file, field=field) from None
+    return {key: rendered[key] for key in own}

@@ -72,6 +72,13 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", WS + "/webhooks/{automation}"): PUBLIC,
     ("DELETE", WS + "/webhooks/{automation}"): PUBLIC,
     ("POST", WS + "/automations/{automation}/webhook_key"): OWN,
+    ("GET", WS + "/pages"): READ,
+    ("POST", WS + "/publish"): EDIT,
+    ("GET", "/api/v1/apps"): ANY,
+    ("GET", "/api/v1/apps/{app}/versions"): ANY,
+    ("GET", WS + "/apps"): READ,
+    ("PUT", WS + "/apps/{instance}"): EDIT,
+    ("DELETE", WS + "/apps/{instance}"): EDIT,
     ("GET", "/api/v1/users"): ADMIN,
     ("POST", "/api/v1/users"): ADMIN,
     ("GET", "/api/v1/users/{username}"): ADMIN,
@@ -168,6 +175,8 @@ class World:
             .replace("{username}", "victim")
             .replace("{token_id}", self.victim_token_id)
             .replace("{automation}", "hook")
+            .replace("{app}", "mx")
+            .replace("{instance}", "tb")
             .replace("{path}", "doc.txt")
         )
         token = self.tokens[principal]
@@ -200,6 +209,8 @@ class World:
             ("POST", "/api/v1/tokens"): {"name": "matrix", "workspace": "mx", "role": "viewer"},
             ("POST", WS + "/sync_config"): {"name": f"s-{unique}"},
             ("PATCH", WS + "/sync_config/{name}"): {"enabled": True},
+            ("POST", WS + "/publish"): {"version": f"1.0.{unique}"},
+            ("PUT", WS + "/apps/{instance}"): {"app": "nope", "version": "1.0.0"},
         }
         return bodies.get((method, path))
 
@@ -248,7 +259,7 @@ def test_unknown_token_is_401_everywhere(live_server: LiveServer, principal: str
             continue
         url = path.replace("{ws}", "mx").replace("{name}", "x").replace("{username}", "x")
         url = url.replace("{execution_id}", "x").replace("{token_id}", "x")
-        url = url.replace("{automation}", "x")
+        url = url.replace("{automation}", "x").replace("{app}", "x").replace("{instance}", "x")
         if url.endswith("/stream"):
             with client.stream(method, url) as response:
                 assert response.status_code == 401, (method, path)

@@ -168,7 +168,9 @@ def test_write_creates_dirs_and_removes_stale_files(tmp_path: Path) -> None:
             "flows/stale.py": "old",
             "flows/notes.txt": "keep",
             "flows/.hidden.py": "keep",
-            "pages/old.html": "kept: pages are only ever added or updated",
+            "pages/old.html": "stale: pages are part of the workspace",
+            "pages/old.yml": "title: stale\n",
+            "pages/notes.txt": "keep",
             "README.md": "keep",
             "settings.yml": "keep: 1\n",
         },
@@ -180,12 +182,14 @@ def test_write_creates_dirs_and_removes_stale_files(tmp_path: Path) -> None:
     assert (folder / "flows/greet.py").read_text() == GREET
     assert (folder / "pages/new.html").read_text() == "<p/>"
     assert not (folder / "flows/stale.py").exists()
+    assert not (folder / "pages/old.html").exists()
+    assert not (folder / "pages/old.yml").exists()
     for kept in (
         "flows/notes.txt",
         "flows/.hidden.py",
         "README.md",
         "settings.yml",
-        "pages/old.html",
+        "pages/notes.txt",
     ):
         assert (folder / kept).exists(), kept
 

@@ -416,7 +416,7 @@ ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = [
         3,
         31,
         "customDomains[1]",
-        "invalid hostname 'bad host'",
+        "invalid custom domain 'bad host': must be a hostname without spaces",
     ),
     (
         "hostname-trailing-dot",
@@ -424,7 +424,7 @@ ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = [
         3,
         17,
         "customDomains[0]",
-        "invalid hostname",
+        "remove the trailing dot",
     ),
     (
         "hostname-dash",
@@ -432,7 +432,7 @@ ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = [
         3,
         17,
         "customDomains[0]",
-        "invalid hostname",
+        "must not start or end with a hyphen",
     ),
     (
         "hostname-ip-like",
@@ -440,7 +440,7 @@ ERRORS: list[tuple[str, str, int | None, int | None, str | None, str]] = [
         3,
         17,
         "customDomains[0]",
-        "invalid hostname",
+        "an IP address is not a domain",
     ),
     (
         "hostname-dup",
@@ -584,7 +584,7 @@ def test_error_is_deterministic() -> None:
     messages = {str(spec_error(text)) for _ in range(5)}
     assert messages == {
         "workspace.yml:1:1: zeta: unknown field 'zeta' (expected one of: name, "
-        "slug, description, config, automations, customDomains, roles)"
+        "slug, description, config, automations, customDomains, apps, roles)"
     }
 
 
@@ -794,7 +794,7 @@ def test_hostnames(host: str, ok: bool) -> None:
 
 
 def test_builtin_roles_constant() -> None:
-    assert set(BUILTIN_ROLES) == {"owner", "editor", "operator", "viewer"}
+    assert set(BUILTIN_ROLES) == {"owner", "editor", "operator", "viewer", "visitor"}
 
 
 # --------------------------------------------------------------------------- properties
