@@ -6,8 +6,7 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from flowlink.access.policy import authorize
 from flowlink.api.bodies import RequestBody
