@@ -238,6 +238,7 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_workspace_seq", "workspace_id", "seq"),
         Index("ix_events_workspace_type_created", "workspace_id", "type", "created_at"),
+        Index("ix_events_correlation_seq", "correlation_id", "seq"),  # a story, in order
     )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
