@@ -306,7 +306,7 @@ class ScheduleSlot(Base):
 
 
 class SyncConfig(Base):
-    """One end of a workspace link (DESIGN section 6). Keys are write-only."""
+    """One end of a workspace link (docs/linking.md). Keys are write-only."""
 
     __tablename__ = "sync_configs"
     __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_sync_configs_name"),)
