@@ -57,6 +57,7 @@ def folder(tmp_path: Path) -> Path:
     return ws
 
 
+@pytest.mark.slow
 def test_apply_run_follow_list_show_export(
     live_server: LiveServer, folder: Path, tmp_path: Path
 ) -> None:
