@@ -56,6 +56,7 @@ bench: install-test
 	$(BIN)/python bench/apply.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/requests.py
+	$(BIN)/python bench/scale.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache flowlink.db flowlink.db-* flowlink.db.secret

@@ -108,8 +108,12 @@ class ServerProcess:
 
 
 @contextmanager
-def server(database_url: str, port: int | None = None, **env: str) -> Iterator[ServerProcess]:
-    """Initialize a store and run a real server process on it (on ``port`` if given)."""
+def server(
+    database_url: str, port: int | None = None, log: Path | None = None, **env: str
+) -> Iterator[ServerProcess]:
+    """Initialize a store and run a real server process on it (on ``port`` if given).
+
+    ``log``: a file for the server's output (else it is discarded)."""
     environ = {
         **os.environ,
         "FLOWLINK_DATABASE_URL": database_url,
@@ -121,11 +125,12 @@ def server(database_url: str, port: int | None = None, **env: str) -> Iterator[S
     )
     token = json.loads(out.stdout)["token"]
     port = port or free_port()
+    output = log.open("ab") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
         [*FLOWLINK, "server", "--port", str(port)],
         env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -11,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from anyio import to_thread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,10 +28,12 @@ from flowlink.access.service import (
 from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
 from flowlink.api.proxies import ForwardedHeaders
+from flowlink.background import BackgroundTasks
 from flowlink.credentials import load_credentials, save_credentials
 from flowlink.errors import Unauthorized
 from flowlink.events.rejections import flush_rejections
-from flowlink.executions.worker import Worker
+from flowlink.events.scheduler import schedule_event_jobs
+from flowlink.executions.worker import Worker, watch_other_workers
 from flowlink.linking.connector import LinkManager
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
@@ -95,17 +101,57 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.context.stopping.set()
-        self.context.store.notifier.fire(notify.LINK, "")
+        for channel in (notify.LINK, notify.EVENTS, notify.LOGS):  # waiters see the stop
+            self.context.store.notifier.fire(channel, "")
         super().handle_exit(sig, frame)
 
 
 @dataclass
 class RunningServer:
-    """A server that is up: its context, its worker (if any) and its uvicorn instance."""
+    """A server that is up: its context, its worker (if any), its uvicorn instance and the
+    background tasks its lifespan runs."""
 
     context: ServerContext
     worker: Worker | None
     server: uvicorn.Server
+    tasks: BackgroundTasks
+    links: LinkManager
+
+
+def lifespan(running: RunningServer) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """What the server runs beside its requests, started and stopped with it.
+
+    One ``BackgroundTasks`` on the server's event loop holds the PostgreSQL listener, the
+    scheduler, event retention, the worker's heartbeat and reaper, and the link manager.
+    The shutdown signal is ``context.stopping``: long polls and streams end, connectors and
+    the worker stop, then the tasks.
+    """
+    context = running.context
+
+    @contextlib.asynccontextmanager
+    async def run(_app: Any) -> AsyncIterator[None]:
+        tasks, store = running.tasks, context.store
+        store.listen(tasks)
+        schedule_event_jobs(tasks, store, context.settings)
+        if running.worker is not None:
+            running.worker.start()
+            running.worker.schedule(tasks)
+        running.links.schedule(tasks)
+        watch_other_workers(store, tasks, context.settings.poll_interval)
+        await tasks.start()
+        if store.dialect == "postgresql":  # other processes' notifications are heard
+            await to_thread.run_sync(store.listening.wait, 5.0)
+        try:
+            yield
+        finally:
+            context.stopping.set()
+            await running.links.stop()
+            await to_thread.run_sync(flush_rejections, store)  # counts of open windows
+            if running.worker is not None:
+                await to_thread.run_sync(running.worker.stop)
+            await tasks.stop()
+
+    return run
 
 
 def build_server(
@@ -137,31 +183,25 @@ def build_server(
         # uvicorn would believe X-Forwarded-For from 127.0.0.1 (and FORWARDED_ALLOW_IPS):
         # only the configured trusted proxies count (ForwardedHeaders).
         proxy_headers=False,
-        lifespan="off",
+        lifespan="on",
         timeout_graceful_shutdown=10,
     )
     worker = Worker(store, settings) if with_worker else None
     app.state.sandbox_info = worker.pool.sandbox_info if worker is not None else None
-    return RunningServer(context=context, worker=worker, server=_Server(config, context))
+    running = RunningServer(
+        context=context,
+        worker=worker,
+        server=_Server(config, context),
+        tasks=BackgroundTasks(context.stopping),
+        links=LinkManager(store, settings),
+    )
+    app.router.lifespan_context = lifespan(running)
+    return running
 
 
 def serve(running: RunningServer) -> None:
-    """Run until interrupted, then stop the worker gracefully."""
-    from flowlink.events.scheduler import start_event_loops
-
-    stop_event_loops = start_event_loops(
-        running.context.store, running.context.settings, server=running.server
-    )
-    if running.worker is not None:
-        running.worker.start()
-    links = LinkManager(running.context.store, running.context.settings)
-    links.start()
+    """Run until interrupted (the lifespan starts and stops the background work)."""
     try:
         running.server.run()
     finally:
-        links.stop()
-        flush_rejections(running.context.store)
-        stop_event_loops()
-        if running.worker is not None:
-            running.worker.stop()
         running.context.store.dispose()

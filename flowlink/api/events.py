@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from flowlink.errors import Invalid, Unauthorized
 from flowlink.events import service as events
 from flowlink.events import triggers
 from flowlink.store import notify
+from flowlink.store.engine import Store
 from flowlink.store.models import Execution
 from flowlink.workspaces import service as workspaces
 
@@ -155,6 +157,32 @@ def search_events(
     return {"items": views, "next_cursor": next_cursor}
 
 
+# Streams in the same place (workspace, filter, position) share one read of the store: an
+# event wakes a thousand streams, and they make one query, not a thousand. A read counts
+# for a stream only if no event was announced since it began (the EVENTS counter), so a
+# shared result is never older than the stream's wake-up.
+_reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[Any]]] = {}
+
+
+async def _shared_read(
+    key: tuple[Any, ...], store: Store, read: Callable[[], list[tuple[int, dict[str, Any]]]]
+) -> list[tuple[int, dict[str, Any]]]:
+    seen = store.notifier.counter(notify.EVENTS)
+    current = _reads.get(key)
+    if current is None or current[0] != seen:
+        future: asyncio.Future[Any] = asyncio.ensure_future(run_in_threadpool(read))
+        current = (seen, future)
+        _reads[key] = current
+
+        def forget(_done: asyncio.Future[Any], entry: Any = current) -> None:
+            if _reads.get(key) is entry:
+                del _reads[key]
+
+        future.add_done_callback(forget)
+    result: list[tuple[int, dict[str, Any]]] = await asyncio.shield(current[1])
+    return result
+
+
 def _sse(view: dict[str, Any], position: int) -> str:
     data = jsonsafe.dumps(view, separators=(",", ":"), default=str)
     return f"id: {position}\nevent: {view['type']}\ndata: {data}\n\n"
@@ -177,37 +205,37 @@ async def _stream(
     once, with the stream position as their ``id``.
     """
     store = context.store
-    loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
-
-    def on_notify(payload: str) -> None:
-        if not payload or payload == workspace_id:
-            loop.call_soon_threadsafe(wake.set)
-
-    unsubscribe = store.notifier.subscribe(notify.EVENTS, on_notify)
     late_commits = store.dialect == "postgresql"
     cursor = start  # highest seq delivered
     floor = start  # PostgreSQL: lowest seq that might still appear
     recent: dict[int, float] = {}  # seq -> when delivered, for seqs above floor
 
-    def read() -> list[tuple[int, dict[str, Any]]]:
+    def read(after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
         with store.read() as session:
-            rows = events.read_after(
-                session,
-                workspace_id,
-                criteria,
-                floor if late_commits else cursor,
-                limit=STREAM_BATCH + len(recent),
-            )
+            rows = events.read_after(session, workspace_id, criteria, after, limit=limit)
             return [(e.seq, events.event_view(e)) for e in rows]
 
-    should_exit = getattr(request.app.state, "should_exit", lambda: False)
     last_sent = time.monotonic()
-    try:
+    with store.notifier.waiter({notify.EVENTS: {workspace_id}}) as waiter:
         yield "retry: 1000\n\n"
+        look = True
         while True:
-            wake.clear()
-            rows = await run_in_threadpool(read)
+            if not look:  # nothing announced: sleep until a keep-alive is due
+                if await request.is_disconnected() or context.stopping.is_set():
+                    return
+                # A client that went away is noticed when the keep-alive cannot be sent.
+                idle = KEEPALIVE_SECONDS - (time.monotonic() - last_sent)
+                look = bool(await waiter.wait(max(idle, 0.0)))
+                if not look and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
+                continue
+            after, limit = (floor if late_commits else cursor), STREAM_BATCH + len(recent)
+            rows = await _shared_read(
+                (store, workspace_id, criteria, after, limit),
+                store,
+                functools.partial(read, after, limit),
+            )
             fresh = [(seq, view) for seq, view in rows if seq not in recent]
             now = time.monotonic()
             for seq, view in fresh:
@@ -226,16 +254,11 @@ async def _stream(
                     floor = cursor
             if len(fresh) >= STREAM_BATCH:
                 continue
-            if await request.is_disconnected() or should_exit():
-                return
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=0.5 if recent else 1.0)
-            except TimeoutError:
-                if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
-                    last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
-    finally:
-        unsubscribe()
+            look = bool(recent)
+            if recent:  # rows delivered lately may still be joined by late commits
+                if await request.is_disconnected() or context.stopping.is_set():
+                    return
+                await waiter.wait(0.5)
 
 
 @router.get("/events/stream")
@@ -357,7 +380,7 @@ async def webhook(
     execution_id = await run_in_threadpool(start)
     if async_:
         return JSONResponse({"id": execution_id, "status": "queued"}, status_code=202)
-    await run_in_threadpool(wait_for_end, context.store, execution_id, WEBHOOK_WAIT_SECONDS)
+    await wait_for_end(context.store, execution_id, WEBHOOK_WAIT_SECONDS)
 
     def result() -> tuple[str, Any, str | None]:
         with context.store.read() as session:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
 from sqlalchemy.orm import Session
@@ -75,20 +75,18 @@ def _detail(
         return view
 
 
-def wait_for_end(store: Store, execution_id: str, timeout: float) -> None:
-    """Block until the execution has ended or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    notifier = store.notifier
-    while True:
-        seen = notifier.counter(notify.ENDED)
+async def wait_for_end(store: Store, execution_id: str, timeout: float) -> None:
+    """Wait (on the event loop, holding no thread) until the execution ended or ``timeout``.
+
+    It looks at the store again only when an execution ended somewhere (``notify.ENDED``).
+    """
+
+    def ended() -> bool:
         with store.read() as session:
-            status = session.get(Execution, execution_id)
-            if status is None or status.status in executions.ENDED:
-                return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        notifier.wait(notify.ENDED, seen, min(remaining, 0.5))
+            execution = session.get(Execution, execution_id)
+            return execution is None or execution.status in executions.ENDED
+
+    await notify.wait_until(store.notifier, {notify.ENDED: None}, ended, timeout)
 
 
 def _start(
@@ -153,20 +151,31 @@ def _api_trigger(caller: Principal) -> dict[str, Any]:
 
 
 @router.post("", status_code=201)
-def start_execution(
+async def start_execution(
     ws: str, body: ExecutionCreate, request: Request, context: Context, caller: Caller
 ) -> dict[str, Any]:
-    """Start an execution of a flow (or of an ad-hoc script) and return it."""
-    with context.store.write() as session:
-        workspace = workspaces.get_workspace(session, ws)
-        execution = _start(session, workspace, body, context, caller, request_http(request))
-        if not body.wait:
-            view = executions.execution_view(execution, workspace.slug, children=[])
-            view["script"] = execution.script
-            return view
-        execution_id = execution.id
-    wait_for_end(context.store, execution_id, body.wait)
-    return _detail(context.store, ws, execution_id)
+    """Start an execution of a flow (or of an ad-hoc script) and return it.
+
+    With ``wait`` the answer waits for the end without holding a thread: the store work
+    runs in short thread hops and the wait is on the event loop.
+    """
+    http = request_http(request)
+
+    def start() -> dict[str, Any] | str:
+        with context.store.write() as session:
+            workspace = workspaces.get_workspace(session, ws)
+            execution = _start(session, workspace, body, context, caller, http)
+            if not body.wait:
+                view = executions.execution_view(execution, workspace.slug, children=[])
+                view["script"] = execution.script
+                return view
+            return execution.id
+
+    started = await to_thread.run_sync(start)
+    if isinstance(started, dict):
+        return started
+    await wait_for_end(context.store, started, body.wait or 0.0)
+    return await to_thread.run_sync(_detail, context.store, ws, started)
 
 
 @router.post("/batch", status_code=201)
@@ -232,25 +241,44 @@ def get_execution(ws: str, execution_id: str, context: Context, caller: Caller) 
 
 
 @router.get("/{execution_id}/logs")
-def get_logs(
+async def get_logs(
     ws: str,
     execution_id: str,
     context: Context,
     caller: Caller,
     after: Annotated[int, Query(ge=0, le=MAX_ID, description="Only lines after this log id")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="Follow: when there is no line after `after` and the execution has"
+            " not ended, wait up to this many seconds for one (or for the end)",
+        ),
+    ] = 0.0,
 ) -> dict[str, Any]:
-    """Log lines of an execution, oldest first; poll with ``after`` to follow."""
-    with context.store.read() as session:
-        workspace = workspaces.get_workspace(session, ws)
-        authorize(caller, "read", "executions", workspace)
-        execution = executions.get_execution(session, workspace, execution_id)
-        authorize(caller, "read", "executions", workspace, {"flow": execution.flow_name})
-        lines = executions.get_logs(session, execution.id, after=after, limit=limit)
-        return {
-            "items": [executions.log_view(line) for line in lines],
-            "status": execution.status,
-        }
+    """Log lines of an execution, oldest first; follow with ``after`` (and ``wait``)."""
+    page: dict[str, Any] = {}
+
+    def read() -> bool:
+        with context.store.read() as session:
+            workspace = workspaces.get_workspace(session, ws)
+            authorize(caller, "read", "executions", workspace)
+            execution = executions.get_execution(session, workspace, execution_id)
+            authorize(caller, "read", "executions", workspace, {"flow": execution.flow_name})
+            lines = executions.get_logs(session, execution.id, after=after, limit=limit)
+            page.update(
+                items=[executions.log_view(line) for line in lines],
+                status=execution.status,
+                workspace_id=workspace.id,
+            )
+            return bool(lines) or execution.status in executions.ENDED
+
+    if not await to_thread.run_sync(read) and wait > 0:
+        interests = {notify.LOGS: {page["workspace_id"]}, notify.ENDED: None}
+        await notify.wait_until(context.store.notifier, interests, read, wait)
+    return {"items": page["items"], "status": page["status"]}
 
 
 @router.post("/{execution_id}/cancel")

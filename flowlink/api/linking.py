@@ -6,7 +6,6 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from flowlink.access.policy import authorize
@@ -108,8 +107,7 @@ async def sync(ws: str, name: str, request: Request, context: Context) -> Respon
     """The sync endpoint of a link: a signed exchange of messages (no login; the signature is
     the authentication). See docs/linking.md for the protocol."""
     body = await request.body()
-    answer = await run_in_threadpool(
-        answer_exchange,
+    answer = await answer_exchange(
         context.store,
         context.settings,
         ws,

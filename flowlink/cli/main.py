@@ -40,6 +40,7 @@ app = typer.Typer(
 executions_app = typer.Typer(help="List, show and cancel executions.", no_args_is_help=True)
 app.add_typer(executions_app, name="executions")
 ENDED = ("success", "error", "cancelled")
+FOLLOW_WAIT = 10.0  # seconds a log follow request may be held by the server
 
 
 def _version(value: bool) -> None:
@@ -150,6 +151,7 @@ def worker_command(
     import threading
     from dataclasses import replace
 
+    from flowlink.background import BackgroundTasks
     from flowlink.executions.worker import Worker
     from flowlink.observability import metrics, tracing
     from flowlink.observability.logs import configure_logging
@@ -165,10 +167,15 @@ def worker_command(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    tasks = BackgroundTasks()
+    store.listen(tasks)
+    worker.schedule(tasks)
     worker.start()
+    tasks.start_in_thread()
     announce(log_format, f"worker {worker.id} running (store: {store.dialect})")
     stop.wait()
     worker.stop()
+    tasks.stop_thread()
     store.dispose()
     metrics.process_exited()
 
@@ -295,20 +302,15 @@ def follow_execution(
     """Print log lines as they arrive until the execution ends; returns its final record."""
     after = 0
     base = f"/api/v1/workspaces/{workspace}/executions/{execution_id}"
-    delay = 0.05
     while True:
-        page = call(client, "GET", f"{base}/logs", params={"after": after})
+        # The server holds the request until a line comes or the execution ends.
+        page = call(client, "GET", f"{base}/logs", params={"after": after, "wait": FOLLOW_WAIT})
         for item in page["items"]:
             after = item["id"]
             if not quiet:
                 console.print(item["line"], highlight=False, markup=False)
         if page["status"] in ENDED and not page["items"]:
             return call(client, "GET", base)
-        if not page["items"]:
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
-        else:
-            delay = 0.05
 
 
 @app.command()

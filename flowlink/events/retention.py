@@ -1,4 +1,4 @@
-"""Event retention: what is deleted, when, and the periodic cleanup loop.
+"""Event retention: what is deleted, when, and the periodic cleanup job.
 
 Defaults (all configurable): events are kept 3 years; a workspace inactive for more than 15 days
 with fewer than 100 events loses its events; the events of a deleted workspace are kept 6 months
@@ -8,7 +8,6 @@ after its last event (its ``workspaces.deleted``).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -183,32 +182,12 @@ def cleanup(
     return report
 
 
-class RetentionLoop:
-    """Runs ``cleanup`` periodically inside the server."""
+def retention_job(store: Store, policy: RetentionPolicy) -> Callable[[], None]:
+    """One periodic cleanup run, for the server's background tasks."""
 
-    def __init__(self, store: Store, policy: RetentionPolicy, *, interval: float = 3600.0) -> None:
-        self.store = store
-        self.policy = policy
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def run() -> None:
+        report = cleanup(store, policy)
+        if report.total:
+            log.info("event retention deleted %d events", report.total)
 
-    def start(self) -> None:
-        """Start cleaning up in the background (first run after one interval)."""
-        self._thread = threading.Thread(target=self._run, name="flowlink-retention", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the loop."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                report = cleanup(self.store, self.policy)
-                if report.total:
-                    log.info("event retention deleted %d events", report.total)
-            except Exception:
-                log.exception("event cleanup failed; retrying later")
+    return run

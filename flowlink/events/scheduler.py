@@ -8,7 +8,6 @@ execution, so exactly one server wins a slot and a crash between the two is impo
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +17,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from flowlink.background import BackgroundTasks
 from flowlink.events.triggers import start_automation
 from flowlink.settings import ServerSettings
 from flowlink.store.engine import Store
@@ -104,7 +104,8 @@ def fire_due(
 
 
 class Scheduler:
-    """The scheduler loop of a server process; ``tick`` can also be called directly (tests)."""
+    """The scheduler of a server process: ``tick`` every ``interval`` seconds as a job of the
+    process's ``BackgroundTasks`` (``schedule``); it can also be called directly (tests)."""
 
     def __init__(
         self,
@@ -118,63 +119,29 @@ class Scheduler:
         self.interval = interval
         self.clock = clock
         self.grace = grace
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def tick(self, now: datetime | None = None) -> list[tuple[str, datetime, str | None]]:
         """Fire the slots due now (one transaction)."""
         with self.store.write() as session:
             return fire_due(session, now or self.clock(), grace=self.grace)
 
-    def start(self) -> None:
-        """Run ``tick`` every ``interval`` seconds in a background thread."""
-        self._thread = threading.Thread(target=self._run, name="flowlink-scheduler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the loop."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("scheduler tick failed; retrying")
-            self._stop.wait(self.interval)
+    def schedule(self, tasks: BackgroundTasks) -> None:
+        """Tick every ``interval`` seconds, the first time at once (a failed tick is retried)."""
+        tasks.every("scheduler", self.interval, self.tick, first="now")
 
 
-def start_event_loops(
-    store: Store, settings: ServerSettings, *, server: Any = None
-) -> Callable[[], None]:
-    """Start the scheduler and the retention loop of a server; returns the function to stop them.
+def schedule_event_jobs(tasks: BackgroundTasks, store: Store, settings: ServerSettings) -> None:
+    """Add the scheduler and the event retention job of a server to its background tasks.
 
     An interval of 0 (``FLOWLINK_SCHEDULER_INTERVAL``, ``FLOWLINK_EVENT_CLEANUP_INTERVAL``)
-    turns a loop off. ``server`` (the uvicorn server) lets live streams end when it shuts down.
+    turns a job off.
     """
-    if server is not None:
-        server.config.app.state.should_exit = lambda: bool(server.should_exit)
-    from flowlink.events.retention import RetentionLoop, RetentionPolicy
+    from flowlink.events.retention import RetentionPolicy, retention_job
 
-    store.start_listening()  # live streams hear other processes' events (PostgreSQL)
-    loops: list[Scheduler | RetentionLoop] = []
-    if settings.scheduler_interval > 0:
-        loops.append(Scheduler(store, interval=settings.scheduler_interval))
-    if settings.event_cleanup_interval > 0:
-        loops.append(
-            RetentionLoop(
-                store,
-                RetentionPolicy.from_settings(settings),
-                interval=settings.event_cleanup_interval,
-            )
-        )
-    for loop in loops:
-        loop.start()
-
-    def stop() -> None:
-        for loop in loops:
-            loop.stop()
-
-    return stop
+    Scheduler(store, interval=settings.scheduler_interval).schedule(tasks)
+    tasks.every(
+        "event retention",
+        settings.event_cleanup_interval,
+        retention_job(store, RetentionPolicy.from_settings(settings)),
+        first="later",
+    )

@@ -118,7 +118,8 @@ def record_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     insert_rows(session, rows)
     for row in rows:
         _remember_native(session, row)
-    notify.announce(session, notify.EVENTS, "")
+    for workspace_id in dict.fromkeys(row.get("workspace_id") or "" for row in rows):
+        notify.announce(session, notify.EVENTS, workspace_id)
 
 
 _SQLITE_INSERT = (

@@ -278,15 +278,26 @@ def execution_view(
 # --- logs -------------------------------------------------------------------------------------
 
 
-def append_logs(session: Session, execution_id: str, lines: Iterable[str]) -> None:
-    """Append log lines to an execution."""
+def append_logs(
+    session: Session,
+    execution_id: str,
+    lines: Iterable[str],
+    *,
+    workspace_id: str | None = None,
+) -> None:
+    """Append log lines to an execution (and announce them to log followers and links)."""
     now = utcnow()
     rows = [
         {"execution_id": execution_id, "created_at": now, "line": line[:MAX_LOG_LINE]}
         for line in lines
     ]
-    if rows:
-        session.execute(insert(ExecutionLog), rows)
+    if not rows:
+        return
+    session.execute(insert(ExecutionLog), rows)
+    if workspace_id is None:
+        execution = session.get(Execution, execution_id)  # usually already in the session
+        workspace_id = execution.workspace_id if execution is not None else ""
+    notify.announce(session, notify.LOGS, workspace_id)
 
 
 def get_logs(

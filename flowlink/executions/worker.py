@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from flowlink.background import BackgroundTasks
 from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
 from flowlink.executions.calls import FlowApiCalls
@@ -25,6 +26,7 @@ from flowlink.store.engine import Store, protected_paths
 
 log = logging.getLogger(__name__)
 FINISH_BATCH = 64
+OTHER_WORKERS_EVERY = 5.0  # seconds between looks at the registry for other worker processes
 
 
 @dataclass(frozen=True)
@@ -70,16 +72,13 @@ class Worker:
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the runner pool and the claim, heartbeat and reaper loops."""
+        """Start the runner pool and the claim and finish loops (see also ``schedule``)."""
         self.pool.start()
         self._log_sandbox()
         self._register()
-        self.store.start_listening()
         self._unsubscribe.append(self.store.notifier.subscribe(notify.CANCEL, self._on_cancel))
         for target, name in (
             (self._claim_loop, "claim"),
-            (self._heartbeat_loop, "heartbeat"),
-            (self._reaper_loop, "reaper"),
             (self._finish_loop, "finish"),
         ):
             thread = threading.Thread(target=target, name=f"flowlink-{name}", daemon=True)
@@ -199,26 +198,36 @@ class Worker:
         )
         thread.start()
 
-    def _heartbeat_loop(self) -> None:
-        interval = max(self.settings.lease_seconds / 3, 0.2)
-        while not self._stopping.wait(interval):
-            self._beat()
-            ids = self.active_ids()
-            if not ids:
-                continue
-            try:
-                with self.store.write() as session:
-                    to_cancel = executions.renew_leases(
-                        session, self.id, ids, self.settings.lease_seconds
-                    )
-            except Exception:
-                log.exception("renewing leases failed")
-                continue
-            for execution_id in to_cancel:
-                self._on_cancel(execution_id)
+    def schedule(self, tasks: BackgroundTasks) -> None:
+        """Add the heartbeat (every lease/3) and the lease reaper (every lease/2) to the
+        process's background tasks; a failed run is logged and runs again next time."""
+        lease = self.settings.lease_seconds
+        tasks.every("worker heartbeat", self._heartbeat_seconds(), self.heartbeat, first="later")
+        tasks.every("lease reaper", max(lease / 2, 0.5), self.reap, first="later")
+
+    def heartbeat(self) -> None:
+        """Say this worker is alive; renew the leases of the executions it runs and cancel
+        those asked to stop. Nothing once the worker stops."""
+        if self._stopping.is_set():
+            return
+        self._beat()
+        ids = self.active_ids()
+        if not ids:
+            return
+        with self.store.write() as session:
+            to_cancel = executions.renew_leases(session, self.id, ids, self.settings.lease_seconds)
+        for execution_id in to_cancel:
+            self._on_cancel(execution_id)
+
+    def reap(self) -> None:
+        """End active executions whose worker's lease expired (a worker that was lost)."""
+        with self.store.write() as session:
+            lost = executions.reap_expired(session)
+        if lost:
+            log.warning("ended %d execution(s) whose worker was lost", len(lost))
 
     def _heartbeat_seconds(self) -> float:
-        """The heartbeat loop's interval (a third of the lease)."""
+        """The heartbeat's interval (a third of the lease)."""
         return max(self.settings.lease_seconds / 3, 0.2)
 
     def _register(self) -> None:
@@ -250,17 +259,6 @@ class Worker:
                 registry.stopped(session, self.id)
         except Exception:
             log.exception("could not mark worker %s stopped", self.id)
-
-    def _reaper_loop(self) -> None:
-        interval = max(self.settings.lease_seconds / 2, 0.5)
-        while not self._stopping.wait(interval):
-            try:
-                with self.store.write() as session:
-                    lost = executions.reap_expired(session)
-                if lost:
-                    log.warning("ended %d execution(s) whose worker was lost", len(lost))
-            except Exception:
-                log.exception("reaping expired leases failed")
 
     def _on_cancel(self, execution_id: str) -> None:
         with self._runs_lock:
@@ -395,3 +393,36 @@ class Worker:
             message = message or "cancelled"
         outcome = executions.Outcome(result.status, message, result.outputs, result.error_kind)
         return outcome, logs
+
+
+def watch_other_workers(store: Store, tasks: BackgroundTasks, interval: float) -> None:
+    """SQLite: hear what separate ``flowlink worker`` processes change.
+
+    SQLite has no NOTIFY, so a run that another process starts or ends, or its log lines,
+    announce nothing here. While the worker registry shows a running worker of another
+    process, this job looks every ``interval`` seconds whether anything was committed
+    (``PRAGMA data_version``) and, if so, wakes every waiter to look again. A server alone
+    on its SQLite store (the usual case) pays one registry read every few seconds.
+    """
+    if store.dialect != "sqlite":
+        return
+    state: dict[str, Any] = {"checked": 0.0, "others": False, "version": None}
+
+    def look() -> None:
+        now = time.monotonic()
+        if now - state["checked"] > OTHER_WORKERS_EVERY:
+            with store.read() as session:
+                state["others"] = any(
+                    w.status is registry.WorkerStatus.RUNNING and w.pid != os.getpid()
+                    for w in registry.list_workers(session)
+                )
+            state["checked"] = now
+        if not state["others"]:
+            return
+        version = store.data_version()
+        if version != state["version"]:
+            state["version"] = version
+            for channel in (notify.ENDED, notify.LOGS, notify.EVENTS, notify.LINK):
+                store.notifier.fire(channel, "")
+
+    tasks.every("SQLite changes of other workers", interval, look)

@@ -9,24 +9,41 @@ A connector exchanges with the other end's sync endpoint:
 
 Acks of the messages received are sent with the next exchange. While the other end cannot
 be reached, exchanges back off exponentially with jitter; ``sync.connected`` and
-``sync.disconnected`` events mark the changes of state. ``LinkManager`` starts, restarts
-(when a config changes) and stops connectors.
+``sync.disconnected`` events mark the changes of state.
+
+Every connector of a process is a pair of coroutines on the server's event loop (no thread
+of its own): HTTP goes through one shared ``httpx.AsyncClient`` with keep-alive
+connections, store work through short thread hops, and the sender waits for the store's
+notifications that concern its link (``exchange.wait_for_news``' interests). The
+``LinkManager`` (a background task) starts, restarts (when a config changes) and stops
+connectors, for the configs this process owns (``LinkOwnership``): on PostgreSQL several
+server processes share the store and each link is driven by exactly one of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from anyio import to_thread
 from sqlalchemy import select
 
+from flowlink.background import BackgroundTasks
 from flowlink.errors import NotFound
 from flowlink.events.service import record
 from flowlink.linking import outbox
-from flowlink.linking.exchange import apply_messages, pending_messages
+from flowlink.linking.exchange import (
+    START_GRACE,
+    apply_messages,
+    look_for_news,
+    news_interests,
+)
+from flowlink.linking.ownership import LinkOwnership
 from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope, for_peer
 from flowlink.linking.service import (
     STATE_WRITE_EVERY,
@@ -34,24 +51,38 @@ from flowlink.linking.service import (
     private_key_of,
     public_keys_of,
 )
-from flowlink.linking.transport import LinkRefused, LinkUnavailable, TlsOptions, Transport
+from flowlink.linking.transport import (
+    AsyncClients,
+    LinkRefused,
+    LinkUnavailable,
+    TlsOptions,
+    Transport,
+)
 from flowlink.observability import metrics, tracing
 from flowlink.settings import ServerSettings, resolve_secret_key
-from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import SyncConfig, Workspace
 
 log = logging.getLogger(__name__)
 BACKOFF_START = 0.25
-IDLE_CHECK_SECONDS = 0.25  # the sender looks for changes (a run's start, logs) this often
+# The sender looks at the store again after this long without a notification: a safety net
+# (for example a separate worker process on SQLite, whose changes announce nothing here).
+SENDER_FALLBACK_SECONDS = 30.0
+COALESCE_SECONDS = 0.002  # after a wake-up, let changes made together go out together
 # What one exchange came to.
 BUSY, DONE, IDLE, FAILED = "busy", "done", "idle", "failed"
 
 
 class Connector:
-    """Keeps one link's connecting end exchanging with the other end."""
+    """Keeps one link's connecting end exchanging with the other end (on the event loop)."""
 
-    def __init__(self, store: Store, settings: ServerSettings, config: SyncConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: ServerSettings,
+        config: SyncConfig,
+        http: AsyncClients | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.config_id = config.id
@@ -59,96 +90,117 @@ class Connector:
         self.workspace_id = config.workspace_id
         self.version = (config.updated_at, config.enabled)
         self.interval = config.sync_interval
+        # Made in a thread hop (``LinkManager``): this read does not block the event loop.
         with store.read() as session:
             slug = session.scalar(select(Workspace.slug).where(Workspace.id == config.workspace_id))
         self.label = f"{slug}/{config.name}"  # how metrics name this link
+        tls = TlsOptions(config.ca_certificate, config.verify_ssl)
         self.transport = Transport(
             str(config.remote_url),
             private_key_of(config, resolve_secret_key(settings)),
             list(public_keys_of(config).values()),
-            TlsOptions(config.ca_certificate, config.verify_ssl),
+            tls,
             timeout=settings.link_timeout,
+            http=(http or AsyncClients()).get(tls),
         )
-        self._stop = threading.Event()
         self._acks: list[str] = []
-        self._acks_lock = threading.Lock()
-        self._state_lock = threading.Lock()
         self._connected: bool | None = (config.state or {}).get("connected")
         self._failures = 0
         self._state_written = 0.0
-        self._threads: list[threading.Thread] = []
+        self._follows = True  # whether executions here may concern the link (see exchange)
+        self._task: asyncio.Task[None] | None = None
 
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start exchanging in the background."""
-        loops = [self._interval_loop] if self.interval else [self._sender_loop, self._poll_loop]
-        for loop in loops:
-            thread = threading.Thread(
-                target=loop, name=f"flowlink-link-{self.name}-{loop.__name__}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        """Start exchanging, as a task on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"link {self.name}")
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Stop exchanging (an exchange in flight is abandoned; nothing is lost)."""
-        self._stop.set()
-        self.store.notifier.fire(notify.LINK, self.config_id)
-        self.transport.close()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("link %s: connector failed", self.name)
+            self._task = None
+
+    async def run(self) -> None:
+        """Exchange until cancelled: one loop in interval mode, sender and poller otherwise."""
+        if self.interval:
+            await self._interval_loop()
+        else:
+            await asyncio.gather(self._sender_loop(), self._poll_loop())
 
     # --- loops ----------------------------------------------------------------------------
 
-    def _interval_loop(self) -> None:
+    async def _interval_loop(self) -> None:
         assert self.interval is not None
-        while not self._stop.is_set():
-            result = self._exchange_safely(carry_outbox=True, poll=None)
+        while True:
+            result = await self._exchange_safely(carry_outbox=True, poll=None)
             if result == FAILED:
-                self._stop.wait(self._backoff())
+                await asyncio.sleep(self._backoff())
             elif result != BUSY:
-                self._stop.wait(self.interval)
+                await asyncio.sleep(self.interval)
 
-    def _sender_loop(self) -> None:
-        notifier = self.store.notifier
-        while not self._stop.is_set():
-            seen = notifier.total()
-            result = self._exchange_safely(carry_outbox=True, poll=None, skip_if_idle=True)
-            if result == FAILED:
-                self._stop.wait(self._backoff())
-            elif result == IDLE:
-                notifier.wait_any(seen, IDLE_CHECK_SECONDS)
-                time.sleep(0.002)  # let changes made together go out together
+    async def _sender_loop(self) -> None:
+        grace = START_GRACE.total_seconds() + 0.05
+        interests = news_interests(self.config_id, self.workspace_id, True)
+        with self.store.notifier.waiter(interests) as waiter:
+            recheck = False
+            while True:
+                result = await self._exchange_safely(
+                    carry_outbox=True, poll=None, skip_if_idle=True
+                )
+                if result == FAILED:
+                    await asyncio.sleep(self._backoff())
+                    continue
+                if result != IDLE:
+                    continue
+                waiter.set_interests(
+                    news_interests(self.config_id, self.workspace_id, self._follows)
+                )
+                woken = await waiter.wait(grace if recheck else SENDER_FALLBACK_SECONDS)
+                # A run that just started is reported after the grace: look once more then.
+                recheck = bool(woken) and self._follows
+                if woken:
+                    await asyncio.sleep(COALESCE_SECONDS)
 
-    def _poll_loop(self) -> None:
+    async def _poll_loop(self) -> None:
         poll = 0.0  # the first exchange answers at once: the link's state is known at start
-        while not self._stop.is_set():
-            if self._exchange_safely(carry_outbox=False, poll=poll) == FAILED:
-                self._stop.wait(self._backoff())
+        while True:
+            if await self._exchange_safely(carry_outbox=False, poll=poll) == FAILED:
+                await asyncio.sleep(self._backoff())
             else:
                 poll = min(self.settings.link_poll, MAX_POLL_SECONDS)
 
     # --- one exchange ---------------------------------------------------------------------
 
-    def _exchange_safely(
+    async def _exchange_safely(
         self, *, carry_outbox: bool, poll: float | None, skip_if_idle: bool = False
     ) -> str:
         """One exchange; returns BUSY, DONE, IDLE (nothing to send) or FAILED."""
         try:
-            result = self.exchange(carry_outbox=carry_outbox, poll=poll, skip_if_idle=skip_if_idle)
+            result = await self.exchange(
+                carry_outbox=carry_outbox, poll=poll, skip_if_idle=skip_if_idle
+            )
         except (LinkUnavailable, LinkRefused) as error:
-            if not self._stop.is_set():
-                self._failed(error)
+            await self._failed(error)
             return FAILED
+        except asyncio.CancelledError:
+            raise
         except Exception as error:  # keep the link alive; the error is in the log and state
             log.exception("link %s: exchange failed", self.name)
-            self._failed(error)
+            await self._failed(error)
             return FAILED
         if result != IDLE:
-            self._succeeded()
+            await self._succeeded()
         return result
 
-    def exchange(
+    async def exchange(
         self, *, carry_outbox: bool = True, poll: float | None = None, skip_if_idle: bool = False
     ) -> str:
         """Send what is pending (and acks) and apply the answer.
@@ -159,14 +211,16 @@ class Connector:
         messages: list[dict[str, Any]] = []
         if carry_outbox:
             try:
-                messages = pending_messages(self.store, self.config_id, MAX_MESSAGES - 1)
+                news = await to_thread.run_sync(
+                    look_for_news, self.store, self.config_id, MAX_MESSAGES - 1
+                )
             except NotFound as error:
                 raise LinkRefused(error.message) from None
+            messages, self._follows = news.messages, news.follows
         if skip_if_idle and not messages:
             return IDLE  # acks alone wait for the poller, which is about to ask again anyway
         messages = for_peer(messages, self.transport.peer_features)
-        with self._acks_lock:
-            acks, self._acks = self._acks, []
+        acks, self._acks = self._acks, []
         if acks:
             messages.append(outbox.new_message("ack", ids=acks))
         try:
@@ -177,28 +231,29 @@ class Connector:
             ) as span:
                 if span is not None:
                     span.set_attribute("flowlink.link.messages", len(messages))
-                answer = self.transport.exchange(
+                answer = await self.transport.exchange_async(
                     envelope(messages, poll), read_timeout=read_timeout
                 )
             if not poll:  # a held long poll measures the other end's idleness, not latency
                 metrics.link_exchanged(self.label, time.monotonic() - began)
         except BaseException:
-            with self._acks_lock:
-                self._acks[:0] = acks  # not delivered: send them next time
+            self._acks[:0] = acks  # not delivered: send them next time
             raise
+        received = await to_thread.run_sync(self._apply, answer.messages)
+        self._acks.extend(received)
+        sent = len(messages) - (1 if acks else 0)
+        return BUSY if received or sent >= MAX_MESSAGES - 1 else DONE
+
+    def _apply(self, messages: list[dict[str, Any]]) -> list[str]:
         with self.store.write() as session:
             config, workspace = self._load(session)
-            received = apply_messages(
+            return apply_messages(
                 session,
                 config,
                 workspace,
-                answer.messages,
+                messages,
                 default_max_runtime=self.settings.default_max_runtime,
             )
-        with self._acks_lock:
-            self._acks.extend(received)
-        sent = len(messages) - (1 if acks else 0)
-        return BUSY if received or sent >= MAX_MESSAGES - 1 else DONE
 
     def _load(self, session: Any) -> tuple[SyncConfig, Workspace]:
         config = session.get(SyncConfig, self.config_id)
@@ -213,31 +268,31 @@ class Connector:
         delay = min(self.settings.link_backoff_max, BACKOFF_START * 2 ** max(self._failures - 1, 0))
         return float(delay * random.uniform(0.5, 1.0))
 
-    def _succeeded(self) -> None:
-        with self._state_lock:
-            self._failures = 0
-            metrics.link_state(self.label, True)
-            changed = self._connected is not True
-            self._connected = True
-            due = time.monotonic() - self._state_written >= STATE_WRITE_EVERY.total_seconds()
+    async def _succeeded(self) -> None:
+        self._failures = 0
+        metrics.link_state(self.label, True)
+        changed = self._connected is not True
+        self._connected = True
+        due = time.monotonic() - self._state_written >= STATE_WRITE_EVERY.total_seconds()
         if changed or due:  # a busy link does not rewrite its config on every exchange
-            self._set_state(changed, connected=True, last_error=None)
+            await self._set_state(changed, connected=True, last_error=None)
 
-    def _failed(self, error: Exception) -> None:
-        with self._state_lock:
-            self._failures += 1
-            metrics.link_state(self.label, False)
-            changed = self._connected is not False
-            self._connected = False
+    async def _failed(self, error: Exception) -> None:
+        self._failures += 1
+        metrics.link_state(self.label, False)
+        changed = self._connected is not False
+        self._connected = False
         reason = getattr(error, "reason", None)
         message = str(error)
         if changed:
             log.warning("link %s: disconnected: %s", self.name, message)
-        self._set_state(changed, connected=False, last_error=message, reason=reason)
+        await self._set_state(changed, connected=False, last_error=message, reason=reason)
 
-    def _set_state(self, changed: bool, **state: Any) -> None:
-        with self._state_lock:
-            self._state_written = time.monotonic()
+    async def _set_state(self, changed: bool, **state: Any) -> None:
+        self._state_written = time.monotonic()
+        await to_thread.run_sync(self._write_state, changed, state)
+
+    def _write_state(self, changed: bool, state: dict[str, Any]) -> None:
         with self.store.write() as session:
             config = session.get(SyncConfig, self.config_id)
             workspace = session.get(Workspace, self.workspace_id)
@@ -257,60 +312,74 @@ class Connector:
                 record(session, workspace, kind, payload)
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """A config that should have a connector, as read by the link manager."""
+
+    version: tuple[Any, bool]
+    make: Callable[[], Connector]
+
+
 class LinkManager:
-    """Runs a connector for every enabled sync config with a ``remote_url`` in the store."""
+    """Runs a connector for every enabled sync config with a ``remote_url`` that this
+    process owns, as tasks on the event loop (its ``refresh`` is a background job)."""
 
     def __init__(self, store: Store, settings: ServerSettings) -> None:
         self.store = store
         self.settings = settings
         self.connectors: dict[str, Connector] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flowlink-links", daemon=True)
+        self.http = AsyncClients()
+        self.ownership = LinkOwnership(store)
 
-    def start(self) -> None:
-        """Start watching the sync configs."""
-        self.refresh()
-        self._thread.start()
+    def schedule(self, tasks: BackgroundTasks) -> None:
+        """Refresh the connectors at once and every ``FLOWLINK_LINK_REFRESH`` seconds."""
+        tasks.every("link manager", self.settings.link_refresh, self.refresh, first="now")
 
-    def stop(self) -> None:
-        """Stop every connector."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for connector in list(self.connectors.values()):
-            connector.stop()
-        self.connectors.clear()
+    async def stop(self) -> None:
+        """Stop every connector and give up the links this process owns."""
+        connectors, self.connectors = list(self.connectors.values()), {}
+        await asyncio.gather(*(connector.stop() for connector in connectors))
+        await self.http.close()
+        await self.ownership.close()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.link_refresh):
-            try:
-                self.refresh()
-            except Exception:
-                log.exception("could not refresh the link connectors")
+    async def refresh(self) -> None:
+        """Start connectors for new or changed configs this process owns; stop the others."""
+        wanted = await to_thread.run_sync(self._wanted)
+        owned = await self.ownership.claim(set(wanted))
+        for config_id in list(self.connectors):
+            current = self.connectors[config_id]
+            want = wanted.get(config_id)
+            if config_id not in owned or want is None or current.version != want.version:
+                del self.connectors[config_id]
+                await current.stop()
+        new = [wanted[i] for i in owned if i in wanted and i not in self.connectors]
+        # Made in a thread hop: the first use of a key decrypts it, which costs milliseconds.
+        for connector in await to_thread.run_sync(_make_all, new):
+            self.connectors[connector.config_id] = connector
+            connector.start()
 
-    def refresh(self) -> None:
-        """Start connectors for new or changed configs; stop those gone or disabled."""
+    def _wanted(self) -> dict[str, _Wanted]:
+        """The enabled configs with a ``remote_url``, each with how to make its connector."""
         with self.store.read() as session:
-            configs = {
-                c.id: c
-                for c in session.scalars(
-                    select(SyncConfig).where(
-                        SyncConfig.enabled.is_(True), SyncConfig.remote_url.is_not(None)
-                    )
+            configs = session.scalars(
+                select(SyncConfig).where(
+                    SyncConfig.enabled.is_(True), SyncConfig.remote_url.is_not(None)
                 )
-            }
-            for config_id in list(self.connectors):
-                config = configs.get(config_id)
-                current = self.connectors[config_id]
-                if config is None or current.version != (config.updated_at, config.enabled):
-                    current.stop()
-                    del self.connectors[config_id]
-            for config_id, config in configs.items():
-                if config_id in self.connectors:
-                    continue
-                try:
-                    connector = Connector(self.store, self.settings, config)
-                except Exception as error:
-                    log.error("link %s cannot start: %s", config.name, error)
-                    continue
-                self.connectors[config_id] = connector
-                connector.start()
+            ).all()
+        return {
+            config.id: _Wanted((config.updated_at, config.enabled), self._maker(config))
+            for config in configs
+        }
+
+    def _maker(self, config: SyncConfig) -> Callable[[], Connector]:
+        return lambda: Connector(self.store, self.settings, config, self.http)
+
+
+def _make_all(wanted: list[_Wanted]) -> list[Connector]:
+    made = []
+    for want in wanted:
+        try:
+            made.append(want.make())
+        except Exception as error:
+            log.error("a link cannot start: %s", error)
+    return made

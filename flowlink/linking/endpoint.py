@@ -4,22 +4,30 @@ Nothing in a request is acted on before its signature holds (``authenticate_exch
 Then, in one transaction, its messages are applied and recorded as received. The answer
 carries this end's pending messages and an ``ack`` of the request's; with ``poll`` set and
 nothing to send, the answer waits (without holding a transaction) until something changes
-here or the poll time is up: the long poll of the immediate mode.
+here or the poll time is up: the long poll of the immediate mode. The wait holds no
+thread and no transaction (``exchange.wait_for_news``).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from anyio import to_thread
 
 from flowlink.errors import Invalid
 from flowlink.linking import outbox, signing
-from flowlink.linking.exchange import apply_messages, outgoing, pending_messages
+from flowlink.linking.exchange import (
+    News,
+    apply_messages,
+    follows_changes,
+    news_interests,
+    outgoing,
+    wait_for_news,
+)
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, note_rejection
 from flowlink.linking.protocol import (
     FEATURES,
@@ -36,8 +44,8 @@ from flowlink.store.engine import Store
 from flowlink.workspaces.service import get_workspace
 
 CONTENT_TYPE = "application/json"
-COALESCE_SECONDS = 0.002  # after a wake-up, let changes made together go out together
-RECHECK_SECONDS = 0.25  # a held poll looks again this often (a run's start is sent late)
+# (workspace slug, config name) -> (sync config id, workspace id), learnt from exchanges
+_LINK_IDS: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -48,24 +56,39 @@ class SignedAnswer:
     headers: httpx.Headers
 
 
-def answer_exchange(
-    store: Store,
-    settings: ServerSettings,
-    workspace_slug: str,
-    name: str,
-    *,
-    method: str,
-    url: str,
-    headers: httpx.Headers,
-    body: bytes,
-    client: str | None = None,
-    stopping: threading.Event | None = None,
-) -> SignedAnswer:
-    """Authenticate and apply one exchange and build the signed answer (may long-poll).
+@dataclass
+class _Applied:
+    """What the first, transactional part of an exchange found."""
 
-    ``stopping`` ends a long poll early when the server shuts down.
-    """
+    private_key: Any
+    config_id: str
+    workspace_id: str
+    received: list[str]
+    messages: list[dict[str, Any]]
+    poll: float
+    follows: bool  # whether executions here may concern the link (``follows_changes``)
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    """One exchange as it came in."""
+
+    workspace_slug: str
+    name: str
+    method: str
+    url: str
+    headers: httpx.Headers
+    body: bytes
+    client: str | None
+
+
+def _apply(
+    store: Store, settings: ServerSettings, incoming: _Incoming, stopping: threading.Event | None
+) -> _Applied:
+    """Authenticate and apply one exchange and collect this end's messages (one write)."""
     secret = resolve_secret_key(settings)
+    workspace_slug, name = incoming.workspace_slug, incoming.name
+    method, url, headers, body = incoming.method, incoming.url, incoming.headers, incoming.body
     try:
         with store.write() as session:
             workspace = get_workspace(session, workspace_slug)
@@ -85,52 +108,82 @@ def answer_exchange(
                 default_max_runtime=settings.default_max_runtime,
             )
             note_link_state(config, connected=True, last_error=None)
-            private_key = private_key_of(config, secret)
-            config_id = config.id
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
-            seen = store.notifier.total()  # before looking: nothing that happens after is missed
             messages = outgoing(session, config, MAX_MESSAGES - 1)
+            return _Applied(
+                private_key=private_key_of(config, secret),
+                config_id=config.id,
+                workspace_id=workspace.id,
+                received=received,
+                messages=messages,
+                poll=poll,
+                follows=bool(messages) or follows_changes(session, config),
+            )
     except SyncRejected as rejection:
-        http = {"method": method, "url": url, "client": client}
+        http = {"method": method, "url": url, "client": incoming.client}
         note_rejection(store, settings.rejection_window, workspace_slug, name, rejection, http)
         raise
-    if not messages and poll > 0:
-        messages = _wait_for_news(store, config_id, seen, poll=poll, stopping=stopping)
-    messages = for_peer(messages, features_of(headers.get(FEATURES_HEADER)))
-    if received:
-        messages.append(outbox.new_message("ack", ids=received))
+
+
+def _signed(applied: _Applied, messages: list[dict[str, Any]], incoming: _Incoming) -> SignedAnswer:
+    messages = for_peer(messages, features_of(incoming.headers.get(FEATURES_HEADER)))
+    if applied.received:
+        messages.append(outbox.new_message("ack", ids=applied.received))
     content = json.dumps(envelope(messages), separators=(",", ":")).encode()
     answer_headers = httpx.Headers({"content-type": CONTENT_TYPE})
     answer_headers[FEATURES_HEADER] = ",".join(sorted(FEATURES))
     signing.sign_response(
-        private_key, 200, answer_headers, content, request_method=method, request_url=url
+        applied.private_key,
+        200,
+        answer_headers,
+        content,
+        request_method=incoming.method,
+        request_url=incoming.url,
     )
     return SignedAnswer(content, answer_headers)
 
 
-def _wait_for_news(
+async def answer_exchange(
     store: Store,
-    config_id: str,
-    seen: int,
+    settings: ServerSettings,
+    workspace_slug: str,
+    name: str,
     *,
-    poll: float,
+    method: str,
+    url: str,
+    headers: httpx.Headers,
+    body: bytes,
+    client: str | None = None,
     stopping: threading.Event | None = None,
-) -> list[dict[str, Any]]:
-    """Hold a long poll until this end has messages, the poll time is up or the server stops.
+) -> SignedAnswer:
+    """Authenticate and apply one exchange and build the signed answer (may long-poll).
 
-    ``seen`` is the notification count taken before this end last looked for messages.
+    The store work runs in short thread hops; a long poll waits on the event loop for a
+    notification that concerns this link and holds no thread. ``stopping`` ends a long
+    poll early when the server shuts down.
     """
-    notifier = store.notifier
-    deadline = time.monotonic() + poll
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or (stopping is not None and stopping.is_set()):
-            return []
-        notifier.wait_any(seen, min(remaining, RECHECK_SECONDS))
-        time.sleep(COALESCE_SECONDS)
-        seen = notifier.total()  # taken before looking, as above
-        messages = pending_messages(store, config_id, MAX_MESSAGES - 1)
-        if messages:
-            return messages
+    incoming = _Incoming(workspace_slug, name, method, url, headers, body, client)
+    known = _LINK_IDS.get((workspace_slug, name))
+    # Registered before the transaction looks for messages, so that look is the first of
+    # the long poll: a poll that is renewed costs one write and no extra read.
+    interests = news_interests(*known, True) if known else {}
+    with store.notifier.waiter(interests) as waiter:
+        applied = await to_thread.run_sync(_apply, store, settings, incoming, stopping)
+        ids = (applied.config_id, applied.workspace_id)
+        _LINK_IDS[(workspace_slug, name)] = ids
+        messages = applied.messages
+        if not messages and applied.poll > 0:
+            first = News([], applied.follows) if known == ids else None
+            messages = await wait_for_news(
+                store,
+                applied.config_id,
+                applied.workspace_id,
+                applied.poll,
+                stopping=stopping.is_set if stopping is not None else lambda: False,
+                limit=MAX_MESSAGES - 1,
+                waiter=waiter,
+                first=first,
+            )
+    return await to_thread.run_sync(_signed, applied, messages, incoming)

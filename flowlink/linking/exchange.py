@@ -15,12 +15,15 @@ docstring), and hold the bookkeeping that makes all of this idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from anyio import to_thread
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
@@ -36,6 +39,7 @@ from flowlink.linking.service import (
     direction_of,
     get_sync_config,
 )
+from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, ExecutionLog, LinkExecution, SyncConfig, Workspace
 from flowlink.store.models import utcnow as now
@@ -52,6 +56,7 @@ UPDATES_PER_COLLECT = 500
 TRACK_PER_COLLECT = 500
 SEND_ALL_MARGIN = timedelta(minutes=5)
 START_GRACE = timedelta(milliseconds=200)
+COALESCE_SECONDS = 0.002  # after a wake-up, let changes made together go out together
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,8 @@ def apply_messages(
             _apply_cancel(session, config, message, links)
         received.append(message["id"])
     executions.finish_many(session, endings)
+    if received:  # what this link follows may have changed: its held polls look again
+        notify.announce(session, notify.LINK, config.id)
     return received
 
 
@@ -697,6 +704,109 @@ def pending_messages(store: Store, config_id: str, limit: int) -> list[dict[str,
             raise NotFound(f"sync config {config_id} was deleted")
         collect_changes(session, config)  # the read above found changes
         return outbox.pending(session, config_id, limit)
+
+
+def follows_changes(session: Session, config: SyncConfig) -> bool:
+    """Whether a change of an execution of this workspace may concern the link.
+
+    True while it follows an unfinished run (``target``/``source``) or copies every
+    execution (send-all). A link that follows nothing is woken only by its outbox.
+    """
+    if _sends_all(config):
+        return True
+    open_row = session.execute(
+        select(LinkExecution.id)
+        .where(
+            LinkExecution.sync_config_id == config.id,
+            LinkExecution.role.in_((TARGET, SOURCE)),
+            LinkExecution.done.is_(False),
+        )
+        .limit(1)
+    ).first()
+    return open_row is not None
+
+
+@dataclass(frozen=True)
+class News:
+    """What a look at a link's end found: its messages, and whether executions here matter."""
+
+    messages: list[dict[str, Any]]
+    follows: bool
+
+
+def look_for_news(store: Store, config_id: str, limit: int) -> News:
+    """``pending_messages`` plus ``follows_changes``, for a held poll or a sender."""
+    messages = pending_messages(store, config_id, limit)
+    if messages:
+        return News(messages, True)
+    with store.read() as session:
+        config = session.get(SyncConfig, config_id)
+        if config is None:
+            raise NotFound(f"sync config {config_id} was deleted")
+        return News([], follows_changes(session, config))
+
+
+def news_interests(config_id: str, workspace_id: str, follows: bool) -> notify.Interests:
+    """The notifications that may bring a link's end something to send.
+
+    Its outbox (``LINK``), and when it follows executions, any execution change or log line
+    of its workspace (a run's start, end and logs are collected from the executions).
+    """
+    if not follows:
+        return {notify.LINK: {config_id}}
+    return {
+        notify.LINK: {config_id},
+        notify.EVENTS: {workspace_id},
+        notify.LOGS: {workspace_id},
+    }
+
+
+async def wait_for_news(
+    store: Store,
+    config_id: str,
+    workspace_id: str,
+    timeout: float,
+    *,
+    stopping: Callable[[], bool] = lambda: False,
+    limit: int,
+    waiter: notify.AsyncWaiter | None = None,
+    first: News | None = None,
+) -> list[dict[str, Any]]:
+    """Wait on the event loop, holding no thread, until this end has messages for the other.
+
+    It looks at the store only when a notification concerns this link (on PostgreSQL
+    also from other server processes), never on a timer while nothing changes. A run that
+    just started is reported after ``START_GRACE``: after a wake-up that found nothing,
+    it looks once more when that grace is over. Returns [] on the timeout or ``stopping``.
+
+    ``waiter`` and ``first``: a waiter already registered for this link before the caller
+    looked, and what that look found; the wait then starts without looking again.
+    """
+    if waiter is None:
+        with store.notifier.waiter(news_interests(config_id, workspace_id, True)) as own:
+            return await wait_for_news(
+                store, config_id, workspace_id, timeout, stopping=stopping, limit=limit, waiter=own
+            )
+    deadline = time.monotonic() + timeout
+    grace = START_GRACE.total_seconds() + 0.05
+    recheck = False
+    news = first
+    while True:
+        if news is None:
+            news = await to_thread.run_sync(look_for_news, store, config_id, limit)
+        if news.messages:
+            return news.messages
+        waiter.set_interests(news_interests(config_id, workspace_id, news.follows))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or stopping():
+            return []
+        woken = await waiter.wait(min(remaining, grace) if recheck else remaining)
+        if stopping():
+            return []
+        recheck = bool(woken) and news.follows
+        if woken:
+            await asyncio.sleep(COALESCE_SECONDS)  # changes made together go out together
+        news = None
 
 
 def end_link_executions(session: Session, config: SyncConfig, reason: str) -> int:

@@ -389,9 +389,10 @@ def _referenced_key(text: str) -> rsa.RSAPrivateKey:
     return keys.load_private_key(text)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)  # one entry per link: a thousand links fit
 def _private_key(encrypted: str, secret_key: str) -> rsa.RSAPrivateKey:
-    return keys.load_private_key(keys.decrypt_at_rest(secret_key, encrypted))
+    # Checked when it was stored: a thousand links start without a thousand key checks.
+    return keys.load_private_key(keys.decrypt_at_rest(secret_key, encrypted), checked=True)
 
 
 def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
@@ -399,7 +400,7 @@ def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
     return _public_keys(config.remote_public_key)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)  # one entry per link: a thousand links fit
 def _public_keys(pem: str) -> dict[str, rsa.RSAPublicKey]:
     return {keys.fingerprint(k): k for k in keys.load_public_keys(pem)}
 

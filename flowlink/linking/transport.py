@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +65,52 @@ def tls_verify(options: TlsOptions) -> ssl.SSLContext | bool:
     return True
 
 
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Network, TLS and timeout errors of httpx as ``LinkUnavailable``."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise LinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+class AsyncClients:
+    """The process's HTTP clients for links: one ``httpx.AsyncClient`` per TLS setting.
+
+    Every connector of a process shares them (and their keep-alive connections), so a link
+    costs a connection, not a client with its own TLS context and pool.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[TlsOptions, httpx.AsyncClient] = {}
+
+    def get(self, tls: TlsOptions) -> httpx.AsyncClient:
+        """The client for links with these TLS options (made on first use)."""
+        client = self._clients.get(tls)
+        if client is None:
+            client = httpx.AsyncClient(
+                verify=tls_verify(tls),
+                limits=httpx.Limits(
+                    max_connections=None, max_keepalive_connections=None, keepalive_expiry=120
+                ),
+            )
+            self._clients[tls] = client
+        return client
+
+    async def close(self) -> None:
+        """Close every client and its connections."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
 class Transport:
-    """Sends exchanges to one remote sync endpoint."""
+    """Sends exchanges to one remote sync endpoint.
+
+    ``exchange_async`` sends on a shared ``httpx.AsyncClient`` (given as ``http``), as the
+    connectors on the event loop do; ``exchange`` blocks, on a client of its own made on
+    first use.
+    """
 
     def __init__(
         self,
@@ -74,6 +120,7 @@ class Transport:
         tls: TlsOptions = TlsOptions(),
         *,
         timeout: float = 30.0,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.remote_url = remote_url
         self.own_key = own_key
@@ -82,15 +129,49 @@ class Transport:
             log.warning(
                 "link to %s: TLS certificate verification is OFF (verify_ssl: false)", remote_url
             )
-        self.http = httpx.Client(verify=tls_verify(tls), timeout=timeout)
+        self.tls = tls
+        self.timeout = httpx.Timeout(timeout)
+        self.async_http = http
+        self._http: httpx.Client | None = None
+        if http is None:
+            self._http = httpx.Client(verify=tls_verify(tls), timeout=self.timeout)
         self.peer_features: frozenset[str] = frozenset()  # learned from the other end's answers
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self.http.close()
+        """Close the blocking client's connections (a shared async client is not ours)."""
+        if self._http is not None:
+            self._http.close()
 
     def exchange(self, body: dict[str, Any], *, read_timeout: float | None = None) -> Envelope:
         """Send our messages; return the other side's, verified and validated."""
+        if self._http is None:
+            self._http = httpx.Client(verify=tls_verify(self.tls), timeout=self.timeout)
+        content, headers = self._request(body)
+        with _unavailable():
+            response = self._http.post(
+                self.remote_url,
+                content=content,
+                headers=headers,
+                timeout=self._timeout(read_timeout),
+            )
+        return self._answer(response)
+
+    async def exchange_async(
+        self, body: dict[str, Any], *, read_timeout: float | None = None
+    ) -> Envelope:
+        """``exchange`` on the event loop: waiting for the answer holds no thread."""
+        assert self.async_http is not None, "made without an async client"
+        content, headers = self._request(body)
+        with _unavailable():
+            response = await self.async_http.post(
+                self.remote_url,
+                content=content,
+                headers=headers,
+                timeout=self._timeout(read_timeout),
+            )
+        return self._answer(response)
+
+    def _request(self, body: dict[str, Any]) -> tuple[bytes, httpx.Headers]:
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = httpx.Headers({"content-type": CONTENT_TYPE})
         signing.sign_request(self.own_key, "POST", self.remote_url, headers, content)
@@ -98,18 +179,19 @@ class Transport:
         traceparent = current_traceparent()
         if traceparent:
             headers["traceparent"] = traceparent
+        return content, headers
+
+    def _timeout(self, read_timeout: float | None) -> httpx.Timeout:
         # A long poll holds the answer back: allow for it on top of the usual timeout.
-        timeout = self.http.timeout
-        if read_timeout is not None:
-            timeout = httpx.Timeout(
-                timeout.connect, read=read_timeout, write=timeout.write, pool=timeout.pool
-            )
-        try:
-            response = self.http.post(
-                self.remote_url, content=content, headers=headers, timeout=timeout
-            )
-        except httpx.HTTPError as exc:
-            raise LinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        timeout = self.timeout
+        if read_timeout is None:
+            return timeout
+        return httpx.Timeout(
+            timeout.connect, read=read_timeout, write=timeout.write, pool=timeout.pool
+        )
+
+    def _answer(self, response: httpx.Response) -> Envelope:
+        """The other side's messages, once its status and signature hold."""
         if response.status_code >= 500:
             raise LinkUnavailable(f"the remote answered {response.status_code}")
         if response.status_code != 200:

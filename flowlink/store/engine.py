@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from flowlink.background import BackgroundTasks
 from flowlink.jsonsafe import loads_stored
 from flowlink.settings import sqlite_path
 from flowlink.store import notify
@@ -132,17 +134,25 @@ class Store:
         install_native_triggers(session_class)  # before notify: its starts are announced too
         notify.install(session_class, self.notifier)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
-        self._listener: notify.PostgresListener | None = None
+        self.listening = threading.Event()  # set while the PostgreSQL listener listens
+        self._version_connection: sqlite3.Connection | None = None
 
-    def start_listening(self) -> None:
-        """Receive other processes' notifications (PostgreSQL only; SQLite is single-process)."""
-        if self.dialect == "postgresql" and self._listener is None:
-            url = self.engine.url.set(drivername="postgresql")
-            self._listener = notify.PostgresListener(
-                url.render_as_string(hide_password=False), self.notifier
-            )
-            self._listener.start()
-            self._listener.ready.wait(timeout=5)
+    def listen(self, tasks: BackgroundTasks) -> None:
+        """Hear other processes' notifications (PostgreSQL only; SQLite is single-process).
+
+        The listener is a task of the process's ``BackgroundTasks``: one connection on the
+        event loop, started again when it is lost. ``listening`` is set while it listens.
+        """
+        if self.dialect != "postgresql":
+            return
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+
+        async def listen() -> None:
+            await notify.listen_postgres(conninfo, self.notifier, self.listening)
+
+        tasks.keep_running("PostgreSQL listener", listen)
 
     @property
     def dialect(self) -> str:
@@ -171,9 +181,20 @@ class Store:
         """Upgrade the schema to the newest version."""
         migrate(self.engine)
 
+    def data_version(self) -> int | None:
+        """SQLite: a number that changes whenever another connection (of this process or
+        another) commits; ``None`` on PostgreSQL, whose changes are announced by NOTIFY."""
+        db_file = sqlite_path(str(self.engine.url))
+        if self.dialect != "sqlite" or db_file is None:
+            return None
+        if self._version_connection is None:
+            self._version_connection = sqlite3.connect(str(db_file), check_same_thread=False)
+        row = self._version_connection.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
     def dispose(self) -> None:
-        """Stop listening and close all pooled connections."""
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+        """Close all pooled connections."""
+        if self._version_connection is not None:
+            self._version_connection.close()
+            self._version_connection = None
         self.engine.dispose()

@@ -5,15 +5,21 @@ announcement fires in this process at once; on PostgreSQL ``pg_notify`` delivers
 process that listens, also only once the transaction commits. Listeners must treat a notification
 as a hint to look at the store, never as the data itself, so a duplicate or a missed one is harmless
 (workers also poll as a fallback).
+
+Threads wait with ``Notifier.wait``; code on an event loop waits with an ``AsyncWaiter``
+(``Notifier.waiter``), which holds no thread: a notification that matches it sets an
+``asyncio.Event`` on its loop, once per loop and notification however many waiters match.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator, Mapping
 
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
@@ -24,12 +30,54 @@ QUEUED = "flowlink_queued"
 ENDED = "flowlink_ended"
 CANCEL = "flowlink_cancel"
 EVENTS = "flowlink_events"
-LINK = "flowlink_link"  # a message was put in a link's outbox (payload: sync config id)
-CHANNELS = (QUEUED, ENDED, CANCEL, EVENTS, LINK)
-_PAYLOAD_UNUSED = frozenset({QUEUED, ENDED, LINK})  # listeners look at the store instead
+LINK = "flowlink_link"  # something for a link to send (payload: sync config id)
+LOGS = "flowlink_logs"  # log lines were appended (payload: workspace id)
+CHANNELS = (QUEUED, ENDED, CANCEL, EVENTS, LINK, LOGS)
+_PAYLOAD_UNUSED = frozenset({QUEUED, ENDED})  # listeners look at the store instead
 
 Callback = Callable[[str], None]
+# What wakes an AsyncWaiter: channel -> the payloads that concern it (None: any payload).
+Interests = Mapping[str, Collection[str] | None]
 _PENDING_KEY = "flowlink_announcements"
+
+
+class AsyncWaiter:
+    """Lets a coroutine wait for notifications without holding a thread.
+
+    Made by ``Notifier.waiter`` before the waiter first looks at the store, so a change that
+    commits between the look and the wait is not missed: ``wait`` then returns at once.
+    Its interests map a channel to the payloads that concern it (``None``: any payload); an
+    empty payload ("anything may have changed") always wakes every waiter of the channel.
+    """
+
+    def __init__(self, notifier: Notifier, loop: asyncio.AbstractEventLoop) -> None:
+        self.notifier = notifier
+        self.loop = loop
+        self.interests: dict[str, frozenset[str] | None] = {}
+        self._event = asyncio.Event()
+        self._woken_by: set[str] = set()
+
+    def wake(self, channel: str) -> None:
+        """Wake the waiter (called on its loop)."""
+        self._woken_by.add(channel)
+        self._event.set()
+
+    def set_interests(self, interests: Interests) -> None:
+        """Change what wakes this waiter (a notification already received stays)."""
+        self.notifier._register(self, interests)
+
+    async def wait(self, timeout: float) -> set[str]:
+        """Wait until a notification of interest came (since the last ``wait``) or the timeout.
+
+        Returns the channels that woke it; empty on the timeout.
+        """
+        if not self._event.is_set() and timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                    await self._event.wait()
+        woken, self._woken_by = self._woken_by, set()
+        self._event.clear()
+        return woken
 
 
 class Notifier:
@@ -42,6 +90,8 @@ class Notifier:
         self._any = threading.Condition()
         self._total = 0
         self._lock = threading.Lock()
+        # channel -> payload (None: any) -> waiters; a notification finds its waiters directly
+        self._waiters: dict[str, dict[str | None, set[AsyncWaiter]]] = {c: {} for c in CHANNELS}
 
     def subscribe(self, channel: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(payload)`` for every notification; returns an unsubscribe function."""
@@ -65,11 +115,67 @@ class Notifier:
             self._any.notify_all()
         with self._lock:
             callbacks = list(self._callbacks[channel])
+            waiters = self._interested(channel, payload)
         for callback in callbacks:
             try:
                 callback(payload)
             except Exception:  # a broken subscriber must not break the publisher
                 log.exception("notification callback failed on %s", channel)
+        if waiters:
+            by_loop: dict[asyncio.AbstractEventLoop, list[AsyncWaiter]] = defaultdict(list)
+            for waiter in waiters:
+                by_loop[waiter.loop].append(waiter)
+            for loop, woken in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_wake_all, channel, woken)
+
+    def _interested(self, channel: str, payload: str) -> list[AsyncWaiter]:
+        """The waiters a notification concerns (call with the lock held)."""
+        index = self._waiters[channel]
+        if not index:
+            return []
+        if not payload:
+            return list({w for waiters in index.values() for w in waiters})
+        return list(index.get(None, ())) + list(index.get(payload, ()))
+
+    def _register(self, waiter: AsyncWaiter, interests: Interests) -> None:
+        with self._lock:
+            self._unregister_locked(waiter)
+            waiter.interests = {
+                channel: None if payloads is None else frozenset(payloads)
+                for channel, payloads in interests.items()
+            }
+            for channel, payloads in waiter.interests.items():
+                index = self._waiters[channel]
+                for key in (None,) if payloads is None else payloads:
+                    index.setdefault(key, set()).add(waiter)
+
+    def _unregister_locked(self, waiter: AsyncWaiter) -> None:
+        for channel, payloads in waiter.interests.items():
+            index = self._waiters[channel]
+            for key in (None,) if payloads is None else payloads:
+                found = index.get(key)
+                if found is not None:
+                    found.discard(waiter)
+                    if not found:
+                        del index[key]
+        waiter.interests = {}
+
+    @contextlib.contextmanager
+    def waiter(self, interests: Interests) -> Iterator[AsyncWaiter]:
+        """An ``AsyncWaiter`` for the running event loop, registered for a ``with`` block."""
+        waiter = AsyncWaiter(self, asyncio.get_running_loop())
+        self._register(waiter, interests)
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                self._unregister_locked(waiter)
+
+    def waiting(self) -> int:
+        """How many async waiters are registered (for figures and tests)."""
+        with self._lock:
+            return len({w for index in self._waiters.values() for ws in index.values() for w in ws})
 
     def counter(self, channel: str) -> int:
         """How many notifications this channel has seen (for ``wait``)."""
@@ -91,6 +197,38 @@ class Notifier:
         with condition:
             condition.wait_for(lambda: self._counters[channel] != seen, timeout=timeout)
             return self._counters[channel]
+
+
+def _wake_all(channel: str, waiters: list[AsyncWaiter]) -> None:
+    for waiter in waiters:
+        waiter.wake(channel)
+
+
+async def wait_until(
+    notifier: Notifier,
+    interests: Interests,
+    check: Callable[[], bool],
+    timeout: float,
+    *,
+    recheck: float | None = None,
+) -> bool:
+    """Wait on the event loop until ``check()`` holds or ``timeout`` seconds passed.
+
+    ``check`` reads the store, so it runs in a short thread hop; it runs again only when a
+    matching notification arrives (or every ``recheck`` seconds, as a fallback for changes
+    that announce nothing). Returns the last result of ``check``.
+    """
+    from anyio import to_thread
+
+    deadline = time.monotonic() + timeout
+    with notifier.waiter(interests) as waiter:
+        while True:
+            if await to_thread.run_sync(check):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await waiter.wait(remaining if recheck is None else min(remaining, recheck))
 
 
 def announce(session: Session, channel: str, payload: str = "") -> None:
@@ -131,42 +269,23 @@ def install(session_class: type[Session], notifier: Notifier) -> None:
         session.info.pop(_PENDING_KEY, None)
 
 
-class PostgresListener:
-    """A thread that LISTENs on every channel and fires notifications from other processes."""
+async def listen_postgres(conninfo: str, notifier: Notifier, ready: threading.Event) -> None:
+    """LISTEN on every channel and fire what other processes announce, on the event loop.
 
-    def __init__(self, conninfo: str, notifier: Notifier) -> None:
-        self._conninfo = conninfo
-        self._notifier = notifier
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flowlink-listen", daemon=True)
-        self.ready = threading.Event()
+    Runs until the connection is lost (then it raises; ``BackgroundTasks.keep_running``
+    starts it again). On every (re)connection every channel fires once with an empty payload:
+    waiters look at the store again, so nothing announced while disconnected is missed.
+    """
+    import psycopg
 
-    def start(self) -> None:
-        """Start listening in the background."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        import psycopg
-
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._conninfo, autocommit=True) as conn:
-                    for channel in CHANNELS:
-                        conn.execute(f"LISTEN {channel}")
-                    self.ready.set()
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            self._notifier.fire(note.channel, note.payload)
-            except Exception:
-                if self._stop.is_set():
-                    return
-                log.warning("lost the PostgreSQL notification connection; reconnecting")
-                # Wake everyone: they re-check the store, so nothing is missed while reconnecting.
-                for channel in CHANNELS:
-                    self._notifier.fire(channel, "")
-                self._stop.wait(1.0)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        for channel in CHANNELS:
+            await conn.execute(f"LISTEN {channel}")
+        ready.set()
+        for channel in CHANNELS:
+            notifier.fire(channel, "")
+        try:
+            async for note in conn.notifies():
+                notifier.fire(note.channel, note.payload)
+        finally:
+            ready.clear()

@@ -1,0 +1,625 @@
+"""Benchmark: one controller, many sites (links, waiting clients, event streams).
+
+A real controller server (``flowlink server``, with its worker) and a **load process** that
+simulates many sites: each site is the connecting, controlled end of a real link
+(reverse connect, immediate mode). It speaks the real protocol with real keys (made by
+``openssl``): it signs every exchange, keeps a long poll open, verifies and validates the
+controller's answers, "runs" each ``execution.start`` it receives (answering with an
+``execution.update`` that ends it) and acks what it got. One real ``flowlink server`` is a
+site too (``--real-site``), so the figures include a real connector.
+
+Figures, each against its target (ratio = measured / target; ≤ 1 meets it):
+
+1. idle links: all sites connected, every poll held: the controller's threads, its extra
+   memory per idle link, its idle CPU, and its API p99 at 50 requests/s;
+2. fan-out: one remote execution started on each site in one batch: time until all were
+   started on their site, until all ended back in the controller; lost and duplicated;
+3. waiting clients: that many clients hold ``POST .../executions {"wait": 30}``;
+   ``/api/v1/health`` p99;
+4. event streams: that many SSE streams open on the controller; an emitted event reaches
+   them all: delivery latency p50/p99, and the API p99 meanwhile.
+
+Run with ``make bench`` (reduced sizes) or ``.venv/bin/python bench/scale.py --sites 1000
+--waiters 200 --streams 1000``; ``--backend sqlite|postgresql|all``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from common import apply_folder, fresh_database, percentile, postgres_url, server
+from link import key_pair
+
+from flowlink.linking import outbox, signing
+from flowlink.linking.keys import fingerprint, load_private_key, load_public_keys
+from flowlink.linking.protocol import envelope, parse_envelope
+from flowlink.linking.service import sync_path
+
+WS = "ctl"
+ECHO = "def handler(system, this, inputs):\n    return this.success('echo', got=inputs.get('n'))\n"
+SLEEP = "import time\n\ndef handler(system, this, inputs):\n    time.sleep(60)\n"
+TARGETS = {
+    "api_p99_ms": 50.0,
+    "threads": 64.0,
+    "kb_per_link": 50.0,
+    "idle_cpu_pct": 5.0,
+    "fanout_started_s": 5.0,
+    "fanout_ended_s": 30.0,
+    "health_p99_ms": 50.0,
+    "sse_p50_ms": 100.0,
+    "sse_p99_ms": 500.0,
+}
+POLL = 25.0
+
+
+# --- the load process: many simulated sites -------------------------------------------------
+
+
+async def _site(
+    client: httpx.AsyncClient,
+    url: str,
+    key: Any,
+    trusted: dict[str, Any],
+    ready: Callable[[], None],
+    out: Callable[[str], None],
+) -> None:
+    """One simulated site: hold a long poll; run each start at once; report and ack."""
+    updates: dict[str, dict[str, Any]] = {}  # message id -> update waiting for the ack
+    acks: list[str] = []
+    ran: set[str] = set()
+    first = True
+    while True:
+        messages = list(updates.values())
+        if acks:
+            messages.append(outbox.new_message("ack", ids=acks))
+        body = envelope(messages, None if messages or first else POLL)
+        content = json.dumps(body, separators=(",", ":")).encode()
+        headers = httpx.Headers({"content-type": "application/json"})
+        signing.sign_request(key, "POST", url, headers, content)
+        try:
+            response = await client.post(url, content=content, headers=headers, timeout=POLL + 30)
+            response.raise_for_status()
+            signing.verify_response(
+                trusted,
+                response.status_code,
+                response.headers,
+                response.content,
+                request_method="POST",
+                request_url=url,
+            )
+            answer = parse_envelope(response.json())
+        except Exception as error:  # a real site backs off and tries again
+            out(f"error {type(error).__name__}: {error}")
+            await asyncio.sleep(1.0)
+            continue
+        sent_acks = acks
+        acks = [a for a in acks if a not in sent_acks]
+        if first:
+            first = False
+            ready()
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        for message in answer.messages:
+            if message["type"] == "ack":
+                for done in message["ids"]:
+                    updates.pop(done, None)
+                continue
+            acks.append(message["id"])
+            if message["type"] != "execution.start":
+                continue
+            origin = message["origin_execution_id"]
+            out(f"start {origin} {now:.6f}")
+            if origin in ran:
+                continue  # a redelivery: it runs once
+            ran.add(origin)
+            update = outbox.new_message(
+                "execution.update",
+                origin_execution_id=origin,
+                revision=1,
+                status="success",
+                message="ran on the simulated site",
+                outputs={"got": (message.get("inputs") or {}).get("n")},
+                started_at=stamp,
+                ended_at=stamp,
+                logs=[],
+            )
+            updates[update["id"]] = update
+
+
+def sites_main(args: argparse.Namespace) -> None:
+    """The load process: ``--sites`` simulated sites, reporting on stdout."""
+    key = load_private_key(Path(args.site_key).read_bytes().decode())
+    trusted = {fingerprint(k): k for k in load_public_keys(Path(args.controller_pub).read_text())}
+    lock = threading.Lock()
+
+    def out(line: str) -> None:
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(limits=limits) as client:
+            count = 0
+
+            def ready() -> None:
+                nonlocal count
+                count += 1
+                if count == args.sites:
+                    out("ready")
+
+            tasks = []
+            for n in range(args.sites):
+                url = args.controller + sync_path(WS, f"site-{n}")
+                tasks.append(asyncio.create_task(_site(client, url, key, trusted, ready, out)))
+                if n % 50 == 49:
+                    await asyncio.sleep(0.5)  # connect in waves, as sites coming up would
+            await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+
+def key_file(folder: Path, name: str) -> tuple[Path, str]:
+    """An RSA key made with openssl (``link.key_pair``): (private key file, public PEM)."""
+    _private, public = key_pair(folder, name)
+    return folder / f"{name}.pem", public
+
+
+class Sites:
+    """The load process and what it reports."""
+
+    def __init__(self, controller: str, count: int, site_key: Path, controller_pub: Path):
+        self.count = count
+        self.ready = threading.Event()
+        self.starts: dict[str, list[float]] = {}
+        self.errors: list[str] = []
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--sites-worker",
+                "--controller",
+                controller,
+                "--sites",
+                str(count),
+                "--site-key",
+                str(site_key),
+                "--controller-pub",
+                str(controller_pub),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            parts = line.split()
+            if parts and parts[0] == "ready":
+                self.ready.set()
+            elif parts and parts[0] == "start":
+                self.starts.setdefault(parts[1], []).append(float(parts[2]))
+            elif parts and parts[0] == "error":
+                self.errors.append(line.strip())
+
+    def stop(self) -> None:
+        """End the load process."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def create_links(client: httpx.Client, count: int, controller_key: Path, site_public: str) -> None:
+    """The controller's ends: controlling, answering (the sites connect)."""
+    private = controller_key.read_text()
+
+    def create(n: int) -> None:
+        client.post(
+            f"/api/v1/workspaces/{WS}/sync_config",
+            json={
+                "name": f"site-{n}",
+                "direction": "controlling",
+                "own_private_key": private,
+                "remote_public_key": site_public,
+            },
+        ).raise_for_status()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(create, range(count)))
+
+
+def probe_api(url: str, token: str, path: str, rate: float, seconds: float) -> list[float]:
+    """Latencies (ms) of GET ``path`` sent at ``rate`` per second (open loop)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def one(client: httpx.Client) -> None:
+        began = time.perf_counter()
+        client.get(path).raise_for_status()
+        with lock:
+            latencies.append((time.perf_counter() - began) * 1000)
+
+    with (
+        httpx.Client(base_url=url, headers=headers, timeout=60) as client,
+        ThreadPoolExecutor(16) as pool,
+    ):
+        start = time.perf_counter()
+        futures = []
+        for n in range(int(rate * seconds)):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(one, client))
+        for future in futures:
+            future.result()
+    return latencies
+
+
+def counts(client: httpx.Client) -> dict[str, int]:
+    """Executions of the controller's store by status (from /metrics)."""
+    out: dict[str, int] = {}
+    for line in client.get("/api/v1/metrics").text.splitlines():
+        if line.startswith("flowlink_executions{"):
+            out[line.split('"')[1]] = int(line.rsplit(" ", 1)[1])
+    return out
+
+
+def row(name: str, value: float, target_key: str, unit: str, note: str = "") -> None:
+    """One figure with its target and ratio."""
+    target = TARGETS[target_key]
+    ratio = value / target if target else float("nan")
+    mark = "ok" if ratio <= 1 else "MISS"
+    print(
+        f"  {name:<44} {value:>10.2f} {unit:<5} target {target:>7.1f}  {ratio:5.2f} {mark} {note}"
+    )
+
+
+def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any]) -> Sites:
+    """Figure 1: connect the sites; measure threads, memory, idle CPU, API p99."""
+    process = psutil.Process(ctl.process.pid)
+    controller_key, controller_pub = key_file(folder, "controller")
+    site_key, site_pub = key_file(folder, "site")
+    (folder / "controller.pub").write_text(controller_pub)
+    began = time.perf_counter()
+    create_links(ctl.client, sites, controller_key, site_pub)
+    print(f"  ({sites} links created in {time.perf_counter() - began:.1f} s)")
+    time.sleep(2)
+    rss0, threads0 = process.memory_info().rss, process.num_threads()
+    load = Sites(ctl.url, sites, site_key, folder / "controller.pub")
+    if not load.ready.wait(timeout=120 + sites / 10):
+        raise RuntimeError(f"the sites did not all connect: {load.errors[-5:]}")
+    time.sleep(3)  # every site is now holding its long poll
+    rss1, threads1 = process.memory_info().rss, process.num_threads()
+    cpu0, wall0 = process.cpu_times(), time.perf_counter()
+    time.sleep(report["idle_seconds"])
+    cpu1, wall1 = process.cpu_times(), time.perf_counter()
+    cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (wall1 - wall0) * 100
+    api = probe_api(ctl.url, ctl.token, f"/api/v1/workspaces/{WS}/executions?limit=20", 50, 10)
+    print(f"  {sites} sites holding long polls (before: {threads0} threads, {rss0 >> 20} MB):")
+    row("controller threads", threads1, "threads", "")
+    row("extra memory per idle link", (rss1 - rss0) / sites / 1024, "kb_per_link", "kB")
+    row(f"idle CPU over {report['idle_seconds']:.0f} s", cpu, "idle_cpu_pct", "%")
+    row(
+        "API p99 at 50 req/s (list executions)",
+        percentile(api, 99),
+        "api_p99_ms",
+        "ms",
+        f"p50 {percentile(api, 50):.1f} ms",
+    )
+    report.update(
+        threads=threads1,
+        kb_per_link=(rss1 - rss0) / sites / 1024,
+        idle_cpu=cpu,
+        api_p99=percentile(api, 99),
+    )
+    return load
+
+
+def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
+    """Figure 2: one remote execution on every site, in one batch."""
+    before = counts(ctl.client).get("success", 0)
+    items = [{"flow": "echo", "remote": f"site-{n}", "inputs": {"n": n}} for n in range(sites)]
+    process = psutil.Process(ctl.process.pid)
+    cpu0 = process.cpu_times()
+    began = time.time()
+    ids: list[str] = []
+    for start in range(0, sites, 1000):
+        answer = ctl.client.post(
+            f"/api/v1/workspaces/{WS}/executions/batch",
+            json={"executions": items[start : start + 1000]},
+        )
+        answer.raise_for_status()
+        ids += [item["id"] for item in answer.json()["items"]]
+    deadline = time.monotonic() + 120
+    while sum(1 for i in ids if i in load.starts) < sites and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = [min(load.starts[i]) for i in ids if i in load.starts]
+    started_s = max(started) - began if started else float("nan")
+    while time.monotonic() < deadline:
+        if counts(ctl.client).get("success", 0) - before >= sites:
+            break
+        time.sleep(0.1)
+    ended_s = time.time() - began
+    cpu1 = process.cpu_times()
+    cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / sites
+    success = counts(ctl.client).get("success", 0) - before
+    lost = sites - len(started)
+    redelivered = sum(len(load.starts.get(i, [])) - 1 for i in ids if i in load.starts)
+    print(f"  fan-out: {sites} remote executions, one per site:")
+    row(
+        "all started on their site within",
+        started_s,
+        "fanout_started_s",
+        "s",
+        f"p50 {statistics.median([s - began for s in started]):.2f} s" if started else "",
+    )
+    row(
+        "all ended back in the controller within",
+        ended_s,
+        "fanout_ended_s",
+        "s",
+        f"{success}/{sites} success",
+    )
+    print(f"  {'controller CPU per remote run (load-free cost)':<44} {cpu_ms:10.2f} ms")
+    print(
+        f"  {'lost / duplicated (run twice on a site)':<44} {lost} / 0"
+        f"  (starts redelivered and ignored: {redelivered})"
+    )
+    report.update(fanout_started=started_s, fanout_ended=ended_s, lost=lost, success=success)
+
+
+def waiting_clients(ctl: Any, waiters: int, report: dict[str, Any]) -> None:
+    """Figure 3: many clients waiting on executions; health p99."""
+    headers = {"Authorization": f"Bearer {ctl.token}"}
+
+    async def wait_all() -> list[int]:
+        limits = httpx.Limits(max_connections=waiters + 10)
+        async with httpx.AsyncClient(
+            base_url=ctl.url, headers=headers, timeout=120, limits=limits
+        ) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        f"/api/v1/workspaces/{WS}/executions", json={"flow": "sleep", "wait": 30}
+                    )
+                    for _ in range(waiters)
+                )
+            )
+            return [a.status_code for a in answers]
+
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(codes=asyncio.run(wait_all())))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if sum(counts(ctl.client).get(s, 0) for s in ("queued", "running")) >= waiters:
+            break
+        time.sleep(0.1)
+    time.sleep(1)
+    health = probe_api(ctl.url, ctl.token, "/api/v1/health", 20, 5)
+    print(f"  {waiters} clients waiting on executions (wait=30):")
+    row(
+        "/api/v1/health p99",
+        percentile(health, 99),
+        "health_p99_ms",
+        "ms",
+        f"p50 {percentile(health, 50):.1f} ms, max {max(health):.0f} ms",
+    )
+    report.update(health_p99=percentile(health, 99))
+    for status in ("queued", "running"):
+        page = ctl.client.get(
+            f"/api/v1/workspaces/{WS}/executions", params={"status": status, "limit": 1000}
+        ).json()
+        for item in page["items"]:
+            ctl.client.post(f"/api/v1/workspaces/{WS}/executions/{item['id']}/cancel")
+    thread.join(90)
+    codes = result.get("codes", [])
+    print(f"  {'waiting clients answered after the cancel':<44} {codes.count(201)}/{waiters}")
+
+
+def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
+    """Figure 4: many SSE streams; delivery latency of emitted events."""
+    headers = {"Authorization": f"Bearer {ctl.token}"}
+    received: list[float] = []
+    connected = threading.Event()
+    done = threading.Event()
+    emitted: dict[str, float] = {}
+
+    async def one(client: httpx.AsyncClient, opened: list[int]) -> None:
+        async with client.stream(
+            "GET", f"/api/v1/workspaces/{WS}/events/stream", params={"types": "bench.ping"}
+        ) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("retry:"):
+                    opened[0] += 1
+                    if opened[0] == streams:
+                        connected.set()
+                elif line.startswith("data:"):
+                    payload = json.loads(line[5:])["payload"]
+                    received.append(time.time() - emitted[payload["n"]])
+                    if done.is_set():
+                        return
+
+    async def all_streams() -> None:
+        limits = httpx.Limits(max_connections=streams + 10)
+        async with httpx.AsyncClient(
+            base_url=ctl.url,
+            headers=headers,
+            timeout=httpx.Timeout(120, read=None),
+            limits=limits,
+        ) as client:
+            opened = [0]
+            tasks = [asyncio.create_task(one(client, opened)) for _ in range(streams)]
+            while not done.is_set():
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    thread = threading.Thread(target=lambda: asyncio.run(all_streams()), daemon=True)
+    thread.start()
+    if not connected.wait(timeout=120):
+        raise RuntimeError("the event streams did not all open")
+    api: list[float] = []
+    process = psutil.Process(ctl.process.pid)
+    cpu0 = process.cpu_times()
+    for n in range(5):
+        emitted[str(n)] = time.time()
+        ctl.client.post(
+            f"/api/v1/workspaces/{WS}/events", json={"type": "bench.ping", "payload": {"n": str(n)}}
+        ).raise_for_status()
+        api += probe_api(ctl.url, ctl.token, "/api/v1/health", 20, 1)
+    time.sleep(1)
+    cpu1 = process.cpu_times()
+    done.set()
+    thread.join(30)
+    latencies = [r * 1000 for r in received]
+    cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / 5
+    print(f"  {streams} open event streams, 5 events emitted:")
+    row(
+        "delivery p50",
+        percentile(latencies, 50),
+        "sse_p50_ms",
+        "ms",
+        f"{len(latencies)}/{5 * streams} delivered",
+    )
+    row("delivery p99", percentile(latencies, 99), "sse_p99_ms", "ms")
+    row("API (health) p99 meanwhile", percentile(api, 99), "health_p99_ms", "ms")
+    print(f"  {'controller CPU per event to all streams':<44} {cpu_ms:10.2f} ms (with 20 health/s)")
+    report.update(sse_p50=percentile(latencies, 50), sse_p99=percentile(latencies, 99))
+
+
+def real_site(ctl: Any, database_url: str, folder: Path) -> None:
+    """A real flowlink server as one more site, reverse-connected; one remote run through it."""
+    controller_key, controller_pub = key_file(folder, "real-controller")
+    site_key, site_pub = key_file(folder, "real-site")
+    ctl.client.post(
+        f"/api/v1/workspaces/{WS}/sync_config",
+        json={
+            "name": "real-site",
+            "direction": "controlling",
+            "own_private_key": controller_key.read_text(),
+            "remote_public_key": site_pub,
+        },
+    ).raise_for_status()
+    with server(database_url, FLOWLINK_LINK_REFRESH="0.5") as site:
+        apply_folder(site.client, "site", {"workspace.yml": "name: Site\nslug: site\n"})
+        site.client.post(
+            "/api/v1/workspaces/site/sync_config",
+            json={
+                "name": "controller",
+                "direction": "controlled",
+                "remote_url": ctl.url + sync_path(WS, "real-site"),
+                "own_private_key": site_key.read_text(),
+                "remote_public_key": controller_pub,
+            },
+        ).raise_for_status()
+        began = time.perf_counter()
+        answer = ctl.client.post(
+            f"/api/v1/workspaces/{WS}/executions",
+            json={"flow": "echo", "remote": "real-site", "inputs": {"n": 7}, "wait": 30},
+        ).json()
+        took = time.perf_counter() - began
+        print(
+            f"  {'a remote run through a real flowlink site':<44} {answer['status']}"
+            f" in {took:.2f} s (output {answer.get('output_value')})"
+        )
+
+
+def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    """All figures on one backend."""
+    print(f"  (load average of the machine: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    report: dict[str, Any] = {"idle_seconds": args.idle_seconds}
+    folder = Path(tempfile.mkdtemp(prefix="flowlink-bench-scale-"))
+    print(
+        f"\n== {backend}: {args.sites} sites, {args.waiters} waiting clients, "
+        f"{args.streams} streams =="
+    )
+    log = folder / "controller.log"
+    print(f"  (controller log: {log})")
+    with (
+        fresh_database(backend) as url,
+        server(url, log=log, FLOWLINK_WORKER_CONCURRENCY="8") as ctl,
+    ):
+        apply_folder(
+            ctl.client,
+            WS,
+            {
+                "workspace.yml": f"name: Controller\nslug: {WS}\n",
+                "flows/echo.py": ECHO,
+                "flows/sleep.py": SLEEP,
+            },
+        )
+        load = idle_links(ctl, args.sites, folder, report)
+        try:
+            fan_out(ctl, load, args.sites, report)
+            waiting_clients(ctl, args.waiters, report)
+            event_streams(ctl, args.streams, report)
+            print(
+                f"  {'controller threads at the end':<44} "
+                f"{psutil.Process(ctl.process.pid).num_threads()}"
+            )
+        finally:
+            load.stop()
+        if args.real_site:
+            with fresh_database("sqlite") as site_url:
+                real_site(ctl, site_url, folder)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "all"], default="all")
+    parser.add_argument("--sites", type=int, default=1000)
+    parser.add_argument("--waiters", type=int, default=200)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--quick", action="store_true", help="reduced sizes (make bench)")
+    parser.add_argument("--no-real-site", dest="real_site", action="store_false")
+    parser.add_argument("--sites-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--controller", help=argparse.SUPPRESS)
+    parser.add_argument("--site-key", help=argparse.SUPPRESS)
+    parser.add_argument("--controller-pub", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sites_worker:
+        sites_main(args)
+        return
+    if args.quick:
+        args.sites, args.waiters, args.streams, args.idle_seconds = 200, 200, 200, 10.0
+    backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
+    if "postgresql" in backends and not postgres_url():
+        print("(PostgreSQL not reachable: skipped)")
+        backends.remove("postgresql")
+    for backend in backends:
+        run(backend, args)
+
+
+if __name__ == "__main__":
+    main()

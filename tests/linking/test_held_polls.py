@@ -1,0 +1,144 @@
+"""Held long polls cost nothing while nothing changes, and wake when their link has news.
+
+An in-process server answers; the test is the connecting end of many links (it signs its
+exchanges by hand with real keys). While every poll is held, the server runs (almost) no
+store transactions; a remote run queued for one link answers that link's poll at once and
+leaves the others held. On PostgreSQL the run is queued through another connection pool
+(another ``Store``, as another server process would), so the wake-up comes by NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from flowlink.linking import exchange, keys, signing
+from flowlink.linking.protocol import envelope
+from flowlink.linking.service import sync_path
+from flowlink.store.engine import Store
+from flowlink.workspaces import service as workspaces
+from tests.conftest import StartedServer, make_settings, start_live_server
+from tests.linking.conftest import KeyMaker, public_pem_of
+
+LINKS = 20
+POLL = 30.0
+ECHO = "def handler(system, this, inputs):\n    return this.success('echo')\n"
+
+
+@pytest.fixture
+def answering(database_url: str) -> Iterator[StartedServer]:
+    started = start_live_server(make_settings(database_url), with_worker=False)
+    yield started
+    started.stop()
+
+
+def test_held_polls_cost_nothing_until_their_link_has_news(
+    answering: StartedServer, database_url: str, make_key: KeyMaker
+) -> None:
+    live = answering.live
+    files = {"workspace.yml": "name: Ctl\nslug: ctl\n", "flows/echo.py": ECHO}
+    assert live.client.post("/api/v1/workspaces/ctl/apply", json={"files": files}).is_success
+    own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
+    for n in range(LINKS):
+        created = live.client.post(
+            "/api/v1/workspaces/ctl/sync_config",
+            json={
+                "name": f"site-{n}",
+                "direction": "controlling",
+                "own_private_key": own.read_text(),
+                "remote_public_key": public_pem_of(site),
+            },
+        )
+        assert created.status_code == 201, created.text
+    site_key = keys.load_private_key(site.read_text())
+    transactions = [0]
+
+    def count(*_args: Any) -> None:
+        transactions[0] += 1
+
+    event.listen(live.store.engine, "begin", count)
+
+    async def exchange_once(client: httpx.AsyncClient, n: int) -> tuple[int, float, list[Any]]:
+        url = live.url + sync_path("ctl", f"site-{n}")
+        body = json.dumps(envelope([], POLL)).encode()
+        headers = httpx.Headers({"content-type": "application/json"})
+        signing.sign_request(site_key, "POST", url, headers, body)
+        began = time.monotonic()
+        answer = await client.post(url, content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return n, time.monotonic() - began, answer.json()["messages"]
+
+    answered: list[tuple[int, float, list[Any]]] = []
+    stop = threading.Event()
+
+    async def polls() -> None:
+        limits = httpx.Limits(max_connections=LINKS + 5)
+        async with httpx.AsyncClient(timeout=POLL + 30, limits=limits) as client:
+            tasks = [asyncio.create_task(exchange_once(client, n)) for n in range(LINKS)]
+            for finished in asyncio.as_completed(tasks):
+                answered.append(await finished)
+                if len(answered) == 1:
+                    break
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    thread = threading.Thread(target=lambda: asyncio.run(polls()), daemon=True)
+    thread.start()
+    notifier = live.store.notifier
+    deadline = time.monotonic() + 30
+    while notifier.waiting() < LINKS:
+        assert time.monotonic() < deadline, f"only {notifier.waiting()} polls are held"
+        time.sleep(0.05)
+
+    # Idle: the held polls run no queries (a timer re-query would be 4 per poll per second).
+    time.sleep(0.5)
+    before = transactions[0]
+    time.sleep(3.0)
+    idle = transactions[0] - before
+    assert idle <= 8, f"{idle} transactions in 3 s with {LINKS} idle held polls"
+    assert not answered
+
+    # News for one link answers that link's poll at once; the others stay held.
+    began, at_news = time.monotonic(), transactions[0]
+    if live.store.dialect == "postgresql":  # as another server process: heard by NOTIFY
+        other = Store(database_url)
+        try:
+            with other.write() as session:
+                workspace = workspaces.get_workspace(session, "ctl")
+                exchange.start_remote_execution(
+                    session, workspace, "site-7", exchange.RemoteStart(flow="echo")
+                )
+        finally:
+            other.dispose()
+    else:  # SQLite has one server process: through its API
+        started = live.client.post(
+            "/api/v1/workspaces/ctl/executions", json={"flow": "echo", "remote": "site-7"}
+        )
+        assert started.status_code == 201, started.text
+    deadline = time.monotonic() + 10
+    while not answered:
+        assert time.monotonic() < deadline, "the poll of site-7 was not answered"
+        time.sleep(0.01)
+    took = time.monotonic() - began
+    n, _elapsed, messages = answered[0]
+    assert n == 7
+    assert [m["type"] for m in messages] == ["execution.start"]
+    assert took < 2.0
+    time.sleep(0.3)
+    assert notifier.waiting() == LINKS - 1
+    # Only that link's poll looked at the store (each of 20 looking would be 40 reads).
+    woke = transactions[0] - at_news
+    assert woke <= 15, f"{woke} transactions after news for one link"
+    stop.set()
+    thread.join(30)
