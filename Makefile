@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint format bench install install-test clean chromium
+.PHONY: run test test-fast lint format bench install install-test clean chromium
 
 $(BIN)/flowlink: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ chromium:
 
 test: lint chromium
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The suite without the tests marked slow (long end-to-end runs; see docs/architecture.md).
+test-fast: lint chromium
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install-test
 	$(BIN)/python bench/executions.py

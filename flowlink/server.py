@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import (
-    AdminCredentials,
     admin_exists,
     authenticate_token,
     check_login,
@@ -31,6 +29,7 @@ from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
 from flowlink.api.proxies import ForwardedHeaders
 from flowlink.background import BackgroundTasks
+from flowlink.credentials import load_credentials, save_credentials
 from flowlink.errors import Unauthorized
 from flowlink.events.rejections import flush_rejections
 from flowlink.events.scheduler import schedule_event_jobs
@@ -52,40 +51,6 @@ def open_store(settings: ServerSettings) -> Store:
     store = Store(settings.database_url)
     store.migrate()
     return store
-
-
-def credentials_path() -> Path:
-    """Where the CLI keeps the server URL and token saved by ``init --save`` or ``make run``."""
-    base = os.environ.get("FLOWLINK_CONFIG_DIR") or os.path.join(
-        os.path.expanduser("~"), ".config", "flowlink"
-    )
-    return Path(base) / "credentials.json"
-
-
-def save_credentials(server: str, credentials: AdminCredentials) -> Path:
-    """Save the admin login for the CLI, readable by this user only."""
-    path = credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "server": server,
-        "user": credentials.user,
-        "password": credentials.password,
-        "token": credentials.token,
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    return path
-
-
-def load_credentials() -> dict[str, Any]:
-    """The saved CLI credentials, or an empty dict."""
-    path = credentials_path()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def demo_folder() -> Path:

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///flowlink.db"
@@ -51,7 +51,6 @@ class ServerSettings:
     max_public_body_bytes: int = DEFAULT_MAX_PUBLIC_BODY_BYTES
     # Refused unauthenticated requests: one event per source and window, with a count.
     rejection_window: float = 60.0
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerSettings:

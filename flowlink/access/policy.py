@@ -37,7 +37,7 @@ __all__ = [
     "visible",
 ]
 
-# Only organization admins create, change or delete sync configs (DESIGN section 6).
+# Only organization admins create, change or delete sync configs (docs/linking.md).
 ADMIN_ONLY = frozenset(
     (action, "sync_configs") for action in ("create", "update", "delete", "manage")
 )

@@ -114,6 +114,7 @@ def create_user(
     )
     session.add(user)
     session.flush()
+    record(session, None, "users.created", {"id": user.id, "user": username, "admin": is_admin})
     return user
 
 
@@ -131,7 +132,12 @@ def list_users(session: Session) -> list[User]:
 
 
 def set_disabled(session: Session, user: User, disabled: bool) -> User:
-    """Disable (ending every session) or enable a user; a disabled user's tokens stop working."""
+    """Disable (ending every session) or enable a user; a disabled user's tokens stop working.
+
+    Records ``users.disabled`` or ``users.enabled`` when the state changes.
+    """
+    if user.disabled == disabled:
+        return user
     if disabled and user.is_admin:
         admins = session.scalars(
             select(User.id).where(User.is_admin.is_(True), User.disabled.is_(False))
@@ -142,18 +148,30 @@ def set_disabled(session: Session, user: User, disabled: bool) -> User:
     user.updated_at = utcnow()
     if disabled:
         end_user_sessions(session, user.id)
+    kind = "users.disabled" if disabled else "users.enabled"
+    record(session, None, kind, {"id": user.id, "user": user.username})
     session.flush()
     return user
 
 
 def set_password(session: Session, user: User, password: str | None = None) -> str:
-    """Set (or, without ``password``, generate) a user's password; ends their sessions."""
+    """Set (or, without ``password``, generate) a user's password; ends their sessions.
+
+    Records ``users.password_changed`` (never with the password or its hash).
+    """
+    generated = password is None
     if password is None:
         password = secrets.token_urlsafe(12)
     check_password_strength(password)
     user.password_hash = hash_password(password)
     user.updated_at = utcnow()
     end_user_sessions(session, user.id)
+    record(
+        session,
+        None,
+        "users.password_changed",
+        {"id": user.id, "user": user.username, "generated": generated},
+    )
     session.flush()
     return password
 
@@ -197,17 +215,24 @@ def user_memberships(session: Session, user_id: str) -> list[tuple[str, str]]:
 
 
 def set_membership(session: Session, user: User, workspace: Workspace, role: str) -> Membership:
-    """Give a user a role in a workspace (replacing the one they had)."""
+    """Give a user a role in a workspace (replacing the one they had).
+
+    Records ``memberships.updated`` in the workspace when the role changes.
+    """
     membership = session.scalar(
         select(Membership).where(
             Membership.user_id == user.id, Membership.workspace_id == workspace.id
         )
     )
+    previous = membership.role if membership is not None else None
     if membership is None:
         membership = Membership(user_id=user.id, workspace_id=workspace.id, role=role)
         session.add(membership)
     else:
         membership.role = role
+    if previous != role:
+        payload = {"user": user.username, "role": role, "previous": previous}
+        record(session, workspace, "memberships.updated", payload)
     session.flush()
     return membership
 
@@ -222,6 +247,8 @@ def remove_membership(session: Session, user: User, workspace: Workspace) -> Non
     if membership is None:
         raise NotFound(f"user {user.username!r} is not a member of {workspace.slug!r}")
     session.delete(membership)
+    payload = {"user": user.username, "role": membership.role}
+    record(session, workspace, "memberships.deleted", payload)
     session.flush()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,22 +11,87 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowlink.access.audit import record_denials
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.errors import FlowlinkError, NotFound, TooManyRequests, Unauthorized
 
+log = logging.getLogger(__name__)
+
 
 def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None
-) -> JSONResponse:
-    """A JSON error response in the API's shape."""
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> SafeJSONResponse:
+    """A JSON error response in the API's shape; every error the API sends is built here."""
+    merged = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    merged.update(headers or {})
     return SafeJSONResponse(
         {"error": {"code": code, "message": message, "details": details or {}}},
         status_code=status,
-        headers=headers,
+        headers=merged or None,
     )
+
+
+def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """A 500 for an error nobody expected: an error id in the answer, the traceback in the log.
+
+    The client gets the id only (never the exception's text, which may hold internals); the
+    server log line carries the same id and the traceback, so the two can be matched.
+    """
+    error_id = "err_" + secrets.token_hex(8)
+    log.error(
+        "unexpected error %s on %s %s: %s",
+        error_id,
+        method,
+        path,
+        type(exc).__name__,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return error_response(
+        500,
+        "internal",
+        f"an unexpected error occurred on the server (error id {error_id})",
+        {"error_id": error_id},
+        {"X-Error-Id": error_id},
+    )
+
+
+class CatchAll:
+    """ASGI middleware turning an unexpected exception into the JSON 500 of
+    ``unexpected_error_response``.
+
+    Installed inside the metrics and tracing middleware, so they see the 500 rather than an
+    exception. If the answer had already started (a stream), only the log line is written and
+    the exception goes on, since the server must then cut the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting)
+        except Exception as exc:
+            response = unexpected_error_response(scope["method"], scope["path"], exc)
+            if started:
+                raise
+            await response(scope, receive, send)
 
 
 def _field_name(location: tuple[Any, ...]) -> str:
@@ -55,7 +122,9 @@ PUBLIC_NOT_FOUND = "nothing to call at this address"
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map domain errors, validation errors and HTTP errors onto the error shape."""
+    """Map domain errors, validation errors, HTTP errors and any other exception onto the
+    error shape (call before adding other middleware, so ``CatchAll`` sits innermost)."""
+    app.add_middleware(CatchAll)
 
     @app.exception_handler(FlowlinkError)
     async def _domain(request: Request, exc: FlowlinkError) -> JSONResponse:
@@ -90,3 +159,8 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, "error"
         )
         return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Only errors raised in the outer middleware reach this (CatchAll handles the rest).
+        return unexpected_error_response(request.method, request.url.path, exc)

@@ -19,6 +19,7 @@ from flowlink.access.policy import authorize, event_reader
 from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.api.deps import request_http as _http
+from flowlink.api.errors import error_response
 from flowlink.api.executions import wait_for_end
 from flowlink.api.responses import SafeJSONResponse as JSONResponse
 from flowlink.errors import Invalid, Unauthorized
@@ -392,11 +393,7 @@ async def webhook(
     if status == "success":
         return JSONResponse(outputs, headers=headers)
     if status in ("error", "cancelled"):
-        return JSONResponse(
-            {"error": {"code": "execution_failed", "message": message or status, "details": {}}},
-            status_code=502,
-            headers=headers,
-        )
+        return error_response(502, "execution_failed", message or status, headers=headers)
     return JSONResponse({"id": execution_id, "status": status}, status_code=202, headers=headers)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from flowlink.server import load_credentials
+from flowlink.credentials import load_credentials
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 CA_BUNDLE_ENV = "FLOWLINK_CA_BUNDLE"

@@ -194,8 +194,9 @@ def init(
 ) -> None:
     """Create the store and the organization admin; prints the login and an API token once."""
     from flowlink.access.service import init_admin
+    from flowlink.credentials import save_credentials
     from flowlink.errors import Conflict
-    from flowlink.server import open_store, save_credentials
+    from flowlink.server import open_store
     from flowlink.settings import resolve_secret_key
 
     settings = ServerSettings.from_env()

@@ -61,7 +61,7 @@ def event_row(
     user_id: str | None = None,
     extra_source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The stored row of one event, as column values (see DESIGN section 5 for the envelope)."""
+    """The stored row of one event, as column values (the envelope: docs/events.md)."""
     try:
         body = json.dumps(payload, separators=(",", ":"))
     except TypeError:  # e.g. a datetime: store what JSON can hold
@@ -157,12 +157,6 @@ def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
-def check_custom(event_type: str, payload: Any) -> None:
-    """Validate a custom event's type name and payload size."""
-    validate_event_type(event_type)
-    check_payload_size(len(json.dumps(payload, default=str, separators=(",", ":")).encode()))
-
-
 def check_payload_size(size: int) -> None:
     """Reject a custom event payload over ``MAX_PAYLOAD_BYTES`` (HTTP 413)."""
     if size > MAX_PAYLOAD_BYTES:
@@ -170,18 +164,6 @@ def check_payload_size(size: int) -> None:
             f"event payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
             details={"field": "payload", "size": size, "limit": MAX_PAYLOAD_BYTES},
         )
-
-
-def record_custom(
-    session: Session,
-    workspace: Workspace,
-    event_type: str,
-    payload: Any,
-    **kwargs: Any,
-) -> Event:
-    """Validate and record a custom event (from a flow, the API or the CLI)."""
-    check_custom(event_type, payload)
-    return record(session, workspace, event_type, payload, **kwargs)
 
 
 def automation_executed_row(
@@ -233,7 +215,7 @@ def iso_time(value: datetime) -> str:
 
 
 def event_view(event: Event) -> dict[str, Any]:
-    """The envelope of DESIGN section 5 for one stored event."""
+    """The envelope (docs/events.md) of one stored event."""
     return {
         "id": event.id,
         "seq": event.seq,

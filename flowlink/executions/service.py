@@ -24,8 +24,7 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
-from flowlink.workspaces.service import check_name, find_flow, get_flow, spec_error_to_invalid
-from flowlink.workspaces.spec import SpecError, validate_script
+from flowlink.workspaces.service import check_name, find_flow, get_flow
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -178,14 +177,6 @@ def execution_source(
         source["http"] = dict(http)
     source.update(app_source(app) or {})
     return source or None
-
-
-def check_script(name: str, script: str) -> None:
-    """Validate a script's syntax up front (used where a clear 422 is better than a failed run)."""
-    try:
-        validate_script(name, script)
-    except SpecError as error:
-        raise spec_error_to_invalid(error) from error
 
 
 def get_execution(session: Session, workspace: Workspace, execution_id: str) -> Execution:

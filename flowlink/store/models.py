@@ -241,6 +241,7 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_workspace_seq", "workspace_id", "seq"),
         Index("ix_events_workspace_type_created", "workspace_id", "type", "created_at"),
+        Index("ix_events_correlation_seq", "correlation_id", "seq"),  # a story, in order
     )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -308,7 +309,7 @@ class ScheduleSlot(Base):
 
 
 class SyncConfig(Base):
-    """One end of a workspace link (DESIGN section 6). Keys are write-only."""
+    """One end of a workspace link (docs/linking.md). Keys are write-only."""
 
     __tablename__ = "sync_configs"
     __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_sync_configs_name"),)

@@ -625,7 +625,10 @@ def get_flow(session: Session, workspace: Workspace, name: str) -> Flow:
 def put_flow(
     session: Session, workspace: Workspace, name: str, script: str, description: str | None = None
 ) -> tuple[Flow, bool]:
-    """Create or replace a flow; returns it and whether it was created."""
+    """Create or replace a flow; returns it and whether it was created.
+
+    Records ``flows.updated`` (``name``, ``created``) in the same transaction.
+    """
     check_name("flow", name)
     try:
         validate_script(name, script, file=f"flows/{name}.py")
@@ -640,13 +643,16 @@ def put_flow(
         flow.script = script
         flow.description = description
         flow.updated_at = utcnow()
+    record(session, workspace, "flows.updated", {"name": name, "created": created})
     session.flush()
     return flow, created
 
 
 def delete_flow(session: Session, workspace: Workspace, name: str) -> None:
-    """Delete a flow (its past executions keep their script snapshot)."""
+    """Delete a flow (its past executions keep their script snapshot); records
+    ``flows.deleted``."""
     session.delete(get_flow(session, workspace, name))
+    record(session, workspace, "flows.deleted", {"name": name})
 
 
 def flow_view(flow: Flow) -> dict[str, Any]:

@@ -93,14 +93,6 @@ class SpecError(Exception):
             "message": self.message,
         }
 
-    def with_file(self, file: str) -> SpecError:
-        """A copy of this error that names ``file`` (when it names no file yet)."""
-        if self.file is not None:
-            return self
-        return SpecError(
-            self.message, file=file, line=self.line, column=self.column, field=self.field
-        )
-
 
 def _rebuild_spec_error(data: dict[str, Any]) -> SpecError:
     return SpecError(

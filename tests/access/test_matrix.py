@@ -228,6 +228,7 @@ def outcome(response: httpx.Response) -> str:
     return "A"
 
 
+@pytest.mark.slow
 def test_permission_matrix(live_server: LiveServer) -> None:
     world = World(live_server)
     world.build()

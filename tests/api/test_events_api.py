@@ -415,6 +415,8 @@ def test_webhook_with_key_answers_with_output(ws: tuple[LiveServer, dict[str, st
         )
         assert response.status_code == 502
         assert "boom" in response.json()["error"]["message"]
+        assert response.json()["error"]["code"] == "execution_failed"
+        assert response.headers["X-Execution-Id"]
         triggered = search(server, types="runtime.interactions.triggered", limit=200)
         assert any(e["payload"]["trigger"]["type"] == "endpoint" for e in triggered)
     finally:

@@ -160,6 +160,7 @@ def test_children_parent_links_and_dependency_failure(ws: LiveServer) -> None:
     assert any("caught:" in item["line"] for item in logs["items"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "server_settings",
     [pytest.param("concurrency-1", id="concurrency-1")],

@@ -74,6 +74,7 @@ def test_rotating_forwarded_for_does_not_reset_the_throttle(live_server: LiveSer
     assert denied_ip(live_server, "203.0.113.7") == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_one_address_trying_many_accounts_is_locked(live_server: LiveServer) -> None:
     make_user(live_server.store, "una")
     for n in range(20):

@@ -169,6 +169,7 @@ class Fuzzer:
         run()
 
 
+@pytest.mark.slow
 def test_no_server_error_anywhere(fuzz_server: tuple[LiveServer, dict[str, Any]]) -> None:
     server, values = fuzz_server
     operations = _operations(server)

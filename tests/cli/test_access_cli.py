@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.test_cli import cli
 from tests.conftest import LiveServer
 
@@ -15,6 +17,7 @@ def login(server: LiveServer, username: str, password: str) -> int:
     return response.status_code
 
 
+@pytest.mark.slow
 def test_users_create_list_disable_enable_reset(live_server: LiveServer) -> None:
     env = {"FLOWLINK_DATABASE_URL": live_server.store.url}
     live_server.client.post("/api/v1/workspaces", json={"slug": "team"})
@@ -50,6 +53,7 @@ def test_users_create_list_disable_enable_reset(live_server: LiveServer) -> None
     cli(None, "users", "grant", "maria", "team", "editor", env=env, check=True)
 
 
+@pytest.mark.slow
 def test_tokens_create_list_revoke_through_the_api(live_server: LiveServer) -> None:
     live_server.client.post("/api/v1/workspaces", json={"slug": "team"})
     created = cli(

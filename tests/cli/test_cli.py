@@ -57,6 +57,7 @@ def folder(tmp_path: Path) -> Path:
     return ws
 
 
+@pytest.mark.slow
 def test_apply_run_follow_list_show_export(
     live_server: LiveServer, folder: Path, tmp_path: Path
 ) -> None:
@@ -149,3 +150,25 @@ def test_init_prints_a_working_login_once(database_url: str, tmp_path: Path) -> 
     assert oct((tmp_path / "cfg" / "credentials.json").stat().st_mode & 0o777) == "0o600"
     again = cli(None, "init", env=env)
     assert again.returncode == 1 and "already" in again.stderr
+
+
+def test_cli_client_reads_saved_credentials_without_importing_the_server(tmp_path: Path) -> None:
+    config = tmp_path / "cfg"
+    config.mkdir()
+    (config / "credentials.json").write_text(
+        json.dumps({"server": "http://127.0.0.1:9", "token": "fl_saved"})
+    )
+    code = (
+        "import sys\n"
+        "from flowlink.cli.client import Client\n"
+        "client = Client()\n"
+        "loaded = [name in sys.modules for name in ('flowlink.server', 'uvicorn')]\n"
+        "print(client.server, client.token, *loaded)\n"
+    )
+    env = {**os.environ, "FLOWLINK_CONFIG_DIR": str(config)}
+    env.pop("FLOWLINK_SERVER", None)
+    env.pop("FLOWLINK_TOKEN", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["http://127.0.0.1:9", "fl_saved", "False", "False"]

@@ -41,6 +41,7 @@ def cmd(live_server: LiveServer) -> LiveServer:
     return live_server
 
 
+@pytest.mark.slow
 def test_version_and_help_without_type_placeholders() -> None:
     assert cli(None, "--version", check=True).stdout.strip() == f"flowlink {__version__}"
     runner = CliRunner()
@@ -57,6 +58,7 @@ def test_version_and_help_without_type_placeholders() -> None:
             assert placeholder not in result.output, (path, result.output)
 
 
+@pytest.mark.slow
 def test_workspaces_flows_and_settings_commands(cmd: LiveServer) -> None:
     listed = cli(cmd, "workspaces", "list", check=True).stdout
     assert "cmd" in listed and "Commands" in listed
@@ -99,6 +101,7 @@ def test_workspaces_flows_and_settings_commands(cmd: LiveServer) -> None:
     assert json.loads(cli(cmd, "workspaces", "list", "--json").stdout) == []
 
 
+@pytest.mark.slow
 def test_executions_show_list_in_80_columns_and_cancel(cmd: LiveServer) -> None:
     ran = json.loads(cli(cmd, "run", "cmd", "hello", "--follow", "--json", check=True).stdout)
     quiet = json.loads(cli(cmd, "run", "cmd", "quiet", "--follow", "--json", check=True).stdout)
@@ -127,6 +130,7 @@ def test_executions_show_list_in_80_columns_and_cancel(cmd: LiveServer) -> None:
     assert "hi there" in wide
 
 
+@pytest.mark.slow
 def test_link_list_show_update_disable_enable_delete(live_server: LiveServer) -> None:
     for slug in ("la", "lb"):
         assert live_server.client.post("/api/v1/workspaces", json={"slug": slug}).status_code == 201

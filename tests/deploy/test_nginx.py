@@ -136,6 +136,7 @@ def nginx_in_front(
             process.wait()
 
 
+@pytest.mark.slow
 @SQLITE_ONLY
 def test_nginx_config_serves_flowlink_over_tls(
     nginx_in_front: Proxied,

@@ -64,6 +64,7 @@ def wait_until(predicate: object, timeout: float) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_two_workers_never_run_an_execution_twice(store: Store, database_url: str) -> None:
     ws = make_workspace(store)
     with store.write() as session:
@@ -102,6 +103,7 @@ def test_two_workers_never_run_an_execution_twice(store: Store, database_url: st
     assert len(by_worker) == 2, by_worker  # both workers took part
 
 
+@pytest.mark.slow
 def test_killed_worker_is_detected_within_the_lease(store: Store, database_url: str) -> None:
     ws = make_workspace(store)
     with store.write() as session:

@@ -312,6 +312,7 @@ def test_status_table_and_json(
     assert missing.exit_code == 1 and "not found" in missing.stderr
 
 
+@pytest.mark.slow
 def test_run_remote_from_the_cli(database_url: str, second_database_url: str) -> None:
     """``flowlink run --remote`` runs the flow in the linked workspace and follows it."""
     servers = [

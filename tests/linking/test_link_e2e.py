@@ -530,6 +530,7 @@ def test_reverse_connect_from_behind_nat(
 # --- 5. send_all_executions -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_send_all_executions_copies_read_only(
     pair: tuple[ServerProcess, ServerProcess], make_key: KeyMaker, linker: Linker, uid: str
 ) -> None:
@@ -731,6 +732,7 @@ def test_a_valid_signed_start_is_acted_on_once(
 # --- 8. HTTPS with a private CA ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @SQLITE_ONLY
 def test_https_with_private_ca_insecure_and_untrusted(
     server_factory: ServerFactory,
@@ -828,6 +830,7 @@ def test_link_role_limits_remote_runs(
 # --- 9. link state (last: it stops and restarts the shared B) -------------------------------
 
 
+@pytest.mark.slow
 def test_link_state_follows_the_other_server(
     pair: tuple[ServerProcess, ServerProcess], make_key: KeyMaker, linker: Linker, uid: str
 ) -> None:

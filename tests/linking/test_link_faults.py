@@ -243,6 +243,7 @@ def sync_events(a: ServerProcess, kind: str) -> list[dict[str, Any]]:
 # --- the tests ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_controlled_server_killed_mid_run(
     two_servers: tuple[ServerProcess, ServerProcess], make_key: KeyMaker
 ) -> None:
@@ -274,6 +275,7 @@ def test_controlled_server_killed_mid_run(
     assert lost, f"no run was lost at the kill ({statuses}, {at_kill} ended before it)"
 
 
+@pytest.mark.slow
 def test_link_cut_for_a_minute(
     two_servers: tuple[ServerProcess, ServerProcess],
     make_key: KeyMaker,
@@ -325,6 +327,7 @@ def test_link_cut_for_a_minute(
     assert disconnected[0]["payload"]["remoteUrl"] == sync_url(proxy.url())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_controlling_server_restarts_with_a_full_outbox(
     two_servers: tuple[ServerProcess, ServerProcess],

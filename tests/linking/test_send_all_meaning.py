@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from tests.conftest import LiveServer
 from tests.linking.conftest import KeyMaker, public_pem_of
 
@@ -55,6 +57,7 @@ def _run(server: LiveServer, ws: str, **body: Any) -> dict[str, Any]:
     return server.wait_for(ws, str(response.json()["id"]), timeout=60)
 
 
+@pytest.mark.slow
 def test_older_meaning_hides_linked_runs_unless_set(
     live_server: LiveServer, make_key: KeyMaker
 ) -> None:

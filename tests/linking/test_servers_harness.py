@@ -22,6 +22,7 @@ ECHO = (
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+@pytest.mark.slow
 def test_two_servers_run_on_separate_stores(
     two_servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
@@ -41,6 +42,7 @@ def test_two_servers_run_on_separate_stores(
     assert foreign.status_code == 401  # each admin token belongs to its own store
 
 
+@pytest.mark.slow
 def test_kill_and_restart_keep_the_store(server_factory: ServerFactory, database_url: str) -> None:
     server = server_factory(database_url, "a").start()
     server.create_workspace("kept", flows={"echo": ECHO})

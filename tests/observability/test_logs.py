@@ -76,6 +76,7 @@ def test_invalid_format_is_refused_naming_the_variable() -> None:
         logs.log_level({"FLOWLINK_LOG_LEVEL": "loud"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_server_logs_are_json_with_ids_and_without_secrets(
     database_url: str, server_factory: ServerFactory, make_key: KeyMaker, tmp_path: Path

@@ -150,6 +150,7 @@ def test_label_cap_folds_the_rest_into_other() -> None:
     assert cap("ws1") == "ws1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_one_scrape_covers_server_and_worker_processes(database_url: str, tmp_path: Path) -> None:
     """A server without a worker and a separate ``flowlink worker`` share one metrics dir."""

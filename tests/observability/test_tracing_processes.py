@@ -42,6 +42,7 @@ def spans_in(log: Path) -> list[dict[str, Any]]:
     return spans
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_otel_variables_trace_a_run_across_two_server_processes(
     server_factory: ServerFactory,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import make_settings, start_live_server
 from tests.executions.test_worker_processes import start_worker, stop
@@ -36,6 +37,7 @@ def workers(client: httpx.Client) -> dict[int, dict[str, Any]]:
     return {item["pid"]: item for item in response.json()["items"]}
 
 
+@pytest.mark.slow
 def test_workers_register_heartbeat_and_are_lost_when_killed(database_url: str) -> None:
     started = start_live_server(make_settings(database_url), with_worker=False)
     client = started.live.client

@@ -132,6 +132,7 @@ def test_cpu_time_counts_every_process(fresh_pool_factory: PoolFactory) -> None:
     assert run.outcome.message == "CPU time limit exceeded (2 s)"
 
 
+@pytest.mark.slow
 @requires_root
 def test_rlimit_fallback_is_selectable_and_per_process(fresh_pool_factory: PoolFactory) -> None:
     p = fresh_pool_factory(cgroups=False)

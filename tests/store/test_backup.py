@@ -77,6 +77,7 @@ def empty_store_url(database_url: str, tmp_path: Path) -> Any:
         _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.mark.slow
 def test_backup_and_restore_round_trip(
     two_servers: tuple[ServerProcess, ServerProcess],
     server_factory: ServerFactory,

@@ -449,6 +449,7 @@ def test_access_members_tokens_and_denials(page: Any, team: Team) -> None:
     assert page.get_by_role("button", name="Set role").count() == 0
 
 
+@pytest.mark.slow
 def test_children_tree_updates_live_and_pages_read_without_javascript(
     browser: Any, page: Any, team: Team
 ) -> None:

@@ -50,6 +50,7 @@ def _login(page: Any, url: str) -> None:
     page.wait_for_url(f"{url}/")
 
 
+@pytest.mark.slow
 def test_link_two_servers_from_the_links_page_and_follow_a_remote_run(
     browser: Any, servers: tuple[StartedServer, StartedServer]
 ) -> None:
