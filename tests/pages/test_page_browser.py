@@ -2,53 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.conftest import LiveServer
 from tests.pages.test_pages import apply, files
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _ensure_chromium() -> str | None:
-    """Install Debian's chromium when missing (CI runs as root); why not, if it cannot be."""
-    if os.path.exists(CHROMIUM):
-        return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"{CHROMIUM} is missing and apt-get cannot install it here (not root)"
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            return f"{' '.join(command)} failed: {done.stderr[-500:]}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    reason = _ensure_chromium()
-    if reason:
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_page_form_runs_a_flow_in_the_browser(live_server: LiveServer, browser: Any) -> None:

@@ -1,45 +1,19 @@
-"""Console test fixtures: one headless Chromium per test session, servers with users."""
+"""Console test fixtures: servers with users, logged-in HTTP clients."""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from tests.conftest import LiveServer
 from tests.linking.servers import workspace_files
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "console-pass-1"
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """Debian's chromium driven by Playwright, shared by every console test."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: `make test` installs the Debian chromium package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def csrf_in(html: str) -> str:
