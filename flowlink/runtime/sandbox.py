@@ -364,6 +364,17 @@ def exposed_python_paths(cover: str = "/root") -> tuple[list[str], list[tuple[st
     return outer, links
 
 
+def python_paths_under(dirs: Sequence[str]) -> list[str]:
+    """The interpreter's directories that lie below ``dirs`` (e.g. a venv below ``/tmp``).
+
+    A runner's private ``/tmp`` would hide them; they are bound back into it.
+    """
+    kept: list[str] = []
+    for path in dirs:
+        kept.extend(exposed_python_paths(cover=path)[0])
+    return kept
+
+
 # --------------------------------------------------------------------------- runner sandbox
 
 
@@ -423,16 +434,22 @@ def _setup_mounts(
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
 
 
-def _private_mounts(dirs: Sequence[str], stage: str, size_mb: int) -> None:
+def _private_mounts(
+    dirs: Sequence[str], stage: str, size_mb: int, keep: Sequence[str] = ()
+) -> None:
     """Give this runner its own mount and IPC namespaces with fresh, empty ``dirs``.
 
     One size-capped tmpfs is mounted on ``stage`` (an empty root-only directory of the
     zygote's namespace); each of ``dirs`` gets a ``1777`` sub-directory of it bind-mounted on
     top, and the stage mount is detached. The tmpfs lives exactly as long as the runner's
     namespace, i.e. until the last process of the execution is gone; the IPC namespace does
-    the same for System V shared memory, semaphores and POSIX message queues.
+    the same for System V shared memory, semaphores and POSIX message queues. ``keep``
+    (the interpreter's own directories below ``dirs``, from :func:`python_paths_under`)
+    are bound back, read-only, so that a flowlink installed below ``/tmp`` still imports.
     """
     unshare(CLONE_NEWNS | CLONE_NEWIPC)
+    # Held open across the covering mounts: the bind source is reached through the fd.
+    kept = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in keep]
     mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(1, size_mb)}m,mode=0700")
     stage_fd = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -443,8 +460,15 @@ def _private_mounts(dirs: Sequence[str], stage: str, size_mb: int) -> None:
             os.chmod(sub, 0o1777)
             mount(sub, path, None, MS_BIND, None)
         umount_detach(f"/proc/self/fd/{stage_fd}")
+        for path, fd in kept:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            source = f"/proc/self/fd/{fd}"
+            mount(source, path, None, MS_BIND | MS_REC, None)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
     finally:
         os.close(stage_fd)
+        for _, fd in kept:
+            os.close(fd)
 
 
 def enter_shared_namespace(config: dict[str, Any]) -> None:
@@ -568,7 +592,12 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
     tmpdir = os.path.join(config["base_dir"], f"flowlink-run-{pid}-{os.urandom(6).hex()}")
     os.mkdir(tmpdir, 0o700)
     if mode == "full" and config.get("private_dirs"):
-        _private_mounts(config["private_dirs"], config["stage_dir"], int(limits["memory_mb"]))
+        _private_mounts(
+            config["private_dirs"],
+            config["stage_dir"],
+            int(limits["memory_mb"]),
+            config.get("private_keep", ()),
+        )
     if mode in ("full", "uid"):
         uid = int(config["uid"])
         if uid < UID_BASE or uid_in_use(uid):

@@ -477,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
             config["links"] = links
             sandbox.enter_shared_namespace(config)
             config["private_dirs"] = sandbox.private_dirs()
+            config["private_keep"] = sandbox.python_paths_under(config["private_dirs"])
             config["stage_dir"] = os.path.join(config["base_dir"], f".stage-{os.getpid()}")
             os.mkdir(config["stage_dir"], 0o700)
         elif mode == "uid":
