@@ -23,7 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from flowlink.access import policy
 from flowlink.access import service as access
 from flowlink.access.service import Principal
-from flowlink.api.deps import CSRF_COOKIE, SESSION_COOKIE, Caller, Context, ServerContext
+from flowlink.api.access import set_login_cookies
+from flowlink.api.deps import SESSION_COOKIE, Caller, Context, ServerContext
 from flowlink.errors import FlowlinkError, NotFound, Unauthorized
 from flowlink.pages import service as pages
 from flowlink.pages import store as page_store
@@ -303,16 +304,7 @@ async def login_submit(ws: str, request: Request) -> Response:
         return _login_page(request, ws, exc.message, exc.status)
     target = _safe_next(form.get("next"), _base_url(request, ws))
     response = RedirectResponse(target, status_code=303)
-    secure = request.url.scheme == "https"
-    max_age = access.SESSION_HOURS * 3600
-    response.set_cookie(
-        SESSION_COOKIE, result.secret, max_age=max_age, httponly=True, samesite="lax",
-        secure=secure, path="/",
-    )  # fmt: skip
-    response.set_cookie(
-        CSRF_COOKIE, result.csrf_token, max_age=max_age, httponly=False, samesite="lax",
-        secure=secure, path="/",
-    )  # fmt: skip
+    set_login_cookies(response, request, result)
     return response
 
 
