@@ -57,6 +57,8 @@ class BackgroundTasks:
     def __init__(self, stopping: threading.Event | None = None) -> None:
         self._specs: list[_Periodic | _Forever] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # Tasks that never return by themselves (listeners): cancelled at the stop.
+        self._endless: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -98,7 +100,10 @@ class BackgroundTasks:
 
     def _spawn(self, spec: _Periodic | _Forever) -> None:
         body = self._periodic(spec) if isinstance(spec, _Periodic) else self._forever(spec)
-        self._tasks.append(asyncio.get_running_loop().create_task(body, name=spec.name))
+        task = asyncio.get_running_loop().create_task(body, name=spec.name)
+        self._tasks.append(task)
+        if isinstance(spec, _Forever):
+            self._endless.add(task)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """The shutdown signal: stop every task, waiting up to ``timeout`` for running jobs."""
@@ -108,6 +113,11 @@ class BackgroundTasks:
         tasks, self._tasks = self._tasks, []
         if not tasks:
             return
+        # A task that runs forever (a listener waiting on its connection) has no run to
+        # finish: it is cancelled now, not waited for until the timeout.
+        for task in self._endless:
+            task.cancel()
+        self._endless.clear()
         # Jobs between runs return at once; a job in a thread hop finishes its run first.
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:

@@ -129,3 +129,28 @@ def test_start_in_thread_for_a_process_without_a_server() -> None:
     assert count >= 3
     time.sleep(0.15)
     assert len(ticks) == count
+
+
+def test_stop_cancels_a_task_that_never_returns_at_once() -> None:
+    """A listener blocked on its connection must not hold the shutdown for the timeout."""
+    tasks = BackgroundTasks()
+    cancelled = threading.Event()
+
+    async def listener() -> None:
+        try:
+            await asyncio.Event().wait()  # nothing ever comes
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    tasks.keep_running("listener", listener)
+
+    async def main() -> float:
+        await tasks.start()
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        await tasks.stop(timeout=10.0)
+        return time.monotonic() - began
+
+    assert asyncio.run(main()) < 1.0
+    assert cancelled.is_set()
