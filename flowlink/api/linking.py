@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/v1/workspaces/{ws}/sync_config", tags=["linking"
 
 
 class SyncConfigFields(RequestBody):
-    """The fields of DESIGN section 6; keys are accepted here and never returned."""
+    """A sync config's fields (docs/linking.md); keys are accepted here and never returned."""
 
     enabled: bool | None = None
     remote_url: str | None = Field(
