@@ -24,6 +24,7 @@ TokenOpt = Annotated[
     typer.Option("--token", envvar="FLOWLINK_TOKEN", help="API token", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")]
 
 
 def _help_metavar(self: typer.core.TyperOption, ctx: Any) -> str | None:
@@ -77,3 +78,13 @@ def call(client: Client, method: str, path: str, **kwargs: Any) -> Any:
         if isinstance(exc.details, dict) and exc.details.get("errors"):
             detail = "".join(f"\n  {e['field']}: {e['message']}" for e in exc.details["errors"])
         raise fail(f"{exc.message}{detail}") from None
+
+
+def delete_after_confirm(
+    client: Client, path: str, yes: bool, *, asking: str, deleted: str
+) -> None:
+    """Ask "delete <asking>?" (unless ``yes``), DELETE ``path``, print "deleted <deleted>"."""
+    if not yes and not typer.confirm(f"delete {asking}?", default=False, err=True):
+        raise fail("nothing deleted")
+    call(client, "DELETE", path)
+    console.print(f"deleted {deleted}", highlight=False)

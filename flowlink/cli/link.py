@@ -23,8 +23,10 @@ from flowlink.cli.common import (
     JsonOpt,
     ServerOpt,
     TokenOpt,
+    YesOpt,
     call,
     console,
+    delete_after_confirm,
     err,
     fail,
     print_json,
@@ -710,12 +712,11 @@ def link_disable(
 def link_delete(
     workspace: WorkspaceArg,
     name: NameArg,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    yes: YesOpt = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Delete one end of a link (delete the other end on its server too)."""
-    if not yes and not typer.confirm(f"delete sync config {workspace}/{name}?", err=True):
-        raise fail("nothing deleted")
-    call(Client(server, token), "DELETE", _config_path(workspace, name))
-    console.print(f"deleted sync config {workspace}/{name}", highlight=False)
+    what = f"sync config {workspace}/{name}"
+    path = _config_path(workspace, name)
+    delete_after_confirm(Client(server, token), path, yes, asking=what, deleted=what)

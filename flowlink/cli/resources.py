@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from flowlink.cli.client import Client
-from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, fail, print_json, table
+from flowlink.cli.common import (
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    YesOpt,
+    call,
+    console,
+    delete_after_confirm,
+    print_json,
+    table,
+)
 
 workspaces_app = typer.Typer(help="List, show and delete workspaces.", no_args_is_help=True)
 flows_app = typer.Typer(
@@ -20,12 +30,6 @@ settings_app = typer.Typer(
     no_args_is_help=True,
 )
 WorkspaceArg = Annotated[str, typer.Argument(help="Workspace slug")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")]
-
-
-def _confirm(what: str, yes: bool) -> None:
-    if not yes and not typer.confirm(f"delete {what}?", default=False, err=True):
-        raise fail("nothing deleted")
 
 
 def _field(label: str, value: Any) -> None:
@@ -94,9 +98,13 @@ def workspaces_delete(
     token: TokenOpt = None,
 ) -> None:
     """Delete a workspace with its flows, settings and executions (its events stay)."""
-    _confirm(f"workspace {workspace} with all its flows, settings and executions", yes)
-    call(Client(server, token), "DELETE", f"/api/v1/workspaces/{workspace}")
-    console.print(f"deleted workspace {workspace}", highlight=False)
+    delete_after_confirm(
+        Client(server, token),
+        f"/api/v1/workspaces/{workspace}",
+        yes,
+        asking=f"workspace {workspace} with all its flows, settings and executions",
+        deleted=f"workspace {workspace}",
+    )
 
 
 # --- flows ------------------------------------------------------------------------------------
@@ -147,9 +155,9 @@ def flows_delete(
     token: TokenOpt = None,
 ) -> None:
     """Delete a flow (its past executions keep their script)."""
-    _confirm(f"flow {name} of {workspace}", yes)
-    call(Client(server, token), "DELETE", f"/api/v1/workspaces/{workspace}/flows/{name}")
-    console.print(f"deleted flow {name}", highlight=False)
+    path = f"/api/v1/workspaces/{workspace}/flows/{name}"
+    asking = f"flow {name} of {workspace}"
+    delete_after_confirm(Client(server, token), path, yes, asking=asking, deleted=f"flow {name}")
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -251,6 +259,6 @@ def settings_delete(
     token: TokenOpt = None,
 ) -> None:
     """Delete a setting."""
-    _confirm(f"setting {name} of {workspace}", yes)
-    call(Client(server, token), "DELETE", f"/api/v1/workspaces/{workspace}/settings/{name}")
-    console.print(f"deleted setting {name}", highlight=False)
+    path = f"/api/v1/workspaces/{workspace}/settings/{name}"
+    asking = f"setting {name} of {workspace}"
+    delete_after_confirm(Client(server, token), path, yes, asking=asking, deleted=f"setting {name}")
