@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy.orm import Session
 
 from flowlink.cli.client import Client
 from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, fail, print_json
 from flowlink.cli.common import table as make_table
-from flowlink.errors import FlowlinkError
-from flowlink.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 users_app = typer.Typer(
     help="Manage the organization's users (works on the store directly).", no_args_is_help=True
@@ -26,7 +26,9 @@ tokens_app = typer.Typer(help="Create, list and revoke your API tokens.", no_arg
 @contextmanager
 def _store_session() -> Iterator[Session]:
     """A write transaction on the store of FLOWLINK_DATABASE_URL; domain errors exit cleanly."""
+    from flowlink.errors import FlowlinkError
     from flowlink.server import open_store
+    from flowlink.settings import ServerSettings
 
     store = open_store(ServerSettings.from_env())
     try:

@@ -25,6 +25,9 @@ TokenOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")]
+# The default of the key-generating commands: flowlink.linking.keys.DEFAULT_RSA_BITS, repeated
+# here so that parsing their options does not import cryptography (a test keeps them equal).
+RSA_KEY_BITS = 3072
 
 
 def _help_metavar(self: typer.core.TyperOption, ctx: Any) -> str | None:

@@ -6,14 +6,11 @@ import json
 import sys
 from typing import Annotated, Any
 
-import httpx
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from flowlink.cli.client import ApiError, Client
 from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, fail, print_json
 from flowlink.cli.common import table as make_table
-from flowlink.settings import ServerSettings
 
 events_app: typer.Typer = typer.Typer(
     help="Search, follow, emit and clean up events.", no_args_is_help=True
@@ -120,6 +117,8 @@ def events_tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Follow a workspace's events live (Server-Sent Events); reconnects where it left off."""
+    import httpx
+
     params = _params(types, text, correlation_id, match)
     client = Client(server, token)
     last_id = since
@@ -198,8 +197,11 @@ def events_cleanup(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply the retention policy to the store from FLOWLINK_DATABASE_URL (works on the store)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from flowlink.events.retention import RetentionPolicy, cleanup
     from flowlink.server import open_store
+    from flowlink.settings import ServerSettings
 
     settings = ServerSettings.from_env()
     store = open_store(settings)

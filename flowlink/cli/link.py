@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Group
@@ -20,6 +20,7 @@ from rich.table import Table
 
 from flowlink.cli.client import ApiError, Client
 from flowlink.cli.common import (
+    RSA_KEY_BITS,
     JsonOpt,
     ServerOpt,
     TokenOpt,
@@ -32,7 +33,9 @@ from flowlink.cli.common import (
     print_json,
     table,
 )
-from flowlink.linking.keys import DEFAULT_RSA_BITS, KeyPair, generate_key_pair
+
+if TYPE_CHECKING:
+    from flowlink.linking.keys import KeyPair
 
 link_app: typer.Typer = typer.Typer(
     help="Link two workspaces (on one server or two); list, show, change and delete links.",
@@ -365,7 +368,7 @@ def link_create(
             file_okay=False,
         ),
     ] = None,
-    bits: Annotated[int, typer.Option("--bits", help="RSA key size", min=2048)] = DEFAULT_RSA_BITS,
+    bits: Annotated[int, typer.Option("--bits", help="RSA key size", min=2048)] = RSA_KEY_BITS,
     role: Annotated[
         str | None,
         typer.Option(
@@ -399,6 +402,8 @@ def link_create(
     tls: dict[str, Any] = {"verify_ssl": verify_ssl}
     if ca_text:
         tls["ca_certificate"] = ca_text
+    from flowlink.linking.keys import generate_key_pair
+
     saved: list[Path] = []
     try:
         _preflight([controlling, controlled])

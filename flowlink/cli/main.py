@@ -16,6 +16,7 @@ from flowlink.cli.access import tokens_app, users_app
 from flowlink.cli.apps import apps_app
 from flowlink.cli.client import CA_BUNDLE_ENV, ApiError, Client
 from flowlink.cli.common import (
+    RSA_KEY_BITS,
     JsonOpt,
     ServerOpt,
     TokenOpt,
@@ -30,7 +31,6 @@ from flowlink.cli.events import events_app
 from flowlink.cli.link import link_app
 from flowlink.cli.operations import backup_command, restore_command, workers_app
 from flowlink.cli.resources import flows_app, settings_app, workspaces_app
-from flowlink.settings import ServerSettings
 
 app = typer.Typer(
     name="flowlink",
@@ -109,6 +109,7 @@ def server(
     from flowlink.observability import metrics, tracing
     from flowlink.observability.logs import adopt_library_loggers, configure_logging
     from flowlink.server import build_server, prepare_demo, serve
+    from flowlink.settings import ServerSettings
     from flowlink.settings import trusted_proxies as parse_proxies
 
     log_format = configure_logging()
@@ -157,6 +158,7 @@ def worker_command(
     from flowlink.observability import metrics, tracing
     from flowlink.observability.logs import configure_logging
     from flowlink.server import open_store
+    from flowlink.settings import ServerSettings
 
     log_format = configure_logging()
     tracing.setup()
@@ -197,7 +199,7 @@ def init(
     from flowlink.credentials import save_credentials
     from flowlink.errors import Conflict
     from flowlink.server import open_store
-    from flowlink.settings import resolve_secret_key
+    from flowlink.settings import ServerSettings, resolve_secret_key
 
     settings = ServerSettings.from_env()
     resolve_secret_key(settings)
@@ -503,7 +505,7 @@ def keys_generate(
     name: Annotated[
         Path, typer.Argument(help="Private key file to write; NAME.pub gets the public key")
     ],
-    bits: Annotated[int, typer.Option(help="RSA key size")] = 3072,
+    bits: Annotated[int, typer.Option(help="RSA key size")] = RSA_KEY_BITS,
     force: Annotated[bool, typer.Option(help="Overwrite existing files")] = False,
     as_json: JsonOpt = False,
 ) -> None:
