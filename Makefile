@@ -57,6 +57,8 @@ bench: install-test
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/scale.py --quick
+	$(BIN)/python bench/pages.py
+	$(BIN)/python bench/cli.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache flowlink.db flowlink.db-* flowlink.db.secret

@@ -19,7 +19,7 @@ import time
 import httpx
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from common import FLOWLINK, apply_folder, fresh_database, postgres_url, server
+from common import FLOWLINK, apply_folder, fresh_database, postgres_url, report, server
 
 TARGET_RATIO = 1.1
 PASSWORD = "bench-password-1"
@@ -140,14 +140,13 @@ def bench_backend(backend: str, seconds: float, threads: int) -> float:
         admin = threads * len(latencies["admin"]) / sum(latencies["admin"])
         custom = threads * len(latencies["custom"]) / sum(latencies["custom"])
         ratio = admin / custom
-        verdict = "ok" if ratio <= TARGET_RATIO else "OVER TARGET"
         p50 = {name: 1000 * statistics.median(values) for name, values in latencies.items()}
         print(
             f"\n== {backend} ==  ({len(latencies['admin'])} + {len(latencies['custom'])} requests)"
         )
         print(f"  admin token:           {admin:8.0f} req/s  (p50 {p50['admin']:.2f} ms)")
         print(f"  custom role, 20 rules: {custom:8.0f} req/s  (p50 {p50['custom']:.2f} ms)")
-        print(f"  ratio admin/custom:    {ratio:8.3f}      (target <= {TARGET_RATIO}: {verdict})")
+        report("req/s ratio admin / custom role", ratio, TARGET_RATIO)
         return ratio
 
 

@@ -160,3 +160,71 @@ def apply_folder(client: httpx.Client, slug: str, files: dict[str, str]) -> None
 def here() -> Path:
     """The bench folder."""
     return Path(__file__).parent
+
+
+# --- reporting: each figure with its goal and ratio, and the floors of the same run ----------
+
+
+def fork_floor_ms(runs: int = 20) -> float:
+    """Median wall time to fork this warm interpreter and reap the child, which exits at once:
+    the floor for a process that need not start Python afresh."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def load_note() -> str:
+    """The machine's load average and cores, to print beside wall-time figures."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} (1 / 5 min) on {os.cpu_count()} cores"
+
+
+@dataclass(frozen=True)
+class Floors:
+    """What the machine itself costs in this run, in ms: a cold interpreter, a warm fork."""
+
+    cold_python_ms: float
+    warm_fork_ms: float
+
+
+def print_floors(runs: int = 10) -> Floors:
+    """Measure and print this run's floors (``python -c pass``, a fork of a warm interpreter)
+    with the load average; figures near a floor cannot get much lower on this machine."""
+    floors = Floors(cold_python_ms=python_floor_ms(runs), warm_fork_ms=fork_floor_ms(2 * runs))
+    print(
+        f"floors: cold `python -c pass` {floors.cold_python_ms:.1f} ms,"
+        f" fork of a warm interpreter {floors.warm_fork_ms:.2f} ms ({load_note()})",
+        flush=True,
+    )
+    return floors
+
+
+def report(
+    label: str,
+    value: float,
+    goal: float,
+    unit: str = "",
+    *,
+    at_least: bool = False,
+    note: str = "",
+) -> bool:
+    """Print one figure with its goal, its ratio (figure / goal) and whether it meets the goal.
+
+    The goal is a ceiling (ratio <= 1 meets it) unless ``at_least`` (a rate, a speed-up:
+    ratio >= 1 meets it). Returns whether the figure meets its goal."""
+    ratio = value / goal if goal else float("nan")
+    met = ratio >= 1 if at_least else ratio <= 1
+    goal_text = f"{'>=' if at_least else '<='} {goal:g} {unit}".rstrip()
+    verdict = "✓ ok" if met else "✗ MISSED"
+    print(
+        f"  {label:<44} {value:>10.2f} {unit:<7} goal {goal_text:<15} ratio {ratio:5.2f}"
+        f"  {verdict}{f'  ({note})' if note else ''}",
+        flush=True,
+    )
+    return met

@@ -24,7 +24,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from common import apply_folder, fresh_database, server
+from common import apply_folder, fresh_database, report, server
 
 SEED = "def handler(system, this, inputs):\n    return this.success('ok')\n"
 WORKSPACE = "name: Bench\nslug: bench\n"
@@ -97,10 +97,9 @@ def main() -> None:
     print(f"PUT 1 MB setting (median of 10):   {statistics.median(put):8.1f} ms")
     print(f"GET 1000 executions (median of 20):{statistics.median(listed):8.1f} ms")
     print(f"8 x 100 MB login bodies:           {refused}/8 answered 413")
-    print(
-        f"server RSS {rss_before / 2**20:.0f} MB -> {rss_after / 2**20:.0f} MB"
-        f" (growth {growth / 2**20:.1f} MB, target < {RSS_TARGET / 2**20:.0f} MB):"
-        f" {'ok' if growth < RSS_TARGET else 'OVER'}"
+    rss = f"server RSS {rss_before / 2**20:.0f} MB -> {rss_after / 2**20:.0f} MB"
+    report(
+        "server RSS growth, 8 x 100 MB bodies", growth / 2**20, RSS_TARGET / 2**20, "MB", note=rss
     )
 
 

@@ -13,10 +13,14 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.runtime.session import Outcome, drive
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import print_floors, report
 
 TRIVIAL = "def handler(system, this):\n    return this.success('ok')\n"
 FOUR_CHILDREN = """
@@ -104,13 +108,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=300, help="trivial executions per variant")
     args = parser.parse_args()
+    print_floors()  # a runner is a fork of a warm interpreter (the zygote)
     for cgroups in (True, False):
         ms, info = cpu_per_execution(args.count, cgroups)
         print(
             f"{info['mode']} sandbox, limits by {info['limits']}, private tmp"
-            f" {info['private_tmp']}, seccomp {info['seccomp']}: {ms:.2f} ms CPU per trivial"
-            f" execution ({ms / TARGET_CPU_MS:.2f}x the {TARGET_CPU_MS:g} ms budget)"
+            f" {info['private_tmp']}, seccomp {info['seccomp']}:"
         )
+        report("CPU per trivial execution", ms, TARGET_CPU_MS, "ms")
     limits = RunnerLimits(cpu_seconds=2, memory_mb=256, processes=32)
     for cgroups in (True, False):
         pool = RunnerPool(warm_size=1, limits=limits, cgroups=cgroups)
