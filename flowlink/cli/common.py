@@ -49,6 +49,54 @@ typer.core.TyperOption.display_type_rich = _help_metavar  # type: ignore[method-
 typer.core.TyperArgument.display_type_rich = _no_metavar  # type: ignore[method-assign,assignment]
 
 
+class _PlainValueCoercion:
+    """Typer's coercion of one parameter, skipped when there is nothing to convert: no value,
+    or a value of the parameter's plain ``str`` or ``int`` type. Typer coerces through
+    pydantic, whose import is a large part of a short command's start-up; any other value
+    (``--limit 5`` arrives as ``"5"``) still goes through typer's own coercion, errors and all."""
+
+    def __init__(self, parameter: Any) -> None:
+        self.parameter = parameter
+        descriptor = parameter.type_descriptor
+        info = descriptor.parameter_info
+        plain = (
+            descriptor.annotation in (str, int)
+            and not parameter.multiple
+            and parameter.nargs == 1
+            and info.parser is None
+            and info.min is None
+            and info.max is None
+        )
+        self.plain: type | None = descriptor.annotation if plain else None
+        self.typer_coercion: Any = None
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        """The value, as typer's coercion gives it."""
+        if value is None:  # typer's rule for a missing value
+            return () if param.multiple or param.nargs == -1 else None
+        if self.plain is not None and type(value) is self.plain:
+            return value
+        if self.typer_coercion is None:
+            from typer._coercion import build_runtime_param
+
+            self.typer_coercion = build_runtime_param(self.parameter.type_descriptor)
+        return self.typer_coercion.coerce(value, param, ctx)
+
+
+def _plain_value_coercion(parameter: Any) -> Any:
+    """Typer's ``get_runtime_param``, answering with a ``_PlainValueCoercion``."""
+    if parameter._runtime_param is None:
+        parameter._runtime_param = _PlainValueCoercion(parameter)
+    return _typer_runtime_param(parameter)
+
+
+# Typer releases that coerce with pydantic build it lazily in this method; others lack it.
+_typer_parameter: Any = getattr(typer.core, "_TyperParameter", None)
+if _typer_parameter is not None and hasattr(_typer_parameter, "get_runtime_param"):
+    _typer_runtime_param = _typer_parameter.get_runtime_param
+    _typer_parameter.get_runtime_param = _plain_value_coercion
+
+
 def table(*columns: str, keep: tuple[str, ...] = ()) -> Table:
     """A table for 80-column terminals: the ``keep`` columns are never wrapped or cut
     (statuses, ids, times), the others fold their text onto more lines."""

@@ -17,7 +17,10 @@ import pytest
 from flowlink.cli.client import CA_BUNDLE_ENV, ApiError, tls_context
 from flowlink.cli.common import RSA_KEY_BITS
 from flowlink.linking.keys import DEFAULT_RSA_BITS
+from tests.cli.test_cli import cli
 from tests.conftest import LiveServer
+
+OK_FLOW = "def handler(system, this, inputs):\n    return this.success('ok')\n"
 
 # Modules the server, the store and the runtime bring; a client command needs none of them.
 SERVER_SIDE = ("flowlink.server", "fastapi", "uvicorn", "sqlalchemy", "flowlink.runtime")
@@ -79,6 +82,25 @@ def test_executions_list_against_a_live_server_imports_no_server_side_module(
     assert json.loads(output) == []
     assert "httpx" in modules  # it did talk to the server
     assert server_side(modules) == []
+    # Typer's pydantic coercion is only needed for a value to convert ("5" to 5, below).
+    assert "pydantic" not in modules
+
+
+def test_values_to_convert_still_go_through_typer(live_server: LiveServer) -> None:
+    live_server.client.post(
+        "/api/v1/workspaces/imp/apply",
+        json={"files": {"workspace.yml": "name: Imp\nslug: imp\n", "flows/ok.py": OK_FLOW}},
+    ).raise_for_status()
+    for _ in range(3):
+        live_server.client.post(
+            "/api/v1/workspaces/imp/executions", json={"flow": "ok", "wait": 30}
+        ).raise_for_status()
+    two = cli(live_server, "executions", "list", "imp", "--limit", "2", "--json", check=True)
+    assert len(json.loads(two.stdout)) == 2
+    bad = cli(live_server, "executions", "list", "imp", "--limit", "two")
+    assert bad.returncode == 2 and "--limit" in bad.stderr and "integer" in bad.stderr
+    missing = cli(live_server, "executions", "list")
+    assert missing.returncode == 2 and "WORKSPACE" in missing.stderr.upper()
 
 
 def test_probe_sees_server_side_imports(database_url: str) -> None:
