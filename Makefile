@@ -46,19 +46,21 @@ test: lint chromium
 test-fast: lint chromium
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Each benchmark prints its figures against their goals; one that misses a goal exits 1,
+# make says "Error 1 (ignored)" after it and goes on with the others.
 bench: install-test
-	$(BIN)/python bench/executions.py
-	$(BIN)/python bench/events.py
-	$(BIN)/python bench/access.py
-	$(BIN)/python bench/link.py
-	$(BIN)/python bench/scaleout.py
-	$(BIN)/python bench/console.py
-	$(BIN)/python bench/apply.py
-	$(BIN)/python bench/sandbox.py
-	$(BIN)/python bench/requests.py
-	$(BIN)/python bench/scale.py --quick
-	$(BIN)/python bench/pages.py
-	$(BIN)/python bench/cli.py
+	-$(BIN)/python bench/executions.py
+	-$(BIN)/python bench/events.py
+	-$(BIN)/python bench/access.py
+	-$(BIN)/python bench/link.py
+	-$(BIN)/python bench/scaleout.py
+	-$(BIN)/python bench/console.py
+	-$(BIN)/python bench/apply.py
+	-$(BIN)/python bench/sandbox.py
+	-$(BIN)/python bench/requests.py
+	-$(BIN)/python bench/scale.py --quick
+	-$(BIN)/python bench/pages.py
+	-$(BIN)/python bench/cli.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache flowlink.db flowlink.db-* flowlink.db.secret

@@ -7,7 +7,7 @@ and for ``flowlink executions list`` against a real ``flowlink server`` process 
 SQLite store, a workspace with a few executions), and prints the median and p90 wall time
 against the goal of 0.3 s, with the CPU time per run (user + system, less sensitive to the
 machine's load) and this run's floors: a cold ``python -c pass`` is what any Python command
-costs at least.
+costs at least. Exits 1 when a median misses the goal.
 """
 
 from __future__ import annotations
@@ -86,9 +86,11 @@ def main() -> None:
             ).raise_for_status()
         env.update({"FLOWLINK_SERVER": running.url, "FLOWLINK_TOKEN": running.token})
         list_runs = timed_runs([*flowlink, "executions", "list", "bench"], args.runs, env)
-    report_runs("flowlink --help", *help_runs)
-    report_runs("flowlink executions list (20 rows)", *list_runs)
+    met = report_runs("flowlink --help", *help_runs)
+    met = report_runs("flowlink executions list (20 rows)", *list_runs) and met
     print(f"  ({load_note()})")
+    if not met:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
