@@ -15,7 +15,6 @@ docstring), and hold the bookkeeping that makes all of this idempotent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,6 @@ UPDATES_PER_COLLECT = 500
 TRACK_PER_COLLECT = 500
 SEND_ALL_MARGIN = timedelta(minutes=5)
 START_GRACE = timedelta(milliseconds=200)
-COALESCE_SECONDS = 0.002  # after a wake-up, let changes made together go out together
 
 
 @dataclass(frozen=True)
@@ -211,6 +209,7 @@ def apply_messages(
     received: list[str] = []
     endings: list[tuple[str, executions.Outcome]] = []  # recorded together, at the end
     links = _Links.load(session, config, messages)
+    followed = len(links.rows)
     for message in messages:
         kind = message["type"]
         if kind == "ack":
@@ -224,7 +223,10 @@ def apply_messages(
             _apply_cancel(session, config, message, links)
         received.append(message["id"])
     executions.finish_many(session, endings)
-    if received:  # what this link follows may have changed: its held polls look again
+    if len(links.rows) > followed:
+        # The link follows a new run: its held polls and sender look again (and listen to
+        # the workspace's executions). Updates and acks change nothing they follow, so they
+        # wake nobody: a controller's sender is not woken by every update it applies.
         notify.announce(session, notify.LINK, config.id)
     return received
 
@@ -728,22 +730,34 @@ def follows_changes(session: Session, config: SyncConfig) -> bool:
 
 @dataclass(frozen=True)
 class News:
-    """What a look at a link's end found: its messages, and whether executions here matter."""
+    """What a look at a link's end found: its messages, and whether executions here matter.
+
+    ``more``: changes were left for the next look (more than one collect takes).
+    """
 
     messages: list[dict[str, Any]]
     follows: bool
+    more: bool = False
 
 
 def look_for_news(store: Store, config_id: str, limit: int) -> News:
-    """``pending_messages`` plus ``follows_changes``, for a held poll or a sender."""
-    messages = pending_messages(store, config_id, limit)
-    if messages:
-        return News(messages, True)
+    """``pending_messages`` plus ``follows_changes``, for a held poll or a sender.
+
+    One read when nothing changed (most looks), one write when something did.
+    """
     with store.read() as session:
         config = session.get(SyncConfig, config_id)
         if config is None:
             raise NotFound(f"sync config {config_id} was deleted")
-        return News([], follows_changes(session, config))
+        if not has_changes(session, config):
+            return News(outbox.pending(session, config_id, limit), follows_changes(session, config))
+    with store.write() as session:
+        config = session.get(SyncConfig, config_id)
+        if config is None:
+            raise NotFound(f"sync config {config_id} was deleted")
+        collected = collect_changes(session, config)  # the read above found changes
+        more = collected >= UPDATES_PER_COLLECT
+        return News(outbox.pending(session, config_id, limit), True, more)
 
 
 def news_interests(config_id: str, workspace_id: str, follows: bool) -> notify.Interests:
@@ -792,11 +806,17 @@ async def wait_for_news(
     recheck = False
     news = first
     while True:
+        listened = notify.EVENTS in waiter.interests  # during the look just made
         if news is None:
             news = await to_thread.run_sync(look_for_news, store, config_id, limit)
         if news.messages:
             return news.messages
         waiter.set_interests(news_interests(config_id, workspace_id, news.follows))
+        if news.follows and not listened:
+            # The link follows a run now, and its changes were not listened to while the
+            # look ran: a run that ended meanwhile announced nothing this waiter heard.
+            news = None
+            continue
         remaining = deadline - time.monotonic()
         if remaining <= 0 or stopping():
             return []
@@ -804,8 +824,9 @@ async def wait_for_news(
         if stopping():
             return []
         recheck = bool(woken) and news.follows
-        if woken:
-            await asyncio.sleep(COALESCE_SECONDS)  # changes made together go out together
+        if notify.LINK in woken and not news.follows:
+            # Maybe a run to follow now: listen to executions before looking (see above).
+            waiter.set_interests(news_interests(config_id, workspace_id, True))
         news = None
 
 
