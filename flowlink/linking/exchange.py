@@ -55,6 +55,7 @@ UPDATES_PER_COLLECT = 500
 TRACK_PER_COLLECT = 500
 SEND_ALL_MARGIN = timedelta(minutes=5)
 START_GRACE = timedelta(milliseconds=200)
+_CONFIGS_KEY = "flowlink_link_configs"  # session.info: sync configs read in this transaction
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,16 @@ def _follow(
 # --- the controlling side: starting and cancelling remote executions ----------------------
 
 
+def _sync_config(session: Session, workspace: Workspace, name: str) -> SyncConfig:
+    """``get_sync_config``, once per transaction: a batch of starts through one link makes
+    one query, and its rows are flushed together at the commit instead of one by one."""
+    known: dict[tuple[str, str], SyncConfig] = session.info.setdefault(_CONFIGS_KEY, {})
+    config = known.get((workspace.id, name))
+    if config is None:
+        config = known[(workspace.id, name)] = get_sync_config(session, workspace, name)
+    return config
+
+
 def start_remote_execution(
     session: Session,
     workspace: Workspace,
@@ -107,7 +118,7 @@ def start_remote_execution(
     asks the other workspace to run its own flow of that name.
     """
     try:
-        config = get_sync_config(session, workspace, config_name)
+        config = _sync_config(session, workspace, config_name)
     except NotFound:
         raise NotFound(
             f"no workspace link named {config_name!r} in workspace {workspace.slug!r}",
@@ -121,42 +132,45 @@ def start_remote_execution(
             " executions there (bidirectional control needs a second link)",
             details={"field": "remote"},
         )
-    execution = executions.create_execution(
-        session,
-        workspace,
-        flow_name=start.flow,
-        script="" if start.use_remote_flow else None,
-        inputs=start.inputs,
-        parent=parent,
-        correlation_id=correlation_id,
-        user_id=user_id,
-        trigger={
-            **(trigger or {"type": "api"}),
-            "remote": {"syncConfig": config.name, "useRemoteFlow": start.use_remote_flow},
-        },
-        max_runtime=start.max_runtime,
-        default_max_runtime=default_max_runtime,
-        principal=principal,
-        remote_config_id=config.id,
-        http=http,
-    )
-    session.add(_follow(config, ORIGIN, execution.id, execution.id, executions.QUEUED))
-    outbox.enqueue(
-        session,
-        config.id,
-        outbox.new_message(
-            "execution.start",
-            origin_execution_id=execution.id,
-            origin_workspace=workspace.slug,
-            flow=start.flow,
-            script=None if start.use_remote_flow else execution.script,
-            use_remote_flow=start.use_remote_flow,
-            inputs=execution.inputs or {},
-            correlation_id=execution.correlation_id,
+    # Its rows go to the store with the transaction's others at the commit (a batch of
+    # starts is flushed at once): the flow lookup below needs none of them.
+    with session.no_autoflush:
+        execution = executions.create_execution(
+            session,
+            workspace,
+            flow_name=start.flow,
+            script="" if start.use_remote_flow else None,
+            inputs=start.inputs,
+            parent=parent,
+            correlation_id=correlation_id,
+            user_id=user_id,
+            trigger={
+                **(trigger or {"type": "api"}),
+                "remote": {"syncConfig": config.name, "useRemoteFlow": start.use_remote_flow},
+            },
             max_runtime=start.max_runtime,
-            **({"traceparent": execution.traceparent} if execution.traceparent else {}),
-        ),
-    )
+            default_max_runtime=default_max_runtime,
+            principal=principal,
+            remote_config_id=config.id,
+            http=http,
+        )
+        session.add(_follow(config, ORIGIN, execution.id, execution.id, executions.QUEUED))
+        outbox.enqueue(
+            session,
+            config.id,
+            outbox.new_message(
+                "execution.start",
+                origin_execution_id=execution.id,
+                origin_workspace=workspace.slug,
+                flow=start.flow,
+                script=None if start.use_remote_flow else execution.script,
+                use_remote_flow=start.use_remote_flow,
+                inputs=execution.inputs or {},
+                correlation_id=execution.correlation_id,
+                max_runtime=start.max_runtime,
+                **({"traceparent": execution.traceparent} if execution.traceparent else {}),
+            ),
+        )
     return execution
 
 
@@ -238,8 +252,13 @@ class _Links:
     transaction, so concurrent exchanges of one link apply a message once.
     """
 
-    def __init__(self, rows: dict[tuple[str, str], LinkExecution]) -> None:
+    def __init__(
+        self, rows: dict[tuple[str, str], LinkExecution], executions: dict[str, Execution]
+    ) -> None:
         self.rows = rows
+        # Held here: the session's identity map holds its objects weakly, so a row loaded
+        # and dropped could be gone (and queried again, one by one) by the time it is used.
+        self.executions = executions
 
     @classmethod
     def load(
@@ -258,14 +277,20 @@ class _Links:
             ):
                 rows[(link.role, link.origin_execution_id)] = link
         execution_ids = [link.execution_id for link in rows.values()]
+        executions: dict[str, Execution] = {}
         for start in range(0, len(execution_ids), 500):
-            # Into the session's identity map: session.get() then finds them without a query.
-            session.scalars(
+            for execution in session.scalars(
                 select(Execution)
                 .where(Execution.id.in_(execution_ids[start : start + 500]))
                 .with_for_update()
-            ).all()
-        return cls(rows)
+            ):
+                executions[execution.id] = execution
+        return cls(rows, executions)
+
+    def execution(self, session: Session, link: LinkExecution) -> Execution | None:
+        """The execution of a link row (loaded and locked with it; else read now)."""
+        found = self.executions.get(link.execution_id)
+        return found if found is not None else session.get(Execution, link.execution_id)
 
     def get(self, role: str, origin_id: str) -> LinkExecution | None:
         """The row of this role for an origin execution, if there is one."""
@@ -405,7 +430,7 @@ def _apply_update(
         link = links.get(ORIGIN, origin_id)
     if link is None or message["revision"] <= link.revision:
         return  # unknown here, or older than what we have
-    execution = session.get(Execution, link.execution_id, with_for_update=True)
+    execution = links.execution(session, link)  # loaded and locked with the link rows
     if execution is None:
         return
     lines = [entry for entry in message.get("logs") or () if entry["seq"] > link.log_mark]
@@ -480,7 +505,7 @@ def _apply_cancel(
     link = links.get(TARGET, message["origin_execution_id"])
     if link is None:
         return
-    execution = session.get(Execution, link.execution_id)
+    execution = links.execution(session, link)
     if execution is None or execution.status in executions.ENDED:
         return
     reason = message.get("reason") or f"cancelled through the link {config.name!r}"
