@@ -159,9 +159,12 @@ def _base(values: list[tuple[str, str]], signature_params: str) -> bytes:
 def _values(message: SignedRequest | SignedResponse) -> list[tuple[str, str]]:
     """The covered components of a link message and their values, in the signed order."""
     headers = message.headers
+    for name in ("content-digest", "content-type"):
+        if name not in headers:
+            raise SignatureRejected("malformed", f"the covered field {name!r} is missing")
     fields = [
-        ('"content-digest"', headers.get("content-digest", "").strip()),
-        ('"content-type"', headers.get("content-type", "").strip()),
+        ('"content-digest"', headers["content-digest"].strip()),
+        ('"content-type"', headers["content-type"].strip()),
     ]
     if isinstance(message, SignedResponse):
         request = message.request
