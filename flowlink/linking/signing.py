@@ -161,7 +161,7 @@ def _values(message: SignedRequest | SignedResponse) -> list[tuple[str, str]]:
     headers = message.headers
     for name in ("content-digest", "content-type"):
         if name not in headers:
-            raise SignatureRejected("malformed", f"the covered field {name!r} is missing")
+            raise SignatureRejected("bad_signature", f"the covered field {name!r} is missing")
     fields = [
         ('"content-digest"', headers["content-digest"].strip()),
         ('"content-type"', headers["content-type"].strip()),
