@@ -46,7 +46,9 @@ from flowlink.linking.exchange import (
 from flowlink.linking.ownership import LinkOwnership
 from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope, for_peer
 from flowlink.linking.service import (
+    CONTROLLED,
     STATE_WRITE_EVERY,
+    direction_of,
     note_link_state,
     private_key_of,
     public_keys_of,
@@ -60,6 +62,7 @@ from flowlink.linking.transport import (
 )
 from flowlink.observability import metrics, tracing
 from flowlink.settings import ServerSettings, resolve_secret_key
+from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import SyncConfig, Workspace
 
@@ -68,7 +71,6 @@ BACKOFF_START = 0.25
 # The sender looks at the store again after this long without a notification: a safety net
 # (for example a separate worker process on SQLite, whose changes announce nothing here).
 SENDER_FALLBACK_SECONDS = 30.0
-COALESCE_SECONDS = 0.002  # after a wake-up, let changes made together go out together
 # What one exchange came to.
 BUSY, DONE, IDLE, FAILED = "busy", "done", "idle", "failed"
 
@@ -108,6 +110,7 @@ class Connector:
         self._failures = 0
         self._state_written = 0.0
         self._follows = True  # whether executions here may concern the link (see exchange)
+        self._controlled = direction_of(config) == CONTROLLED  # runs starts from the other end
         self._task: asyncio.Task[None] | None = None
 
     # --- life cycle -----------------------------------------------------------------------
@@ -152,22 +155,30 @@ class Connector:
         with self.store.notifier.waiter(interests) as waiter:
             recheck = False
             while True:
+                listened = notify.EVENTS in waiter.interests  # while this exchange looks
                 result = await self._exchange_safely(
                     carry_outbox=True, poll=None, skip_if_idle=True
                 )
                 if result == FAILED:
                     await asyncio.sleep(self._backoff())
                     continue
-                if result != IDLE:
+                if result == BUSY:
                     continue
                 waiter.set_interests(
                     news_interests(self.config_id, self.workspace_id, self._follows)
                 )
-                woken = await waiter.wait(grace if recheck else SENDER_FALLBACK_SECONDS)
+                if self._follows and not listened:
+                    continue  # a run it follows now may have changed while nobody listened
+                # DONE: what was pending went out, and anything put in the outbox since has
+                # woken the waiter, registered all along: no look until a notification.
+                woken = await waiter.wait(
+                    grace if recheck and result == IDLE else SENDER_FALLBACK_SECONDS
+                )
                 # A run that just started is reported after the grace: look once more then.
                 recheck = bool(woken) and self._follows
-                if woken:
-                    await asyncio.sleep(COALESCE_SECONDS)
+                if notify.LINK in woken and self._controlled and not self._follows:
+                    # Maybe a start was applied: listen to its run before looking.
+                    waiter.set_interests(news_interests(self.config_id, self.workspace_id, True))
 
     async def _poll_loop(self) -> None:
         poll = 0.0  # the first exchange answers at once: the link's state is known at start
@@ -209,6 +220,7 @@ class Connector:
         and there was nothing to send.
         """
         messages: list[dict[str, Any]] = []
+        more = False  # changes left for the next look
         if carry_outbox:
             try:
                 news = await to_thread.run_sync(
@@ -216,7 +228,7 @@ class Connector:
                 )
             except NotFound as error:
                 raise LinkRefused(error.message) from None
-            messages, self._follows = news.messages, news.follows
+            messages, self._follows, more = news.messages, news.follows, news.more
         if skip_if_idle and not messages:
             return IDLE  # acks alone wait for the poller, which is about to ask again anyway
         messages = for_peer(messages, self.transport.peer_features)
@@ -242,7 +254,7 @@ class Connector:
         received = await to_thread.run_sync(self._apply, answer.messages)
         self._acks.extend(received)
         sent = len(messages) - (1 if acks else 0)
-        return BUSY if received or sent >= MAX_MESSAGES - 1 else DONE
+        return BUSY if received or more or sent >= MAX_MESSAGES - 1 else DONE
 
     def _apply(self, messages: list[dict[str, Any]]) -> list[str]:
         with self.store.write() as session:

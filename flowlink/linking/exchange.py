@@ -15,7 +15,6 @@ docstring), and hold the bookkeeping that makes all of this idempotent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,7 @@ UPDATES_PER_COLLECT = 500
 TRACK_PER_COLLECT = 500
 SEND_ALL_MARGIN = timedelta(minutes=5)
 START_GRACE = timedelta(milliseconds=200)
-COALESCE_SECONDS = 0.002  # after a wake-up, let changes made together go out together
+_CONFIGS_KEY = "flowlink_link_configs"  # session.info: sync configs read in this transaction
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,16 @@ def _follow(
 # --- the controlling side: starting and cancelling remote executions ----------------------
 
 
+def _sync_config(session: Session, workspace: Workspace, name: str) -> SyncConfig:
+    """``get_sync_config``, once per transaction: a batch of starts through one link makes
+    one query, and its rows are flushed together at the commit instead of one by one."""
+    known: dict[tuple[str, str], SyncConfig] = session.info.setdefault(_CONFIGS_KEY, {})
+    config = known.get((workspace.id, name))
+    if config is None:
+        config = known[(workspace.id, name)] = get_sync_config(session, workspace, name)
+    return config
+
+
 def start_remote_execution(
     session: Session,
     workspace: Workspace,
@@ -109,7 +118,7 @@ def start_remote_execution(
     asks the other workspace to run its own flow of that name.
     """
     try:
-        config = get_sync_config(session, workspace, config_name)
+        config = _sync_config(session, workspace, config_name)
     except NotFound:
         raise NotFound(
             f"no workspace link named {config_name!r} in workspace {workspace.slug!r}",
@@ -123,42 +132,45 @@ def start_remote_execution(
             " executions there (bidirectional control needs a second link)",
             details={"field": "remote"},
         )
-    execution = executions.create_execution(
-        session,
-        workspace,
-        flow_name=start.flow,
-        script="" if start.use_remote_flow else None,
-        inputs=start.inputs,
-        parent=parent,
-        correlation_id=correlation_id,
-        user_id=user_id,
-        trigger={
-            **(trigger or {"type": "api"}),
-            "remote": {"syncConfig": config.name, "useRemoteFlow": start.use_remote_flow},
-        },
-        max_runtime=start.max_runtime,
-        default_max_runtime=default_max_runtime,
-        principal=principal,
-        remote_config_id=config.id,
-        http=http,
-    )
-    session.add(_follow(config, ORIGIN, execution.id, execution.id, executions.QUEUED))
-    outbox.enqueue(
-        session,
-        config.id,
-        outbox.new_message(
-            "execution.start",
-            origin_execution_id=execution.id,
-            origin_workspace=workspace.slug,
-            flow=start.flow,
-            script=None if start.use_remote_flow else execution.script,
-            use_remote_flow=start.use_remote_flow,
-            inputs=execution.inputs or {},
-            correlation_id=execution.correlation_id,
+    # Its rows go to the store with the transaction's others at the commit (a batch of
+    # starts is flushed at once): the flow lookup below needs none of them.
+    with session.no_autoflush:
+        execution = executions.create_execution(
+            session,
+            workspace,
+            flow_name=start.flow,
+            script="" if start.use_remote_flow else None,
+            inputs=start.inputs,
+            parent=parent,
+            correlation_id=correlation_id,
+            user_id=user_id,
+            trigger={
+                **(trigger or {"type": "api"}),
+                "remote": {"syncConfig": config.name, "useRemoteFlow": start.use_remote_flow},
+            },
             max_runtime=start.max_runtime,
-            **({"traceparent": execution.traceparent} if execution.traceparent else {}),
-        ),
-    )
+            default_max_runtime=default_max_runtime,
+            principal=principal,
+            remote_config_id=config.id,
+            http=http,
+        )
+        session.add(_follow(config, ORIGIN, execution.id, execution.id, executions.QUEUED))
+        outbox.enqueue(
+            session,
+            config.id,
+            outbox.new_message(
+                "execution.start",
+                origin_execution_id=execution.id,
+                origin_workspace=workspace.slug,
+                flow=start.flow,
+                script=None if start.use_remote_flow else execution.script,
+                use_remote_flow=start.use_remote_flow,
+                inputs=execution.inputs or {},
+                correlation_id=execution.correlation_id,
+                max_runtime=start.max_runtime,
+                **({"traceparent": execution.traceparent} if execution.traceparent else {}),
+            ),
+        )
     return execution
 
 
@@ -211,6 +223,7 @@ def apply_messages(
     received: list[str] = []
     endings: list[tuple[str, executions.Outcome]] = []  # recorded together, at the end
     links = _Links.load(session, config, messages)
+    followed = len(links.rows)
     for message in messages:
         kind = message["type"]
         if kind == "ack":
@@ -224,7 +237,10 @@ def apply_messages(
             _apply_cancel(session, config, message, links)
         received.append(message["id"])
     executions.finish_many(session, endings)
-    if received:  # what this link follows may have changed: its held polls look again
+    if len(links.rows) > followed:
+        # The link follows a new run: its held polls and sender look again (and listen to
+        # the workspace's executions). Updates and acks change nothing they follow, so they
+        # wake nobody: a controller's sender is not woken by every update it applies.
         notify.announce(session, notify.LINK, config.id)
     return received
 
@@ -236,8 +252,13 @@ class _Links:
     transaction, so concurrent exchanges of one link apply a message once.
     """
 
-    def __init__(self, rows: dict[tuple[str, str], LinkExecution]) -> None:
+    def __init__(
+        self, rows: dict[tuple[str, str], LinkExecution], executions: dict[str, Execution]
+    ) -> None:
         self.rows = rows
+        # Held here: the session's identity map holds its objects weakly, so a row loaded
+        # and dropped could be gone (and queried again, one by one) by the time it is used.
+        self.executions = executions
 
     @classmethod
     def load(
@@ -256,14 +277,20 @@ class _Links:
             ):
                 rows[(link.role, link.origin_execution_id)] = link
         execution_ids = [link.execution_id for link in rows.values()]
+        executions: dict[str, Execution] = {}
         for start in range(0, len(execution_ids), 500):
-            # Into the session's identity map: session.get() then finds them without a query.
-            session.scalars(
+            for execution in session.scalars(
                 select(Execution)
                 .where(Execution.id.in_(execution_ids[start : start + 500]))
                 .with_for_update()
-            ).all()
-        return cls(rows)
+            ):
+                executions[execution.id] = execution
+        return cls(rows, executions)
+
+    def execution(self, session: Session, link: LinkExecution) -> Execution | None:
+        """The execution of a link row (loaded and locked with it; else read now)."""
+        found = self.executions.get(link.execution_id)
+        return found if found is not None else session.get(Execution, link.execution_id)
 
     def get(self, role: str, origin_id: str) -> LinkExecution | None:
         """The row of this role for an origin execution, if there is one."""
@@ -403,7 +430,7 @@ def _apply_update(
         link = links.get(ORIGIN, origin_id)
     if link is None or message["revision"] <= link.revision:
         return  # unknown here, or older than what we have
-    execution = session.get(Execution, link.execution_id, with_for_update=True)
+    execution = links.execution(session, link)  # loaded and locked with the link rows
     if execution is None:
         return
     lines = [entry for entry in message.get("logs") or () if entry["seq"] > link.log_mark]
@@ -478,7 +505,7 @@ def _apply_cancel(
     link = links.get(TARGET, message["origin_execution_id"])
     if link is None:
         return
-    execution = session.get(Execution, link.execution_id)
+    execution = links.execution(session, link)
     if execution is None or execution.status in executions.ENDED:
         return
     reason = message.get("reason") or f"cancelled through the link {config.name!r}"
@@ -728,22 +755,34 @@ def follows_changes(session: Session, config: SyncConfig) -> bool:
 
 @dataclass(frozen=True)
 class News:
-    """What a look at a link's end found: its messages, and whether executions here matter."""
+    """What a look at a link's end found: its messages, and whether executions here matter.
+
+    ``more``: changes were left for the next look (more than one collect takes).
+    """
 
     messages: list[dict[str, Any]]
     follows: bool
+    more: bool = False
 
 
 def look_for_news(store: Store, config_id: str, limit: int) -> News:
-    """``pending_messages`` plus ``follows_changes``, for a held poll or a sender."""
-    messages = pending_messages(store, config_id, limit)
-    if messages:
-        return News(messages, True)
+    """``pending_messages`` plus ``follows_changes``, for a held poll or a sender.
+
+    One read when nothing changed (most looks), one write when something did.
+    """
     with store.read() as session:
         config = session.get(SyncConfig, config_id)
         if config is None:
             raise NotFound(f"sync config {config_id} was deleted")
-        return News([], follows_changes(session, config))
+        if not has_changes(session, config):
+            return News(outbox.pending(session, config_id, limit), follows_changes(session, config))
+    with store.write() as session:
+        config = session.get(SyncConfig, config_id)
+        if config is None:
+            raise NotFound(f"sync config {config_id} was deleted")
+        collected = collect_changes(session, config)  # the read above found changes
+        more = collected >= UPDATES_PER_COLLECT
+        return News(outbox.pending(session, config_id, limit), True, more)
 
 
 def news_interests(config_id: str, workspace_id: str, follows: bool) -> notify.Interests:
@@ -792,11 +831,17 @@ async def wait_for_news(
     recheck = False
     news = first
     while True:
+        listened = notify.EVENTS in waiter.interests  # during the look just made
         if news is None:
             news = await to_thread.run_sync(look_for_news, store, config_id, limit)
         if news.messages:
             return news.messages
         waiter.set_interests(news_interests(config_id, workspace_id, news.follows))
+        if news.follows and not listened:
+            # The link follows a run now, and its changes were not listened to while the
+            # look ran: a run that ended meanwhile announced nothing this waiter heard.
+            news = None
+            continue
         remaining = deadline - time.monotonic()
         if remaining <= 0 or stopping():
             return []
@@ -804,8 +849,9 @@ async def wait_for_news(
         if stopping():
             return []
         recheck = bool(woken) and news.follows
-        if woken:
-            await asyncio.sleep(COALESCE_SECONDS)  # changes made together go out together
+        if notify.LINK in woken and not news.follows:
+            # Maybe a run to follow now: listen to executions before looking (see above).
+            waiter.set_interests(news_interests(config_id, workspace_id, True))
         news = None
 
 

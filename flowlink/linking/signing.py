@@ -10,8 +10,10 @@ can act on it; replayed nonces are the caller's to check (they need the store).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,11 +22,13 @@ from typing import Any
 
 import http_sf
 import httpx
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.exceptions import InvalidSignature as InvalidRsaSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from http_message_signatures import (
     ContentDigest,
-    HTTPMessageSigner,
     HTTPMessageVerifier,
+    HTTPSignatureComponentResolver,
     HTTPSignatureKeyResolver,
     InvalidSignature,
     algorithms,
@@ -44,6 +48,16 @@ RESPONSE_COMPONENTS = (
     "content-digest",
     "content-type",
 )
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=64)  # rsa-pss-sha512
+# The one form of Signature-Input and Signature this end writes (and every flowlink end
+# wrote before it): read without a general Structured Fields parser, which costs more than
+# the RSA operation. Anything else is read by the general parser and verifier.
+_PLAIN_INPUT = re.compile(
+    rf'{LABEL}=\((?P<components>"[a-z@-]+"(?:;req)?(?: "[a-z@-]+"(?:;req)?)*)\)'
+    r'(?P<params>(?:;[a-z]+=(?:0|[1-9][0-9]{0,15}|"[\x21\x23-\x5b\x5d-\x7e]*"))+)'
+)
+_PLAIN_PARAM = re.compile(r';([a-z]+)=(?:([0-9]+)|"([^"]*)")')
+_PLAIN_SIGNATURE = re.compile(rf"{LABEL}=:(?P<value>[A-Za-z0-9+/]+={{0,2}}):")
 REASONS = (
     "unsigned",
     "malformed",
@@ -66,10 +80,6 @@ class SignatureRejected(Exception):
 
 class _Sha512Digest(ContentDigest):
     algorithm = "sha-512"
-
-
-class _Signer(HTTPMessageSigner):
-    content_digest_class = _Sha512Digest
 
 
 class _Verifier(HTTPMessageVerifier):
@@ -120,6 +130,53 @@ class Verified:
     nonce: str
 
 
+@functools.lru_cache(maxsize=4096)  # one URL per link
+def _target_uri(url: str) -> str:
+    """``@target-uri`` of a URL, normalized as RFC 9421 says (host in lower case...)."""
+    resolver = HTTPSignatureComponentResolver(SignedRequest("POST", url, httpx.Headers()))
+    return str(resolver.get_target_uri())
+
+
+@functools.lru_cache(maxsize=4096)  # one entry per key this process signs with
+def _key_id(key: rsa.RSAPrivateKey) -> str:
+    return fingerprint(key)
+
+
+def _content_digest(body: bytes) -> str:
+    return "sha-512=:" + base64.b64encode(hashlib.sha512(body).digest()).decode() + ":"
+
+
+def _base(values: list[tuple[str, str]], signature_params: str) -> bytes:
+    """The signature base (RFC 9421 section 2.5) of these component values."""
+    lines = [f"{name}: {value}" for name, value in values]
+    lines.append(f'"@signature-params": {signature_params}')
+    text = "\n".join(lines)
+    if not text.isascii() or any(c in value for _, value in values for c in "\r\n"):
+        raise SignatureRejected("malformed", "a covered value is not printable ASCII")
+    return text.encode()
+
+
+def _values(message: SignedRequest | SignedResponse) -> list[tuple[str, str]]:
+    """The covered components of a link message and their values, in the signed order."""
+    headers = message.headers
+    for name in ("content-digest", "content-type"):
+        if name not in headers:
+            raise SignatureRejected("bad_signature", f"the covered field {name!r} is missing")
+    fields = [
+        ('"content-digest"', headers["content-digest"].strip()),
+        ('"content-type"', headers["content-type"].strip()),
+    ]
+    if isinstance(message, SignedResponse):
+        request = message.request
+        return [
+            ('"@status"', str(message.status_code)),
+            ('"@method";req', request.method),
+            ('"@target-uri";req', _target_uri(request.url)),
+            *fields,
+        ]
+    return [('"@method"', message.method), ('"@target-uri"', _target_uri(message.url)), *fields]
+
+
 def _sign(
     message: SignedRequest | SignedResponse,
     key: rsa.RSAPrivateKey,
@@ -128,21 +185,18 @@ def _sign(
     created: datetime | None,
     nonce: str | None,
 ) -> None:
-    key_id = fingerprint(key)
-    signer = _Signer(
-        signature_algorithm=algorithms.RSA_PSS_SHA512,
-        key_resolver=_Keys(private={key_id: key}),
+    """Add ``Content-Digest``, ``Signature-Input`` and ``Signature`` (one RSA signature)."""
+    headers = message.headers
+    headers["content-digest"] = _content_digest(body)
+    moment = int((created or datetime.now(UTC)).timestamp())
+    covered = " ".join(c if c.startswith('"') else f'"{c}"' for c in components)
+    signature_params = (
+        f'({covered});created={moment};keyid="{_key_id(key)}";alg="rsa-pss-sha512"'
+        f';nonce="{nonce or secrets.token_urlsafe(16)}";tag="{TAG}"'
     )
-    signer.sign(
-        message,
-        key_id=key_id,
-        created=created or datetime.now(UTC),
-        nonce=nonce or secrets.token_urlsafe(16),
-        label=LABEL,
-        tag=TAG,
-        covered_component_ids=components,
-        body=body,
-    )
+    signature = key.sign(_base(_values(message), signature_params), _PSS, hashes.SHA512())
+    headers["signature-input"] = f"{LABEL}={signature_params}"
+    headers["signature"] = f"{LABEL}=:{base64.b64encode(signature).decode()}:"
 
 
 def sign_request(
@@ -176,21 +230,45 @@ def sign_response(
     _sign(message, key, body, RESPONSE_COMPONENTS, created, nonce)
 
 
-def _signature_input(headers: httpx.Headers) -> tuple[list[str], dict[str, Any]]:
+@dataclass(frozen=True)
+class _Input:
+    """The one signature's covered components and parameters (from ``Signature-Input``).
+
+    ``plain``: its member's text, when it has the plain form this end writes (see
+    ``_PLAIN_INPUT``); its ``@signature-params`` line is then that text.
+    """
+
+    components: list[str]
+    params: dict[str, Any]
+    plain: str | None
+
+
+def _signature_input(headers: httpx.Headers) -> _Input:
     """The covered components and parameters of the one signature, or SignatureRejected."""
     if "signature-input" not in headers or "signature" not in headers:
         raise SignatureRejected("unsigned", "no Signature and Signature-Input header fields")
+    text = headers["signature-input"]
+    plain = _PLAIN_INPUT.fullmatch(text)
+    if plain is not None:
+        names = [p[0] for p in _PLAIN_PARAM.findall(plain["params"])]
+        if len(names) == len(set(names)):  # a repeated parameter: the general parser decides
+            params: dict[str, Any] = {
+                name: int(number) if number else string
+                for name, number, string in _PLAIN_PARAM.findall(plain["params"])
+            }
+            components = [c.replace('"', "") for c in plain["components"].split(" ")]
+            return _Input(components, params, text[len(LABEL) + 1 :])
     try:
-        parsed: Any = http_sf.parse(headers["signature-input"].encode(), tltype="dictionary")
+        parsed: Any = http_sf.parse(text.encode(), tltype="dictionary")
     except Exception:
         raise SignatureRejected("malformed", "Signature-Input is not a valid dictionary") from None
     if LABEL not in parsed or len(parsed) != 1:
         raise SignatureRejected("malformed", f"expected exactly one signature labelled {LABEL!r}")
-    inner, params = parsed[LABEL]
+    inner, general = parsed[LABEL]
     if not isinstance(inner, list):
         raise SignatureRejected("malformed", "Signature-Input member is not an inner list")
     components = [str(name) + "".join(f";{k}" for k in item_params) for name, item_params in inner]
-    return components, dict(params)
+    return _Input(components, dict(general), None)
 
 
 def _check(
@@ -198,8 +276,9 @@ def _check(
     body: bytes,
     keys: Mapping[str, rsa.RSAPublicKey],
     expected: tuple[str, ...],
-) -> dict[str, Any]:
-    components, params = _signature_input(headers)
+) -> _Input:
+    found = _signature_input(headers)
+    components, params = found.components, found.params
     wanted = [c.replace('"', "") for c in expected]
     if sorted(components) != sorted(wanted):
         raise SignatureRejected(
@@ -227,10 +306,9 @@ def _check(
         raise SignatureRejected(
             "stale", f"created {created.isoformat()} is older than {int(MAX_AGE.total_seconds())} s"
         )
-    expected_digest = "sha-512=:" + base64.b64encode(hashlib.sha512(body).digest()).decode() + ":"
-    if not hmac.compare_digest(headers.get("content-digest", ""), expected_digest):
+    if not hmac.compare_digest(headers.get("content-digest", ""), _content_digest(body)):
         raise SignatureRejected("digest_mismatch", "Content-Digest does not match the body")
-    return params
+    return found
 
 
 def verify_request(
@@ -241,8 +319,9 @@ def verify_request(
     body: bytes,
 ) -> Verified:
     """Verify a signed request against the remote's public keys (by fingerprint)."""
-    params = _check(headers, body, keys, REQUEST_COMPONENTS)
-    _verify(SignedRequest(method, url, headers), keys, body)
+    found = _check(headers, body, keys, REQUEST_COMPONENTS)
+    _verify(SignedRequest(method, url, headers), keys, body, found, REQUEST_COMPONENTS)
+    params = found.params
     return Verified(
         params["keyid"], datetime.fromtimestamp(params["created"], UTC), params["nonce"]
     )
@@ -258,9 +337,11 @@ def verify_response(
     request_url: str,
 ) -> Verified:
     """Verify a signed response to a request we sent."""
-    params = _check(headers, body, keys, RESPONSE_COMPONENTS)
+    found = _check(headers, body, keys, RESPONSE_COMPONENTS)
     request = SignedRequest(request_method, request_url, httpx.Headers())
-    _verify(SignedResponse(status_code, headers, request), keys, body)
+    message = SignedResponse(status_code, headers, request)
+    _verify(message, keys, body, found, RESPONSE_COMPONENTS)
+    params = found.params
     return Verified(
         params["keyid"], datetime.fromtimestamp(params["created"], UTC), params["nonce"]
     )
@@ -270,7 +351,20 @@ def _verify(
     message: SignedRequest | SignedResponse,
     keys: Mapping[str, rsa.RSAPublicKey],
     body: bytes,
+    found: _Input,
+    expected: tuple[str, ...],
 ) -> None:
+    """Check the RSA signature (``_check`` has checked everything else)."""
+    signature = _PLAIN_SIGNATURE.fullmatch(message.headers["signature"])
+    in_order = found.components == [c.replace('"', "") for c in expected]
+    if found.plain is not None and signature is not None and in_order:
+        key = keys[found.params["keyid"]]
+        try:
+            base = _base(_values(message), found.plain)
+            key.verify(base64.b64decode(signature["value"]), base, _PSS, hashes.SHA512())
+        except (InvalidRsaSignature, ValueError):
+            raise SignatureRejected("bad_signature", "the signature does not verify") from None
+        return
     verifier = _Verifier(signature_algorithm=algorithms.RSA_PSS_SHA512, key_resolver=_Keys(keys))
     try:
         verifier.verify(message, max_age=MAX_AGE, expect_label=LABEL, expect_tag=TAG, body=body)

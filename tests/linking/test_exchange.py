@@ -7,6 +7,7 @@ redelivery, reordering and refusals can be tested one message at a time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,12 +15,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from anyio import to_thread
 from sqlalchemy import func, select
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.executions import service as executions
 from flowlink.linking import exchange, outbox
 from flowlink.linking import service as linking
+from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, LinkExecution, SyncConfig, Workspace
 from flowlink.workspaces import service as workspaces
@@ -308,3 +311,34 @@ def test_deleting_a_link_ends_its_waiting_mirrors(link: Link) -> None:
         assert mirror is not None and mirror.status == "error"
         assert "deleted" in (mirror.message or "")
         assert session.scalar(select(func.count()).select_from(LinkExecution)) == 0
+
+
+def test_a_poll_that_starts_following_a_run_hears_its_end(link: Link) -> None:
+    """The look that finds a new run to follow can overlap the run's end: the end was
+    announced while the poll listened to its outbox only. The poll looks again once it
+    listens to the workspace's executions, so it answers with the end at once instead of
+    at its timeout (here the poll is told to stop as soon as it would wait: without that
+    second look it answers nothing)."""
+    store = link.store
+    start(link)
+    apply(link, link.from_a, take(link, link.to_b))  # B follows a queued run now
+
+    async def poll() -> list[dict[str, Any]]:
+        with store.notifier.waiter({notify.LINK: {link.from_a}}) as waiter:
+            looked = await to_thread.run_sync(exchange.look_for_news, store, link.from_a, 999)
+            assert looked.follows and not looked.messages
+            run_in_b(link, lambda _: executions.Outcome(executions.SUCCESS, "done", {}))
+            return await exchange.wait_for_news(
+                store,
+                link.from_a,
+                link.b,
+                30.0,
+                stopping=lambda: True,
+                limit=999,
+                waiter=waiter,
+                first=looked,
+            )
+
+    (update,) = asyncio.run(poll())
+    assert update["type"] == "execution.update"
+    assert update["status"] == executions.SUCCESS

@@ -12,9 +12,17 @@ import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from http_message_signatures import (
+    ContentDigest,
+    HTTPMessageSigner,
+    HTTPMessageVerifier,
+    HTTPSignatureKeyResolver,
+    algorithms,
+)
 
 from flowlink.linking import keys, signing
 from tests.linking.conftest import KeyMaker, public_pem_of
@@ -155,3 +163,85 @@ def test_openssl_alone_verifies_a_real_signed_request(make_key: KeyMaker, tmp_pa
     # And a changed base does not verify.
     (tmp_path / "base.txt").write_bytes("\n".join(lines).replace("POST", "PUT").encode())
     assert openssl_verify(tmp_path) == "Verification failure"
+
+
+class _LibraryKeys(HTTPSignatureKeyResolver):
+    """Keys for the ``http_message_signatures`` signer and verifier."""
+
+    def __init__(self, private: Any = None, public: Any = None) -> None:
+        self.private, self.public = private, public
+
+    def resolve_private_key(self, key_id: str) -> Any:
+        return self.private
+
+    def resolve_public_key(self, key_id: str) -> Any:
+        return self.public
+
+
+class _Digest(ContentDigest):
+    algorithm = "sha-512"
+
+
+class _LibrarySigner(HTTPMessageSigner):
+    content_digest_class = _Digest
+
+
+class _LibraryVerifier(HTTPMessageVerifier):
+    content_digest_class = _Digest
+
+
+def _previous_version_sign(
+    key: Any, message: signing.SignedRequest | signing.SignedResponse, components: tuple[str, ...]
+) -> None:
+    """How the previous version signed: with the ``http_message_signatures`` signer."""
+    _LibrarySigner(
+        signature_algorithm=algorithms.RSA_PSS_SHA512, key_resolver=_LibraryKeys(private=key)
+    ).sign(
+        message,
+        key_id=keys.fingerprint(key),
+        created=datetime.now(UTC),
+        nonce="n-" + base64.b64encode(b"previous").decode().rstrip("="),
+        label=signing.LABEL,
+        tag=signing.TAG,
+        covered_component_ids=components,
+        body=BODY,
+    )
+
+
+@pytest.mark.parametrize("url", [URL, "http://LOCALHOST:80/api/v1/workspaces/a/sync_config/b/sync"])
+def test_signatures_interoperate_with_the_previous_version(make_key: KeyMaker, url: str) -> None:
+    """Requests and answers signed here verify with the general RFC 9421 verifier the
+    previous version used, and what that version signed verifies here."""
+    key = keys.load_private_key(make_key("openssl-genrsa").read_text())
+    trusted = {keys.fingerprint(key): key.public_key()}
+    library = _LibraryVerifier(
+        signature_algorithm=algorithms.RSA_PSS_SHA512,
+        key_resolver=_LibraryKeys(public=key.public_key()),
+    )
+    # this version signs, the previous one verifies
+    request = httpx.Headers({"content-type": "application/json"})
+    signing.sign_request(key, "POST", url, request, BODY)
+    library.verify(signing.SignedRequest("POST", url, request), body=BODY)
+    answer = httpx.Headers({"content-type": "application/json"})
+    signing.sign_response(key, 200, answer, BODY, request_method="POST", request_url=url)
+    to = signing.SignedRequest("POST", url, httpx.Headers())
+    library.verify(signing.SignedResponse(200, answer, to), body=BODY)
+    # the previous version signs, this one verifies
+    request = httpx.Headers({"content-type": "application/json"})
+    _previous_version_sign(
+        key, signing.SignedRequest("POST", url, request), signing.REQUEST_COMPONENTS
+    )
+    assert signing.verify_request(trusted, "POST", url, request, BODY).nonce.startswith("n-")
+    answer = httpx.Headers({"content-type": "application/json"})
+    _previous_version_sign(
+        key, signing.SignedResponse(200, answer, to), signing.RESPONSE_COMPONENTS
+    )
+    signing.verify_response(trusted, 200, answer, BODY, request_method="POST", request_url=url)
+    # a signature over other bytes fails in both forms of Signature-Input
+    for form in (answer["signature-input"], answer["signature-input"].replace(";", "; ", 1)):
+        answer["signature-input"] = form
+        with pytest.raises(signing.SignatureRejected) as info:
+            signing.verify_response(
+                trusted, 200, answer, BODY, request_method="POST", request_url=url + "x"
+            )
+        assert info.value.reason == "bad_signature"
