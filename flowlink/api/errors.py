@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,8 +17,40 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flowlink.access.audit import record_denials
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.errors import FlowlinkError, NotFound, TooManyRequests, Unauthorized
+from flowlink.views import View
 
 log = logging.getLogger(__name__)
+
+
+class ErrorDetail(View):
+    """What went wrong: a stable code, a message naming the field, and details."""
+
+    code: str = Field(description="e.g. invalid, not_found, forbidden, internal")
+    message: str
+    details: dict[str, Any] = Field(description="e.g. field, errors, error_id (free-form)")
+
+
+class ErrorBody(View):
+    """Every error answer of the API."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _error("Not authenticated"),
+    403: _error("Not allowed (or missing CSRF token)"),
+    404: _error("Not found"),
+    409: _error("Conflicts with the current state"),
+    413: _error("Too large"),
+    422: _error("Invalid input: details.errors names each field"),
+    429: _error("Too many requests (see Retry-After)"),
+    500: _error("Unexpected error: details.error_id matches the server log"),
+}
+"""The documented error statuses of every API operation, all in the ``ErrorBody`` shape."""
 
 
 def error_response(

@@ -30,6 +30,7 @@ from flowlink.pages import service as pages
 from flowlink.pages import store as page_store
 from flowlink.pages.domains import host_key
 from flowlink.pages.render import RenderError
+from flowlink.pages.views import PageList
 from flowlink.workspaces import service as workspaces
 
 router = APIRouter(tags=["pages"])
@@ -46,7 +47,7 @@ _SECURITY_HEADERS = {
 }
 
 
-@router.get("/api/v1/workspaces/{ws}/pages")
+@router.get("/api/v1/workspaces/{ws}/pages", response_model=PageList)
 def list_pages(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """The workspace's pages with their URL, title, access and data sources."""
     with context.store.read() as session:

@@ -16,6 +16,7 @@ from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, fai
 from flowlink.cli.common import table as make_table
 from flowlink.errors import FlowlinkError
 from flowlink.settings import ServerSettings
+from flowlink.timestamps import format_timestamp
 
 users_app = typer.Typer(
     help="Manage the organization's users (works on the store directly).", no_args_is_help=True
@@ -210,7 +211,7 @@ def tokens_create(
     if expires_days is not None:
         if expires_days <= 0:
             raise fail("--expires-days must be positive")
-        body["expires_at"] = (datetime.now(UTC) + timedelta(days=expires_days)).isoformat()
+        body["expires_at"] = format_timestamp(datetime.now(UTC) + timedelta(days=expires_days))
     created = call(Client(server, token), "POST", "/api/v1/tokens", json=body)
     if as_json:
         print_json(created)

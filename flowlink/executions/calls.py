@@ -18,7 +18,7 @@ from flowlink.access.service import Principal, principal_from_descriptor
 from flowlink.errors import FlowlinkError, Invalid, NotFound
 from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
-from flowlink.linking.exchange import RemoteStart, start_remote_execution
+from flowlink.executions.starts import StartRequest, start_execution
 from flowlink.observability.logs import redact as keep_out_of_server_logs
 from flowlink.runtime.errors import (
     DependencyFailed,
@@ -343,33 +343,23 @@ class FlowApiCalls:
         inputs = params.get("inputs")
         if inputs is not None and not isinstance(inputs, dict):
             raise FlowApiError("inputs must be a dict")
-        if params.get("remote"):
-            mirror = start_remote_execution(
-                session,
-                workspace,
-                str(params["remote"]),
-                RemoteStart(
-                    flow=str(params.get("flow")),
-                    inputs=inputs,
-                    use_remote_flow=bool(params.get("use_remote_flow")),
-                ),
-                parent=parent,
-                trigger={"type": "flow", "parent": parent.id},
-                default_max_runtime=self.settings.default_max_runtime,
-            )
-            return {"id": mirror.id, "remote": True}
-        if params.get("use_remote_flow"):
+        if params.get("use_remote_flow") and not params.get("remote"):
             raise FlowApiError("use_remote_flow=True needs remote='<sync config name>'")
-        child = executions.create_execution(
+        remote = str(params["remote"]) if params.get("remote") else None
+        child = start_execution(
             session,
             workspace,
-            flow_name=str(params.get("flow")),
-            inputs=inputs,
+            StartRequest(
+                flow=str(params.get("flow")),
+                inputs=inputs,
+                remote=remote,
+                use_remote_flow=bool(params.get("use_remote_flow")),
+            ),
             parent=parent,
             trigger={"type": "flow", "parent": parent.id},
             default_max_runtime=self.settings.default_max_runtime,
         )
-        return {"id": child.id}
+        return {"id": child.id, "remote": True} if remote else {"id": child.id}
 
     def _start_child_now(self, params: dict[str, Any]) -> Any:
         """Create a child; if this worker has a free slot, it starts here at once.

@@ -11,7 +11,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import record
 from flowlink.linking import keys, outbox
 from flowlink.store.models import SyncConfig, Workspace, utcnow
+from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces.service import check_name
 
 CONTROLLING = "controlling"
@@ -364,13 +365,13 @@ def note_link_state(config: SyncConfig, **state: Any) -> bool:
     current = dict(config.state or {})
     stamp = utcnow()
     try:
-        last = datetime.fromisoformat(str(current.get("last_exchange_at")))
+        last = parse_timestamp(str(current.get("last_exchange_at")))
     except ValueError:
         last = None
     same = all(current.get(key) == value for key, value in state.items())
     if same and last is not None and stamp - last < STATE_WRITE_EVERY:
         return False
-    current.update(state, last_exchange_at=stamp.isoformat())
+    current.update(state, last_exchange_at=format_timestamp(stamp))
     config.state = current
     return True
 
@@ -405,6 +406,10 @@ def _public_keys(pem: str) -> dict[str, rsa.RSAPublicKey]:
     return {keys.fingerprint(k): k for k in keys.load_public_keys(pem)}
 
 
+# What a client sees of a link's state; the rest (the send-all mark) stays on the server.
+PUBLIC_STATE = ("connected", "since", "last_error", "reason", "last_exchange_at")
+
+
 def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
     """The API representation: every field but the keys, which show as fingerprints."""
     warnings = []
@@ -428,9 +433,9 @@ def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) 
         "role": config.role or DEFAULT_IDENTITY_ROLE,
         "connects": bool(config.remote_url),
         "sync_endpoint": sync_path(workspace_slug, config.name),
-        "state": config.state,
+        "state": {k: v for k, v in (config.state or {}).items() if k in PUBLIC_STATE},
         "outbox_depth": outbox.depth(session, config.id) if config.id else 0,
         "warnings": warnings,
-        "created_at": config.created_at,
-        "updated_at": config.updated_at,
+        "created_at": format_timestamp(config.created_at),
+        "updated_at": format_timestamp(config.updated_at),
     }

@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize, event_reader, visible
 from flowlink.access.service import Principal
-from flowlink.api.events import _stream as event_stream
 from flowlink.errors import Invalid
+from flowlink.events import live
 from flowlink.events import service as events
 from flowlink.executions import service as executions
 from flowlink.linking import exchange
@@ -171,8 +171,14 @@ async def activity_live(request: Request, ws: str) -> Response:
     resume = request.headers.get("last-event-id", "")
     if resume.isdigit():
         first = int(resume)
+
+    async def gone() -> bool:
+        return await request.is_disconnected() or context.stopping.is_set()
+
     return StreamingResponse(
-        _unnamed(event_stream(request, context, workspace_id, criteria, first, readable)),
+        _unnamed(
+            live.stream(context.store, workspace_id, criteria, first, gone=gone, readable=readable)
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -12,7 +12,8 @@ from flowlink.access.policy import allows, authorize
 from flowlink.events import triggers
 from flowlink.events.graph import automation_graph, next_firings
 from flowlink.store.models import utcnow
-from flowlink.web.render import iso, render
+from flowlink.timestamps import format_timestamp
+from flowlink.web.render import render
 from flowlink.web.routes import Post, Viewer, workspace_for
 from flowlink.web.session import WebRoute, context_of
 from flowlink.workspaces import service as workspaces
@@ -91,7 +92,7 @@ def _automations_page(
                     "description": automation.get("description"),
                     "events": when.get("events") or [],
                     "schedules": [
-                        {"cron": c, "next": [iso(t) for t in next_firings(c, now)]}
+                        {"cron": c, "next": [format_timestamp(t) for t in next_firings(c, now)]}
                         for c in when.get("schedules") or []
                     ],
                     "endpoint": bool(when.get("endpoint")),

@@ -18,6 +18,7 @@ from flowlink.executions import service as executions
 from flowlink.linking import service as linking
 from flowlink.settings import resolve_secret_key
 from flowlink.store.models import utcnow
+from flowlink.timestamps import format_timestamp
 from flowlink.web.render import histogram, render
 from flowlink.web.routes import Post, Viewer, see_other, workspace_for
 from flowlink.web.session import WebRoute, context_of
@@ -43,7 +44,7 @@ def link_rows(session: Any, workspace: Any) -> list[dict[str, Any]]:
             limit=1,
         )
         view["last_rejection"] = (
-            {**(rejected[0].payload or {}), "at": events.iso_time(rejected[0].created_at)}
+            {**(rejected[0].payload or {}), "at": format_timestamp(rejected[0].created_at)}
             if rejected
             else None
         )
