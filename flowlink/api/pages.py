@@ -273,13 +273,13 @@ def _login_page(request: Request, ws: str, error: str | None, status: int) -> Re
     return _finish(response, request, token, new_token)
 
 
-@router.get("/pages/{ws}/_login", include_in_schema=False)
+@router.get("/pages/{ws}/_login", include_in_schema=False, response_class=HTMLResponse)
 async def login_form(ws: str, request: Request) -> Response:
     """The login form for a workspace's restricted pages."""
     return _login_page(request, ws, None, 200)
 
 
-@router.post("/pages/{ws}/_login", include_in_schema=False)
+@router.post("/pages/{ws}/_login", include_in_schema=False, response_class=HTMLResponse)
 async def login_submit(ws: str, request: Request) -> Response:
     """Log in from the page login form: sets the session cookies and goes back to the page."""
     context: ServerContext = request.app.state.context
@@ -309,19 +309,19 @@ async def login_submit(ws: str, request: Request) -> Response:
     return response
 
 
-@router.get("/pages/{ws}", include_in_schema=False)
+@router.get("/pages/{ws}", include_in_schema=False, response_class=HTMLResponse)
 async def workspace_root(ws: str) -> Response:
     """``/pages/{ws}`` -> ``/pages/{ws}/``."""
     return RedirectResponse(f"/pages/{ws}/", status_code=308)
 
 
-@router.get("/pages/{ws}/", include_in_schema=False)
+@router.get("/pages/{ws}/", include_in_schema=False, response_class=HTMLResponse)
 async def index_page(ws: str, request: Request) -> Response:
     """The workspace's ``index`` page."""
     return await _serve(request, ws, page_store.INDEX)
 
 
-@router.post("/pages/{ws}/", include_in_schema=False)
+@router.post("/pages/{ws}/", include_in_schema=False, response_class=HTMLResponse)
 async def index_form(ws: str, request: Request) -> Response:
     """Submit the ``index`` page's form."""
     form = await _form(request)
@@ -330,13 +330,13 @@ async def index_form(ws: str, request: Request) -> Response:
     return await _serve(request, ws, page_store.INDEX, form)
 
 
-@router.get("/pages/{ws}/{page}", include_in_schema=False)
+@router.get("/pages/{ws}/{page}", include_in_schema=False, response_class=HTMLResponse)
 async def show_page(ws: str, page: str, request: Request) -> Response:
     """A page of the workspace."""
     return await _serve(request, ws, page)
 
 
-@router.post("/pages/{ws}/{page}", include_in_schema=False)
+@router.post("/pages/{ws}/{page}", include_in_schema=False, response_class=HTMLResponse)
 async def submit_form(ws: str, page: str, request: Request) -> Response:
     """Submit a page's form: runs its form flow (CSRF token required) and shows the result."""
     form = await _form(request)

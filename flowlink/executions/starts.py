@@ -75,10 +75,7 @@ def start_execution(
             http=http,
         )
     if request.use_remote_flow:
-        raise Invalid(
-            "use_remote_flow: only with remote (the sync config's name)",
-            details={"field": "use_remote_flow"},
-        )
+        raise Invalid("use_remote_flow: only with remote", details={"field": "use_remote_flow"})
     return executions.create_execution(
         session,
         workspace,

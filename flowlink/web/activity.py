@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize, event_reader, visible
@@ -25,7 +25,9 @@ from flowlink.web.routes import Viewer, viewer, workspace_for
 from flowlink.web.session import WebRoute, context_of
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(route_class=WebRoute, include_in_schema=False)
+router = APIRouter(
+    route_class=WebRoute, include_in_schema=False, default_response_class=HTMLResponse
+)
 PAGE_SIZE = 100
 FILTERS = ("types", "text", "afterDate", "beforeDate", "correlationId")
 MAX_DOWNLOAD = events.MAX_SEARCH_LIMIT

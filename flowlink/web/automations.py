@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
@@ -18,7 +19,9 @@ from flowlink.web.routes import Post, Viewer, workspace_for
 from flowlink.web.session import WebRoute, context_of
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(route_class=WebRoute, include_in_schema=False)
+router = APIRouter(
+    route_class=WebRoute, include_in_schema=False, default_response_class=HTMLResponse
+)
 COLUMN_WIDTH, NODE_WIDTH, ROW_HEIGHT, NODE_HEIGHT = 220, 180, 44, 30
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
@@ -25,7 +26,9 @@ from flowlink.web.session import WebRoute, context_of
 from flowlink.workspaces import service as workspaces
 from flowlink.workspaces.templating import env_overrides
 
-router = APIRouter(route_class=WebRoute, include_in_schema=False)
+router = APIRouter(
+    route_class=WebRoute, include_in_schema=False, default_response_class=HTMLResponse
+)
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 SECRET_NAME = re.compile(r"(pass|secret|token|key|credential|private)", re.IGNORECASE)
 MASK = "••••••••"

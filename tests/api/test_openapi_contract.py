@@ -4,12 +4,14 @@ of a live server validate against it (timestamps in the one format, snake_case k
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
 
 from flowlink.linking import keys
+from flowlink.timestamps import format_timestamp, parse_timestamp
 from tests.conftest import LiveServer
 
 # Operations whose success answer is free-form by design: a webhook answers with whatever its
@@ -221,3 +223,26 @@ def test_a_model_that_does_not_fit_fails_the_check(spec: dict[str, Any]) -> None
         _check_keys({"created_at": "2023-12-02 09:49:56.018374+00:00"})
     with pytest.raises(AssertionError):
         _check_keys({"webhookKeys": {}})
+
+
+def test_the_one_time_format_and_the_old_forms_it_reads() -> None:
+    """What a server of the previous version sent (link messages, stored link state, query
+    parameters) still parses; everything is written in one form."""
+    moment = datetime(2023, 12, 2, 9, 49, 56, 18374, tzinfo=UTC)
+    assert format_timestamp(moment) == "2023-12-02T09:49:56.018Z"
+    assert format_timestamp(moment.replace(tzinfo=None)) == "2023-12-02T09:49:56.018Z"
+    assert format_timestamp(moment.astimezone(timezone(timedelta(hours=2)))) == (
+        "2023-12-02T09:49:56.018Z"
+    )
+    for old in (
+        "2023-12-02 09:49:56.018374+00:00",
+        "2023-12-02T09:49:56.018374Z",
+        "2023-12-02T09:49:56.018374+00:00",
+        "2023-12-02T10:49:56.018374+01:00",
+        "2023-12-02T10:49:56.018374 01:00",  # a '+' that a query string turned into a space
+        "2023-12-02T09:49:56.018374",
+    ):
+        assert parse_timestamp(old) == moment, old
+    assert parse_timestamp("2023-12-02T09:49:56.018Z") == moment.replace(microsecond=18000)
+    with pytest.raises(ValueError):
+        parse_timestamp("yesterday")
