@@ -22,12 +22,13 @@ from flowlink.access.views import (
 )
 from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import CSRF_COOKIE, SESSION_COOKIE, Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.errors import Invalid, NotFound
 from flowlink.store.models import Workspace
 from flowlink.timestamps import format_timestamp
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1", tags=["access"])
+router = APIRouter(prefix="/api/v1", tags=["access"], route_class=ApiRoute)
 
 
 class LoginBody(RequestBody):

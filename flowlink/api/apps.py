@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowlink.access import policy
 from flowlink.api.deps import Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.apps import service as apps
 from flowlink.apps.views import AppList, InstanceList, InstanceView, VersionList, VersionView
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1", tags=["apps"])
+router = APIRouter(prefix="/api/v1", tags=["apps"], route_class=ApiRoute)
 
 
 def _no_nan(value: Any, where: str = "config") -> Any:

@@ -63,8 +63,11 @@ def error_response(
     """A JSON error response in the API's shape; every error the API sends is built here."""
     merged = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     merged.update(headers or {})
+    # Built, not validated: an error answer must not itself fail on an odd detail.
+    detail = ErrorDetail.model_construct(code=code, message=message, details=details or {})
+    body = ErrorBody.model_construct(error=detail)
     return SafeJSONResponse(
-        {"error": {"code": code, "message": message, "details": details or {}}},
+        body.model_dump(warnings=False),
         status_code=status,
         headers=merged or None,
     )

@@ -17,6 +17,7 @@ from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context
 from flowlink.api.deps import request_http as _http
 from flowlink.api.errors import ErrorBody, error_response
+from flowlink.api.responses import ApiRoute
 from flowlink.api.responses import SafeJSONResponse as JSONResponse
 from flowlink.errors import Invalid, Unauthorized
 from flowlink.events import live, triggers
@@ -32,7 +33,7 @@ from flowlink.executions import starts
 from flowlink.executions.views import ExecutionAccepted
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1/workspaces/{ws}", tags=["events"])
+router = APIRouter(prefix="/api/v1/workspaces/{ws}", tags=["events"], route_class=ApiRoute)
 MAX_BATCH = 10_000
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 WEBHOOK_WAIT_SECONDS = 30.0
@@ -294,7 +295,8 @@ async def webhook(
 
     execution_id = await run_in_threadpool(start)
     if async_:
-        return JSONResponse({"id": execution_id, "status": "queued"}, status_code=202)
+        accepted = ExecutionAccepted(id=execution_id, status="queued")
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     await starts.wait_for_end(context.store, execution_id, WEBHOOK_WAIT_SECONDS)
     status, outputs, message = await run_in_threadpool(starts.outcome, context.store, execution_id)
     headers = {"X-Execution-Id": execution_id}
@@ -302,7 +304,8 @@ async def webhook(
         return JSONResponse(outputs, headers=headers)
     if status in ("error", "cancelled"):
         return error_response(502, "execution_failed", message or status, headers=headers)
-    return JSONResponse({"id": execution_id, "status": status}, status_code=202, headers=headers)
+    accepted = ExecutionAccepted(id=execution_id, status=status)
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
 
 for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):

@@ -12,6 +12,7 @@ from flowlink.access.policy import allows, authorize
 from flowlink.access.service import Principal
 from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext, request_http
+from flowlink.api.responses import ApiRoute
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
 from flowlink.executions import starts
@@ -22,7 +23,9 @@ from flowlink.store.engine import Session, Store
 from flowlink.store.models import Execution, Workspace
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1/workspaces/{ws}/executions", tags=["executions"])
+router = APIRouter(
+    prefix="/api/v1/workspaces/{ws}/executions", tags=["executions"], route_class=ApiRoute
+)
 MAX_WAIT_SECONDS = 300.0
 MAX_BATCH = 1000
 

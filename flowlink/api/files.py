@@ -9,12 +9,13 @@ from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
 from flowlink.api.deps import Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.workspaces import files
 from flowlink.workspaces import service as workspaces
 from flowlink.workspaces.views import FileList, FileView
 
 BINARY = {"type": "string", "format": "binary"}
-router = APIRouter(prefix="/api/v1/workspaces/{ws}/files", tags=["files"])
+router = APIRouter(prefix="/api/v1/workspaces/{ws}/files", tags=["files"], route_class=ApiRoute)
 
 
 @router.get("", response_model=FileList)

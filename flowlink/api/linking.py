@@ -12,6 +12,7 @@ from flowlink.access.policy import authorize
 from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
 from flowlink.api.errors import ErrorBody
+from flowlink.api.responses import ApiRoute
 from flowlink.linking import exchange
 from flowlink.linking import service as linking
 from flowlink.linking.endpoint import answer_exchange
@@ -19,7 +20,9 @@ from flowlink.linking.views import SYNC_ENVELOPE_SCHEMA, SyncConfigList, SyncCon
 from flowlink.settings import resolve_secret_key
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1/workspaces/{ws}/sync_config", tags=["linking"])
+router = APIRouter(
+    prefix="/api/v1/workspaces/{ws}/sync_config", tags=["linking"], route_class=ApiRoute
+)
 
 
 class SyncConfigFields(RequestBody):

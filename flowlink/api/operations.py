@@ -8,12 +8,13 @@ from fastapi import APIRouter, Response
 
 from flowlink.access import policy
 from flowlink.api.deps import Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.executions import workers
 from flowlink.executions.views import WorkerList
 from flowlink.observability.health import readiness
 from flowlink.observability.views import ReadyView
 
-router = APIRouter(prefix="/api/v1", tags=["system"])
+router = APIRouter(prefix="/api/v1", tags=["system"], route_class=ApiRoute)
 
 
 @router.get(

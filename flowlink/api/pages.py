@@ -25,6 +25,7 @@ from flowlink.access import service as access
 from flowlink.access.service import Principal
 from flowlink.api.access import set_login_cookies
 from flowlink.api.deps import SESSION_COOKIE, Caller, Context, ServerContext
+from flowlink.api.responses import ApiRoute
 from flowlink.errors import FlowlinkError, NotFound, Unauthorized
 from flowlink.pages import service as pages
 from flowlink.pages import store as page_store
@@ -33,7 +34,7 @@ from flowlink.pages.render import RenderError
 from flowlink.pages.views import PageList
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(tags=["pages"])
+router = APIRouter(tags=["pages"], route_class=ApiRoute)
 PAGE_CSRF_COOKIE = "flowlink_page_csrf"
 CSRF_FIELD = "csrf_token"
 MAX_FORM_BYTES = 64 * 1024

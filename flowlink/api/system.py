@@ -9,13 +9,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from flowlink.api.deps import Context
+from flowlink.api.responses import ApiRoute
 from flowlink.executions import workers
 from flowlink.executions.service import queue_depth
 from flowlink.linking.outbox import depths as outbox_depths
 from flowlink.observability import metrics
 from flowlink.observability.views import HealthView
 
-router = APIRouter(prefix="/api/v1", tags=["system"])
+router = APIRouter(prefix="/api/v1", tags=["system"], route_class=ApiRoute)
 
 
 @router.get("/health", response_model=HealthView)

@@ -12,6 +12,7 @@ from flowlink.access.policy import allows, authorize, authorize_admin, visible
 from flowlink.access.service import Principal
 from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.events.triggers import ensure_webhook_keys
 from flowlink.settings import resolve_secret_key
 from flowlink.store.models import Workspace
@@ -27,7 +28,7 @@ from flowlink.workspaces.views import (
     WorkspaceView,
 )
 
-router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
+router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"], route_class=ApiRoute)
 
 
 class WorkspaceCreate(RequestBody):
