@@ -24,7 +24,6 @@ from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import CSRF_COOKIE, SESSION_COOKIE, Caller, Context
 from flowlink.api.responses import ApiRoute
 from flowlink.errors import Invalid, NotFound
-from flowlink.store.models import Workspace
 from flowlink.timestamps import format_timestamp
 from flowlink.workspaces import service as workspaces
 
@@ -133,7 +132,7 @@ def me(context: Context, caller: Caller) -> dict[str, Any]:
         memberships = access.user_memberships(session, caller.user_id) if caller.user_id else []
         scope = None
         if caller.workspace_id:
-            workspace = session.get(Workspace, caller.workspace_id)
+            workspace = workspaces.workspace_by_id(session, caller.workspace_id)
             scope = workspace.slug if workspace else None
     return {
         "user": caller.username,
@@ -315,7 +314,7 @@ def revoke_token(token_id: str, context: Context, caller: Caller) -> Response:
     with context.store.write() as session:
         token = access.get_token(session, token_id)
         if token.user_id != caller.user_id and not policy.is_org_admin(caller):
-            workspace = session.get(Workspace, token.workspace_id) if token.workspace_id else None
+            workspace = workspaces.workspace_by_id(session, token.workspace_id)
             if workspace is None or not policy.allows(caller, "manage", "tokens", workspace):
                 raise NotFound(f"API token {token_id!r} not found", details={"token": token_id})
         access.revoke_token(session, token, caller)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from flowlink import __version__
@@ -18,12 +20,25 @@ from flowlink.api import (
     workspaces,
 )
 from flowlink.api.deps import ServerContext
-from flowlink.api.errors import ERROR_RESPONSES, install_error_handlers
+from flowlink.api.errors import ERROR_RESPONSES, error_schemas, install_error_handlers
 from flowlink.api.guard import BodyGuard
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.observability.http import HttpMetrics
 from flowlink.observability.tracing import TracingMiddleware
 from flowlink.web.app import install as install_console
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Add the error body's schemas, which every operation references, to the document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(error_schemas())
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -51,6 +66,7 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(pages.router, responses=ERROR_RESPONSES)
     app.include_router(apps.router, responses=ERROR_RESPONSES)
     install_console(app)
+    _document_errors(app)
     # outermost of these: a custom domain serves pages only, never the API or the console
     app.add_middleware(pages.CustomDomains, lookup=pages.domain_lookup(context))
     return app

@@ -36,8 +36,22 @@ class ErrorBody(View):
     error: ErrorDetail
 
 
+ERROR_REF = "#/components/schemas/ErrorBody"
+
+
 def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description}
+    # A reference, not a model: a model per route and status would cost a schema build each.
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": ERROR_REF}}},
+    }
+
+
+def error_schemas() -> dict[str, Any]:
+    """The OpenAPI component schemas of the error body (``ErrorBody``, ``ErrorDetail``)."""
+    schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+    return {**definitions, "ErrorBody": schema}
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -35,5 +35,5 @@ class ApiRoute(APIRoute):
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        kwargs.setdefault("response_model_exclude_unset", True)
+        kwargs["response_model_exclude_unset"] = True
         super().__init__(path, endpoint, **kwargs)

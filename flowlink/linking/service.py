@@ -410,6 +410,19 @@ def _public_keys(pem: str) -> dict[str, rsa.RSAPublicKey]:
 PUBLIC_STATE = ("connected", "since", "last_error", "reason", "last_exchange_at")
 
 
+def _public_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The public keys of a link's state, its times in the one format (a state written by an
+    older version has them as ``+00:00`` or in seconds)."""
+    public = {key: value for key, value in state.items() if key in PUBLIC_STATE}
+    for key in ("since", "last_exchange_at"):
+        if public.get(key):
+            try:
+                public[key] = format_timestamp(parse_timestamp(str(public[key])))
+            except ValueError:
+                public[key] = None
+    return public
+
+
 def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
     """The API representation: every field but the keys, which show as fingerprints."""
     warnings = []
@@ -433,7 +446,7 @@ def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) 
         "role": config.role or DEFAULT_IDENTITY_ROLE,
         "connects": bool(config.remote_url),
         "sync_endpoint": sync_path(workspace_slug, config.name),
-        "state": {k: v for k, v in (config.state or {}).items() if k in PUBLIC_STATE},
+        "state": _public_state(config.state or {}),
         "outbox_depth": outbox.depth(session, config.id) if config.id else 0,
         "warnings": warnings,
         "created_at": format_timestamp(config.created_at),

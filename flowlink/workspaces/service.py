@@ -80,6 +80,11 @@ def find_workspace(session: Session, slug: str) -> Workspace | None:
     return session.scalar(select(Workspace).where(Workspace.slug == slug))
 
 
+def workspace_by_id(session: Session, workspace_id: str | None) -> Workspace | None:
+    """The workspace with this id (None for no id or an unknown one)."""
+    return session.get(Workspace, workspace_id) if workspace_id else None
+
+
 def get_workspace(session: Session, slug: str) -> Workspace:
     """The workspace with this slug, or NotFound."""
     workspace = find_workspace(session, slug)
