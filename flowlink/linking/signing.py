@@ -31,6 +31,7 @@ from http_message_signatures import (
 )
 
 from flowlink.linking.keys import fingerprint
+from flowlink.timestamps import format_timestamp
 
 MAX_AGE = timedelta(minutes=5)
 CLOCK_SKEW = timedelta(seconds=5)
@@ -222,10 +223,11 @@ def _check(
     created = datetime.fromtimestamp(params["created"], UTC)
     current = datetime.now(UTC)
     if created > current + CLOCK_SKEW:
-        raise SignatureRejected("future", f"created {created.isoformat()} lies in the future")
+        raise SignatureRejected("future", f"created {format_timestamp(created)} lies in the future")
     if created < current - MAX_AGE:
         raise SignatureRejected(
-            "stale", f"created {created.isoformat()} is older than {int(MAX_AGE.total_seconds())} s"
+            "stale",
+            f"created {format_timestamp(created)} is older than {int(MAX_AGE.total_seconds())} s",
         )
     expected_digest = "sha-512=:" + base64.b64encode(hashlib.sha512(body).digest()).decode() + ":"
     if not hmac.compare_digest(headers.get("content-digest", ""), expected_digest):
