@@ -16,7 +16,7 @@ class PageView(View):
     slug: str
     url: str
     title: str | None
-    access: str
+    access: str | list[str] = Field(description="public, members, or a list of roles")
     flow: str | None
     events: Any = Field(description="The event types the page shows (as declared)")
     form: Any = Field(description="The page's form flow (as declared)")

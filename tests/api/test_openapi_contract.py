@@ -160,11 +160,29 @@ def test_real_answers_validate_against_the_schema(
         return body
 
     ws = "/api/v1/workspaces/{ws}"
-    files = {"workspace.yml": "name: Contract\nslug: contract\n", "flows/hello.py": FLOW}
+    files = {
+        "workspace.yml": "name: Contract\nslug: contract\n",
+        "flows/hello.py": FLOW,
+        "pages/index.html": "<h1>{{ title }}</h1>",
+        "pages/index.yml": "title: Home\naccess: public\n",
+        "pages/team.html": "<p>team</p>",
+        "pages/team.yml": "access: [owner, editor]\nevents: {types: [order.paid], limit: 2}\n",
+    }
     call("post", "/api/v1/workspaces/contract/apply", ws + "/apply", 200, json={"files": files})
     call("get", "/api/v1/workspaces", "/api/v1/workspaces", 200)
     call("get", "/api/v1/workspaces/contract", ws, 200)
     call("get", "/api/v1/workspaces/contract/flows", ws + "/flows", 200)
+    call("get", "/api/v1/workspaces/contract/pages", ws + "/pages", 200)
+    call("get", "/api/v1/workspaces/contract/export", ws + "/export", 200)
+    setting = "/api/v1/workspaces/contract/settings/limit"
+    call("put", setting, ws + "/settings/{name}", 200, json={"value": {"max": 3}})
+    call("get", "/api/v1/workspaces/contract/settings", ws + "/settings", 200)
+    stored = call(
+        "put", "/api/v1/workspaces/contract/files/a/b.txt", ws + "/files/{path}", 201, content=b"hi"
+    )
+    assert stored["sha256"] and stored["content_type"].startswith("text/plain")
+    call("get", "/api/v1/workspaces/contract/files", ws + "/files", 200)
+    call("get", "/api/v1/workspaces/contract/members", ws + "/members", 200)
 
     base = "/api/v1/workspaces/contract/executions"
     done = call(
@@ -202,7 +220,9 @@ def test_real_answers_validate_against_the_schema(
     call("get", f"{links}/edge", ws + "/sync_config/{name}", 200)
 
     call("get", "/api/v1/auth/me", "/api/v1/auth/me", 200)
-    call("get", "/api/v1/tokens", "/api/v1/tokens", 200)
+    token = call("post", "/api/v1/tokens", "/api/v1/tokens", 201, json={"name": "ci"})
+    listed = call("get", "/api/v1/tokens", "/api/v1/tokens", 200)
+    assert token["token"] not in str(listed) and all("token" not in t for t in listed["items"])
     call("get", "/api/v1/users", "/api/v1/users", 200)
     call("get", "/api/v1/workers", "/api/v1/workers", 200)
     call("get", "/api/v1/health", "/api/v1/health", 200)
@@ -211,7 +231,7 @@ def test_real_answers_validate_against_the_schema(
     assert missing["error"]["code"] == "not_found"
     invalid = call("get", f"{base}?limit=0", ws + "/executions", 422)
     assert invalid["error"]["details"]["errors"][0]["field"] == "limit"
-    assert len(checked) == 22
+    assert len(checked) == 30
 
 
 def test_a_model_that_does_not_fit_fails_the_check(spec: dict[str, Any]) -> None:
