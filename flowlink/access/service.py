@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from flowlink.errors import Conflict, Invalid, NotFound, TooManyRequests, Unauthorized
 from flowlink.events.service import record
 from flowlink.store.models import ApiToken, Membership, User, UserSession, Workspace, utcnow
+from flowlink.timestamps import format_optional, format_timestamp
 
 TOKEN_PREFIX = "fl_"
 SESSION_HOURS = 12
@@ -193,7 +194,7 @@ def user_view(user: User, memberships: list[tuple[str, str]] | None = None) -> d
         "username": user.username,
         "is_admin": user.is_admin,
         "disabled": user.disabled,
-        "created_at": user.created_at.isoformat(),
+        "created_at": format_timestamp(user.created_at),
     }
     if memberships is not None:
         view["memberships"] = [{"workspace": slug, "role": role} for slug, role in memberships]
@@ -388,9 +389,9 @@ def token_view(token: ApiToken, workspace_slug: str | None, owner: str) -> dict[
         "user": owner,
         "workspace": workspace_slug,
         "role": token.role,
-        "created_at": token.created_at.isoformat(),
-        "expires_at": token.expires_at.isoformat() if token.expires_at else None,
-        "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+        "created_at": format_timestamp(token.created_at),
+        "expires_at": format_optional(token.expires_at),
+        "revoked_at": format_optional(token.revoked_at),
         "state": state,
     }
 

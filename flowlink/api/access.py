@@ -9,13 +9,25 @@ from pydantic import AwareDatetime, Field
 
 from flowlink.access import policy
 from flowlink.access import service as access
+from flowlink.access.views import (
+    LoginView,
+    MemberList,
+    MemberView,
+    MeView,
+    PasswordChanged,
+    TokenList,
+    TokenView,
+    UserList,
+    UserView,
+)
 from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import CSRF_COOKIE, SESSION_COOKIE, Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.errors import Invalid, NotFound
-from flowlink.store.models import Workspace
+from flowlink.timestamps import format_timestamp
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1", tags=["access"])
+router = APIRouter(prefix="/api/v1", tags=["access"], route_class=ApiRoute)
 
 
 class LoginBody(RequestBody):
@@ -82,7 +94,7 @@ def set_login_cookies(response: Response, request: Request, result: access.Login
 # --- login sessions ---------------------------------------------------------------------------
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", response_model=LoginView)
 def login(
     body: LoginBody, request: Request, response: Response, context: Context
 ) -> dict[str, Any]:
@@ -96,11 +108,11 @@ def login(
     return {
         "user": user,
         "csrf_token": result.csrf_token,
-        "expires_at": result.expires_at.isoformat(),
+        "expires_at": format_timestamp(result.expires_at),
     }
 
 
-@router.post("/auth/logout", status_code=204)
+@router.post("/auth/logout", status_code=204, response_class=Response)
 def logout(request: Request, context: Context, caller: Caller) -> Response:
     """End the current login session and clear its cookies."""
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -113,14 +125,14 @@ def logout(request: Request, context: Context, caller: Caller) -> Response:
     return response
 
 
-@router.get("/auth/me")
+@router.get("/auth/me", response_model=MeView)
 def me(context: Context, caller: Caller) -> dict[str, Any]:
     """Who the caller is: user, admin flag, token scope and workspace roles."""
     with context.store.read() as session:
         memberships = access.user_memberships(session, caller.user_id) if caller.user_id else []
         scope = None
         if caller.workspace_id:
-            workspace = session.get(Workspace, caller.workspace_id)
+            workspace = workspaces.workspace_by_id(session, caller.workspace_id)
             scope = workspace.slug if workspace else None
     return {
         "user": caller.username,
@@ -136,7 +148,7 @@ def me(context: Context, caller: Caller) -> dict[str, Any]:
 # --- users ------------------------------------------------------------------------------------
 
 
-@router.get("/users")
+@router.get("/users", response_model=UserList)
 def list_users(context: Context, caller: Caller) -> dict[str, Any]:
     """All users of the organization (organization admin only)."""
     policy.authorize_admin(caller, "list users")
@@ -144,7 +156,7 @@ def list_users(context: Context, caller: Caller) -> dict[str, Any]:
         return {"items": [access.user_view(u) for u in access.list_users(session)]}
 
 
-@router.post("/users", status_code=201)
+@router.post("/users", status_code=201, response_model=UserView)
 def create_user(body: UserCreate, context: Context, caller: Caller) -> dict[str, Any]:
     """Create a user; a generated password is returned once."""
     policy.authorize_admin(caller, "create users")
@@ -162,7 +174,7 @@ def _self_or_admin(caller: Caller, username: str, what: str) -> None:
         policy.authorize_admin(caller, what)
 
 
-@router.get("/users/{username}")
+@router.get("/users/{username}", response_model=UserView)
 def get_user(username: str, context: Context, caller: Caller) -> dict[str, Any]:
     """One user with their workspace roles (admins, or the user themself)."""
     _self_or_admin(caller, username, "read other users")
@@ -171,7 +183,7 @@ def get_user(username: str, context: Context, caller: Caller) -> dict[str, Any]:
         return access.user_view(user, access.user_memberships(session, user.id))
 
 
-@router.patch("/users/{username}")
+@router.patch("/users/{username}", response_model=UserView)
 def patch_user(username: str, body: UserPatch, context: Context, caller: Caller) -> dict[str, Any]:
     """Disable or enable a user (organization admin only)."""
     policy.authorize_admin(caller, "change users")
@@ -182,7 +194,7 @@ def patch_user(username: str, body: UserPatch, context: Context, caller: Caller)
         return access.user_view(user, access.user_memberships(session, user.id))
 
 
-@router.post("/users/{username}/password")
+@router.post("/users/{username}/password", response_model=PasswordChanged)
 def reset_password(
     username: str, body: PasswordBody, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -207,7 +219,7 @@ def reset_password(
 # --- workspace members ------------------------------------------------------------------------
 
 
-@router.get("/workspaces/{ws}/members")
+@router.get("/workspaces/{ws}/members", response_model=MemberList)
 def list_members(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """The users with a role in the workspace."""
     with context.store.read() as session:
@@ -216,7 +228,7 @@ def list_members(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
         return {"items": access.list_members(session, workspace)}
 
 
-@router.put("/workspaces/{ws}/members/{username}")
+@router.put("/workspaces/{ws}/members/{username}", response_model=MemberView)
 def put_member(
     ws: str, username: str, body: MemberBody, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -237,7 +249,7 @@ def put_member(
         return {"user": username, "workspace": ws, "role": body.role}
 
 
-@router.delete("/workspaces/{ws}/members/{username}", status_code=204)
+@router.delete("/workspaces/{ws}/members/{username}", status_code=204, response_class=Response)
 def delete_member(ws: str, username: str, context: Context, caller: Caller) -> Response:
     """Remove a user's role in the workspace."""
     with context.store.write() as session:
@@ -250,7 +262,7 @@ def delete_member(ws: str, username: str, context: Context, caller: Caller) -> R
 # --- API tokens -------------------------------------------------------------------------------
 
 
-@router.post("/tokens", status_code=201)
+@router.post("/tokens", status_code=201, response_model=TokenView)
 def create_token(body: TokenCreate, context: Context, caller: Caller) -> dict[str, Any]:
     """Create an API token for yourself, scoped to a workspace and a role; shown once."""
     with context.store.write() as session:
@@ -286,7 +298,7 @@ def create_token(body: TokenCreate, context: Context, caller: Caller) -> dict[st
     return {**view, "token": secret}
 
 
-@router.get("/tokens")
+@router.get("/tokens", response_model=TokenList)
 def list_tokens(context: Context, caller: Caller, all: bool = False) -> dict[str, Any]:
     """Your API tokens (``all=true``: everyone's, organization admin only); never the secret."""
     if all:
@@ -296,13 +308,13 @@ def list_tokens(context: Context, caller: Caller, all: bool = False) -> dict[str
         return {"items": [access.token_view(t, slug, owner) for t, slug, owner in rows]}
 
 
-@router.delete("/tokens/{token_id}", status_code=204)
+@router.delete("/tokens/{token_id}", status_code=204, response_class=Response)
 def revoke_token(token_id: str, context: Context, caller: Caller) -> Response:
     """Revoke a token: your own, any of a workspace you manage, or any (organization admin)."""
     with context.store.write() as session:
         token = access.get_token(session, token_id)
         if token.user_id != caller.user_id and not policy.is_org_admin(caller):
-            workspace = session.get(Workspace, token.workspace_id) if token.workspace_id else None
+            workspace = workspaces.workspace_by_id(session, token.workspace_id)
             if workspace is None or not policy.allows(caller, "manage", "tokens", workspace):
                 raise NotFound(f"API token {token_id!r} not found", details={"token": token_id})
         access.revoke_token(session, token, caller)

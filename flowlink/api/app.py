@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from flowlink import __version__
@@ -18,12 +20,25 @@ from flowlink.api import (
     workspaces,
 )
 from flowlink.api.deps import ServerContext
-from flowlink.api.errors import install_error_handlers
+from flowlink.api.errors import ERROR_RESPONSES, error_schemas, install_error_handlers
 from flowlink.api.guard import BodyGuard
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.observability.http import HttpMetrics
 from flowlink.observability.tracing import TracingMiddleware
 from flowlink.web.app import install as install_console
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Add the error body's schemas, which every operation references, to the document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(error_schemas())
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -38,19 +53,20 @@ def create_app(context: ServerContext) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     app.add_middleware(BodyGuard, settings=context.settings, store=context.store)
-    app.include_router(system.router)
-    app.include_router(workspaces.router)
-    app.include_router(executions.router)
-    app.include_router(events.router)
-    app.include_router(access.router)
-    app.include_router(linking.router)
-    app.include_router(operations.router)
+    app.include_router(system.router, responses=ERROR_RESPONSES)
+    app.include_router(workspaces.router, responses=ERROR_RESPONSES)
+    app.include_router(executions.router, responses=ERROR_RESPONSES)
+    app.include_router(events.router, responses=ERROR_RESPONSES)
+    app.include_router(access.router, responses=ERROR_RESPONSES)
+    app.include_router(linking.router, responses=ERROR_RESPONSES)
+    app.include_router(operations.router, responses=ERROR_RESPONSES)
     app.add_middleware(HttpMetrics)
     app.add_middleware(TracingMiddleware)
-    app.include_router(files.router)
-    app.include_router(pages.router)
-    app.include_router(apps.router)
+    app.include_router(files.router, responses=ERROR_RESPONSES)
+    app.include_router(pages.router, responses=ERROR_RESPONSES)
+    app.include_router(apps.router, responses=ERROR_RESPONSES)
     install_console(app)
+    _document_errors(app)
     # outermost of these: a custom domain serves pages only, never the API or the console
     app.add_middleware(pages.CustomDomains, lookup=pages.domain_lookup(context))
     return app

@@ -11,10 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowlink.access import policy
 from flowlink.api.deps import Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.apps import service as apps
+from flowlink.apps.views import AppList, InstanceList, InstanceView, VersionList, VersionView
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1", tags=["apps"])
+router = APIRouter(prefix="/api/v1", tags=["apps"], route_class=ApiRoute)
 
 
 def _no_nan(value: Any, where: str = "config") -> Any:
@@ -48,7 +50,7 @@ class InstanceBody(BaseModel):
         return dict(_no_nan(value))
 
 
-@router.post("/workspaces/{ws}/publish", status_code=201)
+@router.post("/workspaces/{ws}/publish", status_code=201, response_model=VersionView)
 def publish(ws: str, body: PublishBody, context: Context, caller: Caller) -> dict[str, Any]:
     """Publish the workspace as a new version of the app of the same slug (409 if it exists)."""
     with context.store.write() as session:
@@ -58,7 +60,7 @@ def publish(ws: str, body: PublishBody, context: Context, caller: Caller) -> dic
         return apps.version_view(ws, row)
 
 
-@router.get("/apps")
+@router.get("/apps", response_model=AppList)
 def list_apps(context: Context, caller: Caller) -> dict[str, Any]:
     """Every published app with its versions (who published them and when)."""
     with context.store.read() as session:
@@ -70,14 +72,14 @@ def list_apps(context: Context, caller: Caller) -> dict[str, Any]:
         }
 
 
-@router.get("/apps/{app}/versions")
+@router.get("/apps/{app}/versions", response_model=VersionList)
 def list_versions(app: str, context: Context, caller: Caller) -> dict[str, Any]:
     """The versions of one app, oldest first."""
     with context.store.read() as session:
         return {"items": [apps.version_view(app, v) for v in apps.list_versions(session, app)]}
 
 
-@router.get("/workspaces/{ws}/apps")
+@router.get("/workspaces/{ws}/apps", response_model=InstanceList)
 def list_instances(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """The app instances installed in the workspace."""
     with context.store.read() as session:
@@ -86,7 +88,7 @@ def list_instances(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
         return {"items": [apps.instance_view(i) for i in apps.list_instances(session, workspace)]}
 
 
-@router.put("/workspaces/{ws}/apps/{instance}")
+@router.put("/workspaces/{ws}/apps/{instance}", response_model=InstanceView)
 def put_instance(
     ws: str, instance: str, body: InstanceBody, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def put_instance(
         return {**apps.instance_view(row), "change": change}
 
 
-@router.delete("/workspaces/{ws}/apps/{instance}", status_code=204)
+@router.delete("/workspaces/{ws}/apps/{instance}", status_code=204, response_class=Response)
 def delete_instance(ws: str, instance: str, context: Context, caller: Caller) -> Response:
     """Uninstall an instance."""
     with context.store.write() as session:

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,8 +17,54 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flowlink.access.audit import record_denials
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.errors import FlowlinkError, NotFound, TooManyRequests, Unauthorized
+from flowlink.views import View
 
 log = logging.getLogger(__name__)
+
+
+class ErrorDetail(View):
+    """What went wrong: a stable code, a message naming the field, and details."""
+
+    code: str = Field(description="e.g. invalid, not_found, forbidden, internal")
+    message: str
+    details: dict[str, Any] = Field(description="e.g. field, errors, error_id (free-form)")
+
+
+class ErrorBody(View):
+    """Every error answer of the API."""
+
+    error: ErrorDetail
+
+
+ERROR_REF = "#/components/schemas/ErrorBody"
+
+
+def _error(description: str) -> dict[str, Any]:
+    # A reference, not a model: a model per route and status would cost a schema build each.
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": ERROR_REF}}},
+    }
+
+
+def error_schemas() -> dict[str, Any]:
+    """The OpenAPI component schemas of the error body (``ErrorBody``, ``ErrorDetail``)."""
+    schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+    return {**definitions, "ErrorBody": schema}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _error("Not authenticated"),
+    403: _error("Not allowed (or missing CSRF token)"),
+    404: _error("Not found"),
+    409: _error("Conflicts with the current state"),
+    413: _error("Too large"),
+    422: _error("Invalid input: details.errors names each field"),
+    429: _error("Too many requests (see Retry-After)"),
+    500: _error("Unexpected error: details.error_id matches the server log"),
+}
+"""The documented error statuses of every API operation, all in the ``ErrorBody`` shape."""
 
 
 def error_response(
@@ -30,8 +77,11 @@ def error_response(
     """A JSON error response in the API's shape; every error the API sends is built here."""
     merged = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     merged.update(headers or {})
+    # Built, not validated: an error answer must not itself fail on an odd detail.
+    detail = ErrorDetail.model_construct(code=code, message=message, details=details or {})
+    body = ErrorBody.model_construct(error=detail)
     return SafeJSONResponse(
-        {"error": {"code": code, "message": message, "details": details or {}}},
+        body.model_dump(warnings=False),
         status_code=status,
         headers=merged or None,
     )

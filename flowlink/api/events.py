@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -17,25 +14,28 @@ from starlette.concurrency import run_in_threadpool
 from flowlink import jsonsafe
 from flowlink.access.policy import authorize, event_reader
 from flowlink.api.bodies import MAX_ID, RequestBody
-from flowlink.api.deps import Caller, Context, ServerContext
+from flowlink.api.deps import Caller, Context
 from flowlink.api.deps import request_http as _http
-from flowlink.api.errors import error_response
-from flowlink.api.executions import wait_for_end
+from flowlink.api.errors import ErrorBody, error_response
+from flowlink.api.responses import ApiRoute
 from flowlink.api.responses import SafeJSONResponse as JSONResponse
 from flowlink.errors import Invalid, Unauthorized
+from flowlink.events import live, triggers
 from flowlink.events import service as events
-from flowlink.events import triggers
-from flowlink.store import notify
-from flowlink.store.engine import Store
-from flowlink.store.models import Execution
+from flowlink.events.views import (
+    CLOUDEVENT_SCHEMA,
+    EmittedBatch,
+    EventPage,
+    EventView,
+    WebhookKeyView,
+)
+from flowlink.executions import starts
+from flowlink.executions.views import ExecutionAccepted
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1/workspaces/{ws}", tags=["events"])
+router = APIRouter(prefix="/api/v1/workspaces/{ws}", tags=["events"], route_class=ApiRoute)
 MAX_BATCH = 10_000
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
-STREAM_BATCH = 200
-KEEPALIVE_SECONDS = 15.0
-LATE_COMMIT_WINDOW = 2.0  # PostgreSQL: seconds during which a lower seq may still commit
 WEBHOOK_WAIT_SECONDS = 30.0
 MAX_WEBHOOK_BODY = 1_000_000
 
@@ -79,10 +79,10 @@ def _criteria(
     )
 
 
-@router.post("/events", status_code=201, response_model=None)
+@router.post("/events", status_code=201, response_model=EventView | EmittedBatch)
 def emit_events(
     ws: str, body: EmitBody, request: Request, context: Context, caller: Caller
-) -> JSONResponse:
+) -> dict[str, Any]:
     """Emit one custom event (``type``, ``payload``) or a batch (``events``); starts listeners."""
     if body.events is None and body.type is None:
         raise Invalid("send either type (one event) or events (a batch)", details={"field": "type"})
@@ -108,18 +108,25 @@ def emit_events(
             source={"http": _http(request), "sessionId": getattr(caller, "session_id", None)},
         )
     if body.events is None:
-        return JSONResponse(stored[0], status_code=201)
-    return JSONResponse(
-        {
-            "count": len(stored),
-            "correlationId": stored[0]["source"].get("correlationId") if stored else None,
-            "items": [{"id": e["id"], "seq": e["seq"]} for e in stored],
-        },
-        status_code=201,
-    )
+        return stored[0]
+    return {
+        "count": len(stored),
+        "correlation_id": stored[0]["source"].get("correlationId") if stored else None,
+        "items": [{"id": e["id"], "seq": e["seq"]} for e in stored],
+    }
 
 
-@router.get("/events", response_model=None)
+@router.get(
+    "/events",
+    response_model=EventPage,
+    responses={
+        200: {
+            "description": "A page of events; with Accept: application/cloudevents-batch+json"
+            " a CloudEvents 1.0 batch (next cursor in X-Next-Cursor)",
+            "content": {CLOUDEVENTS_BATCH: {"schema": CLOUDEVENT_SCHEMA}},
+        }
+    },
+)
 def search_events(
     ws: str,
     request: Request,
@@ -157,111 +164,16 @@ def search_events(
     return {"items": views, "next_cursor": next_cursor}
 
 
-# Streams in the same place (workspace, filter, position) share one read of the store: an
-# event wakes a thousand streams, and they make one query, not a thousand. A read counts
-# for a stream only if no event was announced since it began (the EVENTS counter), so a
-# shared result is never older than the stream's wake-up.
-_reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[Any]]] = {}
-
-
-async def _shared_read(
-    key: tuple[Any, ...], store: Store, read: Callable[[], list[tuple[int, dict[str, Any]]]]
-) -> list[tuple[int, dict[str, Any]]]:
-    seen = store.notifier.counter(notify.EVENTS)
-    current = _reads.get(key)
-    if current is None or current[0] != seen:
-        future: asyncio.Future[Any] = asyncio.ensure_future(run_in_threadpool(read))
-        current = (seen, future)
-        _reads[key] = current
-
-        def forget(_done: asyncio.Future[Any], entry: Any = current) -> None:
-            if _reads.get(key) is entry:
-                del _reads[key]
-
-        future.add_done_callback(forget)
-    result: list[tuple[int, dict[str, Any]]] = await asyncio.shield(current[1])
-    return result
-
-
-def _sse(view: dict[str, Any], position: int) -> str:
-    data = jsonsafe.dumps(view, separators=(",", ":"), default=str)
-    return f"id: {position}\nevent: {view['type']}\ndata: {data}\n\n"
-
-
-async def _stream(
-    request: Request,
-    context: ServerContext,
-    workspace_id: str,
-    criteria: events.EventFilter,
-    start: int,
-    readable: Callable[[str], bool] = lambda _type: True,
-) -> AsyncIterator[str]:
-    """Rows are always read from the store by seq; a notification only says "look again".
-
-    The client's buffer is this generator: it reads the next rows only once the previous ones
-    were sent, so a slow client lags behind (and can resume) without holding memory or
-    slowing anyone else. On PostgreSQL a transaction can commit a lower seq after a higher
-    one was read; rows inside a short window behind the cursor are re-checked and delivered
-    once, with the stream position as their ``id``.
-    """
-    store = context.store
-    late_commits = store.dialect == "postgresql"
-    cursor = start  # highest seq delivered
-    floor = start  # PostgreSQL: lowest seq that might still appear
-    recent: dict[int, float] = {}  # seq -> when delivered, for seqs above floor
-
-    def read(after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
-        with store.read() as session:
-            rows = events.read_after(session, workspace_id, criteria, after, limit=limit)
-            return [(e.seq, events.event_view(e)) for e in rows]
-
-    last_sent = time.monotonic()
-    with store.notifier.waiter({notify.EVENTS: {workspace_id}}) as waiter:
-        yield "retry: 1000\n\n"
-        look = True
-        while True:
-            if not look:  # nothing announced: sleep until a keep-alive is due
-                if await request.is_disconnected() or context.stopping.is_set():
-                    return
-                # A client that went away is noticed when the keep-alive cannot be sent.
-                idle = KEEPALIVE_SECONDS - (time.monotonic() - last_sent)
-                look = bool(await waiter.wait(max(idle, 0.0)))
-                if not look and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                    last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
-                continue
-            after, limit = (floor if late_commits else cursor), STREAM_BATCH + len(recent)
-            rows = await _shared_read(
-                (store, workspace_id, criteria, after, limit),
-                store,
-                functools.partial(read, after, limit),
-            )
-            fresh = [(seq, view) for seq, view in rows if seq not in recent]
-            now = time.monotonic()
-            for seq, view in fresh:
-                cursor = max(cursor, seq)
-                if late_commits:
-                    recent[seq] = now
-                if readable(view["type"]):
-                    yield _sse(view, cursor)
-                last_sent = now
-            if late_commits:
-                settled = [s for s, at in recent.items() if now - at > LATE_COMMIT_WINDOW]
-                if settled:
-                    floor = max(floor, *settled)
-                    recent = {s: at for s, at in recent.items() if s > floor}
-                elif not recent:
-                    floor = cursor
-            if len(fresh) >= STREAM_BATCH:
-                continue
-            look = bool(recent)
-            if recent:  # rows delivered lately may still be joined by late commits
-                if await request.is_disconnected() or context.stopping.is_set():
-                    return
-                await waiter.wait(0.5)
-
-
-@router.get("/events/stream")
+@router.get(
+    "/events/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: id = seq, event = type, data = the event",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def stream_events(
     ws: str,
     request: Request,
@@ -297,8 +209,12 @@ async def stream_events(
             return workspace.id, first, event_reader(caller, workspace)
 
     workspace_id, first, readable = await run_in_threadpool(resolve)
+
+    async def gone() -> bool:
+        return await request.is_disconnected() or context.stopping.is_set()
+
     return StreamingResponse(
-        _stream(request, context, workspace_id, criteria, first, readable),
+        live.stream(context.store, workspace_id, criteria, first, gone=gone, readable=readable),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -379,22 +295,17 @@ async def webhook(
 
     execution_id = await run_in_threadpool(start)
     if async_:
-        return JSONResponse({"id": execution_id, "status": "queued"}, status_code=202)
-    await wait_for_end(context.store, execution_id, WEBHOOK_WAIT_SECONDS)
-
-    def result() -> tuple[str, Any, str | None]:
-        with context.store.read() as session:
-            execution = session.get(Execution, execution_id)
-            assert execution is not None
-            return execution.status, execution.outputs, execution.message
-
-    status, outputs, message = await run_in_threadpool(result)
+        accepted = ExecutionAccepted(id=execution_id, status="queued")
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+    await starts.wait_for_end(context.store, execution_id, WEBHOOK_WAIT_SECONDS)
+    status, outputs, message = await run_in_threadpool(starts.outcome, context.store, execution_id)
     headers = {"X-Execution-Id": execution_id}
     if status == "success":
         return JSONResponse(outputs, headers=headers)
     if status in ("error", "cancelled"):
         return error_response(502, "execution_failed", message or status, headers=headers)
-    return JSONResponse({"id": execution_id, "status": status}, status_code=202, headers=headers)
+    accepted = ExecutionAccepted(id=execution_id, status=status)
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
 
 for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
@@ -405,10 +316,18 @@ for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         name=f"webhook_{_method.lower()}",
         operation_id=f"webhook_{_method.lower()}",
         response_model=None,
+        responses={
+            200: {
+                "description": "The flow's outputs, as the flow returned them (free-form)",
+                "content": {"application/json": {"schema": {"description": "any JSON value"}}},
+            },
+            202: {"model": ExecutionAccepted, "description": "Started and not ended yet"},
+            502: {"model": ErrorBody, "description": "The flow failed or was cancelled"},
+        },
     )
 
 
-@router.post("/automations/{automation}/webhook_key")
+@router.post("/automations/{automation}/webhook_key", response_model=WebhookKeyView)
 def rotate_webhook_key(
     ws: str, automation: str, context: Context, caller: Caller
 ) -> dict[str, Any]:

@@ -7,21 +7,25 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
-from sqlalchemy.orm import Session
 
 from flowlink.access.policy import allows, authorize
 from flowlink.access.service import Principal
 from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext, request_http
+from flowlink.api.responses import ApiRoute
 from flowlink.errors import FlowlinkError, Invalid
 from flowlink.executions import service as executions
+from flowlink.executions import starts
+from flowlink.executions.views import ExecutionBatchView, ExecutionList, ExecutionView, LogPage
 from flowlink.linking import exchange
 from flowlink.store import notify
-from flowlink.store.engine import Store
+from flowlink.store.engine import Session, Store
 from flowlink.store.models import Execution, Workspace
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1/workspaces/{ws}/executions", tags=["executions"])
+router = APIRouter(
+    prefix="/api/v1/workspaces/{ws}/executions", tags=["executions"], route_class=ApiRoute
+)
 MAX_WAIT_SECONDS = 300.0
 MAX_BATCH = 1000
 
@@ -75,20 +79,6 @@ def _detail(
         return view
 
 
-async def wait_for_end(store: Store, execution_id: str, timeout: float) -> None:
-    """Wait (on the event loop, holding no thread) until the execution ended or ``timeout``.
-
-    It looks at the store again only when an execution ended somewhere (``notify.ENDED``).
-    """
-
-    def ended() -> bool:
-        with store.read() as session:
-            execution = session.get(Execution, execution_id)
-            return execution is None or execution.status in executions.ENDED
-
-    await notify.wait_until(store.notifier, {notify.ENDED: None}, ended, timeout)
-
-
 def _start(
     session: Session,
     workspace: Workspace,
@@ -97,47 +87,28 @@ def _start(
     caller: Principal,
     http: dict[str, Any],
 ) -> Execution:
-    """Check the caller may run this and queue it (an ad-hoc script also needs flow rights)."""
-    flow_name = body.flow if body.script is None else (body.name or body.flow)
-    attributes = {"flow": flow_name or "script"}
+    """Check the caller may run this and start it (an ad-hoc script also needs flow rights)."""
+    request = starts.StartRequest(
+        flow=body.flow,
+        inputs=body.inputs,
+        script=body.script,
+        name=body.name,
+        max_runtime=body.max_runtime,
+        remote=body.remote,
+        use_remote_flow=body.use_remote_flow,
+    )
+    attributes = {"flow": request.flow_name or "script"}
     authorize(caller, "execute", "executions", workspace, attributes)
     if body.script is not None:
         authorize(caller, "create", "flows", workspace, attributes)
-    if body.remote is not None:
-        if body.script is not None or not body.flow:
-            raise Invalid(
-                "remote: give the flow to run in the linked workspace (not a script)",
-                details={"field": "remote"},
-            )
-        return exchange.start_remote_execution(
-            session,
-            workspace,
-            body.remote,
-            exchange.RemoteStart(
-                flow=body.flow,
-                inputs=body.inputs,
-                use_remote_flow=body.use_remote_flow,
-                max_runtime=body.max_runtime,
-            ),
-            user_id=caller.user_id,
-            trigger=_api_trigger(caller),
-            principal=caller.describe(),
-            default_max_runtime=context.settings.default_max_runtime,
-            http=http,
-        )
-    if body.use_remote_flow:
-        raise Invalid("use_remote_flow: only with remote", details={"field": "use_remote_flow"})
-    return executions.create_execution(
+    return starts.start_execution(
         session,
         workspace,
-        flow_name=flow_name,
-        script=body.script,
-        inputs=body.inputs,
+        request,
+        default_max_runtime=context.settings.default_max_runtime,
         user_id=caller.user_id,
         trigger=_api_trigger(caller),
         principal=caller.describe(),
-        max_runtime=body.max_runtime,
-        default_max_runtime=context.settings.default_max_runtime,
         http=http,
     )
 
@@ -150,7 +121,7 @@ def _api_trigger(caller: Principal) -> dict[str, Any]:
     return trigger
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=ExecutionView)
 async def start_execution(
     ws: str, body: ExecutionCreate, request: Request, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -174,11 +145,11 @@ async def start_execution(
     started = await to_thread.run_sync(start)
     if isinstance(started, dict):
         return started
-    await wait_for_end(context.store, started, body.wait or 0.0)
+    await starts.wait_for_end(context.store, started, body.wait or 0.0)
     return await to_thread.run_sync(_detail, context.store, ws, started)
 
 
-@router.post("/batch", status_code=201)
+@router.post("/batch", status_code=201, response_model=ExecutionBatchView)
 def start_executions(
     ws: str, body: ExecutionBatch, request: Request, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -200,7 +171,7 @@ def start_executions(
         return {"items": items}
 
 
-@router.get("")
+@router.get("", response_model=ExecutionList)
 def list_executions(
     ws: str,
     context: Context,
@@ -234,13 +205,13 @@ def list_executions(
         }
 
 
-@router.get("/{execution_id}")
+@router.get("/{execution_id}", response_model=ExecutionView)
 def get_execution(ws: str, execution_id: str, context: Context, caller: Caller) -> dict[str, Any]:
     """One execution with its script snapshot and children."""
     return _detail(context.store, ws, execution_id, caller)
 
 
-@router.get("/{execution_id}/logs")
+@router.get("/{execution_id}/logs", response_model=LogPage)
 async def get_logs(
     ws: str,
     execution_id: str,
@@ -281,7 +252,7 @@ async def get_logs(
     return {"items": page["items"], "status": page["status"]}
 
 
-@router.post("/{execution_id}/cancel")
+@router.post("/{execution_id}/cancel", response_model=ExecutionView)
 def cancel_execution(
     ws: str, execution_id: str, context: Context, caller: Caller
 ) -> dict[str, Any]:

@@ -9,13 +9,16 @@ from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
 from flowlink.api.deps import Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.workspaces import files
 from flowlink.workspaces import service as workspaces
+from flowlink.workspaces.views import FileList, FileView
 
-router = APIRouter(prefix="/api/v1/workspaces/{ws}/files", tags=["files"])
+BINARY = {"type": "string", "format": "binary"}
+router = APIRouter(prefix="/api/v1/workspaces/{ws}/files", tags=["files"], route_class=ApiRoute)
 
 
-@router.get("")
+@router.get("", response_model=FileList)
 def list_files(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """Every file of the workspace (path, size, sha256, content type, times; no content)."""
     with context.store.read() as session:
@@ -30,7 +33,18 @@ def list_files(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
         }
 
 
-@router.get("/{path:path}", response_class=Response)
+@router.get(
+    "/{path:path}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+            "description": "The file's content, served with its own media type",
+        }
+    },
+)
 def get_file(ws: str, path: str, context: Context, caller: Caller) -> Response:
     """The file's content, with its media type and ``ETag`` (its SHA-256)."""
     with context.store.read() as session:
@@ -44,7 +58,18 @@ def get_file(ws: str, path: str, context: Context, caller: Caller) -> Response:
         )
 
 
-@router.put("/{path:path}")
+@router.put(
+    "/{path:path}",
+    response_model=FileView,
+    responses={201: {"model": FileView, "description": "Created"}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            }
+        }
+    },
+)
 async def put_file(
     ws: str, path: str, request: Request, response: Response, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -79,7 +104,7 @@ async def _store(
     return await run_in_threadpool(write)
 
 
-@router.delete("/{path:path}", status_code=204)
+@router.delete("/{path:path}", status_code=204, response_class=Response)
 def delete_file(ws: str, path: str, context: Context, caller: Caller) -> Response:
     """Delete a file."""
     with context.store.write() as session:

@@ -11,13 +11,18 @@ from pydantic import Field
 from flowlink.access.policy import authorize
 from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
+from flowlink.api.errors import ErrorBody
+from flowlink.api.responses import ApiRoute
 from flowlink.linking import exchange
 from flowlink.linking import service as linking
 from flowlink.linking.endpoint import answer_exchange
+from flowlink.linking.views import SYNC_ENVELOPE_SCHEMA, SyncConfigList, SyncConfigView
 from flowlink.settings import resolve_secret_key
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(prefix="/api/v1/workspaces/{ws}/sync_config", tags=["linking"])
+router = APIRouter(
+    prefix="/api/v1/workspaces/{ws}/sync_config", tags=["linking"], route_class=ApiRoute
+)
 
 
 class SyncConfigFields(RequestBody):
@@ -72,7 +77,7 @@ def _fields(body: SyncConfigFields) -> dict[str, Any]:
     return data
 
 
-@router.get("")
+@router.get("", response_model=SyncConfigList)
 def list_sync_configs(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """The workspace's sync configs, with key fingerprints."""
     with context.store.read() as session:
@@ -86,7 +91,7 @@ def list_sync_configs(ws: str, context: Context, caller: Caller) -> dict[str, An
         }
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=SyncConfigView)
 def create_sync_config(
     ws: str, body: SyncConfigCreate, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -101,7 +106,17 @@ def create_sync_config(
 
 @router.post(
     "/{name}/sync",
-    responses={401: {"description": "Rejected: unsigned, bad signature, replay, disabled..."}},
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The signed answer envelope of the link protocol (docs/linking.md)",
+            "content": {"application/json": {"schema": SYNC_ENVELOPE_SCHEMA}},
+        },
+        401: {
+            "model": ErrorBody,
+            "description": "Rejected: unsigned, bad signature, replay, disabled...",
+        },
+    },
 )
 async def sync(ws: str, name: str, request: Request, context: Context) -> Response:
     """The sync endpoint of a link: a signed exchange of messages (no login; the signature is
@@ -122,7 +137,7 @@ async def sync(ws: str, name: str, request: Request, context: Context) -> Respon
     return Response(content=answer.content, headers=dict(answer.headers.items()))
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=SyncConfigView)
 def get_sync_config(ws: str, name: str, context: Context, caller: Caller) -> dict[str, Any]:
     """One sync config, with key fingerprints."""
     with context.store.read() as session:
@@ -132,7 +147,7 @@ def get_sync_config(ws: str, name: str, context: Context, caller: Caller) -> dic
         return linking.sync_config_view(session, config, workspace.slug)
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", response_model=SyncConfigView)
 def update_sync_config(
     ws: str, name: str, body: SyncConfigFields, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -145,7 +160,7 @@ def update_sync_config(
         return linking.sync_config_view(session, config, workspace.slug)
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, response_class=Response)
 def delete_sync_config(ws: str, name: str, context: Context, caller: Caller) -> Response:
     """Delete one end of a link (organization admins only)."""
     with context.store.write() as session:

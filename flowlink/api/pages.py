@@ -25,14 +25,16 @@ from flowlink.access import service as access
 from flowlink.access.service import Principal
 from flowlink.api.access import set_login_cookies
 from flowlink.api.deps import SESSION_COOKIE, Caller, Context, ServerContext
+from flowlink.api.responses import ApiRoute
 from flowlink.errors import FlowlinkError, NotFound, Unauthorized
 from flowlink.pages import service as pages
 from flowlink.pages import store as page_store
 from flowlink.pages.domains import host_key
 from flowlink.pages.render import RenderError
+from flowlink.pages.views import PageList
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(tags=["pages"])
+router = APIRouter(tags=["pages"], route_class=ApiRoute)
 PAGE_CSRF_COOKIE = "flowlink_page_csrf"
 CSRF_FIELD = "csrf_token"
 MAX_FORM_BYTES = 64 * 1024
@@ -46,7 +48,7 @@ _SECURITY_HEADERS = {
 }
 
 
-@router.get("/api/v1/workspaces/{ws}/pages")
+@router.get("/api/v1/workspaces/{ws}/pages", response_model=PageList)
 def list_pages(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """The workspace's pages with their URL, title, access and data sources."""
     with context.store.read() as session:
@@ -272,13 +274,13 @@ def _login_page(request: Request, ws: str, error: str | None, status: int) -> Re
     return _finish(response, request, token, new_token)
 
 
-@router.get("/pages/{ws}/_login", include_in_schema=False)
+@router.get("/pages/{ws}/_login", include_in_schema=False, response_class=HTMLResponse)
 async def login_form(ws: str, request: Request) -> Response:
     """The login form for a workspace's restricted pages."""
     return _login_page(request, ws, None, 200)
 
 
-@router.post("/pages/{ws}/_login", include_in_schema=False)
+@router.post("/pages/{ws}/_login", include_in_schema=False, response_class=HTMLResponse)
 async def login_submit(ws: str, request: Request) -> Response:
     """Log in from the page login form: sets the session cookies and goes back to the page."""
     context: ServerContext = request.app.state.context
@@ -308,19 +310,19 @@ async def login_submit(ws: str, request: Request) -> Response:
     return response
 
 
-@router.get("/pages/{ws}", include_in_schema=False)
+@router.get("/pages/{ws}", include_in_schema=False, response_class=HTMLResponse)
 async def workspace_root(ws: str) -> Response:
     """``/pages/{ws}`` -> ``/pages/{ws}/``."""
     return RedirectResponse(f"/pages/{ws}/", status_code=308)
 
 
-@router.get("/pages/{ws}/", include_in_schema=False)
+@router.get("/pages/{ws}/", include_in_schema=False, response_class=HTMLResponse)
 async def index_page(ws: str, request: Request) -> Response:
     """The workspace's ``index`` page."""
     return await _serve(request, ws, page_store.INDEX)
 
 
-@router.post("/pages/{ws}/", include_in_schema=False)
+@router.post("/pages/{ws}/", include_in_schema=False, response_class=HTMLResponse)
 async def index_form(ws: str, request: Request) -> Response:
     """Submit the ``index`` page's form."""
     form = await _form(request)
@@ -329,13 +331,13 @@ async def index_form(ws: str, request: Request) -> Response:
     return await _serve(request, ws, page_store.INDEX, form)
 
 
-@router.get("/pages/{ws}/{page}", include_in_schema=False)
+@router.get("/pages/{ws}/{page}", include_in_schema=False, response_class=HTMLResponse)
 async def show_page(ws: str, page: str, request: Request) -> Response:
     """A page of the workspace."""
     return await _serve(request, ws, page)
 
 
-@router.post("/pages/{ws}/{page}", include_in_schema=False)
+@router.post("/pages/{ws}/{page}", include_in_schema=False, response_class=HTMLResponse)
 async def submit_form(ws: str, page: str, request: Request) -> Response:
     """Submit a page's form: runs its form flow (CSRF token required) and shows the result."""
     form = await _form(request)

@@ -9,15 +9,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from flowlink.api.deps import Context
+from flowlink.api.responses import ApiRoute
 from flowlink.executions import workers
 from flowlink.executions.service import queue_depth
 from flowlink.linking.outbox import depths as outbox_depths
 from flowlink.observability import metrics
+from flowlink.observability.views import HealthView
 
-router = APIRouter(prefix="/api/v1", tags=["system"])
+router = APIRouter(prefix="/api/v1", tags=["system"], route_class=ApiRoute)
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthView)
 def health(request: Request, context: Context) -> dict[str, Any]:
     """Liveness: 200 while the process serves (readiness, with the store: ``/ready``).
 
@@ -30,7 +32,16 @@ def health(request: Request, context: Context) -> dict[str, Any]:
     return {"status": "ok", "store": context.store.dialect, "sandbox": sandbox}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition",
+            "content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics_endpoint(context: Context) -> Response:
     """Prometheus text exposition (see docs/operations.md for the list)."""
 

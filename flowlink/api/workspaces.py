@@ -12,12 +12,23 @@ from flowlink.access.policy import allows, authorize, authorize_admin, visible
 from flowlink.access.service import Principal
 from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
+from flowlink.api.responses import ApiRoute
 from flowlink.events.triggers import ensure_webhook_keys
 from flowlink.settings import resolve_secret_key
 from flowlink.store.models import Workspace
 from flowlink.workspaces import service as workspaces
+from flowlink.workspaces.views import (
+    ApplyResultView,
+    ExportView,
+    FlowList,
+    FlowView,
+    SettingList,
+    SettingView,
+    WorkspaceList,
+    WorkspaceView,
+)
 
-router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
+router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"], route_class=ApiRoute)
 
 
 class WorkspaceCreate(RequestBody):
@@ -46,7 +57,7 @@ class SettingBody(RequestBody):
     )
 
 
-@router.get("")
+@router.get("", response_model=WorkspaceList)
 def list_workspaces(context: Context, caller: Caller) -> dict[str, Any]:
     """List the workspaces the caller can see (slug and name only without ``read workspace``,
     e.g. for a ``visitor``, who may see pages and nothing else)."""
@@ -61,7 +72,7 @@ def list_workspaces(context: Context, caller: Caller) -> dict[str, Any]:
     return {"items": items}
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=WorkspaceView)
 def create_workspace(body: WorkspaceCreate, context: Context, caller: Caller) -> dict[str, Any]:
     """Create an empty workspace."""
     authorize_admin(caller, "create workspaces")
@@ -70,7 +81,7 @@ def create_workspace(body: WorkspaceCreate, context: Context, caller: Caller) ->
         return workspaces.workspace_view(workspace)
 
 
-@router.get("/{ws}")
+@router.get("/{ws}", response_model=WorkspaceView)
 def get_workspace(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """One workspace with its rendered config."""
     with context.store.read() as session:
@@ -79,7 +90,7 @@ def get_workspace(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
         return workspaces.workspace_view(workspace)
 
 
-@router.delete("/{ws}", status_code=204)
+@router.delete("/{ws}", status_code=204, response_class=Response)
 def delete_workspace(ws: str, context: Context, caller: Caller) -> Response:
     """Delete a workspace with its flows, settings and executions."""
     with context.store.write() as session:
@@ -95,7 +106,7 @@ def _authorize_apply(caller: Principal, existing: Workspace | None) -> None:
         authorize(caller, "update", "workspace", existing)
 
 
-@router.post("/{ws}/apply")
+@router.post("/{ws}/apply", response_model=ApplyResultView)
 def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) -> dict[str, Any]:
     """Create or update the workspace from its folder's files, all or nothing."""
     with context.store.read() as session:
@@ -121,11 +132,11 @@ def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) 
         )
         view = result.view()
         # New webhook keys are shown once, here (rotate: POST .../automations/{a}/webhook_key).
-        view["webhookKeys"] = ensure_webhook_keys(session, result.workspace)
+        view["webhook_keys"] = ensure_webhook_keys(session, result.workspace)
         return view
 
 
-@router.get("/{ws}/export")
+@router.get("/{ws}/export", response_model=ExportView)
 def export_workspace(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """The workspace as folder files."""
     with context.store.read() as session:
@@ -133,7 +144,7 @@ def export_workspace(ws: str, context: Context, caller: Caller) -> dict[str, Any
         return {"files": workspaces.export_files(session, ws)}
 
 
-@router.get("/{ws}/flows")
+@router.get("/{ws}/flows", response_model=FlowList)
 def list_flows(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """All flows of the workspace."""
     with context.store.read() as session:
@@ -148,7 +159,7 @@ def list_flows(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
         }
 
 
-@router.get("/{ws}/flows/{name}")
+@router.get("/{ws}/flows/{name}", response_model=FlowView)
 def get_flow(ws: str, name: str, context: Context, caller: Caller) -> dict[str, Any]:
     """One flow with its script."""
     with context.store.read() as session:
@@ -157,7 +168,11 @@ def get_flow(ws: str, name: str, context: Context, caller: Caller) -> dict[str, 
         return workspaces.flow_view(workspaces.get_flow(session, workspace, name))
 
 
-@router.put("/{ws}/flows/{name}")
+@router.put(
+    "/{ws}/flows/{name}",
+    response_model=FlowView,
+    responses={201: {"model": FlowView, "description": "Created"}},
+)
 def put_flow(
     ws: str, name: str, body: FlowBody, response: Response, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -171,7 +186,7 @@ def put_flow(
         return workspaces.flow_view(flow)
 
 
-@router.delete("/{ws}/flows/{name}", status_code=204)
+@router.delete("/{ws}/flows/{name}", status_code=204, response_class=Response)
 def delete_flow(ws: str, name: str, context: Context, caller: Caller) -> Response:
     """Delete a flow."""
     with context.store.write() as session:
@@ -181,7 +196,7 @@ def delete_flow(ws: str, name: str, context: Context, caller: Caller) -> Respons
     return Response(status_code=204)
 
 
-@router.get("/{ws}/settings")
+@router.get("/{ws}/settings", response_model=SettingList)
 def list_settings(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
     """All settings of the workspace."""
     with context.store.read() as session:
@@ -196,7 +211,7 @@ def list_settings(ws: str, context: Context, caller: Caller) -> dict[str, Any]:
         }
 
 
-@router.get("/{ws}/settings/{name}")
+@router.get("/{ws}/settings/{name}", response_model=SettingView)
 def get_setting(ws: str, name: str, context: Context, caller: Caller) -> dict[str, Any]:
     """One setting with its value."""
     with context.store.read() as session:
@@ -205,7 +220,7 @@ def get_setting(ws: str, name: str, context: Context, caller: Caller) -> dict[st
         return workspaces.setting_view(workspaces.get_setting(session, workspace, name))
 
 
-@router.put("/{ws}/settings/{name}")
+@router.put("/{ws}/settings/{name}", response_model=SettingView)
 def put_setting(
     ws: str, name: str, body: SettingBody, context: Context, caller: Caller
 ) -> dict[str, Any]:
@@ -228,7 +243,7 @@ def put_setting(
         return workspaces.setting_view(workspaces.get_setting(session, workspace, name))
 
 
-@router.delete("/{ws}/settings/{name}", status_code=204)
+@router.delete("/{ws}/settings/{name}", status_code=204, response_class=Response)
 def delete_setting(ws: str, name: str, context: Context, caller: Caller) -> Response:
     """Delete a setting (a secret one needs 'manage settings')."""
     with context.store.write() as session:

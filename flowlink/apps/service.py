@@ -36,6 +36,7 @@ from flowlink.store.models import (
     Workspace,
     utcnow,
 )
+from flowlink.timestamps import format_timestamp
 from flowlink.workspaces.templating import render_over
 from flowlink.workspaces.yamlsource import SpecError
 
@@ -212,7 +213,7 @@ def version_view(app_slug: str, row: AppVersion) -> dict[str, Any]:
         "app": app_slug,
         "version": row.version,
         "published_by": row.published_by,
-        "published_at": row.published_at,
+        "published_at": format_timestamp(row.published_at),
         "flows": sorted(snapshot.get("flows", {})),
         "config_schema": (snapshot.get("config") or {}).get("schema") or {},
     }
@@ -397,8 +398,8 @@ def instance_view(instance: AppInstance) -> dict[str, Any]:
         "app": instance.app_slug,
         "version": instance.version,
         "config": instance.config_rendered,
-        "created_at": instance.created_at,
-        "updated_at": instance.updated_at,
+        "created_at": format_timestamp(instance.created_at),
+        "updated_at": format_timestamp(instance.updated_at),
     }
 
 

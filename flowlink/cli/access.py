@@ -212,7 +212,9 @@ def tokens_create(
     if expires_days is not None:
         if expires_days <= 0:
             raise fail("--expires-days must be positive")
-        body["expires_at"] = (datetime.now(UTC) + timedelta(days=expires_days)).isoformat()
+        from flowlink.timestamps import format_timestamp
+
+        body["expires_at"] = format_timestamp(datetime.now(UTC) + timedelta(days=expires_days))
     created = call(Client(server, token), "POST", "/api/v1/tokens", json=body)
     if as_json:
         print_json(created)

@@ -57,7 +57,7 @@ def _line(event: dict[str, Any]) -> str:
     payload = json.dumps(event.get("payload"), separators=(",", ":"), default=str)
     if len(payload) > 120:
         payload = payload[:117] + "..."
-    return f"{event['seq']:>8} {event['createdAt']} {event['type']:<32} {payload}"
+    return f"{event['seq']:>8} {event['created_at']} {event['type']:<32} {payload}"
 
 
 @events_app.command("search")
@@ -91,7 +91,7 @@ def events_search(
         payload = json.dumps(event.get("payload"), default=str)
         table.add_row(
             str(event["seq"]),
-            event["createdAt"],
+            event["created_at"],
             event["type"],
             str(event["source"].get("correlationId") or ""),
             payload if len(payload) <= 80 else payload[:77] + "...",

@@ -255,7 +255,7 @@ def apply(
     for kind, changes in result["changes"].items():
         if changes:
             console.print(f"  {kind}: {', '.join(changes)}")
-    for automation, key in (result.get("webhookKeys") or {}).items():
+    for automation, key in (result.get("webhook_keys") or {}).items():
         console.print(f"  webhook key of {automation}: {key} (shown once)")
 
 

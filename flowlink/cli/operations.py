@@ -39,8 +39,8 @@ def workers_list(
             str(item["pid"]),
             str(item["busy"]),
             str(item["concurrency"]),
-            item["lastSeen"],
-            item["startedAt"],
+            item["last_seen"],
+            item["started_at"],
         )
     console.print(table)
 

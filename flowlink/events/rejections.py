@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.store.engine import Store
 from flowlink.store.models import utcnow
+from flowlink.timestamps import format_timestamp
 
 MAX_KEYS = 1000
 ANY_CLIENT = "*"
@@ -31,7 +32,7 @@ Writer = Callable[[Session, dict[str, Any]], None]
 
 
 def _now_text() -> str:
-    return utcnow().isoformat().replace("+00:00", "Z")
+    return format_timestamp(utcnow())
 
 
 @dataclass

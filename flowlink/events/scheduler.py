@@ -22,6 +22,7 @@ from flowlink.events.triggers import start_automation
 from flowlink.settings import ServerSettings
 from flowlink.store.engine import Store
 from flowlink.store.models import Automation, ScheduleSlot, Workspace, new_id, utcnow
+from flowlink.timestamps import format_timestamp
 
 log = logging.getLogger(__name__)
 DEFAULT_GRACE = timedelta(seconds=90)
@@ -85,12 +86,12 @@ def fire_due(
                 automation_id=automation.id,
                 slug=automation.slug,
                 flow=automation.flow_name,
-                inputs={"schedule": expression, "slot": slot.isoformat().replace("+00:00", "Z")},
+                inputs={"schedule": expression, "slot": format_timestamp(slot)},
                 trigger_type="schedule",
                 trigger_value=expression,
                 correlation_id=new_id(),
                 depth=0,
-                extra_trigger={"slot": slot.isoformat()},
+                extra_trigger={"slot": format_timestamp(slot)},
             )
             execution_id = execution.id if execution else None
             if execution_id:

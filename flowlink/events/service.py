@@ -16,6 +16,7 @@ from flowlink.errors import Invalid
 from flowlink.observability import metrics
 from flowlink.store import notify
 from flowlink.store.models import Event, Workspace, new_id, utcnow
+from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces.spec import LISTENABLE_NATIVE_EVENTS
 
 EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -50,6 +51,11 @@ def validate_event_type(event_type: str) -> None:
         )
 
 
+def _json_default(value: Any) -> Any:
+    """What an event payload stores for a value JSON cannot hold (a time in the one format)."""
+    return format_timestamp(value) if isinstance(value, datetime) else str(value)
+
+
 def event_row(
     workspace_id: str | None,
     workspace_slug: str | None,
@@ -65,7 +71,7 @@ def event_row(
     try:
         body = json.dumps(payload, separators=(",", ":"))
     except TypeError:  # e.g. a datetime: store what JSON can hold
-        body = json.dumps(payload, separators=(",", ":"), default=str)
+        body = json.dumps(payload, separators=(",", ":"), default=_json_default)
         payload = json.loads(body)
     source: dict[str, Any] = {
         "workspaceId": workspace_id,
@@ -209,18 +215,13 @@ MAX_SEARCH_LIMIT = 1000
 _FTS_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 
 
-def iso_time(value: datetime) -> str:
-    """A timestamp as ISO 8601 UTC with milliseconds and a ``Z``."""
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def event_view(event: Event) -> dict[str, Any]:
     """The envelope (docs/events.md) of one stored event."""
     return {
         "id": event.id,
         "seq": event.seq,
         "type": event.type,
-        "createdAt": iso_time(event.created_at),
+        "created_at": format_timestamp(event.created_at),
         "size": event.size,
         "source": event.source or {},
         "payload": event.payload,
@@ -244,13 +245,12 @@ def _parse_date(name: str, raw: str | None) -> datetime | None:
     if raw is None or raw == "":
         return None
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+        return parse_timestamp(raw)
     except ValueError:
         raise Invalid(
             f"{name} must be an ISO 8601 date or time, got {raw!r}",
             details={"parameter": name, "value": raw},
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def parse_filter(
@@ -414,7 +414,7 @@ def cloudevent(view: Mapping[str, Any]) -> dict[str, Any]:
         "id": view["id"],
         "source": f"/workspaces/{source.get('workspaceSlug') or source.get('workspaceId') or '-'}",
         "type": view["type"],
-        "time": view["createdAt"],
+        "time": view["created_at"],
         "datacontenttype": "application/json",
         "data": view.get("payload"),
         "sequence": str(view["seq"]),

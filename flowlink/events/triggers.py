@@ -34,7 +34,6 @@ from flowlink.events.service import (
     check_payload_size,
     event_row,
     insert_rows,
-    iso_time,
     record,
     validate_event_type,
 )
@@ -51,6 +50,7 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
+from flowlink.timestamps import format_timestamp
 from flowlink.workspaces.service import find_workspace
 
 DEFAULT_MAX_DEPTH = 20
@@ -327,7 +327,7 @@ def emit_many(
                 "id": row["id"],
                 "seq": seqs[row["id"]],
                 "type": row["type"],
-                "createdAt": iso_time(row["created_at"]),
+                "created_at": format_timestamp(row["created_at"]),
                 "size": row["size"],
                 "source": row["source"],
                 "payload": row["payload"],
@@ -491,7 +491,7 @@ def _dispatch_one_native(
         "id": row["id"],
         "seq": seq,
         "type": row["type"],
-        "createdAt": iso_time(row["created_at"]),
+        "created_at": format_timestamp(row["created_at"]),
         "size": row["size"],
         "source": source,
         "payload": row.get("payload"),

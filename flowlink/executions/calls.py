@@ -18,7 +18,7 @@ from flowlink.access.service import Principal, principal_from_descriptor
 from flowlink.errors import FlowlinkError, Invalid, NotFound
 from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
-from flowlink.linking.exchange import RemoteStart, start_remote_execution
+from flowlink.executions.starts import StartRequest, start_execution, wait_for_end_in_thread
 from flowlink.observability.logs import redact as keep_out_of_server_logs
 from flowlink.runtime.errors import (
     DependencyFailed,
@@ -27,7 +27,6 @@ from flowlink.runtime.errors import (
     ResourceNotFound,
 )
 from flowlink.settings import ServerSettings, resolve_secret_key
-from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, User, Workspace
 from flowlink.workspaces import files
@@ -343,33 +342,23 @@ class FlowApiCalls:
         inputs = params.get("inputs")
         if inputs is not None and not isinstance(inputs, dict):
             raise FlowApiError("inputs must be a dict")
-        if params.get("remote"):
-            mirror = start_remote_execution(
-                session,
-                workspace,
-                str(params["remote"]),
-                RemoteStart(
-                    flow=str(params.get("flow")),
-                    inputs=inputs,
-                    use_remote_flow=bool(params.get("use_remote_flow")),
-                ),
-                parent=parent,
-                trigger={"type": "flow", "parent": parent.id},
-                default_max_runtime=self.settings.default_max_runtime,
-            )
-            return {"id": mirror.id, "remote": True}
-        if params.get("use_remote_flow"):
+        if params.get("use_remote_flow") and not params.get("remote"):
             raise FlowApiError("use_remote_flow=True needs remote='<sync config name>'")
-        child = executions.create_execution(
+        remote = str(params["remote"]) if params.get("remote") else None
+        child = start_execution(
             session,
             workspace,
-            flow_name=str(params.get("flow")),
-            inputs=inputs,
+            StartRequest(
+                flow=str(params.get("flow")),
+                inputs=inputs,
+                remote=remote,
+                use_remote_flow=bool(params.get("use_remote_flow")),
+            ),
             parent=parent,
             trigger={"type": "flow", "parent": parent.id},
             default_max_runtime=self.settings.default_max_runtime,
         )
-        return {"id": child.id}
+        return {"id": child.id, "remote": True} if remote else {"id": child.id}
 
     def _start_child_now(self, params: dict[str, Any]) -> Any:
         """Create a child; if this worker has a free slot, it starts here at once.
@@ -537,7 +526,6 @@ class FlowApiCalls:
 
     def _wait(self, child_id: str) -> dict[str, Any]:
         """Block until the child ends; our runner slot is free for others meanwhile."""
-        notifier = self.store.notifier
         with self.store.write() as session:
             workspace = session.get(Workspace, self.workspace_id)
             if workspace is None:
@@ -554,19 +542,21 @@ class FlowApiCalls:
             executions.set_waiting(session, self.execution_id, True)
         self._release_slot()
         try:
-            while True:
-                seen = notifier.counter(notify.ENDED)
-                with self.store.read() as session:
-                    current = session.get(Execution, child_id)
-                    if current is None:
-                        raise ResourceNotFound(f"execution {child_id} was deleted")
-                    if current.status in executions.ENDED:
-                        return self._ended_view(current, self.workspace_slug)
+            if not wait_for_end_in_thread(
+                self.store,
+                child_id,
+                deadline=self.deadline,
+                stop=self.cancelled,
+                poll=min(self.settings.poll_interval, 0.25),
+            ):
                 if self.cancelled.is_set():
                     raise FlowApiError("cancelled while waiting for a child execution")
-                if time.monotonic() >= self.deadline:
-                    raise FlowApiError("maximum runtime exceeded while waiting for a child")
-                notifier.wait(notify.ENDED, seen, min(self.settings.poll_interval, 0.25))
+                raise FlowApiError("maximum runtime exceeded while waiting for a child")
+            with self.store.read() as session:
+                current = session.get(Execution, child_id)
+                if current is None:
+                    raise ResourceNotFound(f"execution {child_id} was deleted")
+                return self._ended_view(current, self.workspace_slug)
         finally:
             self._retake_slot()
             with self.store.write() as session:

@@ -24,6 +24,7 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
+from flowlink.timestamps import format_optional
 from flowlink.workspaces.service import check_name, find_flow, get_flow
 
 QUEUED = "queued"
@@ -262,11 +263,6 @@ def child_ids(session: Session, execution_id: str) -> list[str]:
     )
 
 
-def iso_or_none(value: datetime | None) -> str | None:
-    """An execution timestamp as ISO 8601 with a ``Z`` (as the API shows it), or None."""
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def execution_view(
     execution: Execution,
     workspace_slug: str,
@@ -287,9 +283,9 @@ def execution_view(
         "input_value": execution.inputs,
         "output_value": execution.outputs,
         "error_kind": execution.error_kind,
-        "created_at": iso_or_none(execution.created_at),
-        "started_at": iso_or_none(execution.started_at),
-        "ended_at": iso_or_none(execution.ended_at),
+        "created_at": format_optional(execution.created_at),
+        "started_at": format_optional(execution.started_at),
+        "ended_at": format_optional(execution.ended_at),
         "duration": duration,
         "parent_id": execution.parent_id,
         "correlation_id": execution.correlation_id,
@@ -349,7 +345,7 @@ def get_logs(
 
 def log_view(entry: ExecutionLog) -> dict[str, Any]:
     """The API representation of a log line."""
-    return {"id": entry.id, "created_at": iso_or_none(entry.created_at), "line": entry.line}
+    return {"id": entry.id, "created_at": format_optional(entry.created_at), "line": entry.line}
 
 
 # --- running state ----------------------------------------------------------------------------
@@ -747,7 +743,7 @@ def log_lines(
         .order_by(ExecutionLog.id)
         .limit(limit)
     )
-    return [{"id": i, "created_at": iso_or_none(at), "line": line} for i, at, line in rows]
+    return [{"id": i, "created_at": format_optional(at), "line": line} for i, at, line in rows]
 
 
 def descendants(

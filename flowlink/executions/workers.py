@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from flowlink.executions.service import iso_or_none
 from flowlink.store.models import WorkerProcess, utcnow
+from flowlink.timestamps import format_optional
 
 MISSED_BEATS = 3  # a worker is lost after this many heartbeats did not arrive
 KEEP_GONE = timedelta(days=7)  # stopped or lost workers are listed this long
@@ -53,9 +53,9 @@ class WorkerInfo:
             "busy": self.busy,
             "warm": self.warm,
             "status": self.status.value,
-            "startedAt": iso_or_none(self.started_at),
-            "lastSeen": iso_or_none(self.last_seen),
-            "stoppedAt": iso_or_none(self.stopped_at),
+            "started_at": format_optional(self.started_at),
+            "last_seen": format_optional(self.last_seen),
+            "stopped_at": format_optional(self.stopped_at),
         }
 
 

@@ -64,7 +64,8 @@ from flowlink.observability import metrics, tracing
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
-from flowlink.store.models import SyncConfig, Workspace
+from flowlink.store.models import SyncConfig, Workspace, utcnow
+from flowlink.timestamps import format_timestamp
 
 log = logging.getLogger(__name__)
 BACKOFF_START = 0.25
@@ -311,7 +312,7 @@ class Connector:
             if config is None or workspace is None:
                 return
             if changed:
-                state["since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                state["since"] = format_timestamp(utcnow())
             note_link_state(config, **state)
             if changed:
                 kind = "sync.connected" if state["connected"] else "sync.disconnected"

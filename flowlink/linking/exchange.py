@@ -42,6 +42,7 @@ from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, ExecutionLog, LinkExecution, SyncConfig, Workspace
 from flowlink.store.models import utcnow as now
+from flowlink.timestamps import format_optional, parse_timestamp
 from flowlink.workspaces.service import get_flow
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ def _refuse_start(
             status=executions.ERROR,
             message=why,
             error_kind=kind,
-            ended_at=executions.iso_or_none(now()),
+            ended_at=format_optional(now()),
         ),
     )
 
@@ -466,7 +467,7 @@ def _apply_update(
 
 def _parse_time(value: Any) -> datetime | None:
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+        return parse_timestamp(str(value)) if value else None
     except ValueError:
         return None
 
@@ -658,8 +659,8 @@ def collect_changes(session: Session, config: SyncConfig) -> int:
             "message": execution.message,
             "outputs": execution.outputs or {},
             "error_kind": execution.error_kind,
-            "started_at": executions.iso_or_none(execution.started_at),
-            "ended_at": executions.iso_or_none(execution.ended_at),
+            "started_at": format_optional(execution.started_at),
+            "ended_at": format_optional(execution.ended_at),
             "logs": [{"seq": seq, "line": line} for seq, line in lines],
         }
         if first:
@@ -668,7 +669,7 @@ def collect_changes(session: Session, config: SyncConfig) -> int:
                 script=execution.script,
                 inputs=execution.inputs or {},
                 correlation_id=execution.correlation_id,
-                created_at_origin=executions.iso_or_none(execution.created_at),
+                created_at_origin=format_optional(execution.created_at),
             )
         if link.role == SOURCE:
             fields["mirror"] = True

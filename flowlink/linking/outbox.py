@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from flowlink.jsonsafe import repair
 from flowlink.store import notify
 from flowlink.store.models import LinkOutbox, utcnow
+from flowlink.timestamps import format_timestamp
 
 
 def new_message(kind: str, **fields: Any) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def new_message(kind: str, **fields: Any) -> dict[str, Any]:
     return {
         "id": uuid.uuid4().hex,
         "type": kind,
-        "created_at": utcnow().isoformat().replace("+00:00", "Z"),
+        "created_at": format_timestamp(utcnow()),
         **fields,
     }
 

@@ -11,7 +11,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import record
 from flowlink.linking import keys, outbox
 from flowlink.store.models import SyncConfig, Workspace, utcnow
+from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces.service import check_name
 
 CONTROLLING = "controlling"
@@ -364,13 +365,13 @@ def note_link_state(config: SyncConfig, **state: Any) -> bool:
     current = dict(config.state or {})
     stamp = utcnow()
     try:
-        last = datetime.fromisoformat(str(current.get("last_exchange_at")))
+        last = parse_timestamp(str(current.get("last_exchange_at")))
     except ValueError:
         last = None
     same = all(current.get(key) == value for key, value in state.items())
     if same and last is not None and stamp - last < STATE_WRITE_EVERY:
         return False
-    current.update(state, last_exchange_at=stamp.isoformat())
+    current.update(state, last_exchange_at=format_timestamp(stamp))
     config.state = current
     return True
 
@@ -405,6 +406,23 @@ def _public_keys(pem: str) -> dict[str, rsa.RSAPublicKey]:
     return {keys.fingerprint(k): k for k in keys.load_public_keys(pem)}
 
 
+# What a client sees of a link's state; the rest (the send-all mark) stays on the server.
+PUBLIC_STATE = ("connected", "since", "last_error", "reason", "last_exchange_at")
+
+
+def _public_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The public keys of a link's state, its times in the one format (a state written by an
+    older version has them as ``+00:00`` or in seconds)."""
+    public = {key: value for key, value in state.items() if key in PUBLIC_STATE}
+    for key in ("since", "last_exchange_at"):
+        if public.get(key):
+            try:
+                public[key] = format_timestamp(parse_timestamp(str(public[key])))
+            except ValueError:
+                public[key] = None
+    return public
+
+
 def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
     """The API representation: every field but the keys, which show as fingerprints."""
     warnings = []
@@ -428,9 +446,9 @@ def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) 
         "role": config.role or DEFAULT_IDENTITY_ROLE,
         "connects": bool(config.remote_url),
         "sync_endpoint": sync_path(workspace_slug, config.name),
-        "state": config.state,
+        "state": _public_state(config.state or {}),
         "outbox_depth": outbox.depth(session, config.id) if config.id else 0,
         "warnings": warnings,
-        "created_at": config.created_at,
-        "updated_at": config.updated_at,
+        "created_at": format_timestamp(config.created_at),
+        "updated_at": format_timestamp(config.updated_at),
     }

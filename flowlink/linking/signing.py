@@ -35,6 +35,7 @@ from http_message_signatures import (
 )
 
 from flowlink.linking.keys import fingerprint
+from flowlink.timestamps import format_timestamp
 
 MAX_AGE = timedelta(minutes=5)
 CLOCK_SKEW = timedelta(seconds=5)
@@ -301,10 +302,11 @@ def _check(
     created = datetime.fromtimestamp(params["created"], UTC)
     current = datetime.now(UTC)
     if created > current + CLOCK_SKEW:
-        raise SignatureRejected("future", f"created {created.isoformat()} lies in the future")
+        raise SignatureRejected("future", f"created {format_timestamp(created)} lies in the future")
     if created < current - MAX_AGE:
         raise SignatureRejected(
-            "stale", f"created {created.isoformat()} is older than {int(MAX_AGE.total_seconds())} s"
+            "stale",
+            f"created {format_timestamp(created)} is older than {int(MAX_AGE.total_seconds())} s",
         )
     if not hmac.compare_digest(headers.get("content-digest", ""), _content_digest(body)):
         raise SignatureRejected("digest_mismatch", "Content-Digest does not match the body")

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from flowlink.timestamps import format_timestamp
+
 REDACTED = "[redacted]"
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
@@ -106,7 +108,7 @@ class JsonFormatter(logging.Formatter):
         """The record as one line of JSON."""
         stamp = datetime.fromtimestamp(record.created, UTC)
         entry: dict[str, Any] = {
-            "time": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
+            "time": format_timestamp(stamp),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

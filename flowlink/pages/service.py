@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,9 +17,9 @@ from flowlink.apps.service import instance_page
 from flowlink.errors import NotFound
 from flowlink.events.service import EventFilter, event_view, search
 from flowlink.executions import service as executions
-from flowlink.store import notify
+from flowlink.executions import starts
 from flowlink.store.engine import Store
-from flowlink.store.models import Execution, Page, Workspace
+from flowlink.store.models import Page, Workspace
 
 from .render import render
 from .spec import ACCESS_PUBLIC, PageSpec, page_from_dict
@@ -183,42 +181,11 @@ class FlowResult:
 async def run_flow(store: Store, start: Callable[[], str], timeout: float) -> FlowResult:
     """Start an execution with ``start`` (in a thread) and wait for its end, holding no thread.
 
-    Listening begins before the start, so the end's notification cannot be missed; it is
-    only a hint, so the store is also looked at every half second (another process may end
-    it). After ``timeout`` seconds the result says it did not finish.
+    After ``timeout`` seconds the result says it did not finish.
     """
-    loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
-
-    def on_end(_payload: str) -> None:
-        loop.call_soon_threadsafe(wake.set)
-
-    unsubscribe = store.notifier.subscribe(notify.ENDED, on_end)
-    try:
-        execution_id = await asyncio.to_thread(start)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=max(0.0, min(remaining, 0.5)))
-            wake.clear()
-            result = await asyncio.to_thread(_result, store, execution_id)
-            if result.status in executions.ENDED or time.monotonic() >= deadline:
-                return result
-    finally:
-        unsubscribe()
-
-
-def _result(store: Store, execution_id: str) -> FlowResult:
-    with store.read() as session:
-        row = session.execute(
-            select(Execution.status, Execution.outputs, Execution.message).where(
-                Execution.id == execution_id
-            )
-        ).first()
-    if row is None:
-        return FlowResult("error", None, "the execution is gone")
-    status, outputs, message = row
+    execution_id = await asyncio.to_thread(start)
+    await starts.wait_for_end(store, execution_id, timeout)
+    status, outputs, message = await asyncio.to_thread(starts.outcome, store, execution_id)
     if status not in executions.ENDED:
         message = f"the flow did not finish within {PAGE_FLOW_TIMEOUT:g} s"
     return FlowResult(status, outputs, message)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.errors import Conflict
 from flowlink.store.models import CustomDomain, Page, Workspace, utcnow
+from flowlink.timestamps import format_timestamp
 
 from .spec import ACCESS_MEMBERS, PageSpec, page_to_dict
 
@@ -92,7 +93,7 @@ def page_view(page: Page, workspace: Workspace) -> dict[str, Any]:
         "flow": page.spec.get("flow"),
         "events": page.spec.get("events"),
         "form": page.spec.get("form"),
-        "updated_at": page.updated_at,
+        "updated_at": format_timestamp(page.updated_at),
     }
 
 

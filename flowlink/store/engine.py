@@ -13,7 +13,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as Session  # re-exported: the api layer types with it
+from sqlalchemy.orm import sessionmaker
 
 from flowlink.background import BackgroundTasks
 from flowlink.jsonsafe import loads_stored

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access import policy
@@ -19,7 +20,9 @@ from flowlink.web.render import render
 from flowlink.web.routes import Post, Viewer, see_other, workspace_for
 from flowlink.web.session import WebRoute, context_of
 
-router = APIRouter(route_class=WebRoute, include_in_schema=False)
+router = APIRouter(
+    route_class=WebRoute, include_in_schema=False, default_response_class=HTMLResponse
+)
 
 
 def _rules(rules: tuple[policy.Rule, ...]) -> list[str]:

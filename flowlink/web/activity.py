@@ -9,13 +9,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize, event_reader, visible
 from flowlink.access.service import Principal
-from flowlink.api.events import _stream as event_stream
 from flowlink.errors import Invalid
+from flowlink.events import live
 from flowlink.events import service as events
 from flowlink.executions import service as executions
 from flowlink.linking import exchange
@@ -25,7 +25,9 @@ from flowlink.web.routes import Viewer, viewer, workspace_for
 from flowlink.web.session import WebRoute, context_of
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(route_class=WebRoute, include_in_schema=False)
+router = APIRouter(
+    route_class=WebRoute, include_in_schema=False, default_response_class=HTMLResponse
+)
 PAGE_SIZE = 100
 FILTERS = ("types", "text", "afterDate", "beforeDate", "correlationId")
 MAX_DOWNLOAD = events.MAX_SEARCH_LIMIT
@@ -171,8 +173,14 @@ async def activity_live(request: Request, ws: str) -> Response:
     resume = request.headers.get("last-event-id", "")
     if resume.isdigit():
         first = int(resume)
+
+    async def gone() -> bool:
+        return await request.is_disconnected() or context.stopping.is_set()
+
     return StreamingResponse(
-        _unnamed(event_stream(request, context, workspace_id, criteria, first, readable)),
+        _unnamed(
+            live.stream(context.store, workspace_id, criteria, first, gone=gone, readable=readable)
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

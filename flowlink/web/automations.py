@@ -6,18 +6,22 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
 from flowlink.events import triggers
 from flowlink.events.graph import automation_graph, next_firings
 from flowlink.store.models import utcnow
-from flowlink.web.render import iso, render
+from flowlink.timestamps import format_timestamp
+from flowlink.web.render import render
 from flowlink.web.routes import Post, Viewer, workspace_for
 from flowlink.web.session import WebRoute, context_of
 from flowlink.workspaces import service as workspaces
 
-router = APIRouter(route_class=WebRoute, include_in_schema=False)
+router = APIRouter(
+    route_class=WebRoute, include_in_schema=False, default_response_class=HTMLResponse
+)
 COLUMN_WIDTH, NODE_WIDTH, ROW_HEIGHT, NODE_HEIGHT = 220, 180, 44, 30
 
 
@@ -91,7 +95,7 @@ def _automations_page(
                     "description": automation.get("description"),
                     "events": when.get("events") or [],
                     "schedules": [
-                        {"cron": c, "next": [iso(t) for t in next_firings(c, now)]}
+                        {"cron": c, "next": [format_timestamp(t) for t in next_firings(c, now)]}
                         for c in when.get("schedules") or []
                     ],
                     "endpoint": bool(when.get("endpoint")),

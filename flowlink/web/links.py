@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
@@ -23,7 +24,9 @@ from flowlink.web.routes import Post, Posted, Viewer, see_other, workspace_for
 from flowlink.web.session import WebRoute, context_of
 from flowlink.web.workspace import link_rows
 
-router = APIRouter(route_class=WebRoute, include_in_schema=False)
+router = APIRouter(
+    route_class=WebRoute, include_in_schema=False, default_response_class=HTMLResponse
+)
 TEXT_FIELDS = ("name", "remote_url", "ca_certificate", "sync_interval", "direction", "role")
 FLAGS = ("enabled", "verify_ssl", "send_all_executions")
 KEY_FIELDS = ("own_private_key", "remote_public_key")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -17,6 +17,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from flowlink import __version__
+from flowlink.timestamps import format_timestamp
 
 STATUSES = ("queued", "running", "waiting", "success", "error", "cancelled")
 
@@ -54,6 +55,9 @@ def environment() -> Environment:
         value, separators=(",", ":"), default=str, ensure_ascii=False
     )
     env.filters["python"] = highlight_python
+    env.filters["timestamp"] = lambda value: (
+        format_timestamp(value) if isinstance(value, datetime) else value
+    )
     env.globals["version"] = __version__
     env.globals["statuses"] = STATUSES
     return env
@@ -102,13 +106,14 @@ def histogram(
             "index": i,
             "count": count,
             "height": round(count / top * 100, 1),
-            "label": iso(start + timedelta(seconds=i * step)),
+            "label": format_timestamp(start + timedelta(seconds=i * step)),
         }
         for i, count in enumerate(counts)
     ]
-    return {"bars": bars, "top": top, "start": iso(start), "end": iso(end), "total": len(times)}
-
-
-def iso(moment: datetime) -> str:
-    """A timestamp as RFC 3339 UTC with a ``Z`` (seconds)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "bars": bars,
+        "top": top,
+        "start": format_timestamp(start),
+        "end": format_timestamp(end),
+        "total": len(times),
+    }

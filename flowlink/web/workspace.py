@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
@@ -18,13 +19,16 @@ from flowlink.executions import service as executions
 from flowlink.linking import service as linking
 from flowlink.settings import resolve_secret_key
 from flowlink.store.models import utcnow
+from flowlink.timestamps import format_timestamp
 from flowlink.web.render import histogram, render
 from flowlink.web.routes import Post, Viewer, see_other, workspace_for
 from flowlink.web.session import WebRoute, context_of
 from flowlink.workspaces import service as workspaces
 from flowlink.workspaces.templating import env_overrides
 
-router = APIRouter(route_class=WebRoute, include_in_schema=False)
+router = APIRouter(
+    route_class=WebRoute, include_in_schema=False, default_response_class=HTMLResponse
+)
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 SECRET_NAME = re.compile(r"(pass|secret|token|key|credential|private)", re.IGNORECASE)
 MASK = "••••••••"
@@ -43,7 +47,7 @@ def link_rows(session: Any, workspace: Any) -> list[dict[str, Any]]:
             limit=1,
         )
         view["last_rejection"] = (
-            {**(rejected[0].payload or {}), "at": events.iso_time(rejected[0].created_at)}
+            {**(rejected[0].payload or {}), "at": format_timestamp(rejected[0].created_at)}
             if rejected
             else None
         )

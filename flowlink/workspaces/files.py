@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from flowlink.errors import Invalid, NotFound
 from flowlink.events.service import record
 from flowlink.store.models import Workspace, WorkspaceFile, utcnow
+from flowlink.timestamps import format_timestamp
 from flowlink.workspaces.spec import FILES_DIR, file_path_problem
 
 __all__ = ["FILES_DIR", "FileTooLarge", "file_path_problem"]
@@ -190,8 +191,8 @@ def file_view(file: WorkspaceFile) -> dict[str, Any]:
         "size": file.size,
         "sha256": file.sha256,
         "content_type": content_type(file.path),
-        "created_at": file.created_at,
-        "updated_at": file.updated_at,
+        "created_at": format_timestamp(file.created_at),
+        "updated_at": format_timestamp(file.updated_at),
     }
 
 

@@ -25,6 +25,7 @@ from flowlink.store.models import (
     new_id,
     utcnow,
 )
+from flowlink.timestamps import format_timestamp
 from flowlink.workspaces.files import apply_files, list_files
 from flowlink.workspaces.spec import (
     FLOW_NAME_RE,
@@ -79,6 +80,11 @@ def find_workspace(session: Session, slug: str) -> Workspace | None:
     return session.scalar(select(Workspace).where(Workspace.slug == slug))
 
 
+def workspace_by_id(session: Session, workspace_id: str | None) -> Workspace | None:
+    """The workspace with this id (None for no id or an unknown one)."""
+    return session.get(Workspace, workspace_id) if workspace_id else None
+
+
 def get_workspace(session: Session, slug: str) -> Workspace:
     """The workspace with this slug, or NotFound."""
     workspace = find_workspace(session, slug)
@@ -110,7 +116,10 @@ def delete_workspace(session: Session, slug: str) -> None:
     """Delete a workspace and everything in it (its events stay, for retention)."""
     workspace = get_workspace(session, slug)
     record(
-        session, workspace, "workspaces.deleted", {"slug": slug, "deletedAt": utcnow().isoformat()}
+        session,
+        workspace,
+        "workspaces.deleted",
+        {"slug": slug, "deletedAt": format_timestamp(utcnow())},
     )
     session.delete(workspace)
 
@@ -126,8 +135,8 @@ def workspace_view(workspace: Workspace) -> dict[str, Any]:
         "automations": workspace.spec.get("automations", {}),
         "custom_domains": workspace.spec.get("customDomains", []),
         "version": workspace.version,
-        "created_at": workspace.created_at,
-        "updated_at": workspace.updated_at,
+        "created_at": format_timestamp(workspace.created_at),
+        "updated_at": format_timestamp(workspace.updated_at),
     }
 
 
@@ -662,8 +671,8 @@ def flow_view(flow: Flow) -> dict[str, Any]:
         "name": flow.name,
         "script": flow.script,
         "description": flow.description,
-        "created_at": flow.created_at,
-        "updated_at": flow.updated_at,
+        "created_at": format_timestamp(flow.created_at),
+        "updated_at": format_timestamp(flow.updated_at),
     }
 
 
@@ -788,6 +797,6 @@ def setting_view(setting: Setting) -> dict[str, Any]:
         "name": setting.name,
         "secret": bool(setting.secret),
         "value": value,
-        "created_at": setting.created_at,
-        "updated_at": setting.updated_at,
+        "created_at": format_timestamp(setting.created_at),
+        "updated_at": format_timestamp(setting.updated_at),
     }

@@ -73,7 +73,7 @@ def ws(live_server: LiveServer) -> tuple[LiveServer, dict[str, str]]:
     files.update({f"flows/{name}.py": script for name, script in FLOWS.items()})
     response = live_server.client.post(f"/api/v1/workspaces/{WS}/apply", json={"files": files})
     assert response.status_code == 200, response.text
-    keys = response.json()["webhookKeys"]
+    keys = response.json()["webhook_keys"]
     assert set(keys) == {"hook", "failing-hook", "story-start"}  # not the public one
     return live_server, keys
 

@@ -4,6 +4,7 @@ uninstall, nested instances and their hidden events."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -105,7 +106,7 @@ def test_publish_install_run_upgrade_uninstall(live_server: LiveServer) -> None:
     assert "already has a version '1.0.0'" in again.json()["error"]["message"]
     versions = live_server.client.get("/api/v1/apps/tools/versions").json()["items"]
     assert [(v["version"], v["published_by"]) for v in versions] == [("1.0.0", "admin")]
-    assert versions[0]["published_at"].endswith("Z") or "+00:00" in versions[0]["published_at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", versions[0]["published_at"])
 
     applied = apply(live_server, "host", {"workspace.yml": HOST_YML, "flows/main.py": MAIN})
     assert applied.status_code == 200, applied.text

@@ -295,7 +295,7 @@ def test_status_table_and_json(
         "answers",
         "immediate",
         "disconnected",
-        "2026-01-02T03:04:05+00:00",
+        "2026-01-02T03:04:05.000Z",  # a state stored in the old form, served in the new
         str(by_name["lonely"].get("outbox_depth", "-")),
         "[ssl] certificate verify failed",
     ]

@@ -60,9 +60,9 @@ def test_workers_register_heartbeat_and_are_lost_when_killed(database_url: str) 
         record = both[doomed.pid]
         assert record["status"] == "running"
         assert record["concurrency"] == 16 and record["busy"] == 0
-        assert record["startedAt"].endswith("Z") and record["lastSeen"].endswith("Z")
-        first_seen = record["lastSeen"]
-        until(lambda: workers(client)[doomed.pid]["lastSeen"] != first_seen, "a heartbeat", 10)
+        assert record["started_at"].endswith("Z") and record["last_seen"].endswith("Z")
+        first_seen = record["last_seen"]
+        until(lambda: workers(client)[doomed.pid]["last_seen"] != first_seen, "a heartbeat", 10)
         ready = client.get("/api/v1/ready")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"]["workers"]["running"] == 2
@@ -91,7 +91,7 @@ def test_workers_register_heartbeat_and_are_lost_when_killed(database_url: str) 
         assert time.monotonic() - killed_at >= 2.0  # three heartbeats (1 s each) missed first
         stop(graceful)
         assert workers(client)[graceful.pid]["status"] == "stopped"
-        assert workers(client)[graceful.pid]["stoppedAt"].endswith("Z")
+        assert workers(client)[graceful.pid]["stopped_at"].endswith("Z")
         assert client.get("/api/v1/ready").status_code == 503
     finally:
         for process in processes:

@@ -393,7 +393,7 @@ def test_automations_graph_cron_and_webhook_key(page: Any, team: Team) -> None:
         assert page.locator(f"svg a[data-node='{key}']").count() == 1, key
     assert page.locator("svg path.edge").count() == 7
     firings = page.locator("#automation-nightly time").all_inner_texts()
-    assert len(firings) == 5 and all(t.endswith("T03:00:00Z") for t in firings)
+    assert len(firings) == 5 and all(t.endswith("T03:00:00.000Z") for t in firings)
     assert page.get_by_role("button", name="Rotate webhook key of hook").count() == 0
     page.locator("svg a[data-node='flow:emitter']").click()
     page.wait_for_url(f"{live.url}/w/{WS}/flows/emitter")

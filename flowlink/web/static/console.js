@@ -121,7 +121,7 @@ function followExecutions(box) {
     badge.dataset.status = "";
     setBadge(badge, "queued");
     cells[2].appendChild(badge);
-    cells[3].textContent = JSON.parse(ev.data).createdAt || "";
+    cells[3].textContent = JSON.parse(ev.data).created_at || "";
     cells[4].dataset.duration = "";
     table.tBodies[0].insertBefore(row, table.tBodies[0].firstChild);
   });
@@ -137,7 +137,7 @@ function followActivity(box) {
     if (empty) { empty.remove(); }
     const row = document.createElement("tr");
     row.dataset.event = e.id;
-    const values = [e.createdAt, e.type, (e.source || {}).correlationId || "",
+    const values = [e.created_at, e.type, (e.source || {}).correlationId || "",
       JSON.stringify(e.payload)];
     values.forEach((value, i) => {
       const cell = document.createElement("td");

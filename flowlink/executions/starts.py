@@ -1,0 +1,145 @@
+"""Starting an execution (here, or in a linked workspace) and waiting for its end.
+
+The API, webhooks and a flow's ``flow_api.start`` all start and wait through these.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from flowlink.errors import Invalid
+from flowlink.executions import service as executions
+from flowlink.linking import exchange
+from flowlink.store import notify
+from flowlink.store.engine import Store
+from flowlink.store.models import Execution, Workspace
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """What to run: a stored flow, an ad-hoc script, or a flow in a linked workspace."""
+
+    flow: str | None = None
+    inputs: dict[str, Any] | None = None
+    script: str | None = None
+    name: str | None = None
+    max_runtime: float | None = None
+    remote: str | None = None
+    use_remote_flow: bool = False
+
+    @property
+    def flow_name(self) -> str | None:
+        """The name the execution shows (an ad-hoc script's ``name``, else the flow)."""
+        return self.flow if self.script is None else (self.name or self.flow)
+
+
+def start_execution(
+    session: Session,
+    workspace: Workspace,
+    request: StartRequest,
+    *,
+    default_max_runtime: float,
+    parent: Execution | None = None,
+    user_id: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    principal: dict[str, Any] | None = None,
+    http: dict[str, Any] | None = None,
+) -> Execution:
+    """Queue the execution here, or start it in the linked workspace of ``request.remote``
+    (the local execution returned then mirrors it)."""
+    if request.remote is not None:
+        if request.script is not None or not request.flow:
+            raise Invalid(
+                "remote: give the flow to run in the linked workspace (not a script)",
+                details={"field": "remote"},
+            )
+        return exchange.start_remote_execution(
+            session,
+            workspace,
+            request.remote,
+            exchange.RemoteStart(
+                flow=request.flow,
+                inputs=request.inputs,
+                use_remote_flow=request.use_remote_flow,
+                max_runtime=request.max_runtime,
+            ),
+            parent=parent,
+            user_id=user_id,
+            trigger=trigger,
+            principal=principal,
+            default_max_runtime=default_max_runtime,
+            http=http,
+        )
+    if request.use_remote_flow:
+        raise Invalid("use_remote_flow: only with remote", details={"field": "use_remote_flow"})
+    return executions.create_execution(
+        session,
+        workspace,
+        flow_name=request.flow_name,
+        script=request.script,
+        inputs=request.inputs,
+        parent=parent,
+        user_id=user_id,
+        trigger=trigger,
+        principal=principal,
+        max_runtime=request.max_runtime,
+        default_max_runtime=default_max_runtime,
+        http=http,
+    )
+
+
+def ended(store: Store, execution_id: str) -> bool:
+    """Whether the execution ended (or is gone)."""
+    with store.read() as session:
+        status = session.scalar(select(Execution.status).where(Execution.id == execution_id))
+        return status is None or status in executions.ENDED
+
+
+def outcome(store: Store, execution_id: str) -> tuple[str, Any, str | None]:
+    """Status, outputs and message of an execution (``error`` when it is gone)."""
+    with store.read() as session:
+        row = session.execute(
+            select(Execution.status, Execution.outputs, Execution.message).where(
+                Execution.id == execution_id
+            )
+        ).first()
+    if row is None:
+        return executions.ERROR, None, "the execution is gone"
+    return row[0], row[1], row[2]
+
+
+async def wait_for_end(store: Store, execution_id: str, timeout: float) -> bool:
+    """Wait (on the event loop, holding no thread) until the execution ended or ``timeout``;
+    whether it ended. The store is read again only when an execution ended somewhere."""
+
+    def check() -> bool:
+        return ended(store, execution_id)
+
+    return await notify.wait_until(store.notifier, {notify.ENDED: None}, check, timeout)
+
+
+def wait_for_end_in_thread(
+    store: Store,
+    execution_id: str,
+    *,
+    deadline: float,
+    stop: threading.Event,
+    poll: float,
+) -> bool:
+    """``wait_for_end`` for a thread that may block (a worker waiting on a child): whether it
+    ended before the monotonic ``deadline`` or ``stop`` was set. Looks again when an
+    execution ended somewhere, and at least every ``poll`` seconds."""
+    notifier = store.notifier
+    while True:
+        seen = notifier.counter(notify.ENDED)
+        if ended(store, execution_id):
+            return True
+        if stop.is_set() or time.monotonic() >= deadline:
+            return False
+        notifier.wait(notify.ENDED, seen, poll)
