@@ -25,6 +25,7 @@ from flowlink.api.responses import SafeJSONResponse as JSONResponse
 from flowlink.errors import Invalid, Unauthorized
 from flowlink.events import service as events
 from flowlink.events import triggers
+from flowlink.executions.status import ExecutionStatus, is_ended
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution
@@ -379,7 +380,8 @@ async def webhook(
 
     execution_id = await run_in_threadpool(start)
     if async_:
-        return JSONResponse({"id": execution_id, "status": "queued"}, status_code=202)
+        queued = ExecutionStatus.QUEUED
+        return JSONResponse({"id": execution_id, "status": queued}, status_code=202)
     await wait_for_end(context.store, execution_id, WEBHOOK_WAIT_SECONDS)
 
     def result() -> tuple[str, Any, str | None]:
@@ -390,9 +392,9 @@ async def webhook(
 
     status, outputs, message = await run_in_threadpool(result)
     headers = {"X-Execution-Id": execution_id}
-    if status == "success":
+    if status == ExecutionStatus.SUCCESS:
         return JSONResponse(outputs, headers=headers)
-    if status in ("error", "cancelled"):
+    if is_ended(status):
         return error_response(502, "execution_failed", message or status, headers=headers)
     return JSONResponse({"id": execution_id, "status": status}, status_code=202, headers=headers)
 

@@ -84,7 +84,7 @@ async def wait_for_end(store: Store, execution_id: str, timeout: float) -> None:
     def ended() -> bool:
         with store.read() as session:
             execution = session.get(Execution, execution_id)
-            return execution is None or execution.status in executions.ENDED
+            return execution is None or executions.is_ended(execution.status)
 
     await notify.wait_until(store.notifier, {notify.ENDED: None}, ended, timeout)
 
@@ -273,7 +273,7 @@ async def get_logs(
                 status=execution.status,
                 workspace_id=workspace.id,
             )
-            return bool(lines) or execution.status in executions.ENDED
+            return bool(lines) or executions.is_ended(execution.status)
 
     if not await to_thread.run_sync(read) and wait > 0:
         interests = {notify.LOGS: {page["workspace_id"]}, notify.ENDED: None}

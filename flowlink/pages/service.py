@@ -19,6 +19,7 @@ from flowlink.apps.service import instance_page
 from flowlink.errors import NotFound
 from flowlink.events.service import EventFilter, event_view, search
 from flowlink.executions import service as executions
+from flowlink.executions.status import ExecutionStatus, is_ended
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Page, Workspace
@@ -177,7 +178,7 @@ class FlowResult:
     @property
     def ok(self) -> bool:
         """Whether it succeeded."""
-        return self.status == "success"
+        return self.status == ExecutionStatus.SUCCESS
 
 
 async def run_flow(store: Store, start: Callable[[], str], timeout: float) -> FlowResult:
@@ -203,7 +204,7 @@ async def run_flow(store: Store, start: Callable[[], str], timeout: float) -> Fl
                 await asyncio.wait_for(wake.wait(), timeout=max(0.0, min(remaining, 0.5)))
             wake.clear()
             result = await asyncio.to_thread(_result, store, execution_id)
-            if result.status in executions.ENDED or time.monotonic() >= deadline:
+            if is_ended(result.status) or time.monotonic() >= deadline:
                 return result
     finally:
         unsubscribe()
@@ -217,9 +218,9 @@ def _result(store: Store, execution_id: str) -> FlowResult:
             )
         ).first()
     if row is None:
-        return FlowResult("error", None, "the execution is gone")
+        return FlowResult(ExecutionStatus.ERROR, None, "the execution is gone")
     status, outputs, message = row
-    if status not in executions.ENDED:
+    if not is_ended(status):
         message = f"the flow did not finish within {PAGE_FLOW_TIMEOUT:g} s"
     return FlowResult(status, outputs, message)
 

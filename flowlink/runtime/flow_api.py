@@ -63,7 +63,8 @@ class DependencyFailedError(FlowApiError):
 for _public in (FlowApiError, ResourceNotFoundError, PermissionDeniedError, DependencyFailedError):
     _public.__module__ = "flow_api"
 
-_ERROR_TYPES: dict[str, type[FlowApiError]] = {
+#: Every error type name a ``reply`` message's ``error.type`` may carry, and its class.
+ERROR_TYPES: dict[str, type[FlowApiError]] = {
     "FlowApiError": FlowApiError,
     "ResourceNotFoundError": ResourceNotFoundError,
     "PermissionDeniedError": PermissionDeniedError,
@@ -152,7 +153,7 @@ def _install(runtime: _Runtime | None) -> None:
 def _raise_remote_error(error: Any) -> NoReturn:
     if not isinstance(error, dict):
         raise FlowApiError(str(error))
-    cls = _ERROR_TYPES.get(str(error.get("type")), FlowApiError)
+    cls = ERROR_TYPES.get(str(error.get("type")), FlowApiError)
     raise cls(str(error.get("message") or cls.__name__))
 
 

@@ -17,8 +17,9 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from flowlink import __version__
+from flowlink.executions.status import ExecutionStatus
 
-STATUSES = ("queued", "running", "waiting", "success", "error", "cancelled")
+STATUSES = tuple(ExecutionStatus)
 
 
 def _pretty(value: Any) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.executions import service as executions
 from flowlink.linking import exchange, outbox
+from flowlink.linking import messages as messages_module
 from flowlink.linking import service as linking
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, LinkExecution, SyncConfig, Workspace
@@ -100,7 +101,8 @@ def apply(link: Link, config_id: str, messages: list[dict[str, Any]]) -> list[st
         assert config is not None
         workspace = session.get(Workspace, config.workspace_id)
         assert workspace is not None
-        return exchange.apply_messages(session, config, workspace, messages)
+        typed = [messages_module.from_wire(message) for message in messages]
+        return exchange.apply_messages(session, config, workspace, typed)
 
 
 def executions_of(link: Link, workspace_id: str) -> list[Execution]:
@@ -245,9 +247,9 @@ def test_controlling_end_refuses_starts_and_controlled_end_cannot_start(link: Li
                 session, workspace, "nope", exchange.RemoteStart(flow="own")
             )
     # A start arriving at the controlling end (a misconfigured pair) is refused, not run.
-    forged = outbox.new_message(
-        "execution.start", origin_execution_id="x-1", flow="own", inputs={}, script=CHILD
-    )
+    forged = messages_module.StartMessage.new(
+        origin_execution_id="x-1", flow="own", inputs={}, script=CHILD
+    ).wire()
     apply(link, link.to_b, [forged])
     assert [e.trigger.get("type") for e in executions_of(link, link.a)] == []
     (refusal,) = take(link, link.to_b)
