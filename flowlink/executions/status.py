@@ -58,6 +58,7 @@ class IllegalTransition(Conflict):
     code = "illegal_transition"
 
     def __init__(self, current: str, new: str) -> None:
+        current, new = str(current), str(new)  # plain strings: a member's repr is noisy
         allowed = ", ".join(sorted(ALLOWED.get(as_status(current), ()))) or "none (it has ended)"
         super().__init__(
             f"an execution cannot go from {current!r} to {new!r}; allowed from {current!r}:"
@@ -102,5 +103,5 @@ class Outcome:
     def __post_init__(self) -> None:
         status = as_status(self.status)
         if status not in ENDED:
-            raise ValueError(f"an outcome ends an execution; {status!r} is not an end")
+            raise ValueError(f"an outcome ends an execution; {str(status)!r} is not an end")
         object.__setattr__(self, "status", status)  # a plain string becomes the member

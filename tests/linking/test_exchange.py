@@ -310,3 +310,29 @@ def test_deleting_a_link_ends_its_waiting_mirrors(link: Link) -> None:
         assert mirror is not None and mirror.status == "error"
         assert "deleted" in (mirror.message or "")
         assert session.scalar(select(func.count()).select_from(LinkExecution)) == 0
+
+
+def test_a_late_update_never_moves_an_ended_mirror(link: Link) -> None:
+    mirror_id = start(link)
+    apply(link, link.from_a, take(link, link.to_b))
+    run_in_b(link, lambda _: executions.Outcome("success", "done", {"x": 1}))
+    updates = [m for m in take(link, link.from_a) if m["type"] == "execution.update"]
+    apply(link, link.to_b, updates)
+    with link.store.read() as session:
+        before = session.get(Execution, mirror_id)
+        assert before is not None and before.status == "success"
+        kept = (before.status, before.message, before.outputs, before.ended_at)
+    # A newer revision that would move it back (a confused or replaying peer): acked, ignored.
+    late = {
+        **updates[-1],
+        "id": "late-1",
+        "revision": updates[-1]["revision"] + 1,
+        "status": "running",
+        "message": "late",
+        "outputs": {"y": 2},
+    }
+    assert apply(link, link.to_b, [late]) == ["late-1"]
+    with link.store.read() as session:
+        after = session.get(Execution, mirror_id)
+        assert after is not None
+        assert (after.status, after.message, after.outputs, after.ended_at) == kept
