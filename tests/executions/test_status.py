@@ -53,7 +53,8 @@ def test_every_pair_of_statuses(current: ExecutionStatus, new: ExecutionStatus) 
     else:
         with pytest.raises(IllegalTransition) as caught:
             transition(current, new)
-        assert caught.value.message.startswith(f"an execution cannot go from '{current}' to '{new}'")
+        expected = f"an execution cannot go from '{current}' to '{new}'"
+        assert caught.value.message.startswith(expected)
         assert caught.value.details == {"status": current, "to": new}
         assert new not in ALLOWED[current]
 
