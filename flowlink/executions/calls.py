@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import threading
@@ -153,7 +154,7 @@ class FlowApiCalls:
         # An app instance's flow: its settings and custom events are its own (prefixed).
         self._app_prefix = f"{execution.app['instance']}." if execution.app else ""
         self._principal: Principal | None = None
-        self._denials: list[dict[str, Any]] = []
+        self._denials: list[policy.Denial] = []
         self._secrets: list[str] = []  # values of secrets this script read, longest first
         self._handlers: dict[str, Callable[[Session, Workspace, dict[str, Any]], Any]] = {
             "execution.get": self._execution_get,
@@ -262,8 +263,8 @@ class FlowApiCalls:
         try:
             policy.authorize(principal, action, subject, workspace, attributes)
         except (policy.AccessDenied, policy.WorkspaceHidden) as error:
-            self._denials.append({**error.denial, "execution_id": self.execution_id})
-            reason = error.denial["reason"]
+            self._denials.append(dataclasses.replace(error.denial, execution_id=self.execution_id))
+            reason = error.denial.reason
             raise PermissionDeniedError(f"permission denied: {reason}") from None
 
     def _principal_for(self, session: Session) -> Principal:
