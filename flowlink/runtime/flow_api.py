@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
+from flowlink.executions.status import ExecutionStatus
+
 __all__ = [
     "DependencyFailedError",
     "Execution",
@@ -92,7 +94,7 @@ class _Channel(Protocol):
 class _Final:
     __slots__ = ("message", "status")
 
-    def __init__(self, status: str, message: str | None) -> None:
+    def __init__(self, status: ExecutionStatus, message: str | None) -> None:
         self.status = status
         self.message = message
 
@@ -251,7 +253,9 @@ class Execution:
         with rt.lock:
             if rt.final is None:
                 rt.outputs.update(outputs)
-                rt.final = _Final("success", None if message is None else str(message))
+                rt.final = _Final(
+                    ExecutionStatus.SUCCESS, None if message is None else str(message)
+                )
         raise _ExecutionEnded()
 
     def error(self, message: str) -> NoReturn:
@@ -259,7 +263,7 @@ class Execution:
         rt = self._require_self("error()")
         with rt.lock:
             if rt.final is None:
-                rt.final = _Final("error", str(message))
+                rt.final = _Final(ExecutionStatus.ERROR, str(message))
         raise _ExecutionEnded()
 
     # ----------------------------------------------------------- logging / outputs
@@ -357,7 +361,7 @@ class Execution:
         if isinstance(record, dict):
             self._record = record
             status = record.get("status")
-            if status in ("error", "cancelled"):
+            if status in (ExecutionStatus.ERROR, ExecutionStatus.CANCELLED):
                 name = record.get("name") or self._flow_name
                 message = record.get("message")
                 raise DependencyFailedError(
