@@ -48,8 +48,10 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import apply_folder, fresh_database, percentile, postgres_url, server
 from link import key_pair
 
-from flowlink.linking import outbox, signing
+from flowlink.executions.status import ExecutionStatus
+from flowlink.linking import signing
 from flowlink.linking.keys import fingerprint, load_private_key, load_public_keys
+from flowlink.linking.messages import AckMessage, StartMessage, UpdateMessage
 from flowlink.linking.protocol import envelope, parse_envelope
 from flowlink.linking.service import sync_path
 
@@ -89,7 +91,7 @@ async def _site(
     while True:
         messages = list(updates.values())
         if acks:
-            messages.append(outbox.new_message("ack", ids=acks))
+            messages.append(AckMessage.new(ids=acks).wire())
         body = envelope(messages, None if messages or first else POLL)
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = httpx.Headers({"content-type": "application/json"})
@@ -118,29 +120,28 @@ async def _site(
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
         for message in answer.messages:
-            if message["type"] == "ack":
-                for done in message["ids"]:
+            if isinstance(message, AckMessage):
+                for done in message.ids:
                     updates.pop(done, None)
                 continue
-            acks.append(message["id"])
-            if message["type"] != "execution.start":
+            acks.append(message.id)
+            if not isinstance(message, StartMessage):
                 continue
-            origin = message["origin_execution_id"]
+            origin = message.origin_execution_id
             out(f"start {origin} {now:.6f}")
             if origin in ran:
                 continue  # a redelivery: it runs once
             ran.add(origin)
-            update = outbox.new_message(
-                "execution.update",
+            update = UpdateMessage.new(
                 origin_execution_id=origin,
                 revision=1,
-                status="success",
+                status=ExecutionStatus.SUCCESS,
                 message="ran on the simulated site",
-                outputs={"got": (message.get("inputs") or {}).get("n")},
+                outputs={"got": message.inputs.get("n")},
                 started_at=stamp,
                 ended_at=stamp,
                 logs=[],
-            )
+            ).wire()
             updates[update["id"]] = update
 
 

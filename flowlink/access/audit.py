@@ -6,24 +6,23 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from flowlink.access.policy import Denial
 from flowlink.events.service import record
 from flowlink.store.engine import Store
 from flowlink.store.models import Workspace
 
 
-def record_denial(
-    session: Session, denial: dict[str, Any], http: dict[str, Any] | None = None
-) -> None:
+def record_denial(session: Session, denial: Denial, http: dict[str, Any] | None = None) -> None:
     """Add an ``access.denied`` event for a denial made by :mod:`flowlink.access.policy`."""
-    principal = denial.get("principal") or {}
+    principal = denial.principal
     payload = {
-        "action": denial.get("action"),
-        "subject": denial.get("subject"),
-        "reason": denial.get("reason"),
-        "attributes": denial.get("attributes") or {},
+        "action": denial.action,
+        "subject": denial.subject,
+        "reason": denial.reason,
+        "attributes": denial.attributes,
         "principal": principal,
     }
-    workspace_id = denial.get("workspace_id")
+    workspace_id = denial.workspace_id
     workspace = session.get(Workspace, workspace_id) if workspace_id else None
     record(
         session,
@@ -31,14 +30,12 @@ def record_denial(
         "access.denied",
         payload,
         user_id=principal.get("userId"),
-        execution_id=denial.get("execution_id"),
+        execution_id=denial.execution_id,
         extra_source={"http": http} if http else None,
     )
 
 
-def record_denials(
-    store: Store, denials: list[dict[str, Any]], http: dict[str, Any] | None = None
-) -> None:
+def record_denials(store: Store, denials: list[Denial], http: dict[str, Any] | None = None) -> None:
     """Record denials in their own transaction (the denied one was rolled back)."""
     if not denials:
         return

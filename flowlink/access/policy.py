@@ -24,12 +24,14 @@ __all__ = [
     "BUILTIN_ROLES",
     "SUBJECTS",
     "AccessDenied",
+    "Denial",
     "Rule",
     "WorkspaceHidden",
     "allows",
     "authorize",
     "authorize_admin",
     "can_grant",
+    "denial_of",
     "deny",
     "event_reader",
     "role_exists",
@@ -102,22 +104,41 @@ _NO_RULES: tuple[Rule, ...] = ()
 _custom_cache: dict[tuple[str, int, str], tuple[Rule, ...]] = {}
 
 
+@dataclass(frozen=True)
+class Denial:
+    """A refused request as recorded in an ``access.denied`` event (no secrets)."""
+
+    workspace_id: str | None
+    workspace_slug: str | None
+    action: str
+    subject: str
+    reason: str
+    attributes: dict[str, Any]
+    principal: dict[str, Any]  # ``Principal.describe()``
+    execution_id: str | None = None  # the execution whose ``flow_api`` call was refused
+
+
 class AccessDenied(Forbidden):
     """403: the caller may see the workspace but not do this; ``denial`` is what gets recorded."""
 
-    def __init__(self, message: str, *, denial: dict[str, Any]) -> None:
-        super().__init__(message, details={k: denial[k] for k in ("action", "subject")})
+    def __init__(self, message: str, *, denial: Denial) -> None:
+        super().__init__(message, details={"action": denial.action, "subject": denial.subject})
         self.denial = denial
 
 
 class WorkspaceHidden(NotFound):
     """404: the caller may not know that this workspace exists."""
 
-    def __init__(self, workspace: Workspace, denial: dict[str, Any]) -> None:
+    def __init__(self, workspace: Workspace, denial: Denial) -> None:
         super().__init__(
             f"workspace {workspace.slug!r} not found", details={"workspace": workspace.slug}
         )
         self.denial = denial
+
+
+def denial_of(error: BaseException) -> Denial | None:
+    """The denial an error of :func:`authorize` carries (to record it), or None."""
+    return error.denial if isinstance(error, AccessDenied | WorkspaceHidden) else None
 
 
 def role_rules(workspace: Workspace, role: str) -> tuple[Rule, ...]:
@@ -210,16 +231,16 @@ def _denial(
     workspace: Workspace | None,
     reason: str,
     attributes: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    return {
-        "workspace_id": workspace.id if workspace else None,
-        "workspace_slug": workspace.slug if workspace else None,
-        "action": action,
-        "subject": subject,
-        "reason": reason,
-        "attributes": dict(attributes or {}),
-        "principal": principal.describe(),
-    }
+) -> Denial:
+    return Denial(
+        workspace_id=workspace.id if workspace else None,
+        workspace_slug=workspace.slug if workspace else None,
+        action=action,
+        subject=subject,
+        reason=reason,
+        attributes=dict(attributes or {}),
+        principal=principal.describe(),
+    )
 
 
 def authorize(

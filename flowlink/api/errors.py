@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowlink.access.audit import record_denials
+from flowlink.access.policy import denial_of
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.errors import FlowlinkError, NotFound, TooManyRequests, Unauthorized
 from flowlink.views import View
@@ -180,7 +181,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain(request: Request, exc: FlowlinkError) -> JSONResponse:
         if isinstance(exc, NotFound) and is_public_path(request.url.path):
             return error_response(404, exc.code, PUBLIC_NOT_FOUND)
-        denial = getattr(exc, "denial", None)
+        denial = denial_of(exc)
         if denial is not None:
             http = {
                 "method": request.method,

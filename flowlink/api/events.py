@@ -30,6 +30,7 @@ from flowlink.events.views import (
     WebhookKeyView,
 )
 from flowlink.executions import starts
+from flowlink.executions.status import ExecutionStatus, is_ended
 from flowlink.executions.views import ExecutionAccepted
 from flowlink.workspaces import service as workspaces
 
@@ -295,14 +296,14 @@ async def webhook(
 
     execution_id = await run_in_threadpool(start)
     if async_:
-        accepted = ExecutionAccepted(id=execution_id, status="queued")
+        accepted = ExecutionAccepted(id=execution_id, status=ExecutionStatus.QUEUED)
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     await starts.wait_for_end(context.store, execution_id, WEBHOOK_WAIT_SECONDS)
     status, outputs, message = await run_in_threadpool(starts.outcome, context.store, execution_id)
     headers = {"X-Execution-Id": execution_id}
-    if status == "success":
+    if status == ExecutionStatus.SUCCESS:
         return JSONResponse(outputs, headers=headers)
-    if status in ("error", "cancelled"):
+    if is_ended(status):
         return error_response(502, "execution_failed", message or status, headers=headers)
     accepted = ExecutionAccepted(id=execution_id, status=status)
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)

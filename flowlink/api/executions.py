@@ -244,7 +244,7 @@ async def get_logs(
                 status=execution.status,
                 workspace_id=workspace.id,
             )
-            return bool(lines) or execution.status in executions.ENDED
+            return bool(lines) or executions.is_ended(execution.status)
 
     if not await to_thread.run_sync(read) and wait > 0:
         interests = {notify.LOGS: {page["workspace_id"]}, notify.ENDED: None}

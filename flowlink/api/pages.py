@@ -27,6 +27,7 @@ from flowlink.api.access import set_login_cookies
 from flowlink.api.deps import SESSION_COOKIE, Caller, Context, ServerContext
 from flowlink.api.responses import ApiRoute
 from flowlink.errors import FlowlinkError, NotFound, Unauthorized
+from flowlink.executions.status import ExecutionStatus
 from flowlink.pages import service as pages
 from flowlink.pages import store as page_store
 from flowlink.pages.domains import host_key
@@ -242,7 +243,7 @@ async def _run_flow(
     try:
         return await pages.run_flow(context.store, start, pages.PAGE_FLOW_TIMEOUT)
     except FlowlinkError as exc:
-        return pages.FlowResult("error", None, exc.message)
+        return pages.FlowResult(ExecutionStatus.ERROR, None, exc.message)
 
 
 _LOGIN_FORM = """<!doctype html><html><head><meta charset="utf-8"><title>Log in</title></head>

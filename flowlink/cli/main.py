@@ -31,6 +31,7 @@ from flowlink.cli.events import events_app
 from flowlink.cli.link import link_app
 from flowlink.cli.operations import backup_command, restore_command, workers_app
 from flowlink.cli.resources import flows_app, settings_app, workspaces_app
+from flowlink.executions.status import ExecutionStatus, is_ended
 
 app = typer.Typer(
     name="flowlink",
@@ -40,7 +41,6 @@ app = typer.Typer(
 )
 executions_app = typer.Typer(help="List, show and cancel executions.", no_args_is_help=True)
 app.add_typer(executions_app, name="executions")
-ENDED = ("success", "error", "cancelled")
 FOLLOW_WAIT = 10.0  # seconds a log follow request may be held by the server
 
 
@@ -312,7 +312,7 @@ def follow_execution(
             after = item["id"]
             if not quiet:
                 console.print(item["line"], highlight=False, markup=False)
-        if page["status"] in ENDED and not page["items"]:
+        if is_ended(page["status"]) and not page["items"]:
             return call(client, "GET", base)
 
 
@@ -362,13 +362,14 @@ def run(
     if as_json:
         print_json(final)
     else:
-        style = {"success": "green", "error": "red"}.get(final["status"], "yellow")
+        colors = {ExecutionStatus.SUCCESS: "green", ExecutionStatus.ERROR: "red"}
+        style = colors.get(final["status"], "yellow")
         err.print(
             f"[{style}]{final['status']}[/{style}]: {final['message'] or ''}", highlight=False
         )
         if final["output_value"]:
             console.print_json(data=final["output_value"])
-    if final["status"] != "success":
+    if final["status"] != ExecutionStatus.SUCCESS:
         raise typer.Exit(1)
 
 
@@ -472,7 +473,7 @@ def executions_cancel(
     result = call(client, "POST", f"{base}/cancel")
     # Cancelling is asynchronous: wait (a little) for the status it really ends with.
     deadline = time.monotonic() + 15
-    while result["status"] not in ENDED and time.monotonic() < deadline:
+    while not is_ended(result["status"]) and time.monotonic() < deadline:
         time.sleep(0.1)
         result = call(client, "GET", base)
     if as_json:

@@ -38,6 +38,7 @@ from flowlink.events.service import (
     validate_event_type,
 )
 from flowlink.executions.service import create_execution
+from flowlink.executions.status import ExecutionStatus
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import (
@@ -416,7 +417,7 @@ def _listened_types(row: Mapping[str, Any]) -> list[str]:
     if (
         event_type == "executions.ended"
         and isinstance(payload, dict)
-        and payload.get("status") == "error"
+        and payload.get("status") == ExecutionStatus.ERROR
     ):
         types.append("executions.failed")
     return types

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import threading
@@ -19,12 +20,13 @@ from flowlink.errors import FlowlinkError, Invalid, NotFound
 from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
 from flowlink.executions.starts import StartRequest, start_execution, wait_for_end_in_thread
+from flowlink.executions.status import ExecutionStatus, is_ended
 from flowlink.observability.logs import redact as keep_out_of_server_logs
-from flowlink.runtime.errors import (
-    DependencyFailed,
+from flowlink.runtime.flow_api import (
+    DependencyFailedError,
     FlowApiError,
-    PermissionDenied,
-    ResourceNotFound,
+    PermissionDeniedError,
+    ResourceNotFoundError,
 )
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
@@ -151,7 +153,7 @@ class FlowApiCalls:
         # An app instance's flow: its settings and custom events are its own (prefixed).
         self._app_prefix = f"{execution.app['instance']}." if execution.app else ""
         self._principal: Principal | None = None
-        self._denials: list[dict[str, Any]] = []
+        self._denials: list[policy.Denial] = []
         self._secrets: list[str] = []  # values of secrets this script read, longest first
         self._handlers: dict[str, Callable[[Session, Workspace, dict[str, Any]], Any]] = {
             "execution.get": self._execution_get,
@@ -194,10 +196,10 @@ class FlowApiCalls:
             with self.store.write() as session:
                 workspace = session.get(Workspace, self.workspace_id)
                 if workspace is None:
-                    raise ResourceNotFound("the workspace of this execution was deleted")
+                    raise ResourceNotFoundError("the workspace of this execution was deleted")
                 return handler(session, workspace, params)
         except NotFound as error:
-            raise ResourceNotFound(error.message) from error
+            raise ResourceNotFoundError(error.message) from error
         except FlowlinkError as error:
             raise FlowApiError(error.message) from error
 
@@ -255,14 +257,14 @@ class FlowApiCalls:
         subject: str,
         attributes: dict[str, Any] | None = None,
     ) -> None:
-        """Raise PermissionDenied unless the execution's principal may do this (see policy)."""
+        """Raise PermissionDeniedError unless the execution's principal may do this (see policy)."""
         principal = self._principal_for(session)
         try:
             policy.authorize(principal, action, subject, workspace, attributes)
         except (policy.AccessDenied, policy.WorkspaceHidden) as error:
-            self._denials.append({**error.denial, "execution_id": self.execution_id})
-            reason = error.denial["reason"]
-            raise PermissionDenied(f"permission denied: {reason}") from None
+            self._denials.append(dataclasses.replace(error.denial, execution_id=self.execution_id))
+            reason = error.denial.reason
+            raise PermissionDeniedError(f"permission denied: {reason}") from None
 
     def _principal_for(self, session: Session) -> Principal:
         """Who this execution acts as (loaded once)."""
@@ -285,7 +287,7 @@ class FlowApiCalls:
         if execution_id in (None, "", self.execution_id):
             execution = session.get(Execution, self.execution_id)
             if execution is None:
-                raise ResourceNotFound("this execution no longer exists")
+                raise ResourceNotFoundError("this execution no longer exists")
             return execution
         return executions.get_execution(session, workspace, str(execution_id))
 
@@ -338,7 +340,7 @@ class FlowApiCalls:
             raise FlowApiError("run=False is not supported: a child starts when it is created")
         parent = session.get(Execution, self.execution_id)
         if parent is None:
-            raise ResourceNotFound("this execution no longer exists")
+            raise ResourceNotFoundError("this execution no longer exists")
         inputs = params.get("inputs")
         if inputs is not None and not isinstance(inputs, dict):
             raise FlowApiError("inputs must be a dict")
@@ -372,7 +374,7 @@ class FlowApiCalls:
             with self.store.write() as session:
                 workspace = session.get(Workspace, self.workspace_id)
                 if workspace is None:
-                    raise ResourceNotFound("the workspace of this execution was deleted")
+                    raise ResourceNotFoundError("the workspace of this execution was deleted")
                 result = self._start_child(session, workspace, params)
                 if reserved and self._worker is not None and not result.get("remote"):
                     child = session.get(Execution, result["id"])
@@ -381,7 +383,7 @@ class FlowApiCalls:
                         session, child, workspace, self._worker.id, self.settings.lease_seconds
                     )
         except NotFound as error:
-            raise ResourceNotFound(error.message) from error
+            raise ResourceNotFoundError(error.message) from error
         except FlowlinkError as error:
             raise FlowApiError(error.message) from error
         finally:
@@ -529,15 +531,15 @@ class FlowApiCalls:
         with self.store.write() as session:
             workspace = session.get(Workspace, self.workspace_id)
             if workspace is None:
-                raise ResourceNotFound("the workspace of this execution was deleted")
+                raise ResourceNotFoundError("the workspace of this execution was deleted")
             try:
                 child = executions.get_execution(session, workspace, child_id)
             except Invalid as error:
                 raise FlowApiError(error.message) from error
             except NotFound as error:
-                raise ResourceNotFound(error.message) from error
+                raise ResourceNotFoundError(error.message) from error
             self._authorize_read(session, workspace, child)
-            if child.status in executions.ENDED:
+            if is_ended(child.status):
                 return self._ended_view(child, workspace.slug)
             executions.set_waiting(session, self.execution_id, True)
         self._release_slot()
@@ -555,7 +557,7 @@ class FlowApiCalls:
             with self.store.read() as session:
                 current = session.get(Execution, child_id)
                 if current is None:
-                    raise ResourceNotFound(f"execution {child_id} was deleted")
+                    raise ResourceNotFoundError(f"execution {child_id} was deleted")
                 return self._ended_view(current, self.workspace_slug)
         finally:
             self._retake_slot()
@@ -564,8 +566,8 @@ class FlowApiCalls:
 
     def _ended_view(self, child: Execution, slug: str) -> dict[str, Any]:
         view = executions.execution_view(child, slug)
-        if child.status != executions.SUCCESS:
-            raise DependencyFailed(
+        if child.status != ExecutionStatus.SUCCESS:
+            raise DependencyFailedError(
                 child_failure(child.id, child.flow_name, child.status, child.message)
             )
         return view

@@ -13,6 +13,15 @@ from sqlalchemy.orm import Session
 from flowlink.apps.service import app_source, resolve_flow
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
+from flowlink.executions.status import (
+    ACTIVE,
+    ENDED,
+    ExecutionStatus,
+    IllegalTransition,
+    Outcome,
+    is_ended,
+    transition,
+)
 from flowlink.observability import metrics
 from flowlink.observability.tracing import current_traceparent, valid_traceparent
 from flowlink.store import notify
@@ -27,26 +36,9 @@ from flowlink.store.models import (
 from flowlink.timestamps import format_optional
 from flowlink.workspaces.service import check_name, find_flow, get_flow
 
-QUEUED = "queued"
-RUNNING = "running"
-WAITING = "waiting"
-SUCCESS = "success"
-ERROR = "error"
-CANCELLED = "cancelled"
-ACTIVE = (RUNNING, WAITING)
-ENDED = (SUCCESS, ERROR, CANCELLED)
-ALL_STATUSES = (QUEUED, *ACTIVE, *ENDED)
+__all__ = ["ACTIVE", "ENDED", "ExecutionStatus", "IllegalTransition", "Outcome", "is_ended"]
+
 MAX_LOG_LINE = 65_536
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an execution ended, as reported by whoever ran it."""
-
-    status: str
-    message: str | None = None
-    outputs: dict[str, Any] | None = None
-    error_kind: str | None = None
 
 
 def create_execution(
@@ -106,7 +98,7 @@ def create_execution(
         script=script,
         inputs=inputs or {},
         outputs={},
-        status=QUEUED,
+        status=ExecutionStatus.QUEUED,
         created_at=utcnow(),
         parent_id=parent.id if parent else None,
         correlation_id=correlation_id or (parent.correlation_id if parent else new_id()),
@@ -231,7 +223,7 @@ def list_executions(
     if until:
         query = query.where(Execution.created_at <= until)
     if status:
-        if status not in ALL_STATUSES:
+        if status not in tuple(ExecutionStatus):
             raise Invalid(f"unknown status {status!r}", details={"field": "status"})
         query = query.where(Execution.status == status)
     if flow:
@@ -369,11 +361,22 @@ def save_progress(
 
 def set_waiting(session: Session, execution_id: str, waiting: bool) -> None:
     """Mark a running execution as waiting on a child (or running again)."""
+    current, new = ExecutionStatus.RUNNING, ExecutionStatus.WAITING
+    if not waiting:
+        current, new = new, current
     session.execute(
         update(Execution)
-        .where(Execution.id == execution_id, Execution.status.in_(ACTIVE))
-        .values(status=WAITING if waiting else RUNNING)
+        .where(Execution.id == execution_id, Execution.status == current)
+        .values(status=transition(current, new))
     )
+
+
+def set_status(execution: Execution, new: ExecutionStatus) -> None:
+    """Move a loaded execution to ``new`` (``IllegalTransition`` if the table forbids it).
+
+    Endings go through ``finish_many`` instead: it also records ``executions.ended``.
+    """
+    execution.status = transition(execution.status, new)
 
 
 def request_cancel(session: Session, execution: Execution, *, reason: str = "cancelled") -> None:
@@ -394,15 +397,17 @@ def request_cancel(session: Session, execution: Execution, *, reason: str = "can
             from flowlink.linking.exchange import cancel_mirrored
 
             cancel_mirrored(session, current, reason)
-        elif current.status == QUEUED:
-            finish_many(session, [(current.id, Outcome(CANCELLED, reason, None, "cancelled"))])
+        elif current.status == ExecutionStatus.QUEUED:
+            cancelled = Outcome(ExecutionStatus.CANCELLED, reason, error_kind="cancelled")
+            finish_many(session, [(current.id, cancelled)])
         elif current.status in ACTIVE:
             current.cancel_requested = True
             notify.announce(session, notify.CANCEL, current.id)
         pending.extend(
             session.scalars(
                 select(Execution).where(
-                    Execution.parent_id == current.id, Execution.status.in_((QUEUED, *ACTIVE))
+                    Execution.parent_id == current.id,
+                    Execution.status.in_((ExecutionStatus.QUEUED, *ACTIVE)),
                 )
             )
         )
@@ -429,7 +434,7 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
     candidates = list(
         session.scalars(
             select(Execution.id)
-            .where(Execution.status == QUEUED, Execution.remote_config_id.is_(None))
+            .where(Execution.status == ExecutionStatus.QUEUED, Execution.remote_config_id.is_(None))
             .order_by(Execution.depth.desc(), Execution.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -440,9 +445,9 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
     claimed = list(
         session.scalars(
             update(Execution)
-            .where(Execution.id.in_(candidates), Execution.status == QUEUED)
+            .where(Execution.id.in_(candidates), Execution.status == ExecutionStatus.QUEUED)
             .values(
-                status=RUNNING,
+                status=transition(ExecutionStatus.QUEUED, ExecutionStatus.RUNNING),
                 started_at=now,
                 worker_id=worker_id,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -467,7 +472,7 @@ def claim_new_child(
     Used when that worker has a free slot: the child starts without a queue round trip.
     """
     now = utcnow()
-    child.status = RUNNING
+    set_status(child, ExecutionStatus.RUNNING)
     child.started_at = now
     child.worker_id = worker_id
     child.lease_expires_at = now + timedelta(seconds=lease_seconds)
@@ -535,7 +540,8 @@ def finish_many(
     """End many active executions in this transaction; returns the ids that were ended.
 
     An execution that has already ended (ended executions are immutable), or that another
-    worker now owns, is left as it is. Each ending records ``executions.ended``.
+    worker now owns, is left as it is: a late ending lost a race (a cancel, the reaper).
+    Each ending records ``executions.ended``.
     """
     if not endings:
         return []
@@ -575,17 +581,18 @@ def finish_many(
     counted: list[tuple[str, str, float]] = []
     for execution_id, outcome in endings:
         row = rows.get(execution_id)
-        if row is None or row.status in ENDED or execution_id in done:
+        if row is None or is_ended(row.status) or execution_id in done:
             continue
         if worker_id is not None and row.worker_id != worker_id:
             continue
+        status = transition(row.status, outcome.status)
         started = row.started_at or now
         message = outcome.message if outcome.message is not None else row.message
         outputs = {**(row.outputs or {}), **(outcome.outputs or {})}
         updates.append(
             {
                 "id": execution_id,
-                "status": outcome.status,
+                "status": status,
                 "message": message,
                 "outputs": outputs,
                 "error_kind": outcome.error_kind,
@@ -602,7 +609,7 @@ def finish_many(
                 {
                     "id": execution_id,
                     "flow": row.flow_name,
-                    "status": outcome.status,
+                    "status": status,
                     "message": message,
                     "duration": (now - started).total_seconds(),
                     "errorKind": outcome.error_kind,
@@ -618,7 +625,7 @@ def finish_many(
             slugs.get(row.workspace_id),
             execution_id,
             row.trigger,
-            status=outcome.status,
+            status=status,
             duration=(now - started).total_seconds(),
             outputs=outputs,
             correlation_id=row.correlation_id,
@@ -627,9 +634,7 @@ def finish_many(
         if automation_row is not None:
             events.append(automation_row)
         done.add(execution_id)
-        counted.append(
-            (slugs.get(row.workspace_id) or "", outcome.status, (now - started).total_seconds())
-        )
+        counted.append((slugs.get(row.workspace_id) or "", status, (now - started).total_seconds()))
     if updates:
         metrics.count_ended(session, counted)
         session.execute(update(Execution), updates)
@@ -653,10 +658,9 @@ def reap_expired(session: Session) -> list[str]:
             (
                 execution.id,
                 Outcome(
-                    ERROR,
+                    ExecutionStatus.ERROR,
                     f"worker lost: worker {execution.worker_id} stopped renewing its lease",
-                    None,
-                    "worker_lost",
+                    error_kind="worker_lost",
                 ),
             )
             for execution in expired
@@ -670,7 +674,7 @@ def queue_depth(session: Session) -> int:
     return (
         session.scalar(
             select(func.count()).where(
-                Execution.status == QUEUED, Execution.remote_config_id.is_(None)
+                Execution.status == ExecutionStatus.QUEUED, Execution.remote_config_id.is_(None)
             )
         )
         or 0

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
 from flowlink.executions import service as executions
+from flowlink.executions.status import ExecutionStatus
 from flowlink.linking import exchange
 from flowlink.store import notify
 from flowlink.store.engine import Store
@@ -110,7 +111,7 @@ def outcome(store: Store, execution_id: str) -> tuple[str, Any, str | None]:
             )
         ).first()
     if row is None:
-        return executions.ERROR, None, "the execution is gone"
+        return ExecutionStatus.ERROR, None, "the execution is gone"
     return row[0], row[1], row[2]
 
 

@@ -16,6 +16,7 @@ from flowlink.background import BackgroundTasks
 from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
 from flowlink.executions.calls import FlowApiCalls
+from flowlink.executions.status import ExecutionStatus
 from flowlink.observability import metrics, tracing
 from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
@@ -290,7 +291,7 @@ class Worker:
         ):
             log.debug("execution started (flow %s)", execution.flow_name)
             outcome = self._run(claimed, cancelled)
-            if outcome.status != executions.SUCCESS:
+            if outcome.status != ExecutionStatus.SUCCESS:
                 tracing.set_error(span, f"{outcome.status}: {outcome.message or ''}")
 
     def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> executions.Outcome:
@@ -302,13 +303,13 @@ class Worker:
         except Exception as exc:
             log.exception("execution %s failed inside the worker", execution.id)
             outcome = executions.Outcome(
-                executions.ERROR, f"internal error in the worker: {exc}", None, "internal"
+                ExecutionStatus.ERROR, f"internal error in the worker: {exc}", {}, "internal"
             )
-        if self._stopping.is_set() and outcome.status == executions.CANCELLED:
+        if self._stopping.is_set() and outcome.status == ExecutionStatus.CANCELLED:
             outcome = executions.Outcome(
-                executions.ERROR,
+                ExecutionStatus.ERROR,
                 "the worker shut down before the execution finished",
-                None,
+                {},
                 "worker_stopped",
             )
         log.debug("execution ended: %s %s", outcome.status, outcome.message or "")
@@ -389,7 +390,7 @@ class Worker:
         if result.traceback:
             logs += [calls.redact(line) for line in result.traceback.rstrip("\n").splitlines()]
         message = None if result.message is None else calls.redact(result.message)
-        if result.status == executions.CANCELLED:
+        if result.status == ExecutionStatus.CANCELLED:
             message = message or "cancelled"
         outcome = executions.Outcome(result.status, message, result.outputs, result.error_kind)
         return outcome, logs

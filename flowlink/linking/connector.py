@@ -36,13 +36,13 @@ from sqlalchemy import select
 from flowlink.background import BackgroundTasks
 from flowlink.errors import NotFound
 from flowlink.events.service import record
-from flowlink.linking import outbox
 from flowlink.linking.exchange import (
     START_GRACE,
     apply_messages,
     look_for_news,
     news_interests,
 )
+from flowlink.linking.messages import AckMessage, LinkMessage
 from flowlink.linking.ownership import LinkOwnership
 from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope, for_peer
 from flowlink.linking.service import (
@@ -235,7 +235,7 @@ class Connector:
         messages = for_peer(messages, self.transport.peer_features)
         acks, self._acks = self._acks, []
         if acks:
-            messages.append(outbox.new_message("ack", ids=acks))
+            messages.append(AckMessage.new(ids=acks).wire())
         try:
             read_timeout = None if poll is None else poll + self.settings.link_timeout
             began = time.monotonic()
@@ -257,7 +257,7 @@ class Connector:
         sent = len(messages) - (1 if acks else 0)
         return BUSY if received or more or sent >= MAX_MESSAGES - 1 else DONE
 
-    def _apply(self, messages: list[dict[str, Any]]) -> list[str]:
+    def _apply(self, messages: list[LinkMessage]) -> list[str]:
         with self.store.write() as session:
             config, workspace = self._load(session)
             return apply_messages(

@@ -19,7 +19,7 @@ import httpx
 from anyio import to_thread
 
 from flowlink.errors import Invalid
-from flowlink.linking import outbox, signing
+from flowlink.linking import signing
 from flowlink.linking.exchange import (
     News,
     apply_messages,
@@ -29,6 +29,7 @@ from flowlink.linking.exchange import (
     wait_for_news,
 )
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, note_rejection
+from flowlink.linking.messages import AckMessage
 from flowlink.linking.protocol import (
     FEATURES,
     FEATURES_HEADER,
@@ -130,7 +131,7 @@ def _apply(
 def _signed(applied: _Applied, messages: list[dict[str, Any]], incoming: _Incoming) -> SignedAnswer:
     messages = for_peer(messages, features_of(incoming.headers.get(FEATURES_HEADER)))
     if applied.received:
-        messages.append(outbox.new_message("ack", ids=applied.received))
+        messages.append(AckMessage.new(ids=applied.received).wire())
     content = json.dumps(envelope(messages), separators=(",", ":")).encode()
     answer_headers = httpx.Headers({"content-type": CONTENT_TYPE})
     answer_headers[FEATURES_HEADER] = ",".join(sorted(FEATURES))

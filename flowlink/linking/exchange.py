@@ -30,7 +30,16 @@ from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
 from flowlink.errors import Conflict, FlowlinkError, Invalid, NotFound
 from flowlink.events.service import record
 from flowlink.executions import service as executions
+from flowlink.executions.status import ACTIVE, ENDED, ExecutionStatus, Outcome, is_ended
 from flowlink.linking import outbox
+from flowlink.linking.messages import (
+    AckMessage,
+    CancelMessage,
+    LinkMessage,
+    LogLine,
+    StartMessage,
+    UpdateMessage,
+)
 from flowlink.linking.service import (
     CONTROLLED,
     CONTROLLING,
@@ -70,7 +79,11 @@ class RemoteStart:
 
 
 def _follow(
-    config: SyncConfig, role: str, execution_id: str, origin_id: str, status: str | None
+    config: SyncConfig,
+    role: str,
+    execution_id: str,
+    origin_id: str,
+    status: ExecutionStatus | None,
 ) -> LinkExecution:
     """A new row saying that an execution concerns this link, in this role."""
     return LinkExecution(
@@ -155,12 +168,11 @@ def start_remote_execution(
             remote_config_id=config.id,
             http=http,
         )
-        session.add(_follow(config, ORIGIN, execution.id, execution.id, executions.QUEUED))
+        session.add(_follow(config, ORIGIN, execution.id, execution.id, ExecutionStatus.QUEUED))
         outbox.enqueue(
             session,
             config.id,
-            outbox.new_message(
-                "execution.start",
+            StartMessage.new(
                 origin_execution_id=execution.id,
                 origin_workspace=workspace.slug,
                 flow=start.flow,
@@ -170,7 +182,7 @@ def start_remote_execution(
                 correlation_id=execution.correlation_id,
                 max_runtime=start.max_runtime,
                 **({"traceparent": execution.traceparent} if execution.traceparent else {}),
-            ),
+            ).wire(),
         )
     return execution
 
@@ -196,14 +208,10 @@ def cancel_mirrored(session: Session, execution: Execution, reason: str) -> None
         outbox.enqueue(
             session,
             link.sync_config_id,
-            outbox.new_message(
-                "execution.cancel", origin_execution_id=link.origin_execution_id, reason=reason
-            ),
+            CancelMessage.new(origin_execution_id=link.origin_execution_id, reason=reason).wire(),
         )
-    executions.finish_many(
-        session,
-        [(execution.id, executions.Outcome(executions.CANCELLED, reason, None, "cancelled"))],
-    )
+    cancelled = Outcome(ExecutionStatus.CANCELLED, reason, error_kind="cancelled")
+    executions.finish_many(session, [(execution.id, cancelled)])
 
 
 # --- applying what the other end sends ------------------------------------------------------
@@ -213,7 +221,7 @@ def apply_messages(
     session: Session,
     config: SyncConfig,
     workspace: Workspace,
-    messages: Sequence[dict[str, Any]],
+    messages: Sequence[LinkMessage],
     *,
     default_max_runtime: float = 3600.0,
 ) -> list[str]:
@@ -222,21 +230,20 @@ def apply_messages(
     Every message is applied idempotently, so a redelivered one changes nothing.
     """
     received: list[str] = []
-    endings: list[tuple[str, executions.Outcome]] = []  # recorded together, at the end
+    endings: list[tuple[str, Outcome]] = []  # recorded together, at the end
     links = _Links.load(session, config, messages)
     followed = len(links.rows)
     for message in messages:
-        kind = message["type"]
-        if kind == "ack":
-            outbox.acknowledge(session, config.id, message["ids"])
+        if isinstance(message, AckMessage):
+            outbox.acknowledge(session, config.id, message.ids)
             continue
-        if kind == "execution.start":
+        if isinstance(message, StartMessage):
             _apply_start(session, config, workspace, message, links, default_max_runtime)
-        elif kind == "execution.update":
+        elif isinstance(message, UpdateMessage):
             _apply_update(session, config, workspace, message, links, endings)
-        elif kind == "execution.cancel":
+        else:
             _apply_cancel(session, config, message, links)
-        received.append(message["id"])
+        received.append(message.id)
     executions.finish_many(session, endings)
     if len(links.rows) > followed:
         # The link follows a new run: its held polls and sender look again (and listen to
@@ -262,10 +269,10 @@ class _Links:
         self.executions = executions
 
     @classmethod
-    def load(
-        cls, session: Session, config: SyncConfig, messages: Sequence[dict[str, Any]]
-    ) -> _Links:
-        origin_ids = sorted({m["origin_execution_id"] for m in messages if m["type"] != "ack"})
+    def load(cls, session: Session, config: SyncConfig, messages: Sequence[LinkMessage]) -> _Links:
+        origin_ids = sorted(
+            {m.origin_execution_id for m in messages if not isinstance(m, AckMessage)}
+        )
         rows: dict[tuple[str, str], LinkExecution] = {}
         for start in range(0, len(origin_ids), 500):
             for link in session.scalars(
@@ -305,21 +312,20 @@ class _Links:
 
 
 def _refuse_start(
-    session: Session, config: SyncConfig, message: dict[str, Any], why: str, kind: str
+    session: Session, config: SyncConfig, message: StartMessage, why: str, kind: str
 ) -> None:
     """Answer a start that cannot be done with an update that ends it as an error."""
     outbox.enqueue(
         session,
         config.id,
-        outbox.new_message(
-            "execution.update",
-            origin_execution_id=message["origin_execution_id"],
+        UpdateMessage.new(
+            origin_execution_id=message.origin_execution_id,
             revision=1,
-            status=executions.ERROR,
+            status=ExecutionStatus.ERROR,
             message=why,
             error_kind=kind,
             ended_at=format_optional(now()),
-        ),
+        ).wire(),
     )
 
 
@@ -334,11 +340,11 @@ def _apply_start(
     session: Session,
     config: SyncConfig,
     workspace: Workspace,
-    message: dict[str, Any],
+    message: StartMessage,
     links: _Links,
     default_max_runtime: float,
 ) -> None:
-    origin_id = message["origin_execution_id"]
+    origin_id = message.origin_execution_id
     if links.get(TARGET, origin_id) is not None:
         return  # started before: this is a redelivery
     if direction_of(config) != CONTROLLED:
@@ -351,9 +357,7 @@ def _apply_start(
             "refused",
         )
         return
-    flow = message["flow"]
-    use_remote_flow = bool(message.get("use_remote_flow"))
-    script = message.get("script")
+    flow, use_remote_flow, script = message.flow, message.use_remote_flow, message.script
     try:
         # Everything is checked before anything is added, so a refusal leaves no trace.
         if use_remote_flow:
@@ -365,19 +369,19 @@ def _apply_start(
             workspace,
             flow_name=flow,
             script=None if use_remote_flow else script,
-            inputs=message.get("inputs") or {},
-            correlation_id=message.get("correlation_id"),
+            inputs=message.inputs,
+            correlation_id=message.correlation_id,
             trigger={
                 "type": "link",
                 "syncConfig": config.name,
                 "originExecutionId": origin_id,
-                "originWorkspace": message.get("origin_workspace"),
+                "originWorkspace": message.origin_workspace,
                 "useRemoteFlow": use_remote_flow,
             },
-            max_runtime=message.get("max_runtime"),
+            max_runtime=message.max_runtime,
             default_max_runtime=default_max_runtime,
             principal=_identity(config, workspace),
-            traceparent=message.get("traceparent"),
+            traceparent=message.traceparent,
         )
     except FlowlinkError as error:
         kind = "not_found" if isinstance(error, NotFound) else "invalid"
@@ -386,86 +390,83 @@ def _apply_start(
     if use_remote_flow:
         execution.flow_id = None  # the run shows the script; it is not one of our flows
     # The other end knows it is queued: the first update goes out when it starts.
-    links.add(session, _follow(config, TARGET, execution.id, origin_id, executions.QUEUED))
+    links.add(session, _follow(config, TARGET, execution.id, origin_id, ExecutionStatus.QUEUED))
 
 
 def _mirror_copy(
     session: Session,
     config: SyncConfig,
     workspace: Workspace,
-    message: dict[str, Any],
+    message: UpdateMessage,
     links: _Links,
 ) -> LinkExecution | None:
     """The read-only copy of an execution of the other workspace, made on its first update."""
     if direction_of(config) != CONTROLLED:
         return None  # only the controlled end receives copies
-    origin_id = message["origin_execution_id"]
+    origin_id = message.origin_execution_id
     execution = executions.create_execution(
         session,
         workspace,
-        flow_name=message.get("flow") or "script",
-        script=message.get("script") or "",
-        inputs=message.get("inputs") or {},
-        correlation_id=message.get("correlation_id"),
+        flow_name=message.flow or "script",
+        script=message.script or "",
+        inputs=message.inputs or {},
+        correlation_id=message.correlation_id,
         trigger={"type": "mirror", "syncConfig": config.name, "originExecutionId": origin_id},
         principal=_identity(config, workspace),
         remote_config_id=config.id,
     )
-    return links.add(session, _follow(config, MIRROR, execution.id, origin_id, executions.QUEUED))
+    mirror = _follow(config, MIRROR, execution.id, origin_id, ExecutionStatus.QUEUED)
+    return links.add(session, mirror)
 
 
 def _apply_update(
     session: Session,
     config: SyncConfig,
     workspace: Workspace,
-    message: dict[str, Any],
+    message: UpdateMessage,
     links: _Links,
-    endings: list[tuple[str, executions.Outcome]],
+    endings: list[tuple[str, Outcome]],
 ) -> None:
-    origin_id = message["origin_execution_id"]
-    if message.get("mirror"):
+    origin_id = message.origin_execution_id
+    if message.mirror:
         link = links.get(MIRROR, origin_id) or _mirror_copy(
             session, config, workspace, message, links
         )
     else:
         link = links.get(ORIGIN, origin_id)
-    if link is None or message["revision"] <= link.revision:
+    if link is None or message.revision <= link.revision:
         return  # unknown here, or older than what we have
     execution = links.execution(session, link)  # loaded and locked with the link rows
     if execution is None:
         return
-    lines = [entry for entry in message.get("logs") or () if entry["seq"] > link.log_mark]
+    lines = [entry for entry in message.logs or () if entry.seq > link.log_mark]
     if lines:
-        executions.append_logs(session, execution.id, [entry["line"] for entry in lines])
-        link.log_mark = max(entry["seq"] for entry in lines)
-    if message.get("script") and not execution.script:
-        execution.script = message["script"]
-    status = message["status"]
-    link.revision = message["revision"]
+        executions.append_logs(session, execution.id, [entry.line for entry in lines])
+        link.log_mark = max(entry.seq for entry in lines)
+    if message.script and not execution.script:
+        execution.script = message.script
+    status = message.status
+    link.revision = message.revision
     link.status = status
-    if execution.status in executions.ENDED:
-        link.done = True
+    if is_ended(execution.status):
+        link.done = True  # ended executions are immutable: a late update moves nothing
         return
-    if execution.status == executions.QUEUED and (
-        status in executions.ACTIVE or message.get("started_at")
-    ):
+    if execution.status == ExecutionStatus.QUEUED and (status in ACTIVE or message.started_at):
         _mark_started(session, config, workspace, execution, message)
-    if status in executions.ENDED:
-        outcome = executions.Outcome(
-            status, message.get("message"), message.get("outputs") or {}, message.get("error_kind")
-        )
+    if status in ENDED:
+        outcome = Outcome(status, message.message, message.outputs or {}, message.error_kind)
         endings.append((execution.id, outcome))
         link.done = True
         return
-    if message.get("outputs"):
-        execution.outputs = {**(execution.outputs or {}), **message["outputs"]}
-    if "message" in message and message["message"] is not None:
-        execution.message = message["message"]
-    if status in executions.ACTIVE:
-        execution.status = status
+    if message.outputs:
+        execution.outputs = {**(execution.outputs or {}), **message.outputs}
+    if message.message is not None:
+        execution.message = message.message
+    if status in ACTIVE and execution.status != status:
+        executions.set_status(execution, status)
 
 
-def _parse_time(value: Any) -> datetime | None:
+def _parse_time(value: str | None) -> datetime | None:
     try:
         return parse_timestamp(str(value)) if value else None
     except ValueError:
@@ -477,17 +478,17 @@ def _mark_started(
     config: SyncConfig,
     workspace: Workspace,
     execution: Execution,
-    message: dict[str, Any],
+    message: UpdateMessage,
 ) -> None:
     """The mirror's run has started over there (an update may say so only once it ended).
 
     Times stay on this server's clock; a run reported as ended keeps its remote duration.
     """
-    started, ended = _parse_time(message.get("started_at")), _parse_time(message.get("ended_at"))
+    started, ended = _parse_time(message.started_at), _parse_time(message.ended_at)
     execution.started_at = now()
     if started and ended and ended >= started:
         execution.started_at -= ended - started
-    execution.status = executions.RUNNING
+    executions.set_status(execution, ExecutionStatus.RUNNING)
     record(
         session,
         workspace,
@@ -501,15 +502,15 @@ def _mark_started(
 
 
 def _apply_cancel(
-    session: Session, config: SyncConfig, message: dict[str, Any], links: _Links
+    session: Session, config: SyncConfig, message: CancelMessage, links: _Links
 ) -> None:
-    link = links.get(TARGET, message["origin_execution_id"])
+    link = links.get(TARGET, message.origin_execution_id)
     if link is None:
         return
     execution = links.execution(session, link)
-    if execution is None or execution.status in executions.ENDED:
+    if execution is None or is_ended(execution.status):
         return
-    reason = message.get("reason") or f"cancelled through the link {config.name!r}"
+    reason = message.reason or f"cancelled through the link {config.name!r}"
     executions.request_cancel(session, execution, reason=reason)
 
 
@@ -565,7 +566,7 @@ def _status_moved(settled: Any) -> Any:
         LinkExecution.status.is_(None),
         and_(
             LinkExecution.status != Execution.status,
-            or_(Execution.status.not_in(executions.ACTIVE), Execution.started_at <= settled),
+            or_(Execution.status.not_in(ACTIVE), Execution.started_at <= settled),
         ),
     )
 
@@ -661,7 +662,7 @@ def collect_changes(session: Session, config: SyncConfig) -> int:
             "error_kind": execution.error_kind,
             "started_at": format_optional(execution.started_at),
             "ended_at": format_optional(execution.ended_at),
-            "logs": [{"seq": seq, "line": line} for seq, line in lines],
+            "logs": [LogLine(seq=seq, line=line) for seq, line in lines],
         }
         if first:
             fields.update(
@@ -673,12 +674,12 @@ def collect_changes(session: Session, config: SyncConfig) -> int:
             )
         if link.role == SOURCE:
             fields["mirror"] = True
-        messages.append(outbox.new_message("execution.update", **fields))
+        messages.append(UpdateMessage.new(**fields).wire())
         link.revision += 1
         link.status = execution.status
         if lines:
             link.log_mark = lines[-1][0]
-        if execution.status in executions.ENDED and len(lines) < LOG_LINES_PER_UPDATE:
+        if is_ended(execution.status) and len(lines) < LOG_LINES_PER_UPDATE:
             link.done = True
     outbox.enqueue_many(session, config.id, messages)
     return len(changed)
@@ -865,11 +866,11 @@ def end_link_executions(session: Session, config: SyncConfig, reason: str) -> in
             .where(
                 LinkExecution.sync_config_id == config.id,
                 LinkExecution.role.in_((ORIGIN, MIRROR)),
-                Execution.status.not_in(executions.ENDED),
+                Execution.status.not_in(ENDED),
             )
         )
     )
-    outcome = executions.Outcome(executions.ERROR, reason, None, "link_removed")
+    outcome = Outcome(ExecutionStatus.ERROR, reason, error_kind="link_removed")
     return len(executions.finish_many(session, [(i, outcome) for i in open_ids]))
 
 

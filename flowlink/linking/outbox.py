@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,17 +11,6 @@ from sqlalchemy.orm import Session
 from flowlink.jsonsafe import repair
 from flowlink.store import notify
 from flowlink.store.models import LinkOutbox, utcnow
-from flowlink.timestamps import format_timestamp
-
-
-def new_message(kind: str, **fields: Any) -> dict[str, Any]:
-    """A protocol message of this type with a fresh id and the current time."""
-    return {
-        "id": uuid.uuid4().hex,
-        "type": kind,
-        "created_at": format_timestamp(utcnow()),
-        **fields,
-    }
 
 
 def enqueue(session: Session, sync_config_id: str, message: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ until it has something to send (the long poll of the immediate mode). Message ty
 - ``ack``: the ids of messages received and stored; the sender may drop them from its outbox.
 
 Everything a remote server sends is validated here before anything is acted on; an invalid
-envelope is refused as a whole, naming the message index and the field.
+envelope is refused as a whole, naming the message index and the field. Each valid message
+is then turned into its typed object (``flowlink.linking.messages``).
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 from flowlink.errors import Invalid
+from flowlink.executions.status import ExecutionStatus
 from flowlink.jsonsafe import find_problem
+from flowlink.linking.messages import LinkMessage, from_wire
 
 MAX_MESSAGES = 1000
 MAX_POLL_SECONDS = 60.0
-STATUSES = ("queued", "running", "waiting", "success", "error", "cancelled")
 MESSAGE_TYPES = ("execution.start", "execution.update", "execution.cancel", "ack")
 
 _ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9._:-]+$"}
@@ -75,7 +78,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             **_BASE,
             "origin_execution_id": _ID,
             "revision": {"type": "integer", "minimum": 1},
-            "status": {"enum": list(STATUSES)},
+            "status": {"enum": [str(status) for status in ExecutionStatus]},
             "correlation_id": {"type": ["string", "null"], "maxLength": 64},
             "message": {"type": ["string", "null"], "maxLength": 100_000},
             "outputs": {"type": "object"},
@@ -138,9 +141,9 @@ _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in _SCHEMAS.i
 
 @dataclass(frozen=True)
 class Envelope:
-    """A validated exchange body."""
+    """A validated exchange body, its messages typed."""
 
-    messages: list[dict[str, Any]]
+    messages: list[LinkMessage]
     poll: float | None = None
 
 
@@ -161,9 +164,9 @@ def parse_envelope(data: Any) -> Envelope:
     problem = find_problem(data.get("poll"), "poll")
     if problem is not None:
         raise Invalid(f"{problem[0]}: {problem[1]}", details={"field": problem[0]})
-    messages: list[dict[str, Any]] = data["messages"]
+    messages: list[LinkMessage] = []
     seen: set[str] = set()
-    for index, message in enumerate(messages):
+    for index, message in enumerate(data["messages"]):
         prefix = f"messages[{index}]"
         if not isinstance(message, dict):
             raise Invalid(f"{prefix}: a message must be an object", details={"field": prefix})
@@ -191,6 +194,14 @@ def parse_envelope(data: Any) -> Envelope:
                 details={"field": f"{prefix}.id", "index": index},
             )
         seen.add(message["id"])
+        try:
+            messages.append(from_wire(message))
+        except ValidationError as error:  # the schema above should have caught it
+            first = error.errors()[0]
+            field = _path(prefix, first["loc"][1:])  # loc starts with the message kind
+            raise Invalid(
+                f"{field}: {first['msg']}", details={"field": field, "index": index}
+            ) from None
     return Envelope(messages=messages, poll=data.get("poll"))
 
 

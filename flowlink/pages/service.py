@@ -18,6 +18,7 @@ from flowlink.errors import NotFound
 from flowlink.events.service import EventFilter, event_view, search
 from flowlink.executions import service as executions
 from flowlink.executions import starts
+from flowlink.executions.status import ExecutionStatus
 from flowlink.store.engine import Store
 from flowlink.store.models import Page, Workspace
 
@@ -175,7 +176,7 @@ class FlowResult:
     @property
     def ok(self) -> bool:
         """Whether it succeeded."""
-        return self.status == "success"
+        return self.status == ExecutionStatus.SUCCESS
 
 
 async def run_flow(store: Store, start: Callable[[], str], timeout: float) -> FlowResult:

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
+from flowlink.executions.status import ExecutionStatus
+
 __all__ = [
     "DependencyFailedError",
     "Execution",
@@ -63,7 +65,8 @@ class DependencyFailedError(FlowApiError):
 for _public in (FlowApiError, ResourceNotFoundError, PermissionDeniedError, DependencyFailedError):
     _public.__module__ = "flow_api"
 
-_ERROR_TYPES: dict[str, type[FlowApiError]] = {
+#: Every error type name a ``reply`` message's ``error.type`` may carry, and its class.
+ERROR_TYPES: dict[str, type[FlowApiError]] = {
     "FlowApiError": FlowApiError,
     "ResourceNotFoundError": ResourceNotFoundError,
     "PermissionDeniedError": PermissionDeniedError,
@@ -91,7 +94,7 @@ class _Channel(Protocol):
 class _Final:
     __slots__ = ("message", "status")
 
-    def __init__(self, status: str, message: str | None) -> None:
+    def __init__(self, status: ExecutionStatus, message: str | None) -> None:
         self.status = status
         self.message = message
 
@@ -152,7 +155,7 @@ def _install(runtime: _Runtime | None) -> None:
 def _raise_remote_error(error: Any) -> NoReturn:
     if not isinstance(error, dict):
         raise FlowApiError(str(error))
-    cls = _ERROR_TYPES.get(str(error.get("type")), FlowApiError)
+    cls = ERROR_TYPES.get(str(error.get("type")), FlowApiError)
     raise cls(str(error.get("message") or cls.__name__))
 
 
@@ -250,7 +253,9 @@ class Execution:
         with rt.lock:
             if rt.final is None:
                 rt.outputs.update(outputs)
-                rt.final = _Final("success", None if message is None else str(message))
+                rt.final = _Final(
+                    ExecutionStatus.SUCCESS, None if message is None else str(message)
+                )
         raise _ExecutionEnded()
 
     def error(self, message: str) -> NoReturn:
@@ -258,7 +263,7 @@ class Execution:
         rt = self._require_self("error()")
         with rt.lock:
             if rt.final is None:
-                rt.final = _Final("error", str(message))
+                rt.final = _Final(ExecutionStatus.ERROR, str(message))
         raise _ExecutionEnded()
 
     # ----------------------------------------------------------- logging / outputs
@@ -356,7 +361,7 @@ class Execution:
         if isinstance(record, dict):
             self._record = record
             status = record.get("status")
-            if status in ("error", "cancelled"):
+            if status in (ExecutionStatus.ERROR, ExecutionStatus.CANCELLED):
                 name = record.get("name") or self._flow_name
                 message = record.get("message")
                 raise DependencyFailedError(

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NoReturn
 
+from flowlink.executions.status import ExecutionStatus
 from flowlink.runtime import flow_api, sandbox
 from flowlink.runtime.protocol import FrameDecoder, encode, recv_message
 
@@ -300,7 +301,7 @@ def _is_fork_failure(exc: BaseException) -> bool:
 
 
 def _end(
-    status: str,
+    status: ExecutionStatus,
     message: str | None,
     outputs: dict[str, Any],
     error_kind: str | None = None,
@@ -341,7 +342,7 @@ def _classify(
     if isinstance(exc, MemoryError):
         _release_memory(exc, namespace)
         return _end(
-            "error",
+            ExecutionStatus.ERROR,
             f"memory limit exceeded ({limits.get('memory_mb')} MB)",
             outputs,
             "memory_limit",
@@ -351,7 +352,7 @@ def _classify(
         code = exc.code
         shown = "" if code is None else (str(code) if isinstance(code, int) else repr(code))
         return _end(
-            "error",
+            ExecutionStatus.ERROR,
             f"script called sys.exit({shown})",
             outputs,
             "sys_exit",
@@ -359,7 +360,7 @@ def _classify(
         )
     if _is_fork_failure(exc):
         return _end(
-            "error",
+            ExecutionStatus.ERROR,
             f"process limit exceeded ({limits.get('processes')} processes)",
             outputs,
             "process_limit",
@@ -367,7 +368,7 @@ def _classify(
         )
     kind = "dependency_failed" if isinstance(exc, flow_api.DependencyFailedError) else "exception"
     return _end(
-        "error",
+        ExecutionStatus.ERROR,
         _with_line(_exc_text(exc), line),
         outputs,
         kind,
@@ -450,14 +451,14 @@ def execute(
         msg = exc.msg or "invalid syntax"
         text = f"{type(exc).__name__}: {msg}"
         return _end(
-            "error",
+            ExecutionStatus.ERROR,
             _with_line(text, exc.lineno),
             {},
             "syntax_error",
             "".join(traceback.format_exception_only(type(exc), exc)),
         )
     except ValueError as exc:  # e.g. null bytes
-        return _end("error", f"SyntaxError: {exc}", {}, "syntax_error", None)
+        return _end(ExecutionStatus.ERROR, f"SyntaxError: {exc}", {}, "syntax_error", None)
 
     namespace: dict[str, Any] = {
         "__name__": "__flow__",
@@ -470,7 +471,7 @@ def execute(
         handler = namespace.get("handler")
         if not callable(handler):
             return _end(
-                "error",
+                ExecutionStatus.ERROR,
                 "the script does not define handler(system, this[, inputs])",
                 outputs,
                 "invalid_script",
@@ -478,7 +479,7 @@ def execute(
         try:
             nargs = _handler_args(handler)
         except TypeError as exc:
-            return _end("error", str(exc), outputs, "invalid_script")
+            return _end(ExecutionStatus.ERROR, str(exc), outputs, "invalid_script")
         result = handler(system, this, inputs) if nargs == 3 else handler(system, this)
         if inspect.iscoroutine(result):  # async def handler(...)
             import asyncio
@@ -495,13 +496,13 @@ def execute(
         raise SystemExit(0)
     final = rt.final
     if final is not None:
-        kind = None if final.status == "success" else "flow_error"
+        kind = None if final.status == ExecutionStatus.SUCCESS else "flow_error"
         return _end(final.status, final.message, outputs, kind)
     if isinstance(result, dict):
         problem = _json_ok(result)
         if problem is not None:
             return _end(
-                "error",
+                ExecutionStatus.ERROR,
                 f"returned outputs must be JSON serializable: {problem}",
                 outputs,
                 "exception",
@@ -511,10 +512,13 @@ def execute(
         problem = _json_ok(result)
         if problem is not None:
             return _end(
-                "error", f"return value must be JSON serializable: {problem}", outputs, "exception"
+                ExecutionStatus.ERROR,
+                f"return value must be JSON serializable: {problem}",
+                outputs,
+                "exception",
             )
         outputs["result"] = result
-    return _end("success", None, outputs)
+    return _end(ExecutionStatus.SUCCESS, None, outputs)
 
 
 # --------------------------------------------------------------------------- process main
@@ -630,7 +634,7 @@ def runner_main(chan_fd: int, out_fd: int, config: dict[str, Any]) -> NoReturn:
             channel.send(
                 {
                     "op": "end",
-                    "status": "error",
+                    "status": ExecutionStatus.ERROR,
                     "message": f"outputs must be JSON serializable: {exc}",
                     "outputs": {},
                     "error_kind": "exception",
@@ -645,7 +649,7 @@ def runner_main(chan_fd: int, out_fd: int, config: dict[str, Any]) -> NoReturn:
             channel.send(
                 {
                     "op": "end",
-                    "status": "error",
+                    "status": ExecutionStatus.ERROR,
                     "message": f"memory limit exceeded ({config['limits'].get('memory_mb')} MB)",
                     "outputs": {},
                     "error_kind": "memory_limit",

@@ -10,10 +10,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from flowlink.runtime import errors, flow_api
+from flowlink.executions.status import ExecutionStatus, Outcome
+from flowlink.runtime import flow_api
 from flowlink.runtime.pool import Runner
 from flowlink.runtime.protocol import FrameDecoder, ProtocolError, encode
 from flowlink.runtime.runner import EXIT_OUT_OF_MEMORY, EXIT_SANDBOX_FAILED
@@ -21,6 +21,7 @@ from flowlink.runtime.runner import EXIT_OUT_OF_MEMORY, EXIT_SANDBOX_FAILED
 __all__ = ["ERROR_KINDS", "Outcome", "drive"]
 
 log = logging.getLogger(__name__)
+ERROR = ExecutionStatus.ERROR
 
 #: Every ``error_kind`` an Outcome may carry.
 ERROR_KINDS = frozenset(
@@ -48,27 +49,15 @@ _EXIT_WAIT_AFTER_END = 2.0
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-@dataclass
-class Outcome:
-    """Result of one execution as reported by :func:`drive`."""
-
-    status: str  # "success" | "error" | "cancelled"
-    message: str | None
-    outputs: dict[str, Any] = field(default_factory=dict)
-    error_kind: str | None = None
-    traceback: str | None = None
-
-
 def _seconds(value: float) -> str:
     return f"{round(value, 1):g}"
 
 
 def _error_payload(exc: BaseException) -> dict[str, str]:
-    if isinstance(exc, errors.FlowApiError):
-        return {"type": exc.wire_type, "message": str(exc)}
     if isinstance(exc, flow_api.FlowApiError):
         name = type(exc).__name__
-        return {"type": name if name in errors.WIRE_TYPES else "FlowApiError", "message": str(exc)}
+        known = name in flow_api.ERROR_TYPES
+        return {"type": name if known else "FlowApiError", "message": str(exc)}
     return {"type": "FlowApiError", "message": "internal error"}
 
 
@@ -132,10 +121,10 @@ class _Driver:
         self.runner.kill()
         self.finish_output()
         if why == "cancelled":
-            return Outcome("cancelled", "execution cancelled", {}, "cancelled")
+            return Outcome(ExecutionStatus.CANCELLED, "execution cancelled", {}, "cancelled")
         assert self.deadline is not None
         limit = _seconds(self.deadline - self.started)
-        return Outcome("error", f"maximum runtime of {limit} s exceeded", {}, "timeout")
+        return Outcome(ERROR, f"maximum runtime of {limit} s exceeded", {}, "timeout")
 
     def limit_outcome(self) -> Outcome | None:
         """The error for a control-group limit the execution went over, if any."""
@@ -143,18 +132,18 @@ class _Driver:
         hit = self.runner.limit_hit
         if hit == "memory":
             return Outcome(
-                "error", f"memory limit exceeded ({limits.memory_mb} MB)", {}, "memory_limit"
+                ERROR, f"memory limit exceeded ({limits.memory_mb} MB)", {}, "memory_limit"
             )
         if hit == "processes":
             return Outcome(
-                "error",
+                ERROR,
                 f"process limit exceeded ({limits.processes} processes)",
                 {},
                 "process_limit",
             )
         if hit == "cpu":
             return Outcome(
-                "error", f"CPU time limit exceeded ({limits.cpu_seconds} s)", {}, "cpu_limit"
+                ERROR, f"CPU time limit exceeded ({limits.cpu_seconds} s)", {}, "cpu_limit"
             )
         return None
 
@@ -169,29 +158,29 @@ class _Driver:
         if over is not None:
             return over
         if detail:
-            return Outcome("error", f"runner lost: {detail}", {}, "runner_lost")
+            return Outcome(ERROR, f"runner lost: {detail}", {}, "runner_lost")
         rc, sig = info if info is not None else (None, None)
         if sig == signal.SIGXCPU:
             return Outcome(
-                "error", f"CPU time limit exceeded ({runner.limits.cpu_seconds} s)", {}, "cpu_limit"
+                ERROR, f"CPU time limit exceeded ({runner.limits.cpu_seconds} s)", {}, "cpu_limit"
             )
         if rc == EXIT_OUT_OF_MEMORY:
             return Outcome(
-                "error", f"memory limit exceeded ({runner.limits.memory_mb} MB)", {}, "memory_limit"
+                ERROR, f"memory limit exceeded ({runner.limits.memory_mb} MB)", {}, "memory_limit"
             )
         if rc == EXIT_SANDBOX_FAILED:
-            return Outcome("error", "runner failed to start the execution", {}, "runner_lost")
+            return Outcome(ERROR, "runner failed to start the execution", {}, "runner_lost")
         if sig is not None:
             try:
                 name = signal.Signals(sig).name
             except ValueError:
                 name = f"signal {sig}"
-            return Outcome("error", f"runner was killed by {name}", {}, "runner_lost")
+            return Outcome(ERROR, f"runner was killed by {name}", {}, "runner_lost")
         if rc is not None:
             return Outcome(
-                "error", f"runner exited unexpectedly with exit code {rc}", {}, "runner_lost"
+                ERROR, f"runner exited unexpectedly with exit code {rc}", {}, "runner_lost"
             )
-        return Outcome("error", "lost the connection to the runner", {}, "runner_lost")
+        return Outcome(ERROR, "lost the connection to the runner", {}, "runner_lost")
 
     def end(self, msg: dict[str, Any]) -> Outcome:
         self.runner.ended = True
@@ -208,15 +197,13 @@ class _Driver:
         message = msg.get("message")
         kind = msg.get("error_kind")
         tb = msg.get("traceback")
-        if status not in ("success", "error"):
-            return Outcome(
-                "error", f"runner lost: invalid end status {status!r}", {}, "runner_lost"
-            )
+        if status not in (ExecutionStatus.SUCCESS, ERROR):
+            return Outcome(ERROR, f"runner lost: invalid end status {status!r}", {}, "runner_lost")
         return Outcome(
-            status,
+            ExecutionStatus(status),
             None if message is None else str(message),
             outputs if isinstance(outputs, dict) else {},
-            None if status == "success" else (str(kind) if kind else "exception"),
+            None if status == ExecutionStatus.SUCCESS else (str(kind) if kind else "exception"),
             None if tb is None else str(tb),
         )
 
@@ -239,7 +226,7 @@ class _Driver:
                 result = self.handle_call(method, params)
                 reply = {"op": "reply", "id": call_id, "result": result}
             except Exception as exc:
-                if not isinstance(exc, errors.FlowApiError | flow_api.FlowApiError):
+                if not isinstance(exc, flow_api.FlowApiError):
                     log.exception("flow_api call %s failed", method)
                 reply = {"op": "reply", "id": call_id, "error": _error_payload(exc)}
         try:
@@ -265,7 +252,7 @@ class _Driver:
             data = encode(message)
         except (TypeError, ValueError) as exc:
             self.runner.kill()
-            return Outcome("error", f"could not start the execution: {exc}", {}, "internal")
+            return Outcome(ERROR, f"could not start the execution: {exc}", {}, "internal")
         try:
             self.runner.sock.sendall(data)
         except OSError:
@@ -333,9 +320,9 @@ def drive(
 
     ``handle_call(method, params)`` serves the script's ``flow_api`` calls (see
     docs/runtime.md for methods). It returns a JSON-serializable result or raises
-    :class:`flowlink.runtime.errors.FlowApiError` (or its subclasses
-    ``ResourceNotFound``, ``PermissionDenied``, ``DependencyFailed``), which the
-    script receives as the matching ``flow_api`` exception; any other exception is
+    :class:`flowlink.runtime.flow_api.FlowApiError` (or its subclasses
+    ``ResourceNotFoundError``, ``PermissionDeniedError``, ``DependencyFailedError``), which
+    the script receives as the same exception; any other exception is
     logged and reported to the script as ``FlowApiError("internal error")``.
     ``handle_call`` runs in the calling thread: while it blocks, ``deadline`` and
     ``cancelled`` are not checked, so a call that may block for long (e.g.

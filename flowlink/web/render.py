@@ -17,9 +17,10 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from flowlink import __version__
+from flowlink.executions.status import ExecutionStatus
 from flowlink.timestamps import format_timestamp
 
-STATUSES = ("queued", "running", "waiting", "success", "error", "cancelled")
+STATUSES = tuple(ExecutionStatus)
 
 
 def _pretty(value: Any) -> str:

@@ -463,7 +463,7 @@ def execution_page(request: Request, ws: str, execution_id: str, user: Viewer) -
     return render(
         request,
         "execution.html",
-        {"ws": ws, "nav": "executions", "e": view, "ended": view["status"] in executions.ENDED},
+        {"ws": ws, "nav": "executions", "e": view, "ended": executions.is_ended(view["status"])},
     )
 
 

@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.audit import record_denials
+from flowlink.access.policy import denial_of
 from flowlink.access.service import Principal, authenticate_session, csrf_token_for
 from flowlink.api.deps import SESSION_COOKIE, ServerContext
 from flowlink.errors import FlowlinkError, Forbidden, Unauthorized
@@ -100,7 +101,7 @@ async def error_page(request: Request, error: Exception) -> Response:
             request, "error.html", {"status": 422, "message": "; ".join(messages)}, status=422
         )
     assert isinstance(error, FlowlinkError)
-    denial = getattr(error, "denial", None)
+    denial = denial_of(error)
     if denial is not None:
         await run_in_threadpool(record_denials, context_of(request).store, [denial], _http(request))
     return render(

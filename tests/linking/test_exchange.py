@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.executions import service as executions
 from flowlink.linking import exchange, outbox
+from flowlink.linking import messages as messages_module
 from flowlink.linking import service as linking
 from flowlink.store import notify
 from flowlink.store.engine import Store
@@ -103,7 +104,8 @@ def apply(link: Link, config_id: str, messages: list[dict[str, Any]]) -> list[st
         assert config is not None
         workspace = session.get(Workspace, config.workspace_id)
         assert workspace is not None
-        return exchange.apply_messages(session, config, workspace, messages)
+        typed = [messages_module.from_wire(message) for message in messages]
+        return exchange.apply_messages(session, config, workspace, typed)
 
 
 def executions_of(link: Link, workspace_id: str) -> list[Execution]:
@@ -248,9 +250,9 @@ def test_controlling_end_refuses_starts_and_controlled_end_cannot_start(link: Li
                 session, workspace, "nope", exchange.RemoteStart(flow="own")
             )
     # A start arriving at the controlling end (a misconfigured pair) is refused, not run.
-    forged = outbox.new_message(
-        "execution.start", origin_execution_id="x-1", flow="own", inputs={}, script=CHILD
-    )
+    forged = messages_module.StartMessage.new(
+        origin_execution_id="x-1", flow="own", inputs={}, script=CHILD
+    ).wire()
     apply(link, link.to_b, [forged])
     assert [e.trigger.get("type") for e in executions_of(link, link.a)] == []
     (refusal,) = take(link, link.to_b)
@@ -342,3 +344,29 @@ def test_a_poll_that_starts_following_a_run_hears_its_end(link: Link) -> None:
     (update,) = asyncio.run(poll())
     assert update["type"] == "execution.update"
     assert update["status"] == executions.SUCCESS
+
+
+def test_a_late_update_never_moves_an_ended_mirror(link: Link) -> None:
+    mirror_id = start(link)
+    apply(link, link.from_a, take(link, link.to_b))
+    run_in_b(link, lambda _: executions.Outcome("success", "done", {"x": 1}))
+    updates = [m for m in take(link, link.from_a) if m["type"] == "execution.update"]
+    apply(link, link.to_b, updates)
+    with link.store.read() as session:
+        before = session.get(Execution, mirror_id)
+        assert before is not None and before.status == "success"
+        kept = (before.status, before.message, before.outputs, before.ended_at)
+    # A newer revision that would move it back (a confused or replaying peer): acked, ignored.
+    late = {
+        **updates[-1],
+        "id": "late-1",
+        "revision": updates[-1]["revision"] + 1,
+        "status": "running",
+        "message": "late",
+        "outputs": {"y": 2},
+    }
+    assert apply(link, link.to_b, [late]) == ["late-1"]
+    with link.store.read() as session:
+        after = session.get(Execution, mirror_id)
+        assert after is not None
+        assert (after.status, after.message, after.outputs, after.ended_at) == kept

@@ -24,7 +24,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from flowlink.linking import keys, outbox, signing
+from flowlink.linking import keys, signing
+from flowlink.linking.messages import StartMessage
 from flowlink.linking.protocol import envelope
 from flowlink.linking.service import sync_path
 from flowlink.store.engine import make_engine, migrate
@@ -605,8 +606,7 @@ def test_cancelling_the_mirror_cancels_the_remote_run(
 
 def _start_message(ws_a: str) -> bytes:
     """A valid exchange body with one ``execution.start`` (of ECHO)."""
-    message = outbox.new_message(
-        "execution.start",
+    message = StartMessage.new(
         origin_execution_id=uuid.uuid4().hex,
         origin_workspace=ws_a,
         flow="echo",
@@ -614,7 +614,7 @@ def _start_message(ws_a: str) -> bytes:
         use_remote_flow=False,
         inputs={"x": "intruder"},
         correlation_id=None,
-    )
+    ).wire()
     return json.dumps(envelope([message])).encode()
 
 

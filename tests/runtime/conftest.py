@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flowlink.runtime import errors, sandbox
+from flowlink.runtime import flow_api, sandbox
 from flowlink.runtime.pool import Runner, RunnerLimits, RunnerPool
 from flowlink.runtime.session import Outcome, drive
 
@@ -38,14 +38,14 @@ class FakeWorker:
         if method == "execution.get":
             record = self.executions.get(params["id"] if params["id"] is not None else 1)
             if record is None:
-                raise errors.ResourceNotFound(f"execution {params['id']} not found")
+                raise flow_api.ResourceNotFoundError(f"execution {params['id']} not found")
             return record.get(params["field"])
         if method == "execution.save":
             self.saves.append(params)
             return None
         if method == "execution.start_child":
             if params["flow"] not in self.flows:
-                raise errors.ResourceNotFound(f"flow {params['flow']!r} not found")
+                raise flow_api.ResourceNotFoundError(f"flow {params['flow']!r} not found")
             child_id = self.next_child
             self.next_child += 1
             self.executions[child_id] = {
@@ -64,29 +64,29 @@ class FakeWorker:
             return None
         if method == "setting.get":
             if params["name"] not in self.settings:
-                raise errors.ResourceNotFound(f"setting {params['name']!r} not found")
+                raise flow_api.ResourceNotFoundError(f"setting {params['name']!r} not found")
             return self.settings[params["name"]]
         if method == "setting.save":
             if params["name"].startswith("locked"):
-                raise errors.PermissionDenied("setting is read-only")
+                raise flow_api.PermissionDeniedError("setting is read-only")
             self.settings[params["name"]] = params["value"]
             return None
         if method == "setting.exists":
             return params["name"] in self.settings
         if method == "setting.delete":
             if self.settings.pop(params["name"], None) is None:
-                raise errors.ResourceNotFound(f"setting {params['name']!r} not found")
+                raise flow_api.ResourceNotFoundError(f"setting {params['name']!r} not found")
             return None
         if method == "flow.get":
             flow = self.flows.get(params["name"])
             if flow is None:
-                raise errors.ResourceNotFound(f"flow {params['name']!r} not found")
+                raise flow_api.ResourceNotFoundError(f"flow {params['name']!r} not found")
             return flow.get(params["field"])
         if method == "user.get_own":
             return self.user
         if method == "boom":
             raise RuntimeError("worker bug")
-        raise errors.FlowApiError(f"unknown method {method}")
+        raise flow_api.FlowApiError(f"unknown method {method}")
 
 
 @dataclass
