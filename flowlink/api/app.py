@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from fastapi import FastAPI
 
 from flowlink import __version__
@@ -23,11 +25,15 @@ from flowlink.api.guard import BodyGuard
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.observability.http import HttpMetrics
 from flowlink.observability.tracing import TracingMiddleware
-from flowlink.web.app import install as install_console
 
 
-def create_app(context: ServerContext) -> FastAPI:
-    """Build the API application around a server context."""
+def create_app(
+    context: ServerContext, extensions: Sequence[Callable[[FastAPI], None]] = ()
+) -> FastAPI:
+    """Build the API application around a server context.
+
+    ``extensions`` add routes built on the API (the console, ``flowlink.web.app.install``).
+    """
     app = FastAPI(
         title="flowlink",
         version=__version__,
@@ -50,7 +56,8 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(files.router)
     app.include_router(pages.router)
     app.include_router(apps.router)
-    install_console(app)
+    for extend in extensions:
+        extend(app)
     # outermost of these: a custom domain serves pages only, never the API or the console
     app.add_middleware(pages.CustomDomains, lookup=pages.domain_lookup(context))
     return app

@@ -291,5 +291,5 @@ def cancel_execution(
         authorize(caller, "execute", "executions", workspace)
         execution = executions.get_execution(session, workspace, execution_id)
         authorize(caller, "execute", "executions", workspace, {"flow": execution.flow_name})
-        executions.request_cancel(session, execution)
+        executions.request_cancel(session, execution, cancel_remote=exchange.cancel_mirrored)
     return _detail(context.store, ws, execution_id)

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/v1", tags=["system"])
 @router.get("/ready")
 def ready(context: Context) -> JSONResponse:
     """200 when the store answers, its schema is current and a worker heartbeats; else 503."""
-    result = readiness(context.store)
+    result = readiness(context.store, workers.running_count)
     return JSONResponse(result.view(), status_code=200 if result.ready else 503)
 
 

@@ -9,13 +9,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy.orm import Session
 
 from flowlink.cli.client import Client
 from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, fail, print_json
 from flowlink.cli.common import table as make_table
 from flowlink.errors import FlowlinkError
 from flowlink.settings import ServerSettings
+from flowlink.store.engine import StoreSession
 
 users_app = typer.Typer(
     help="Manage the organization's users (works on the store directly).", no_args_is_help=True
@@ -24,7 +24,7 @@ tokens_app = typer.Typer(help="Create, list and revoke your API tokens.", no_arg
 
 
 @contextmanager
-def _store_session() -> Iterator[Session]:
+def _store_session() -> Iterator[StoreSession]:
     """A write transaction on the store of FLOWLINK_DATABASE_URL; domain errors exit cleanly."""
     from flowlink.server import open_store
 

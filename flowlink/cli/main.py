@@ -152,6 +152,7 @@ def worker_command(
     import threading
     from dataclasses import replace
 
+    from flowlink import assembly
     from flowlink.background import BackgroundTasks
     from flowlink.executions.worker import Worker
     from flowlink.observability import metrics, tracing
@@ -164,7 +165,7 @@ def worker_command(
     if concurrency:
         settings = replace(settings, worker_concurrency=concurrency)
     store = open_store(settings)
-    worker = Worker(store, settings)
+    worker = Worker(store, settings, hooks=assembly.FLOW_HOOKS)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

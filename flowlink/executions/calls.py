@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -16,9 +17,7 @@ from flowlink.access import policy
 from flowlink.access.audit import record_denials
 from flowlink.access.service import Principal, principal_from_descriptor
 from flowlink.errors import FlowlinkError, Invalid, NotFound
-from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
-from flowlink.linking.exchange import RemoteStart, start_remote_execution
 from flowlink.observability.logs import redact as keep_out_of_server_logs
 from flowlink.runtime.errors import (
     DependencyFailed,
@@ -119,6 +118,49 @@ class ChildLauncher(Protocol):
     def launch_reserved(self, claimed: executions.Claimed) -> None: ...
 
 
+class EmitEvent(Protocol):
+    """Records a custom event a flow emits and starts the automations listening to it."""
+
+    def __call__(
+        self,
+        session: Session,
+        workspace: Workspace,
+        execution_id: str,
+        event_type: str,
+        payload: Any,
+        *,
+        max_depth: int,
+    ) -> object: ...
+
+
+class StartRemote(Protocol):
+    """Starts a child execution in the workspace linked through the sync config ``remote``."""
+
+    def __call__(
+        self,
+        session: Session,
+        workspace: Workspace,
+        remote: str,
+        *,
+        flow: str,
+        inputs: dict[str, Any] | None,
+        use_remote_flow: bool,
+        parent: Execution,
+        default_max_runtime: float,
+    ) -> Execution: ...
+
+
+@dataclass(frozen=True)
+class FlowHooks:
+    """What flow API calls do through the domains built on executions (automations, links).
+
+    Those domains import executions, so the worker's creator passes them in.
+    """
+
+    emit: EmitEvent
+    start_remote: StartRemote
+
+
 class FlowApiCalls:
     """Answers the ``flow_api`` calls of one running execution."""
 
@@ -133,9 +175,11 @@ class FlowApiCalls:
         deadline: float,
         release_slot: Callable[[], None],
         retake_slot: Callable[[], None],
+        hooks: FlowHooks,
         worker: ChildLauncher | None = None,
     ) -> None:
         self.store = store
+        self.hooks = hooks
         self.settings = settings
         self.execution_id = execution.id
         self.workspace_id = execution.workspace_id
@@ -344,17 +388,14 @@ class FlowApiCalls:
         if inputs is not None and not isinstance(inputs, dict):
             raise FlowApiError("inputs must be a dict")
         if params.get("remote"):
-            mirror = start_remote_execution(
+            mirror = self.hooks.start_remote(
                 session,
                 workspace,
                 str(params["remote"]),
-                RemoteStart(
-                    flow=str(params.get("flow")),
-                    inputs=inputs,
-                    use_remote_flow=bool(params.get("use_remote_flow")),
-                ),
+                flow=str(params.get("flow")),
+                inputs=inputs,
+                use_remote_flow=bool(params.get("use_remote_flow")),
                 parent=parent,
-                trigger={"type": "flow", "parent": parent.id},
                 default_max_runtime=self.settings.default_max_runtime,
             )
             return {"id": mirror.id, "remote": True}
@@ -408,7 +449,7 @@ class FlowApiCalls:
     def _emit(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
         event_type = self._app_prefix + str(params.get("type"))
         self._authorize(session, workspace, "create", "events", {"type": event_type})
-        emit_from_execution(
+        self.hooks.emit(
             session,
             workspace,
             self.execution_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -380,7 +380,17 @@ def set_waiting(session: Session, execution_id: str, waiting: bool) -> None:
     )
 
 
-def request_cancel(session: Session, execution: Execution, *, reason: str = "cancelled") -> None:
+CancelRemote = Callable[[Session, Execution, str], None]
+"""Cancels an execution that runs in a linked workspace (``linking.exchange.cancel_mirrored``)."""
+
+
+def request_cancel(
+    session: Session,
+    execution: Execution,
+    *,
+    reason: str = "cancelled",
+    cancel_remote: CancelRemote,
+) -> None:
     """Cancel an execution and its unfinished descendants.
 
     A queued one ends at once; a running one is flagged and its worker kills the runner.
@@ -395,9 +405,7 @@ def request_cancel(session: Session, execution: Execution, *, reason: str = "can
         current = pending.pop()
         if current.remote_config_id is not None:
             # It runs in a linked workspace: the link carries the cancel over.
-            from flowlink.linking.exchange import cancel_mirrored
-
-            cancel_mirrored(session, current, reason)
+            cancel_remote(session, current, reason)
         elif current.status == QUEUED:
             finish_many(session, [(current.id, Outcome(CANCELLED, reason, None, "cancelled"))])
         elif current.status in ACTIVE:

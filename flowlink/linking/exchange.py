@@ -482,7 +482,7 @@ def _apply_cancel(
     if execution is None or execution.status in executions.ENDED:
         return
     reason = message.get("reason") or f"cancelled through the link {config.name!r}"
-    executions.request_cancel(session, execution, reason=reason)
+    executions.request_cancel(session, execution, reason=reason, cancel_remote=cancel_mirrored)
 
 
 # --- reporting changes to the other end -----------------------------------------------------

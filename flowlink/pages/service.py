@@ -22,10 +22,9 @@ from flowlink.executions import service as executions
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Page, Workspace
-
-from .render import render
-from .spec import ACCESS_PUBLIC, PageSpec, page_from_dict
-from .store import INDEX
+from flowlink.workspaces.page_store import INDEX
+from flowlink.workspaces.page_templates import render
+from flowlink.workspaces.pages import ACCESS_PUBLIC, PageSpec, page_from_dict
 
 __all__ = [
     "Decision",
@@ -263,5 +262,5 @@ def page_template_values(page: LoadedPage, context: PageContext) -> dict[str, An
 
 
 def render_page(page: LoadedPage, context: PageContext) -> str:
-    """Render the page (:class:`~flowlink.pages.render.RenderError` on a template failure)."""
+    """Render the page (``page_templates.RenderError`` on a template failure)."""
     return render(page.spec.template, page_template_values(page, context))

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
-from flowlink.events import triggers
-from flowlink.events.graph import automation_graph, next_firings
+from flowlink.automations import webhooks
+from flowlink.automations.graph import automation_graph, next_firings
 from flowlink.store.models import utcnow
 from flowlink.web.render import iso, render
 from flowlink.web.routes import Post, Viewer, workspace_for
@@ -130,8 +130,8 @@ async def rotate_key(request: Request, ws: str, automation: str, sent: Post) -> 
         with context_of(request).store.write() as session:
             workspace = workspace_for(session, sent.user, ws, "automations")
             authorize(sent.user, "manage", "automations", workspace)
-            return triggers.rotate_webhook_key(
-                session, triggers.get_webhook(session, workspace, automation)
+            return webhooks.rotate_webhook_key(
+                session, webhooks.get_webhook(session, workspace, automation)
             )
 
     key = await run_in_threadpool(rotate)

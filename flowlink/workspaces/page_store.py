@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from flowlink.errors import Conflict
 from flowlink.store.models import CustomDomain, Page, Workspace, utcnow
 
-from .spec import ACCESS_MEMBERS, PageSpec, page_to_dict
+from .pages import ACCESS_MEMBERS, PageSpec, page_to_dict
 
 __all__ = [
     "INDEX",

@@ -17,8 +17,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from flowlink.automations.triggers import start_automation
 from flowlink.background import BackgroundTasks
-from flowlink.events.triggers import start_automation
 from flowlink.settings import ServerSettings
 from flowlink.store.engine import Store
 from flowlink.store.models import Automation, ScheduleSlot, Workspace, new_id, utcnow
