@@ -45,7 +45,6 @@ from flowlink.workspaces import service as workspaces
 from flowlink.workspaces.folder import read_folder
 
 log = logging.getLogger(__name__)
-DEMO_SLUG = "demo"
 
 
 def open_store(settings: ServerSettings) -> Store:

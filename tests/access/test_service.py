@@ -74,7 +74,7 @@ def test_migration_creates_the_access_tables(store: Store) -> None:
     assert "principal" in columns
 
 
-def test_builtin_roles_follow_design(store: Store, ws: Workspace) -> None:
+def test_builtin_roles_grant_what_docs_access_md_says(store: Store, ws: Workspace) -> None:
     def p(role: str) -> access.Principal:
         return access.Principal("u", "u", False, memberships={ws.id: role})
 
