@@ -39,10 +39,21 @@ def apply_bundle(
     session: Session,
     bundle: WorkspaceBundle,
     environ: Mapping[str, str],
-    **options: Any,
+    *,
+    expected_slug: str | None = None,
+    max_new_settings: int | None = None,
+    secret_key: str | None = None,
 ) -> workspaces.ApplyResult:
-    """Apply a workspace folder with every domain's part (``workspaces.apply_bundle``)."""
-    return workspaces.apply_bundle(session, bundle, environ, parts=APPLY_PARTS, **options)
+    """Apply a workspace folder with every domain's part (see ``workspaces.apply_bundle``)."""
+    return workspaces.apply_bundle(
+        session,
+        bundle,
+        environ,
+        expected_slug=expected_slug,
+        max_new_settings=max_new_settings,
+        secret_key=secret_key,
+        parts=APPLY_PARTS,
+    )
 
 
 def _start_remote(
