@@ -28,6 +28,7 @@ lint: install-test
 	$(BIN)/ruff check flowlink flow_api.py tests bench
 	$(BIN)/ruff format --check flowlink flow_api.py tests bench
 	$(BIN)/mypy flowlink flow_api.py
+	$(BIN)/lint-imports
 
 format: install-test
 	$(BIN)/ruff format flowlink flow_api.py tests bench

@@ -18,6 +18,7 @@ from anyio import to_thread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from flowlink import assembly
 from flowlink.access.service import (
     admin_exists,
     authenticate_token,
@@ -28,27 +29,27 @@ from flowlink.access.service import (
 from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
 from flowlink.api.proxies import ForwardedHeaders
+from flowlink.automations.scheduler import schedule_event_jobs
 from flowlink.background import BackgroundTasks
 from flowlink.credentials import load_credentials, save_credentials
 from flowlink.errors import Unauthorized
 from flowlink.events.rejections import flush_rejections
-from flowlink.events.scheduler import schedule_event_jobs
 from flowlink.executions.worker import Worker, watch_other_workers
 from flowlink.linking.connector import LinkManager
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import User
+from flowlink.web.app import install as install_console
 from flowlink.workspaces import service as workspaces
 from flowlink.workspaces.folder import read_folder
 
 log = logging.getLogger(__name__)
-DEMO_SLUG = "demo"
 
 
 def open_store(settings: ServerSettings) -> Store:
     """Connect to the store and bring its schema up to date."""
-    store = Store(settings.database_url)
+    store = assembly.store(settings.database_url)
     store.migrate()
     return store
 
@@ -62,7 +63,7 @@ def prepare_demo(store: Store, server_url: str) -> dict[str, Any]:
     """Apply the demo workspace and make sure an admin login exists; returns the login."""
     bundle = workspaces.parse_files(read_folder(demo_folder()))
     with store.write() as session:
-        workspaces.apply_bundle(session, bundle, os.environ)
+        assembly.apply_bundle(session, bundle, os.environ)
         if not admin_exists(session):
             credentials = init_admin(session)
             save_credentials(server_url, credentials)
@@ -170,7 +171,7 @@ def build_server(
     with store.write() as session:
         workspaces.rerender_all(session, os.environ)
     context = ServerContext(store=store, settings=settings)
-    app = create_app(context)
+    app = create_app(context, [install_console])
     app.add_middleware(ForwardedHeaders, trusted=settings.trusted_proxies)
     config = uvicorn.Config(
         app,
@@ -186,7 +187,7 @@ def build_server(
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    worker = Worker(store, settings) if with_worker else None
+    worker = Worker(store, settings, hooks=assembly.FLOW_HOOKS) if with_worker else None
     app.state.sandbox_info = worker.pool.sandbox_info if worker is not None else None
     running = RunningServer(
         context=context,

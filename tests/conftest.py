@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flowlink import assembly
 from flowlink.access.service import init_admin
 from flowlink.server import RunningServer, build_server, serve
 from flowlink.settings import ServerSettings
@@ -103,7 +104,7 @@ def postgres_database(prefix: str) -> Iterator[str]:
 @pytest.fixture
 def store(database_url: str) -> Iterator[Store]:
     """A Store on a clean database."""
-    s = Store(database_url)
+    s = assembly.store(database_url)
     yield s
     s.dispose()
 

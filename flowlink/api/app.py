@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,7 +26,6 @@ from flowlink.api.guard import BodyGuard
 from flowlink.api.responses import SafeJSONResponse
 from flowlink.observability.http import HttpMetrics
 from flowlink.observability.tracing import TracingMiddleware
-from flowlink.web.app import install as install_console
 
 
 def _document_errors(app: FastAPI) -> None:
@@ -41,8 +41,13 @@ def _document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(context: ServerContext) -> FastAPI:
-    """Build the API application around a server context."""
+def create_app(
+    context: ServerContext, extensions: Sequence[Callable[[FastAPI], None]] = ()
+) -> FastAPI:
+    """Build the API application around a server context.
+
+    ``extensions`` add routes built on the API (the console, ``flowlink.web.app.install``).
+    """
     app = FastAPI(
         title="flowlink",
         version=__version__,
@@ -65,7 +70,8 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(files.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router, responses=ERROR_RESPONSES)
     app.include_router(apps.router, responses=ERROR_RESPONSES)
-    install_console(app)
+    for extend in extensions:
+        extend(app)
     _document_errors(app)
     # outermost of these: a custom domain serves pages only, never the API or the console
     app.add_middleware(pages.CustomDomains, lookup=pages.domain_lookup(context))

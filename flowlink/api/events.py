@@ -19,8 +19,9 @@ from flowlink.api.deps import request_http as _http
 from flowlink.api.errors import ErrorBody, error_response
 from flowlink.api.responses import ApiRoute
 from flowlink.api.responses import SafeJSONResponse as JSONResponse
+from flowlink.automations import triggers, webhooks
 from flowlink.errors import Invalid, Unauthorized
-from flowlink.events import live, triggers
+from flowlink.events import live
 from flowlink.events import service as events
 from flowlink.events.views import (
     CLOUDEVENT_SCHEMA,
@@ -30,8 +31,8 @@ from flowlink.events.views import (
     WebhookKeyView,
 )
 from flowlink.executions import starts
-from flowlink.executions.status import ExecutionStatus, is_ended
 from flowlink.executions.views import ExecutionAccepted
+from flowlink.runtime.status import ExecutionStatus, is_ended
 from flowlink.workspaces import service as workspaces
 
 router = APIRouter(prefix="/api/v1/workspaces/{ws}", tags=["events"], route_class=ApiRoute)
@@ -258,7 +259,7 @@ async def webhook(
         "method": request.method,
         "path": request.url.path,
         "query": query,
-        "headers": triggers.filter_headers(request.headers),
+        "headers": webhooks.filter_headers(request.headers),
         "body": body,
     }
 
@@ -266,26 +267,26 @@ async def webhook(
         rejected: Unauthorized | None = None
         with context.store.read() as session:
             workspace = workspaces.get_workspace(session, ws)
-            found = triggers.get_webhook(session, workspace, automation)
+            found = webhooks.get_webhook(session, workspace, automation)
             try:
-                triggers.check_webhook_key(session, found, key)
+                webhooks.check_webhook_key(session, found, key)
             except Unauthorized as error:
                 rejected = error
         if rejected is not None:
             reason = str(rejected.details.get("reason"))
             window = context.settings.rejection_window
-            triggers.note_webhook_rejected(context.store, window, ws, automation, reason, http)
+            webhooks.note_webhook_rejected(context.store, window, ws, automation, reason, http)
             raise rejected
         with context.store.write() as session:
             workspace = workspaces.get_workspace(session, ws)
-            found = triggers.get_webhook(session, workspace, automation)
-            execution = triggers.start_webhook(
+            found = webhooks.get_webhook(session, workspace, automation)
+            execution = webhooks.start_webhook(
                 session,
                 workspace,
                 found,
                 inputs,
                 http,
-                correlation_id=triggers.webhook_correlation_id(request.headers),
+                correlation_id=webhooks.webhook_correlation_id(request.headers),
             )
             if execution is None:
                 raise Invalid(
@@ -336,11 +337,11 @@ def rotate_webhook_key(
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "manage", "automations", workspace)
-        found = triggers.get_webhook(session, workspace, automation)
-        key = triggers.rotate_webhook_key(session, found)
+        found = webhooks.get_webhook(session, workspace, automation)
+        key = webhooks.rotate_webhook_key(session, found)
         return {
             "automation": automation,
             "key": key,
-            "public": triggers.is_public(found),
+            "public": webhooks.is_public(found),
             "url": f"/api/v1/workspaces/{ws}/webhooks/{automation}",
         }

@@ -18,6 +18,7 @@ from flowlink.executions import service as executions
 from flowlink.executions import starts
 from flowlink.executions.views import ExecutionBatchView, ExecutionList, ExecutionView, LogPage
 from flowlink.linking import exchange
+from flowlink.linking import starts as linking_starts
 from flowlink.store import notify
 from flowlink.store.engine import Session, Store
 from flowlink.store.models import Execution, Workspace
@@ -101,7 +102,7 @@ def _start(
     authorize(caller, "execute", "executions", workspace, attributes)
     if body.script is not None:
         authorize(caller, "create", "flows", workspace, attributes)
-    return starts.start_execution(
+    return linking_starts.start_execution(
         session,
         workspace,
         request,
@@ -262,5 +263,5 @@ def cancel_execution(
         authorize(caller, "execute", "executions", workspace)
         execution = executions.get_execution(session, workspace, execution_id)
         authorize(caller, "execute", "executions", workspace, {"flow": execution.flow_name})
-        executions.request_cancel(session, execution)
+        executions.request_cancel(session, execution, cancel_remote=exchange.cancel_mirrored)
     return _detail(context.store, ws, execution_id)

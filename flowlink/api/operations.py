@@ -24,7 +24,7 @@ router = APIRouter(prefix="/api/v1", tags=["system"], route_class=ApiRoute)
 )
 def ready(context: Context, response: Response) -> dict[str, Any]:
     """200 when the store answers, its schema is current and a worker heartbeats; else 503."""
-    result = readiness(context.store)
+    result = readiness(context.store, workers.running_count)
     response.status_code = 200 if result.ready else 503
     return result.view()
 

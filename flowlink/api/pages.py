@@ -27,13 +27,13 @@ from flowlink.api.access import set_login_cookies
 from flowlink.api.deps import SESSION_COOKIE, Caller, Context, ServerContext
 from flowlink.api.responses import ApiRoute
 from flowlink.errors import FlowlinkError, NotFound, Unauthorized
-from flowlink.executions.status import ExecutionStatus
 from flowlink.pages import service as pages
-from flowlink.pages import store as page_store
-from flowlink.pages.domains import host_key
-from flowlink.pages.render import RenderError
 from flowlink.pages.views import PageList
+from flowlink.runtime.status import ExecutionStatus
+from flowlink.workspaces import page_store
 from flowlink.workspaces import service as workspaces
+from flowlink.workspaces.domains import host_key
+from flowlink.workspaces.page_templates import RenderError
 
 router = APIRouter(tags=["pages"], route_class=ApiRoute)
 PAGE_CSRF_COOKIE = "flowlink_page_csrf"

@@ -8,12 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import Field
 
+from flowlink import assembly
 from flowlink.access.policy import allows, authorize, authorize_admin, visible
 from flowlink.access.service import Principal
 from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context
 from flowlink.api.responses import ApiRoute
-from flowlink.events.triggers import ensure_webhook_keys
+from flowlink.automations.webhooks import ensure_webhook_keys
 from flowlink.settings import resolve_secret_key
 from flowlink.store.models import Workspace
 from flowlink.workspaces import service as workspaces
@@ -122,7 +123,7 @@ def apply_workspace(ws: str, body: ApplyBody, context: Context, caller: Caller) 
         if existing is not None:
             for name in bundle.secrets:
                 authorize(caller, "manage", "settings", existing, {"setting": name})
-        result = workspaces.apply_bundle(
+        result = assembly.apply_bundle(
             session,
             bundle,
             os.environ,

@@ -37,6 +37,7 @@ from flowlink.store.models import (
     utcnow,
 )
 from flowlink.timestamps import format_timestamp
+from flowlink.workspaces.spec import WorkspaceBundle
 from flowlink.workspaces.templating import render_over
 from flowlink.workspaces.yamlsource import SpecError
 
@@ -369,6 +370,22 @@ def uninstall(session: Session, workspace: Workspace, slug: str) -> None:
         "workspaces.app.uninstalled",
         {"slug": slug, "app": instance.app_slug, "version": instance.version},
     )
+
+
+def sync_part(
+    session: Session, workspace: Workspace, bundle: WorkspaceBundle, environ: Mapping[str, str]
+) -> list[str]:
+    """Apply's part for apps: sync the instances ``workspace.yml`` declares (an ``ApplyPart``)."""
+    spec = bundle.spec
+    declared = {
+        slug: InstanceSpec(
+            slug=slug, app=i["app"], version=i["version"], config=i.get("config") or {}
+        )
+        for slug, i in spec.apps.items()
+    }
+    if spec.config_schema:
+        check_schema(spec.config_schema, spec.slug)
+    return sync_instances(session, workspace, declared, environ)
 
 
 def sync_instances(

@@ -15,7 +15,7 @@ from flowlink.cli.common import JsonOpt, ServerOpt, TokenOpt, call, console, fai
 from flowlink.cli.common import table as make_table
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from flowlink.store.engine import StoreSession
 
 users_app = typer.Typer(
     help="Manage the organization's users (works on the store directly).", no_args_is_help=True
@@ -24,7 +24,7 @@ tokens_app = typer.Typer(help="Create, list and revoke your API tokens.", no_arg
 
 
 @contextmanager
-def _store_session() -> Iterator[Session]:
+def _store_session() -> Iterator[StoreSession]:
     """A write transaction on the store of FLOWLINK_DATABASE_URL; domain errors exit cleanly."""
     from flowlink.errors import FlowlinkError
     from flowlink.server import open_store
@@ -63,9 +63,7 @@ def users_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a user, optionally with roles in workspaces."""
-    from flowlink.access import policy
-    from flowlink.access import service as access
-    from flowlink.workspaces import service as workspaces
+    from flowlink.access import users
 
     grants = []
     for pair in workspace or []:
@@ -74,29 +72,17 @@ def users_create(
             raise fail(f"--role expects WORKSPACE=ROLE, got {pair!r}")
         grants.append((slug, role))
     with _store_session() as session:
-        user = access.create_user(session, username, None, is_admin=admin)
-        generated = access.set_password(session, user, password)
-        for slug, role in grants:
-            ws = workspaces.get_workspace(session, slug)
-            if not policy.role_exists(ws, role):
-                raise fail(f"unknown role {role!r} in workspace {slug!r}")
-            access.set_membership(session, user, ws, role)
-        view = access.user_view(user, access.user_memberships(session, user.id))
-    if password is None:
-        view["password"] = generated
+        view = users.create_user(session, username, password, is_admin=admin, roles=grants)
     _print_user(view, as_json, "created")
 
 
 @users_app.command("list")
 def users_list(as_json: JsonOpt = False) -> None:
     """List the users with their workspace roles."""
-    from flowlink.access import service as access
+    from flowlink.access import users
 
     with _store_session() as session:
-        views = [
-            access.user_view(u, access.user_memberships(session, u.id))
-            for u in access.list_users(session)
-        ]
+        views = users.list_users(session)
     if as_json:
         print_json(views)
         return
@@ -113,11 +99,10 @@ def users_list(as_json: JsonOpt = False) -> None:
 
 
 def _set_disabled(username: str, disabled: bool, as_json: bool) -> None:
-    from flowlink.access import service as access
+    from flowlink.access import users
 
     with _store_session() as session:
-        user = access.set_disabled(session, access.get_user(session, username), disabled)
-        view = access.user_view(user)
+        view = users.set_disabled(session, username, disabled)
     _print_user(view, as_json, "disabled" if disabled else "enabled")
 
 
@@ -146,14 +131,10 @@ def users_reset_password(
     as_json: JsonOpt = False,
 ) -> None:
     """Set a new password (their sessions end)."""
-    from flowlink.access import service as access
+    from flowlink.access import users
 
     with _store_session() as session:
-        user = access.get_user(session, username)
-        generated = access.set_password(session, user, password)
-        view = access.user_view(user)
-    if password is None:
-        view["password"] = generated
+        view = users.reset_password(session, username, password)
     _print_user(view, as_json, "has a new password")
 
 
@@ -165,17 +146,10 @@ def users_grant(
     as_json: JsonOpt = False,
 ) -> None:
     """Give a user a role in a workspace (replacing the one they had)."""
-    from flowlink.access import policy
-    from flowlink.access import service as access
-    from flowlink.workspaces import service as workspaces
+    from flowlink.access import users
 
     with _store_session() as session:
-        ws = workspaces.get_workspace(session, workspace)
-        if not policy.role_exists(ws, role):
-            raise fail(f"unknown role {role!r} in workspace {workspace!r}")
-        user = access.get_user(session, username)
-        access.set_membership(session, user, ws, role)
-        view = access.user_view(user, access.user_memberships(session, user.id))
+        view = users.grant(session, username, workspace, role)
     _print_user(view, as_json, f"is {role} in {workspace}")
 
 

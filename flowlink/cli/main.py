@@ -31,7 +31,7 @@ from flowlink.cli.events import events_app
 from flowlink.cli.link import link_app
 from flowlink.cli.operations import backup_command, restore_command, workers_app
 from flowlink.cli.resources import flows_app, settings_app, workspaces_app
-from flowlink.executions.status import ExecutionStatus, is_ended
+from flowlink.runtime.status import ExecutionStatus, is_ended
 
 app = typer.Typer(
     name="flowlink",
@@ -153,6 +153,7 @@ def worker_command(
     import threading
     from dataclasses import replace
 
+    from flowlink import assembly
     from flowlink.background import BackgroundTasks
     from flowlink.executions.worker import Worker
     from flowlink.observability import metrics, tracing
@@ -166,7 +167,7 @@ def worker_command(
     if concurrency:
         settings = replace(settings, worker_concurrency=concurrency)
     store = open_store(settings)
-    worker = Worker(store, settings)
+    worker = Worker(store, settings, hooks=assembly.FLOW_HOOKS)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -13,11 +13,11 @@ from sqlalchemy import ColumnElement, Select, String, cast, false, func, insert,
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
+from flowlink.events.types import LISTENABLE_NATIVE_EVENTS
 from flowlink.observability import metrics
 from flowlink.store import notify
 from flowlink.store.models import Event, Workspace, new_id, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
-from flowlink.workspaces.spec import LISTENABLE_NATIVE_EVENTS
 
 EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_PAYLOAD_BYTES = 100_000
@@ -28,7 +28,7 @@ _LISTENABLE = frozenset(t for t in LISTENABLE_NATIVE_EVENTS if not t.endswith("*
 
 
 def _remember_native(session: Session, row: Mapping[str, Any]) -> None:
-    """Keep a listenable native event for ``flowlink.events.triggers.dispatch_native``."""
+    """Keep a listenable native event for ``flowlink.automations.triggers.dispatch_native``."""
     # Events recorded while native events are dispatched (trigger records, depth-limit
     # errors) are not dispatched again: one round per transaction, never a loop.
     if row["type"] in _LISTENABLE and row.get("workspace_id") and not session.info.get(DISPATCHING):

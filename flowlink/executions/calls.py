@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -17,10 +18,8 @@ from flowlink.access import policy
 from flowlink.access.audit import record_denials
 from flowlink.access.service import Principal, principal_from_descriptor
 from flowlink.errors import FlowlinkError, Invalid, NotFound
-from flowlink.events.triggers import emit_from_execution
 from flowlink.executions import service as executions
-from flowlink.executions.starts import StartRequest, start_execution, wait_for_end_in_thread
-from flowlink.executions.status import ExecutionStatus, is_ended
+from flowlink.executions.starts import StartRequest, start_local, wait_for_end_in_thread
 from flowlink.observability.logs import redact as keep_out_of_server_logs
 from flowlink.runtime.flow_api import (
     DependencyFailedError,
@@ -28,6 +27,7 @@ from flowlink.runtime.flow_api import (
     PermissionDeniedError,
     ResourceNotFoundError,
 )
+from flowlink.runtime.status import ExecutionStatus, is_ended
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, User, Workspace
@@ -120,6 +120,49 @@ class ChildLauncher(Protocol):
     def launch_reserved(self, claimed: executions.Claimed) -> None: ...
 
 
+class EmitEvent(Protocol):
+    """Records a custom event a flow emits and starts the automations listening to it."""
+
+    def __call__(
+        self,
+        session: Session,
+        workspace: Workspace,
+        execution_id: str,
+        event_type: str,
+        payload: Any,
+        *,
+        max_depth: int,
+    ) -> object: ...
+
+
+class StartRemote(Protocol):
+    """Starts a child execution in the workspace linked through the sync config ``remote``."""
+
+    def __call__(
+        self,
+        session: Session,
+        workspace: Workspace,
+        remote: str,
+        *,
+        flow: str,
+        inputs: dict[str, Any] | None,
+        use_remote_flow: bool,
+        parent: Execution,
+        default_max_runtime: float,
+    ) -> Execution: ...
+
+
+@dataclass(frozen=True)
+class FlowHooks:
+    """What flow API calls do through the domains built on executions (automations, links).
+
+    Those domains import executions, so the worker's creator passes them in.
+    """
+
+    emit: EmitEvent
+    start_remote: StartRemote
+
+
 class FlowApiCalls:
     """Answers the ``flow_api`` calls of one running execution."""
 
@@ -134,9 +177,11 @@ class FlowApiCalls:
         deadline: float,
         release_slot: Callable[[], None],
         retake_slot: Callable[[], None],
+        hooks: FlowHooks,
         worker: ChildLauncher | None = None,
     ) -> None:
         self.store = store
+        self.hooks = hooks
         self.settings = settings
         self.execution_id = execution.id
         self.workspace_id = execution.workspace_id
@@ -344,23 +389,29 @@ class FlowApiCalls:
         inputs = params.get("inputs")
         if inputs is not None and not isinstance(inputs, dict):
             raise FlowApiError("inputs must be a dict")
-        if params.get("use_remote_flow") and not params.get("remote"):
-            raise FlowApiError("use_remote_flow=True needs remote='<sync config name>'")
-        remote = str(params["remote"]) if params.get("remote") else None
-        child = start_execution(
-            session,
-            workspace,
-            StartRequest(
+        if params.get("remote"):
+            mirror = self.hooks.start_remote(
+                session,
+                workspace,
+                str(params["remote"]),
                 flow=str(params.get("flow")),
                 inputs=inputs,
-                remote=remote,
                 use_remote_flow=bool(params.get("use_remote_flow")),
-            ),
+                parent=parent,
+                default_max_runtime=self.settings.default_max_runtime,
+            )
+            return {"id": mirror.id, "remote": True}
+        if params.get("use_remote_flow"):
+            raise FlowApiError("use_remote_flow=True needs remote='<sync config name>'")
+        child = start_local(
+            session,
+            workspace,
+            StartRequest(flow=str(params.get("flow")), inputs=inputs),
             parent=parent,
             trigger={"type": "flow", "parent": parent.id},
             default_max_runtime=self.settings.default_max_runtime,
         )
-        return {"id": child.id, "remote": True} if remote else {"id": child.id}
+        return {"id": child.id}
 
     def _start_child_now(self, params: dict[str, Any]) -> Any:
         """Create a child; if this worker has a free slot, it starts here at once.
@@ -399,7 +450,7 @@ class FlowApiCalls:
     def _emit(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> None:
         event_type = self._app_prefix + str(params.get("type"))
         self._authorize(session, workspace, "create", "events", {"type": event_type})
-        emit_from_execution(
+        self.hooks.emit(
             session,
             workspace,
             self.execution_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session
 from flowlink.apps.service import app_source, resolve_flow
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
-from flowlink.executions.status import (
+from flowlink.observability import metrics
+from flowlink.observability.tracing import current_traceparent, valid_traceparent
+from flowlink.runtime.status import (
     ACTIVE,
     ENDED,
     ExecutionStatus,
@@ -22,8 +24,6 @@ from flowlink.executions.status import (
     is_ended,
     transition,
 )
-from flowlink.observability import metrics
-from flowlink.observability.tracing import current_traceparent, valid_traceparent
 from flowlink.store import notify
 from flowlink.store.models import (
     Execution,
@@ -379,7 +379,17 @@ def set_status(execution: Execution, new: ExecutionStatus) -> None:
     execution.status = transition(execution.status, new)
 
 
-def request_cancel(session: Session, execution: Execution, *, reason: str = "cancelled") -> None:
+CancelRemote = Callable[[Session, Execution, str], None]
+"""Cancels an execution that runs in a linked workspace (``linking.exchange.cancel_mirrored``)."""
+
+
+def request_cancel(
+    session: Session,
+    execution: Execution,
+    *,
+    reason: str = "cancelled",
+    cancel_remote: CancelRemote,
+) -> None:
     """Cancel an execution and its unfinished descendants.
 
     A queued one ends at once; a running one is flagged and its worker kills the runner.
@@ -394,9 +404,7 @@ def request_cancel(session: Session, execution: Execution, *, reason: str = "can
         current = pending.pop()
         if current.remote_config_id is not None:
             # It runs in a linked workspace: the link carries the cancel over.
-            from flowlink.linking.exchange import cancel_mirrored
-
-            cancel_mirrored(session, current, reason)
+            cancel_remote(session, current, reason)
         elif current.status == ExecutionStatus.QUEUED:
             cancelled = Outcome(ExecutionStatus.CANCELLED, reason, error_kind="cancelled")
             finish_many(session, [(current.id, cancelled)])

@@ -1,6 +1,7 @@
-"""Starting an execution (here, or in a linked workspace) and waiting for its end.
+"""Starting an execution here and waiting for its end.
 
-The API, webhooks and a flow's ``flow_api.start`` all start and wait through these.
+The API, webhooks, pages and a flow's ``flow_api`` all start and wait through these; a start
+that may go through a link is ``linking.starts.start_execution``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
 from flowlink.executions import service as executions
-from flowlink.executions.status import ExecutionStatus
-from flowlink.linking import exchange
+from flowlink.runtime.status import ExecutionStatus
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
@@ -40,7 +40,7 @@ class StartRequest:
         return self.flow if self.script is None else (self.name or self.flow)
 
 
-def start_execution(
+def start_local(
     session: Session,
     workspace: Workspace,
     request: StartRequest,
@@ -52,31 +52,8 @@ def start_execution(
     principal: dict[str, Any] | None = None,
     http: dict[str, Any] | None = None,
 ) -> Execution:
-    """Queue the execution here, or start it in the linked workspace of ``request.remote``
-    (the local execution returned then mirrors it)."""
-    if request.remote is not None:
-        if request.script is not None or not request.flow:
-            raise Invalid(
-                "remote: give the flow to run in the linked workspace (not a script)",
-                details={"field": "remote"},
-            )
-        return exchange.start_remote_execution(
-            session,
-            workspace,
-            request.remote,
-            exchange.RemoteStart(
-                flow=request.flow,
-                inputs=request.inputs,
-                use_remote_flow=request.use_remote_flow,
-                max_runtime=request.max_runtime,
-            ),
-            parent=parent,
-            user_id=user_id,
-            trigger=trigger,
-            principal=principal,
-            default_max_runtime=default_max_runtime,
-            http=http,
-        )
+    """Queue the execution in this workspace (a start through a link is
+    ``linking.starts.start_execution``)."""
     if request.use_remote_flow:
         raise Invalid("use_remote_flow: only with remote", details={"field": "use_remote_flow"})
     return executions.create_execution(

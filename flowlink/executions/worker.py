@@ -15,12 +15,12 @@ from typing import Any
 from flowlink.background import BackgroundTasks
 from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
-from flowlink.executions.calls import FlowApiCalls
-from flowlink.executions.status import ExecutionStatus
+from flowlink.executions.calls import FlowApiCalls, FlowHooks
 from flowlink.observability import metrics, tracing
 from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.runtime.session import drive
+from flowlink.runtime.status import ExecutionStatus
 from flowlink.settings import ServerSettings, secret_key_path
 from flowlink.store import notify
 from flowlink.store.engine import Store, protected_paths
@@ -47,9 +47,17 @@ class Worker:
     never starve their own children of runners, however deep they go.
     """
 
-    def __init__(self, store: Store, settings: ServerSettings, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: ServerSettings,
+        *,
+        hooks: FlowHooks,
+        name: str | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.hooks = hooks
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.pool = RunnerPool(
             warm_size=settings.warm_runners,
@@ -375,6 +383,7 @@ class Worker:
             deadline=deadline,
             release_slot=self._give_slot,
             retake_slot=self._take_slot,
+            hooks=self.hooks,
             worker=self,
         )
         runner = self.pool.acquire()

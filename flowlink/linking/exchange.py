@@ -30,7 +30,6 @@ from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
 from flowlink.errors import Conflict, FlowlinkError, Invalid, NotFound
 from flowlink.events.service import record
 from flowlink.executions import service as executions
-from flowlink.executions.status import ACTIVE, ENDED, ExecutionStatus, Outcome, is_ended
 from flowlink.linking import outbox
 from flowlink.linking.messages import (
     AckMessage,
@@ -47,6 +46,7 @@ from flowlink.linking.service import (
     direction_of,
     get_sync_config,
 )
+from flowlink.runtime.status import ACTIVE, ENDED, ExecutionStatus, Outcome, is_ended
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, ExecutionLog, LinkExecution, SyncConfig, Workspace
@@ -511,7 +511,7 @@ def _apply_cancel(
     if execution is None or is_ended(execution.status):
         return
     reason = message.reason or f"cancelled through the link {config.name!r}"
-    executions.request_cancel(session, execution, reason=reason)
+    executions.request_cancel(session, execution, reason=reason, cancel_remote=cancel_mirrored)
 
 
 # --- reporting changes to the other end -----------------------------------------------------

@@ -33,7 +33,6 @@ from flowlink.workspaces.service import find_workspace
 
 # A nonce must be remembered for as long as its signature could still be accepted.
 NONCE_MEMORY = signing.MAX_AGE + signing.CLOCK_SKEW + timedelta(seconds=5)
-REJECTION_REASONS = (*signing.REASONS, "replayed", "disabled")
 FORGET_EVERY = 10.0  # seconds between clean-ups of nonces too old to matter
 _last_forget = 0.0
 

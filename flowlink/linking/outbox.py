@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.jsonsafe import repair
 from flowlink.store import notify
-from flowlink.store.models import LinkOutbox, utcnow
+from flowlink.store.models import LinkOutbox, SyncConfig, Workspace, utcnow
 
 
 def enqueue(session: Session, sync_config_id: str, message: dict[str, Any]) -> None:
@@ -75,8 +75,6 @@ def depth(session: Session, sync_config_id: str) -> int:
 
 def depths(session: Session) -> dict[str, int]:
     """Messages waiting per link (``workspace/sync config``), links with an empty outbox omitted."""
-    from flowlink.store.models import SyncConfig, Workspace
-
     rows = session.execute(
         select(Workspace.slug, SyncConfig.name, func.count(LinkOutbox.id))
         .join(SyncConfig, SyncConfig.id == LinkOutbox.sync_config_id)

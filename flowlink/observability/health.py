@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from flowlink.executions import workers
 from flowlink.store.engine import Store, alembic_config
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,12 @@ class Readiness:
         return {"status": "ready" if self.ready else "not ready", "checks": self.checks}
 
 
-def readiness(store: Store) -> Readiness:
-    """Check the store answers, its schema is current, and a worker heartbeats."""
+def readiness(store: Store, running_workers: Callable[[Session], int]) -> Readiness:
+    """Check the store answers, its schema is current, and a worker heartbeats.
+
+    ``running_workers`` counts the workers heartbeating (``executions.workers.running_count``;
+    passed in, since executions build on observability).
+    """
     result = Readiness()
     try:
         with store.read() as session:
@@ -56,7 +61,7 @@ def readiness(store: Store) -> Readiness:
     except Exception as error:
         result.checks["migrations"] = {"ok": False, "error": _short(error)}
     with store.read() as session:
-        running = workers.running_count(session)
+        running = running_workers(session)
     result.checks["workers"] = {"ok": running > 0, "running": running}
     return result
 

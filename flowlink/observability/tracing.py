@@ -24,11 +24,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from flowlink.observability.http import StatusNoted
+
 log = logging.getLogger(__name__)
 
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-FEATURES_HEADER = "flowlink-link-features"  # what a link end accepts beyond the base protocol
-TRACEPARENT_FEATURE = "traceparent"
 _state: dict[str, Any] = {"tracer": None}
 
 
@@ -182,8 +182,6 @@ class TracingMiddleware:
         for key, value in scope.get("headers") or ():
             if key == b"traceparent":
                 incoming = value.decode("latin-1")
-        from flowlink.observability.http import StatusNoted
-
         noted = StatusNoted(send)
         with span(
             f"{scope['method']} {scope['path']}",

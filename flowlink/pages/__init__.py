@@ -1,5 +1,6 @@
-"""Pages: sandboxed Jinja2 templates of a workspace served to admins and end users.
+"""Pages: serving a workspace's sandboxed Jinja2 templates to admins and end users.
 
-``domains`` checks and matches custom domains, ``spec`` parses ``pages/<slug>.yml`` and checks
-templates, ``render`` renders them, ``service`` stores pages and decides who sees them.
+Pages are declared with the workspace (``flowlink.workspaces.pages`` parses them,
+``page_templates`` renders, ``domains`` matches custom domains, ``page_store`` stores them);
+``service`` decides who sees a page and runs its handler flow.
 """

@@ -18,13 +18,12 @@ from flowlink.errors import NotFound
 from flowlink.events.service import EventFilter, event_view, search
 from flowlink.executions import service as executions
 from flowlink.executions import starts
-from flowlink.executions.status import ExecutionStatus
+from flowlink.runtime.status import ExecutionStatus
 from flowlink.store.engine import Store
 from flowlink.store.models import Page, Workspace
-
-from .render import render
-from .spec import ACCESS_PUBLIC, PageSpec, page_from_dict
-from .store import INDEX
+from flowlink.workspaces.page_store import INDEX
+from flowlink.workspaces.page_templates import render
+from flowlink.workspaces.pages import ACCESS_PUBLIC, PageSpec, page_from_dict
 
 __all__ = [
     "Decision",
@@ -231,5 +230,5 @@ def page_template_values(page: LoadedPage, context: PageContext) -> dict[str, An
 
 
 def render_page(page: LoadedPage, context: PageContext) -> str:
-    """Render the page (:class:`~flowlink.pages.render.RenderError` on a template failure)."""
+    """Render the page (``page_templates.RenderError`` on a template failure)."""
     return render(page.spec.template, page_template_values(page, context))

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +113,23 @@ def protected_paths(engine: Engine, extra: list[str] | None = None) -> list[str]
     return paths
 
 
+StoreSession = Session
+"""What ``Store.write()`` and ``Store.read()`` yield, named for the layers that only pass it on
+to domain functions (``api``, ``web`` and ``cli`` never import SQLAlchemy)."""
+
+
 class Store:
     """The engine plus a session factory; one per process."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(
+        self, database_url: str, *, session_hooks: Sequence[Callable[[type[Session]], None]] = ()
+    ) -> None:
+        """Open the store; each of ``session_hooks`` installs its listeners on the sessions.
+
+        The hooks come from the domains built on the store (automations dispatches native
+        events before a commit); they are installed before the notifier's, so what they
+        write at commit is announced too.
+        """
         self.url = database_url
         self.engine = make_engine(database_url)
         # A Session subclass of our own, so commit hooks fire for this store only.
@@ -130,9 +143,8 @@ class Store:
             expire_on_commit=False,
         )
         self.notifier = notify.Notifier()
-        from flowlink.events.triggers import install as install_native_triggers
-
-        install_native_triggers(session_class)  # before notify: its starts are announced too
+        for install in session_hooks:
+            install(session_class)
         notify.install(session_class, self.notifier)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self.listening = threading.Event()  # set while the PostgreSQL listener listens

@@ -10,8 +10,8 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize
-from flowlink.events import triggers
-from flowlink.events.graph import automation_graph, next_firings
+from flowlink.automations import webhooks
+from flowlink.automations.graph import automation_graph, next_firings
 from flowlink.store.models import utcnow
 from flowlink.timestamps import format_timestamp
 from flowlink.web.render import render
@@ -134,8 +134,8 @@ async def rotate_key(request: Request, ws: str, automation: str, sent: Post) -> 
         with context_of(request).store.write() as session:
             workspace = workspace_for(session, sent.user, ws, "automations")
             authorize(sent.user, "manage", "automations", workspace)
-            return triggers.rotate_webhook_key(
-                session, triggers.get_webhook(session, workspace, automation)
+            return webhooks.rotate_webhook_key(
+                session, webhooks.get_webhook(session, workspace, automation)
             )
 
     key = await run_in_threadpool(rotate)

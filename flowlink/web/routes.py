@@ -477,7 +477,7 @@ async def cancel_execution(request: Request, ws: str, execution_id: str, sent: P
             authorize(sent.user, "execute", "executions", workspace)
             execution = executions.get_execution(session, workspace, execution_id)
             authorize(sent.user, "execute", "executions", workspace, {"flow": execution.flow_name})
-            executions.request_cancel(session, execution)
+            executions.request_cancel(session, execution, cancel_remote=exchange.cancel_mirrored)
 
     await run_in_threadpool(cancel)
     return see_other(f"/w/{ws}/executions/{execution_id}")

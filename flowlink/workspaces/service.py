@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from flowlink import atrest
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import event_row, record, record_rows
-from flowlink.pages import store as pages
 from flowlink.store.models import (
-    Automation,
-    AutomationTrigger,
     Flow,
     Setting,
     Workspace,
@@ -26,6 +23,7 @@ from flowlink.store.models import (
     utcnow,
 )
 from flowlink.timestamps import format_timestamp
+from flowlink.workspaces import page_store as pages
 from flowlink.workspaces.files import apply_files, list_files
 from flowlink.workspaces.spec import (
     FLOW_NAME_RE,
@@ -218,7 +216,17 @@ def render_workspace_config(
         raise spec_error_to_invalid(error) from error
 
 
-def _automation_spec(automation: AutomationSpec) -> dict[str, Any]:
+ApplyPart = Callable[[Session, Workspace, WorkspaceBundle, Mapping[str, str]], list[str]]
+"""A higher domain's share of an apply: sync its tables for the workspace, return the changes.
+
+``apply_bundle`` takes them by name (``{"automations": ..., "apps": ...}``) from the caller,
+so the domains that build on workspaces (apps, automations) are synced in the same
+transaction without workspaces importing them.
+"""
+
+
+def automation_spec(automation: AutomationSpec) -> dict[str, Any]:
+    """An automation's declaration as stored in ``workspaces.spec`` and ``automations.spec``."""
     return {
         "flow": automation.flow,
         "when": {
@@ -239,6 +247,7 @@ def apply_bundle(
     expected_slug: str | None = None,
     max_new_settings: int | None = None,
     secret_key: str | None = None,
+    parts: Mapping[str, ApplyPart],
 ) -> ApplyResult:
     """Create or update a workspace from a parsed folder, all or nothing, idempotently.
 
@@ -246,7 +255,8 @@ def apply_bundle(
     settings from ``settings.yml`` are initial values: created when missing, never overwritten
     (flows own settings at run time). ``max_new_settings`` bounds the settings one apply
     creates (and so the time it holds the store's write lock). Secret settings (``!secret``)
-    are encrypted with ``secret_key``, the server's secret key.
+    are encrypted with ``secret_key``, the server's secret key. ``parts`` sync the tables of
+    the domains built on workspaces (see :data:`ApplyPart`).
     """
     spec = bundle.spec
     if expected_slug is not None and spec.slug != expected_slug:
@@ -266,7 +276,7 @@ def apply_bundle(
     result = ApplyResult(workspace=workspace, created=created)
 
     new_spec = {
-        "automations": {slug: _automation_spec(a) for slug, a in spec.automations.items()},
+        "automations": {slug: automation_spec(a) for slug, a in spec.automations.items()},
         "customDomains": list(spec.custom_domains),
         **({"apps": {slug: dict(i) for slug, i in spec.apps.items()}} if spec.apps else {}),
         "roles": {
@@ -299,8 +309,8 @@ def apply_bundle(
     result.changes["domains"] = pages.claim_domains(session, workspace, spec.custom_domains)
     result.changes["flows"] = _sync_flows(session, workspace, bundle.flows)
     result.changes["pages"] = pages.sync_pages(session, workspace, bundle.page_specs)
-    result.changes["automations"] = _sync_automations(session, workspace, spec.automations)
-    result.changes["apps"] = _sync_apps(session, workspace, spec, environ)
+    for name, part in parts.items():
+        result.changes[name] = part(session, workspace, bundle, environ)
     result.changes["settings"] = _apply_settings(
         session, workspace, bundle.settings, limit=max_new_settings
     )
@@ -331,22 +341,6 @@ def apply_bundle(
     return result
 
 
-def _sync_apps(
-    session: Session, workspace: Workspace, spec: WorkspaceSpec, environ: Mapping[str, str]
-) -> list[str]:
-    from flowlink.apps import service as apps  # apps use workspaces' templating and models
-
-    declared = {
-        slug: apps.InstanceSpec(
-            slug=slug, app=i["app"], version=i["version"], config=i.get("config") or {}
-        )
-        for slug, i in spec.apps.items()
-    }
-    if spec.config_schema:
-        apps.check_schema(spec.config_schema, spec.slug)
-    return apps.sync_instances(session, workspace, declared, environ)
-
-
 def _sync_flows(session: Session, workspace: Workspace, flows: Mapping[str, str]) -> list[str]:
     existing = {
         f.name: f for f in session.scalars(select(Flow).where(Flow.workspace_id == workspace.id))
@@ -364,44 +358,6 @@ def _sync_flows(session: Session, workspace: Workspace, flows: Mapping[str, str]
     for name, flow in existing.items():
         session.delete(flow)
         changes.append(f"-{name}")
-    return changes
-
-
-def _sync_automations(
-    session: Session, workspace: Workspace, automations: Mapping[str, AutomationSpec]
-) -> list[str]:
-    existing = {
-        a.slug: a
-        for a in session.scalars(select(Automation).where(Automation.workspace_id == workspace.id))
-    }
-    changes: list[str] = []
-    for slug, automation_spec in automations.items():
-        spec = _automation_spec(automation_spec)
-        automation = existing.pop(slug, None)
-        if automation is not None and automation.spec == spec:
-            continue
-        if automation is None:
-            automation = Automation(workspace_id=workspace.id, slug=slug)
-            session.add(automation)
-            changes.append(f"+{slug}")
-        else:
-            changes.append(f"~{slug}")
-            session.execute(
-                delete(AutomationTrigger).where(AutomationTrigger.automation_id == automation.id)
-            )
-        automation.flow_name = automation_spec.flow
-        automation.spec = spec
-        automation.updated_at = utcnow()
-        session.flush()
-        for event_type in automation_spec.events:
-            session.add(
-                AutomationTrigger(
-                    workspace_id=workspace.id, automation_id=automation.id, event_type=event_type
-                )
-            )
-    for slug, automation in existing.items():
-        session.delete(automation)
-        changes.append(f"-{slug}")
     return changes
 
 

@@ -27,9 +27,10 @@ from croniter import croniter
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from flowlink.pages.domains import DomainError, normalize_domain
-from flowlink.pages.spec import PageSpec, parse_pages
+from flowlink.events.types import LISTENABLE_NATIVE_EVENTS, UNLISTENABLE_NATIVE_EVENTS
 
+from .domains import DomainError, normalize_domain
+from .pages import PageSpec, parse_pages
 from .templating import TemplateProblem, check_template, is_template
 from .yamlsource import (
     SecretValue,
@@ -81,55 +82,6 @@ _SLUG = re.compile(SLUG_RE)
 _NAME = re.compile(FLOW_NAME_RE)
 _EVENT = re.compile(EVENT_TYPE_RE)
 
-# Native events an automation may listen to (docs/events.md, "On native events"). ``sync.*``
-# stands for every ``sync.`` event; ``executions.failed`` is ``executions.ended`` with status
-# ``error``.
-LISTENABLE_NATIVE_EVENTS: tuple[str, ...] = (
-    "error",
-    "executions.ended",
-    "executions.failed",
-    "files.updated",
-    "settings.updated",
-    "sync.*",
-    "sync.configs.created",
-    "sync.configs.deleted",
-    "sync.configs.updated",
-    "sync.connected",
-    "sync.disconnected",
-    "sync.executions.received",
-    "sync.executions.sent",
-    "sync.rejected",
-    "workspaces.configured",
-    "workspaces.updated",
-)
-# Native events no automation may listen to: too frequent to look up listeners for, or
-# the automation machinery's own records (listening to them would loop).
-UNLISTENABLE_NATIVE_EVENTS = frozenset(
-    {
-        "access.denied",
-        "apikeys.created",
-        "apikeys.deleted",
-        "apps.published",
-        "events.cleaned",
-        "executions.created",
-        "executions.started",
-        "flows.deleted",
-        "flows.updated",
-        "memberships.deleted",
-        "memberships.updated",
-        "runtime.automations.executed",
-        "runtime.interactions.triggered",
-        "workspaces.app.configured",
-        "workspaces.app.installed",
-        "users.created",
-        "users.disabled",
-        "users.enabled",
-        "users.password_changed",
-        "workspaces.app.uninstalled",
-        "workspaces.created",
-        "workspaces.deleted",
-    }
-)
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _INSTANCE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
@@ -244,7 +196,7 @@ class WorkspaceBundle:
     """A whole workspace folder: spec, flow scripts, initial settings and pages.
 
     ``pages`` are the templates (``pages/<slug>.html``), ``page_meta`` the texts of the
-    optional ``pages/<slug>.yml`` and ``page_specs`` both parsed (see ``flowlink.pages.spec``).
+    optional ``pages/<slug>.yml`` and ``page_specs`` both parsed (see ``workspaces.pages``).
     """
 
     spec: WorkspaceSpec

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flowlink import assembly
 from flowlink.executions.calls import FlowApiCalls
 from flowlink.runtime import flow_api
 from flowlink.settings import ServerSettings
@@ -121,6 +122,7 @@ def surface() -> list[str]:
         deadline=0.0,
         release_slot=lambda: None,
         retake_slot=lambda: None,
+        hooks=assembly.FLOW_HOOKS,
     )
     source = Path(flow_api.__file__).read_text()
     made = re.findall(r"\.call\(\s*\"([a-z_]+\.[a-z_]+)\"", source)

@@ -14,6 +14,7 @@ import pytest
 
 from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
+from flowlink.web.app import install as install_console
 from tests.access.helpers import make_token, make_user
 from tests.conftest import LiveServer
 
@@ -113,7 +114,7 @@ automations:
 
 def routes() -> list[tuple[str, str]]:
     """Every (method, path) of the OpenAPI document."""
-    app = create_app(ServerContext(store=None, settings=None))  # type: ignore[arg-type]
+    app = create_app(ServerContext(store=None, settings=None), [install_console])  # type: ignore[arg-type]
     found = [
         (method.upper(), path)
         for path, operations in app.openapi()["paths"].items()

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect
 
+from flowlink import assembly
 from flowlink.access import policy
 from flowlink.access import service as access
 from flowlink.errors import Conflict, Invalid, NotFound, TooManyRequests, Unauthorized
@@ -49,7 +50,7 @@ def ws(store: Store) -> Workspace:
         {"workspace.yml": ROLES, "flows/reports-daily.py": "def handler(s, t):\n    pass\n"}
     )
     with store.write() as session:
-        return workspaces.apply_bundle(session, bundle, {}).workspace
+        return assembly.apply_bundle(session, bundle, {}).workspace
 
 
 def user_principal(
@@ -73,7 +74,7 @@ def test_migration_creates_the_access_tables(store: Store) -> None:
     assert "principal" in columns
 
 
-def test_builtin_roles_follow_design(store: Store, ws: Workspace) -> None:
+def test_builtin_roles_grant_what_docs_access_md_says(store: Store, ws: Workspace) -> None:
     def p(role: str) -> access.Principal:
         return access.Principal("u", "u", False, memberships={ws.id: role})
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import LiveServer
 
-DESIGN_EXAMPLE = """name: MyConfiguredWorkspace
+WORKSPACE_EXAMPLE = """name: MyConfiguredWorkspace
 slug: test
 config:
   value:
@@ -35,7 +35,7 @@ def apply(server: LiveServer, slug: str, files: dict[str, str]) -> Any:
 
 def test_design_example_loads_as_written(live_server: LiveServer) -> None:
     response = apply(
-        live_server, "test", {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET}
+        live_server, "test", {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET}
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -48,7 +48,7 @@ def test_design_example_loads_as_written(live_server: LiveServer) -> None:
 
 
 def test_apply_is_idempotent(live_server: LiveServer) -> None:
-    files = {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET}
+    files = {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET}
     first = apply(live_server, "test", files).json()
     second = apply(live_server, "test", files).json()
     assert first["created"] and not second["created"]
@@ -57,16 +57,16 @@ def test_apply_is_idempotent(live_server: LiveServer) -> None:
 
 
 def test_bad_yaml_names_file_and_line_and_changes_nothing(live_server: LiveServer) -> None:
-    good = {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET}
+    good = {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET}
     assert apply(live_server, "test", good).status_code == 200
     before = live_server.client.get("/api/v1/workspaces/test/export").json()
-    broken = DESIGN_EXAMPLE.replace("    flow: greet\n", "    flow: greet\n    bogus: [\n")
+    broken = WORKSPACE_EXAMPLE.replace("    flow: greet\n", "    flow: greet\n    bogus: [\n")
     response = apply(live_server, "test", {**good, "workspace.yml": broken})
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["details"]["file"] == "workspace.yml"
     assert isinstance(error["details"]["line"], int)
-    unknown = DESIGN_EXAMPLE.replace("    flow: greet\n", "    flow: greet\n    colour: red\n")
+    unknown = WORKSPACE_EXAMPLE.replace("    flow: greet\n", "    flow: greet\n    colour: red\n")
     response = apply(live_server, "test", {**good, "workspace.yml": unknown})
     assert response.status_code == 422
     assert response.json()["error"]["details"]["line"] == 13
@@ -105,7 +105,7 @@ def test_environment_override_and_precedence(
 
 def test_slug_mismatch_is_rejected(live_server: LiveServer) -> None:
     response = apply(
-        live_server, "other", {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET}
+        live_server, "other", {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET}
     )
     assert response.status_code == 422
     assert response.json()["error"]["details"]["field"] == "slug"
@@ -113,14 +113,14 @@ def test_slug_mismatch_is_rejected(live_server: LiveServer) -> None:
 
 def test_export_round_trip_and_flow_pruning(live_server: LiveServer) -> None:
     files = {
-        "workspace.yml": DESIGN_EXAMPLE,
+        "workspace.yml": WORKSPACE_EXAMPLE,
         "flows/greet.py": GREET,
         "flows/other.py": GREET,
         "settings.yml": "limit: 5\n",
     }
     assert apply(live_server, "test", files).status_code == 200
     exported = live_server.client.get("/api/v1/workspaces/test/export").json()["files"]
-    assert exported["workspace.yml"] == DESIGN_EXAMPLE
+    assert exported["workspace.yml"] == WORKSPACE_EXAMPLE
     assert exported["flows/greet.py"] == GREET
     assert "limit" in exported["settings.yml"]
     del files["flows/other.py"]
@@ -131,7 +131,7 @@ def test_export_round_trip_and_flow_pruning(live_server: LiveServer) -> None:
 
 
 def test_settings_yml_is_initial_only(live_server: LiveServer) -> None:
-    files = {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET, "settings.yml": "n: 1\n"}
+    files = {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET, "settings.yml": "n: 1\n"}
     assert apply(live_server, "test", files).status_code == 200
     live_server.client.put("/api/v1/workspaces/test/settings/n", json={"value": 7})
     assert apply(live_server, "test", files).status_code == 200
@@ -159,7 +159,7 @@ def test_flow_setting_and_workspace_crud(
 ) -> None:
     assert (
         apply(
-            live_server, "test", {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET}
+            live_server, "test", {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET}
         ).status_code
         == 200
     )
@@ -172,7 +172,7 @@ def test_flow_setting_and_workspace_crud(
 def test_delete_workspace(live_server: LiveServer) -> None:
     assert (
         apply(
-            live_server, "test", {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET}
+            live_server, "test", {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET}
         ).status_code
         == 200
     )

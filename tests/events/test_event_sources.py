@@ -1,4 +1,4 @@
-"""Every ``source`` field of DESIGN section 5 on the events that should carry it (real server)."""
+"""Every ``source`` field (docs/events.md, "The envelope") on the events that carry it."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from flowlink import assembly
+from flowlink.automations import triggers
 from flowlink.errors import Invalid
 from flowlink.events import service as events
-from flowlink.events import triggers
 from flowlink.executions import service as executions
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, Workspace, utcnow
@@ -39,7 +40,7 @@ def apply(store: Store, yml: str = WORKSPACE_YML, flows: dict[str, str] | None =
     files = {"workspace.yml": yml, **{f"flows/{k}.py": v for k, v in (flows or {}).items()}}
     files.setdefault("flows/handle.py", HANDLE)
     with store.write() as session:
-        workspaces.apply_bundle(session, workspaces.parse_files(files), {})
+        assembly.apply_bundle(session, workspaces.parse_files(files), {})
 
 
 def workspace(session: Any, slug: str = "ev") -> Workspace:

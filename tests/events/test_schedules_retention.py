@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from flowlink import assembly
+from flowlink.automations.scheduler import Scheduler, latest_slot
 from flowlink.errors import Invalid
 from flowlink.events import service as events
 from flowlink.events.retention import RetentionPolicy, cleanup
-from flowlink.events.scheduler import Scheduler, latest_slot
 from flowlink.store.engine import Store
 from flowlink.store.models import Automation, Event, Execution, ScheduleSlot, utcnow
 from flowlink.workspaces import service as workspaces
@@ -35,7 +36,7 @@ TICK = "def handler(system, this, inputs):\n    return this.success('tick')\n"
 def apply(store: Store, yml: str = SCHEDULED_YML) -> None:
     files = {"workspace.yml": yml, "flows/tick.py": TICK}
     with store.write() as session:
-        workspaces.apply_bundle(session, workspaces.parse_files(files), {})
+        assembly.apply_bundle(session, workspaces.parse_files(files), {})
         # Pretend the automations exist since long ago, so past slots count.
         session.execute(update(Automation).values(updated_at=datetime(2020, 1, 1, tzinfo=UTC)))
 
@@ -92,7 +93,7 @@ def test_each_slot_fires_once_with_schedule_trigger(store: Store) -> None:
 def test_a_slot_from_before_the_apply_never_fires(store: Store) -> None:
     files = {"workspace.yml": SCHEDULED_YML, "flows/tick.py": TICK}
     with store.write() as session:
-        workspaces.apply_bundle(session, workspaces.parse_files(files), {})
+        assembly.apply_bundle(session, workspaces.parse_files(files), {})
         applied_at = datetime(2026, 1, 1, 9, 47, 36, tzinfo=UTC)
         session.execute(update(Automation).values(updated_at=applied_at))
     scheduler = Scheduler(store)
@@ -113,7 +114,7 @@ def test_a_slot_from_before_the_apply_never_fires(store: Store) -> None:
 
 def test_several_schedulers_fire_each_slot_exactly_once(database_url: str) -> None:
     """Four schedulers, each with its own store connection pool, race over the same slots."""
-    stores = [Store(database_url) for _ in range(4)]
+    stores = [assembly.store(database_url) for _ in range(4)]
     try:
         apply(stores[0])
         base = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
@@ -167,7 +168,7 @@ def _count(store: Store, workspace_id: str) -> int:
 
 
 def test_retention_defaults(store: Store) -> None:
-    from flowlink.events import triggers
+    from flowlink.automations import triggers
 
     with store.write() as session:
         quiet = workspaces.create_workspace(session, "quiet")

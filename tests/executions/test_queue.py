@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.executions import service as executions
+from flowlink.linking.exchange import cancel_mirrored
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, Workspace, utcnow
 from flowlink.workspaces import service as workspaces
@@ -168,7 +169,7 @@ def test_cancel_queued_and_running(store: Store, workspace: Workspace) -> None:
         for execution_id in (queued_id, running_id):
             execution = session.get(Execution, execution_id)
             assert execution is not None
-            executions.request_cancel(session, execution)
+            executions.request_cancel(session, execution, cancel_remote=cancel_mirrored)
     with store.write() as session:
         to_cancel = executions.renew_leases(session, "w", [running_id], 15)
     assert to_cancel == {running_id}
@@ -179,7 +180,7 @@ def test_cancel_queued_and_running(store: Store, workspace: Workspace) -> None:
         assert queued.status == "cancelled"
         assert running.status == "running" and running.cancel_requested
         with pytest.raises(Conflict):
-            executions.request_cancel(session, queued)
+            executions.request_cancel(session, queued, cancel_remote=cancel_mirrored)
 
 
 def test_list_pages_newest_first(store: Store, workspace: Workspace) -> None:

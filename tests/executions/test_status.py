@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from flowlink.executions import service as executions
-from flowlink.executions.status import (
+from flowlink.runtime.status import (
     ALLOWED,
     ENDED,
     ExecutionStatus,

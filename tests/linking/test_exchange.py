@@ -267,7 +267,7 @@ def test_cancel_travels_and_ends_the_remote_run(link: Link) -> None:
     with link.store.write() as session:
         mirror = session.get(Execution, mirror_id)
         assert mirror is not None
-        executions.request_cancel(session, mirror)
+        executions.request_cancel(session, mirror, cancel_remote=exchange.cancel_mirrored)
     with link.store.read() as session:
         mirror = session.get(Execution, mirror_id)
         assert mirror is not None and mirror.status == "cancelled"
@@ -299,7 +299,7 @@ def test_send_all_copies_past_and_future_executions_read_only(link: Link) -> Non
     with link.store.write() as session:
         assert executions.claim(session, "w", 10, 30)[0].execution.id in (past, future)
     with link.store.write() as session, pytest.raises(Conflict, match="read-only copy"):
-        executions.request_cancel(session, copies[0])
+        executions.request_cancel(session, copies[0], cancel_remote=exchange.cancel_mirrored)
 
 
 def test_deleting_a_link_ends_its_waiting_mirrors(link: Link) -> None:

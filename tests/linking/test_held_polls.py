@@ -20,10 +20,10 @@ import httpx
 import pytest
 from sqlalchemy import event
 
+from flowlink import assembly
 from flowlink.linking import exchange, keys, signing
 from flowlink.linking.protocol import envelope
 from flowlink.linking.service import sync_path
-from flowlink.store.engine import Store
 from flowlink.workspaces import service as workspaces
 from tests.conftest import StartedServer, make_settings, start_live_server
 from tests.linking.conftest import KeyMaker, public_pem_of
@@ -112,7 +112,7 @@ def test_held_polls_cost_nothing_until_their_link_has_news(
     # News for one link answers that link's poll at once; the others stay held.
     began, at_news = time.monotonic(), transactions[0]
     if live.store.dialect == "postgresql":  # as another server process: heard by NOTIFY
-        other = Store(database_url)
+        other = assembly.store(database_url)
         try:
             with other.write() as session:
                 workspace = workspaces.get_workspace(session, "ctl")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowlink.pages.domains import DomainError, host_key, normalize_domain
+from flowlink.workspaces.domains import DomainError, host_key, normalize_domain
 from tests.conftest import LiveServer
 from tests.pages.test_pages import anonymous, apply, files
 

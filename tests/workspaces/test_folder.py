@@ -11,7 +11,7 @@ from flowlink.workspaces.folder import read_folder, write_folder
 from flowlink.workspaces.spec import SpecError, bundle_to_files, parse_bundle
 from flowlink.workspaces.templating import render_config
 
-from .test_spec import DESIGN_EXAMPLE, GREET
+from .test_spec import GREET, WORKSPACE_EXAMPLE
 
 
 def make_folder(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -29,7 +29,7 @@ def test_design_example_folder_end_to_end(tmp_path: Path) -> None:
     folder = make_folder(
         tmp_path / "my-workspace",
         {
-            "workspace.yml": DESIGN_EXAMPLE,
+            "workspace.yml": WORKSPACE_EXAMPLE,
             "flows/greet.py": GREET,
             "settings.yml": "api_token: abc\n",
             "pages/index.html": "<h1>hi</h1>\n",
@@ -40,7 +40,7 @@ def test_design_example_folder_end_to_end(tmp_path: Path) -> None:
         "flows/greet.py": GREET,
         "pages/index.html": "<h1>hi</h1>\n",
         "settings.yml": "api_token: abc\n",
-        "workspace.yml": DESIGN_EXAMPLE,
+        "workspace.yml": WORKSPACE_EXAMPLE,
     }
     bundle = parse_bundle(files)
     config = render_config(bundle.spec.slug, bundle.spec.config_value, {})
@@ -79,7 +79,7 @@ def test_missing_workspace_yml(tmp_path: Path) -> None:
     ("wrong", "right"), [("workspace.yaml", "workspace.yml"), ("settings.yaml", "settings.yml")]
 )
 def test_yaml_extension_hint(tmp_path: Path, wrong: str, right: str) -> None:
-    make_folder(tmp_path, {"workspace.yml": DESIGN_EXAMPLE, wrong: "x: 1\n"})
+    make_folder(tmp_path, {"workspace.yml": WORKSPACE_EXAMPLE, wrong: "x: 1\n"})
     if wrong == "workspace.yaml":
         (tmp_path / "workspace.yml").unlink()
     with pytest.raises(SpecError) as info:
@@ -91,7 +91,7 @@ def test_yaml_extension_hint(tmp_path: Path, wrong: str, right: str) -> None:
 def test_non_utf8_file_names_file_and_line(tmp_path: Path) -> None:
     make_folder(
         tmp_path,
-        {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": b"x = 1\ny = '\xff'\n"},
+        {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": b"x = 1\ny = '\xff'\n"},
     )
     with pytest.raises(SpecError) as info:
         read_folder(tmp_path)
@@ -109,7 +109,7 @@ def test_non_utf8_workspace_yml(tmp_path: Path) -> None:
 
 
 def test_bom_and_crlf(tmp_path: Path) -> None:
-    crlf = DESIGN_EXAMPLE.replace("\n", "\r\n")
+    crlf = WORKSPACE_EXAMPLE.replace("\n", "\r\n")
     make_folder(
         tmp_path,
         {
@@ -128,7 +128,7 @@ def test_ignored_and_included_files(tmp_path: Path) -> None:
     make_folder(
         tmp_path,
         {
-            "workspace.yml": DESIGN_EXAMPLE,
+            "workspace.yml": WORKSPACE_EXAMPLE,
             "flows/greet.py": GREET,
             "README.md": "docs",
             ".git/config": "x",
@@ -147,7 +147,7 @@ def test_unexpected_files_under_flows_are_read_and_rejected(tmp_path: Path) -> N
     make_folder(
         tmp_path,
         {
-            "workspace.yml": DESIGN_EXAMPLE,
+            "workspace.yml": WORKSPACE_EXAMPLE,
             "flows/greet.py": GREET,
             "flows/lib/helper.py": "x = 1\n",
         },
@@ -176,9 +176,10 @@ def test_write_creates_dirs_and_removes_stale_files(tmp_path: Path) -> None:
         },
     )
     write_folder(
-        folder, {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET, "pages/new.html": "<p/>"}
+        folder,
+        {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET, "pages/new.html": "<p/>"},
     )
-    assert (folder / "workspace.yml").read_text() == DESIGN_EXAMPLE
+    assert (folder / "workspace.yml").read_text() == WORKSPACE_EXAMPLE
     assert (folder / "flows/greet.py").read_text() == GREET
     assert (folder / "pages/new.html").read_text() == "<p/>"
     assert not (folder / "flows/stale.py").exists()
@@ -232,7 +233,7 @@ def test_write_refuses_unencodable_text(tmp_path: Path) -> None:
 
 def test_export_then_apply_is_stable(tmp_path: Path) -> None:
     files = {
-        "workspace.yml": DESIGN_EXAMPLE,
+        "workspace.yml": WORKSPACE_EXAMPLE,
         "flows/greet.py": GREET,
         "settings.yml": "a: [1, 2]\n",
     }

@@ -29,7 +29,7 @@ from flowlink.workspaces.spec import (
     validate_script,
 )
 
-DESIGN_EXAMPLE = """\
+WORKSPACE_EXAMPLE = """\
 name: MyConfiguredWorkspace
 slug: test
 config:
@@ -53,7 +53,7 @@ GREET = "def handler(system, this, inputs):\n    return this.success('hello')\n"
 
 
 def example_files(**extra: str) -> dict[str, str]:
-    return {"workspace.yml": DESIGN_EXAMPLE, "flows/greet.py": GREET, **extra}
+    return {"workspace.yml": WORKSPACE_EXAMPLE, "flows/greet.py": GREET, **extra}
 
 
 def spec_error(text: str, flows: tuple[str, ...] | None = ("greet",)) -> SpecError:
@@ -90,7 +90,7 @@ def test_design_example_loads_verbatim() -> None:
     }
     assert spec.custom_domains == ("www.example.org",)
     assert spec.roles == {}
-    assert spec.source_text == DESIGN_EXAMPLE
+    assert spec.source_text == WORKSPACE_EXAMPLE
     assert bundle.flows == {"greet": GREET}
     assert bundle.settings == {}
     assert bundle.pages == {}
@@ -179,7 +179,7 @@ config:
 
 
 def test_flow_check_skipped_without_flow_names() -> None:
-    assert parse_spec(DESIGN_EXAMPLE, flows=None).automations["greet-new-user"].flow == "greet"
+    assert parse_spec(WORKSPACE_EXAMPLE, flows=None).automations["greet-new-user"].flow == "greet"
 
 
 def test_all_actions_and_subjects_accepted() -> None:
@@ -607,7 +607,7 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
 
 def test_flows_are_validated_by_parse_bundle() -> None:
     with pytest.raises(SpecError) as info:
-        parse_bundle({"workspace.yml": DESIGN_EXAMPLE})
+        parse_bundle({"workspace.yml": WORKSPACE_EXAMPLE})
     assert "no flows/greet.py" in str(info.value)
     assert (info.value.line, info.value.column) == (12, 11)
 
@@ -760,7 +760,7 @@ def test_bundle_to_files_rejects_bad_names() -> None:
 
 
 def test_spec_to_yaml_of_design_example_round_trips() -> None:
-    spec = parse_spec(DESIGN_EXAMPLE)
+    spec = parse_spec(WORKSPACE_EXAMPLE)
     text = spec_to_yaml(spec)
     assert parse_spec(text) == WorkspaceSpec(**{**spec.__dict__, "source_text": text})
 

@@ -18,7 +18,7 @@ from flowlink.workspaces.templating import (
     render_config,
 )
 
-from .test_spec import DESIGN_EXAMPLE
+from .test_spec import WORKSPACE_EXAMPLE
 
 
 def render(
@@ -34,7 +34,7 @@ def render_error(value: dict[str, Any], environ: dict[str, str] | None = None) -
 
 
 def test_design_example() -> None:
-    spec = parse_spec(DESIGN_EXAMPLE)
+    spec = parse_spec(WORKSPACE_EXAMPLE)
     assert render_config(spec.slug, spec.config_value, {}) == {
         "API_URL": "https://api.example.com",
         "LOGIN_URL": "https://api.example.com/login",
@@ -243,12 +243,12 @@ def test_env_values_are_literal_strings() -> None:
 
 
 def test_design_example_env_override() -> None:
-    spec = parse_spec(DESIGN_EXAMPLE)
+    spec = parse_spec(WORKSPACE_EXAMPLE)
     out = render_config(
         "test", spec.config_value, {"WORKSPACE_CONFIG_test_API_URL": "https://other"}
     )
     assert out["API_URL"] == "https://api.example.com"
-    text = DESIGN_EXAMPLE.replace("    API_URL: https://api.example.com\n", "")
+    text = WORKSPACE_EXAMPLE.replace("    API_URL: https://api.example.com\n", "")
     spec = parse_spec(text)
     out = render_config(
         "test", spec.config_value, {"WORKSPACE_CONFIG_test_API_URL": "https://other"}

@@ -15,7 +15,8 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The PostgreSQL full-text document of an event; flowlink/events/search.py uses the same text.
+# The PostgreSQL full-text document of an event; the search in flowlink/events/service.py
+# uses the same text.
 PG_DOCUMENT = (
     "to_tsvector('simple'::regconfig, "
     "translate(type || ' ' || coalesce(payload::text, ''), '._-/', '    '))"

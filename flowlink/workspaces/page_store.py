@@ -12,7 +12,7 @@ from flowlink.errors import Conflict
 from flowlink.store.models import CustomDomain, Page, Workspace, utcnow
 from flowlink.timestamps import format_timestamp
 
-from .spec import ACCESS_MEMBERS, PageSpec, page_to_dict
+from .pages import ACCESS_MEMBERS, PageSpec, page_to_dict
 
 __all__ = [
     "INDEX",

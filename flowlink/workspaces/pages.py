@@ -14,9 +14,8 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, nodes
 from jinja2.exceptions import TemplateAssertionError
 
-from flowlink.workspaces.yamlsource import SpecError, load_yaml
-
-from .render import environment
+from .page_templates import environment
+from .yamlsource import SpecError, load_yaml
 
 __all__ = [
     "ACCESS_MEMBERS",

@@ -17,8 +17,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from flowlink.automations.triggers import start_automation
 from flowlink.background import BackgroundTasks
-from flowlink.events.triggers import start_automation
+from flowlink.events.retention import RetentionPolicy, retention_job
 from flowlink.settings import ServerSettings
 from flowlink.store.engine import Store
 from flowlink.store.models import Automation, ScheduleSlot, Workspace, new_id, utcnow
@@ -137,8 +138,6 @@ def schedule_event_jobs(tasks: BackgroundTasks, store: Store, settings: ServerSe
     An interval of 0 (``FLOWLINK_SCHEDULER_INTERVAL``, ``FLOWLINK_EVENT_CLEANUP_INTERVAL``)
     turns a job off.
     """
-    from flowlink.events.retention import RetentionPolicy, retention_job
-
     Scheduler(store, interval=settings.scheduler_interval).schedule(tasks)
     tasks.every(
         "event retention",
