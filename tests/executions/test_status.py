@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from flowlink.executions import service as executions
+from flowlink.linking.exchange import cancel_mirrored
 from flowlink.runtime.status import (
     ALLOWED,
     ENDED,
@@ -139,7 +140,7 @@ def test_a_queued_execution_ends_without_running(store: Store, workspace: Worksp
     with store.write() as session:
         row = session.get(Execution, execution.id)
         assert row is not None
-        executions.request_cancel(session, row, reason="not needed")
+        executions.request_cancel(session, row, reason="not needed", cancel_remote=cancel_mirrored)
     assert _state(store, execution.id)[:3] == ("cancelled", "not needed", {})
     with store.write() as session:
         assert executions.claim(session, "w1", 1, 30) == []  # never claimed after its end
