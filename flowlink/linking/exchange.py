@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
@@ -771,6 +771,7 @@ async def wait_for_news(
     limit: int,
     waiter: notify.AsyncWaiter | None = None,
     first: News | None = None,
+    limiter: CapacityLimiter | None = None,
 ) -> list[dict[str, Any]]:
     """Wait on the event loop, holding no thread, until this end has messages for the other.
 
@@ -781,11 +782,19 @@ async def wait_for_news(
 
     ``waiter`` and ``first``: a waiter already registered for this link before the caller
     looked, and what that look found; the wait then starts without looking again.
+    ``limiter``: the thread hops' limiter (default: the pool the API shares).
     """
     if waiter is None:
         with store.notifier.waiter(news_interests(config_id, workspace_id, True)) as own:
             return await wait_for_news(
-                store, config_id, workspace_id, timeout, stopping=stopping, limit=limit, waiter=own
+                store,
+                config_id,
+                workspace_id,
+                timeout,
+                stopping=stopping,
+                limit=limit,
+                waiter=own,
+                limiter=limiter,
             )
     deadline = time.monotonic() + timeout
     grace = START_GRACE.total_seconds() + 0.05
@@ -793,7 +802,7 @@ async def wait_for_news(
     news = first
     while True:
         if news is None:
-            news = await to_thread.run_sync(look_for_news, store, config_id, limit)
+            news = await to_thread.run_sync(look_for_news, store, config_id, limit, limiter=limiter)
         if news.messages:
             return news.messages
         waiter.set_interests(news_interests(config_id, workspace_id, news.follows))
