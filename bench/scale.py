@@ -5,8 +5,11 @@ simulates many sites: each site is the connecting, controlled end of a real link
 (reverse connect, immediate mode). It speaks the real protocol with real keys (made by
 ``openssl``): it signs every exchange, keeps a long poll open, verifies and validates the
 controller's answers, "runs" each ``execution.start`` it receives (answering with an
-``execution.update`` that ends it) and acks what it got. One real ``flowlink server`` is a
-site too (``--real-site``), so the figures include a real connector.
+``execution.update`` that ends it) and acks what it got. The sites are split between
+``--load-processes`` processes (2), whose own CPU is reported beside the controller's (the
+controller's CPU, threads and memory are its own process's, from /proc). Two real
+``flowlink server`` processes are sites too (unless ``--no-real-site``), so the figures
+include real connectors.
 
 Figures, each against its target (ratio = measured / target; ≤ 1 meets it):
 
@@ -70,6 +73,17 @@ TARGETS = {
     "sse_p99_ms": 500.0,
 }
 POLL = 25.0
+SUMMARY = (
+    ("threads", "controller threads"),
+    ("kb_per_link", "kB per idle link"),
+    ("idle_cpu_pct", "idle CPU %"),
+    ("api_p99_ms", "API p99 ms (links held)"),
+    ("fanout_started_s", "fan-out all started s"),
+    ("fanout_ended_s", "fan-out all ended s"),
+    ("health_p99_ms", "health p99 ms (waiting clients)"),
+    ("sse_p50_ms", "SSE delivery p50 ms"),
+    ("sse_p99_ms", "SSE delivery p99 ms"),
+)
 SITES_PER_CLIENT = 20
 
 
@@ -83,6 +97,7 @@ async def _site(
     trusted: dict[str, Any],
     ready: Callable[[], None],
     out: Callable[[str], None],
+    exchanges: list[int],
 ) -> None:
     """One simulated site: hold a long poll; run each start at once; report and ack."""
     updates: dict[str, dict[str, Any]] = {}  # message id -> update waiting for the ack
@@ -113,6 +128,7 @@ async def _site(
             out(f"error {type(error).__name__}: {error}")
             await asyncio.sleep(1.0)
             continue
+        exchanges[0] += 1
         sent_acks = acks
         acks = [a for a in acks if a not in sent_acks]
         if first:
@@ -172,11 +188,19 @@ def sites_main(args: argparse.Namespace) -> None:
             if count == args.sites:
                 out("ready")
 
-        tasks = []
+        exchanges = [0]
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                out(f"exchanges {exchanges[0]}")
+
+        tasks = [asyncio.create_task(tick())]
         for n in range(args.sites):
             url = args.controller + sync_path(WS, f"site-{args.first + n}")
             client = clients[n // SITES_PER_CLIENT]
-            tasks.append(asyncio.create_task(_site(client, url, key, trusted, ready, out)))
+            site = _site(client, url, key, trusted, ready, out, exchanges)
+            tasks.append(asyncio.create_task(site))
             if n % 50 == 49:
                 await asyncio.sleep(0.5 * args.load_processes)  # in waves, as sites come up
         await asyncio.gather(*tasks)
@@ -204,6 +228,7 @@ class Sites:
         self.starts: dict[str, list[float]] = {}
         self.errors: list[str] = []
         self._ready = 0
+        self._exchanges: dict[int, int] = {}
         self._lock = threading.Lock()
         self.processes: list[subprocess.Popen[str]] = []
         share = -(-count // processes)
@@ -245,6 +270,13 @@ class Sites:
                     self.starts.setdefault(parts[1], []).append(float(parts[2]))
                 elif parts and parts[0] == "error":
                     self.errors.append(line.strip())
+                elif parts and parts[0] == "exchanges":
+                    self._exchanges[process.pid] = int(parts[1])
+
+    def exchanges(self) -> int:
+        """Exchanges the sites completed so far (reported once a second)."""
+        with self._lock:
+            return sum(self._exchanges.values())
 
     def error_kinds(self, since: int = 0) -> str:
         """The most common kinds of failed exchanges since the ``since``-th."""
@@ -383,7 +415,8 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
     began = time.perf_counter()
     load = Sites(ctl.url, sites, site_key, folder / "controller.pub", processes)
     if not load.ready.wait(timeout=120 + sites / 10):
-        raise RuntimeError(f"the sites did not all connect: {load.errors[-5:]}")
+        load.stop()
+        raise RuntimeError(f"the sites did not all connect: {load.error_kinds()}")
     print(
         f"  ({sites} sites connected in {time.perf_counter() - began:.1f} s by {processes}"
         f" load processes; {len(load.errors)} failed exchanges)"
@@ -391,9 +424,11 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
     time.sleep(3)  # every site is now holding its long poll
     rss1, threads1 = usage.process.memory_info().rss, usage.process.num_threads()
     usage.restart()
-    load_cpu0 = load.cpu_seconds()
+    load_cpu0, exchanges0 = load.cpu_seconds(), load.exchanges()
     time.sleep(report["idle_seconds"])
     cpu = usage.percent()
+    renewed = load.exchanges() - exchanges0
+    per_renewal = cpu * report["idle_seconds"] * 10 / renewed if renewed else float("nan")
     load_cpu = (load.cpu_seconds() - load_cpu0) / report["idle_seconds"] * 100
     api = probe_api(ctl.url, ctl.token, f"/api/v1/workspaces/{WS}/executions?limit=20", 50, 10)
     print(f"  {sites} sites holding long polls (before: {before}; load avg {_load()}):")
@@ -406,6 +441,10 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
         "%",
         f"(load processes {load_cpu:.1f} %)",
     )
+    print(
+        f"  {'controller CPU per renewed poll':<44} {per_renewal:10.2f} ms"
+        f"  ({renewed} polls renewed, every {POLL:.0f} s per site)"
+    )
     row(
         "API p99 at 50 req/s (list executions)",
         percentile(api, 99),
@@ -416,8 +455,8 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
     report.update(
         threads=threads1,
         kb_per_link=(rss1 - rss0) / sites / 1024,
-        idle_cpu=cpu,
-        api_p99=percentile(api, 99),
+        idle_cpu_pct=cpu,
+        api_p99_ms=percentile(api, 99),
     )
     return load
 
@@ -483,7 +522,7 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
     )
     if len(load.errors) > errors0:
         print(f"  {'(failed exchanges, most common)':<44} {load.error_kinds(errors0)}")
-    report.update(fanout_started=started_s, fanout_ended=ended_s, lost=lost, success=success)
+    report.update(fanout_started_s=started_s, fanout_ended_s=ended_s, lost=lost, success=success)
 
 
 def waiting_clients(ctl: Any, waiters: int, report: dict[str, Any]) -> None:
@@ -523,7 +562,7 @@ def waiting_clients(ctl: Any, waiters: int, report: dict[str, Any]) -> None:
         "ms",
         f"p50 {percentile(health, 50):.1f} ms, max {max(health):.0f} ms",
     )
-    report.update(health_p99=percentile(health, 99))
+    report.update(health_p99_ms=percentile(health, 99))
     for status in ("queued", "running"):
         page = ctl.client.get(
             f"/api/v1/workspaces/{WS}/executions", params={"status": status, "limit": 1000}
@@ -605,44 +644,55 @@ def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
     row("delivery p99", percentile(latencies, 99), "sse_p99_ms", "ms")
     row("API (health) p99 meanwhile", percentile(api, 99), "health_p99_ms", "ms")
     print(f"  {'controller CPU per event to all streams':<44} {cpu_ms:10.2f} ms (with 20 health/s)")
-    report.update(sse_p50=percentile(latencies, 50), sse_p99=percentile(latencies, 99))
+    report.update(sse_p50_ms=percentile(latencies, 50), sse_p99_ms=percentile(latencies, 99))
 
 
-def real_site(ctl: Any, database_url: str, folder: Path) -> None:
-    """A real flowlink server as one more site, reverse-connected; one remote run through it."""
-    controller_key, controller_pub = key_file(folder, "real-controller")
-    site_key, site_pub = key_file(folder, "real-site")
-    ctl.client.post(
-        f"/api/v1/workspaces/{WS}/sync_config",
-        json={
-            "name": "real-site",
-            "direction": "controlling",
-            "own_private_key": controller_key.read_text(),
-            "remote_public_key": site_pub,
-        },
-    ).raise_for_status()
-    with server(database_url, FLOWLINK_LINK_REFRESH="0.5") as site:
-        apply_folder(site.client, "site", {"workspace.yml": "name: Site\nslug: site\n"})
-        site.client.post(
-            "/api/v1/workspaces/site/sync_config",
-            json={
-                "name": "controller",
-                "direction": "controlled",
-                "remote_url": ctl.url + sync_path(WS, "real-site"),
-                "own_private_key": site_key.read_text(),
-                "remote_public_key": controller_pub,
-            },
-        ).raise_for_status()
+def real_sites(ctl: Any, folder: Path, count: int = 2) -> None:
+    """Real flowlink servers as more sites, reverse-connected; one remote run through each."""
+    with contextlib.ExitStack() as stack:
+        sites = []
+        for n in range(count):
+            name = f"real-site-{n}"
+            controller_key, controller_pub = key_file(folder, f"{name}-controller")
+            site_key, site_pub = key_file(folder, name)
+            ctl.client.post(
+                f"/api/v1/workspaces/{WS}/sync_config",
+                json={
+                    "name": name,
+                    "direction": "controlling",
+                    "own_private_key": controller_key.read_text(),
+                    "remote_public_key": site_pub,
+                },
+            ).raise_for_status()
+            url = stack.enter_context(fresh_database("sqlite"))
+            site = stack.enter_context(server(url, FLOWLINK_LINK_REFRESH="0.5"))
+            apply_folder(site.client, "site", {"workspace.yml": "name: Site\nslug: site\n"})
+            site.client.post(
+                "/api/v1/workspaces/site/sync_config",
+                json={
+                    "name": "controller",
+                    "direction": "controlled",
+                    "remote_url": ctl.url + sync_path(WS, name),
+                    "own_private_key": site_key.read_text(),
+                    "remote_public_key": controller_pub,
+                },
+            ).raise_for_status()
+            sites.append(name)
         began = time.perf_counter()
-        answer = ctl.client.post(
-            f"/api/v1/workspaces/{WS}/executions",
-            json={"flow": "echo", "remote": "real-site", "inputs": {"n": 7}, "wait": 30},
-        ).json()
+        with ThreadPoolExecutor(count) as pool:
+            answers = list(
+                pool.map(
+                    lambda name: ctl.client.post(
+                        f"/api/v1/workspaces/{WS}/executions",
+                        json={"flow": "echo", "remote": name, "inputs": {"n": 7}, "wait": 30},
+                    ).json(),
+                    sites,
+                )
+            )
         took = time.perf_counter() - began
-        print(
-            f"  {'a remote run through a real flowlink site':<44} {answer['status']}"
-            f" in {took:.2f} s (output {answer.get('output_value')})"
-        )
+        statuses = ", ".join(f"{a['status']} (output {a.get('output_value')})" for a in answers)
+        print(f"  {f'a remote run through each of {count} real flowlink sites':<44} {statuses}")
+        print(f"  {'(both done within)':<44} {took:10.2f} s")
 
 
 def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -681,8 +731,7 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         finally:
             load.stop()
         if args.real_site:
-            with fresh_database("sqlite") as site_url:
-                real_site(ctl, site_url, folder)
+            real_sites(ctl, folder)
     return report
 
 
@@ -708,13 +757,19 @@ def main() -> None:
         sites_main(args)
         return
     if args.quick:
-        args.sites, args.waiters, args.streams, args.idle_seconds = 200, 200, 200, 10.0
+        args.sites, args.waiters, args.streams, args.idle_seconds = 100, 100, 200, 5.0
     backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
     if "postgresql" in backends and not postgres_url():
         print("(PostgreSQL not reachable: skipped)")
         backends.remove("postgresql")
-    for backend in backends:
-        run(backend, args)
+    reports = {backend: run(backend, args) for backend in backends}
+    print("\n== summary (ratio = measured / target; <= 1 meets it) ==")
+    for key, name in SUMMARY:
+        cells = []
+        for backend, report in reports.items():
+            value = report.get(key, float("nan"))
+            cells.append(f"{backend} {value:9.2f} ({value / TARGETS[key]:5.2f})")
+        print(f"  {name:<34} target {TARGETS[key]:7.1f}   " + "   ".join(cells))
 
 
 if __name__ == "__main__":

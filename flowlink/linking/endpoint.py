@@ -133,7 +133,14 @@ def _apply(
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
-            messages = outgoing(session, config, MAX_MESSAGES - 1)
+            # A link that follows no execution has nothing to collect: its outbox is all.
+            follows = follows_changes(session, config)
+            limit = MAX_MESSAGES - 1
+            messages = (
+                outgoing(session, config, limit)
+                if follows
+                else outbox.pending(session, config.id, limit)
+            )
             applied = _Applied(
                 private_key=private_key_of(config, secret),
                 config_id=config.id,
@@ -141,7 +148,7 @@ def _apply(
                 received=received,
                 messages=messages,
                 poll=poll,
-                follows=bool(messages) or follows_changes(session, config),
+                follows=bool(messages) or follows,
             )
     except SyncRejected as rejection:
         http = {"method": method, "url": url, "client": incoming.client}

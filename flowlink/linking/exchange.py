@@ -735,15 +735,20 @@ class News:
 
 
 def look_for_news(store: Store, config_id: str, limit: int) -> News:
-    """``pending_messages`` plus ``follows_changes``, for a held poll or a sender."""
-    messages = pending_messages(store, config_id, limit)
-    if messages:
-        return News(messages, True)
+    """``pending_messages`` plus ``follows_changes``, for a held poll or a sender.
+
+    A link that follows no execution has nothing to collect (``has_changes`` would find
+    nothing): one read transaction looks at its outbox alone.
+    """
     with store.read() as session:
         config = session.get(SyncConfig, config_id)
         if config is None:
             raise NotFound(f"sync config {config_id} was deleted")
-        return News([], follows_changes(session, config))
+        if not follows_changes(session, config):
+            messages = outbox.pending(session, config_id, limit)
+            return News(messages, bool(messages))
+    messages = pending_messages(store, config_id, limit)
+    return News(messages, True)
 
 
 def news_interests(config_id: str, workspace_id: str, follows: bool) -> notify.Interests:
