@@ -441,10 +441,13 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
         "%",
         f"(load processes {load_cpu:.1f} %)",
     )
-    print(
-        f"  {'controller CPU per renewed poll':<44} {per_renewal:10.2f} ms"
-        f"  ({renewed} polls renewed, every {POLL:.0f} s per site)"
-    )
+    if renewed:
+        print(
+            f"  {'controller CPU per renewed poll':<44} {per_renewal:10.2f} ms"
+            f"  ({renewed} polls renewed, every {POLL:.0f} s per site)"
+        )
+    else:
+        print(f"  (no poll was renewed in the window: give --idle-seconds {POLL + 5:.0f} or more)")
     row(
         "API p99 at 50 req/s (list executions)",
         percentile(api, 99),
