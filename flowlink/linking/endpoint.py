@@ -49,21 +49,21 @@ CONTENT_TYPE = "application/json"
 # (workspace slug, config name) -> (sync config id, workspace id), learnt from exchanges
 _LINK_IDS: dict[tuple[str, str], tuple[str, str]] = {}
 # Exchanges take their thread hops from a few threads of their own, not from the pool the API
-# shares: a thousand polls renewed at once queue here (on SQLite behind one writer anyway)
-# instead of taking every thread from the API's requests.
-EXCHANGE_THREADS = 6
-_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
+# shares: a thousand polls renewed at once queue here instead of taking every thread from the
+# API's requests. SQLite has one writer, so a few threads do; on PostgreSQL transactions run
+# side by side and a hop mostly waits for the database, so more overlap.
+EXCHANGE_THREADS = {"sqlite": 6, "postgresql": 16}
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, CapacityLimiter]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def exchange_limiter() -> CapacityLimiter:
+def exchange_limiter(dialect: str) -> CapacityLimiter:
     """The running loop's limiter of exchange thread hops (a limiter belongs to one loop)."""
-    loop = asyncio.get_running_loop()
-    limiter = _limiters.get(loop)
-    if limiter is None:
-        limiter = _limiters[loop] = CapacityLimiter(EXCHANGE_THREADS)
-    return limiter
+    limiters = _limiters.setdefault(asyncio.get_running_loop(), {})
+    if dialect not in limiters:
+        limiters[dialect] = CapacityLimiter(EXCHANGE_THREADS.get(dialect, 6))
+    return limiters[dialect]
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ async def answer_exchange(
     """
     incoming = _Incoming(workspace_slug, name, method, url, headers, body, client)
     known = _LINK_IDS.get((workspace_slug, name))
-    limiter = exchange_limiter()
+    limiter = exchange_limiter(store.dialect)
     # Registered before the transaction looks for messages, so that look is the first of
     # the long poll: a poll that is renewed costs one write and no extra read.
     interests = news_interests(*known, True) if known else {}
