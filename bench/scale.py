@@ -5,8 +5,11 @@ simulates many sites: each site is the connecting, controlled end of a real link
 (reverse connect, immediate mode). It speaks the real protocol with real keys (made by
 ``openssl``): it signs every exchange, keeps a long poll open, verifies and validates the
 controller's answers, "runs" each ``execution.start`` it receives (answering with an
-``execution.update`` that ends it) and acks what it got. One real ``flowlink server`` is a
-site too (``--real-site``), so the figures include a real connector.
+``execution.update`` that ends it) and acks what it got. The sites are split between
+``--load-processes`` processes (2), whose own CPU is reported beside the controller's (the
+controller's CPU, threads and memory are its own process's, from /proc). Two real
+``flowlink server`` processes are sites too (unless ``--no-real-site``), so the figures
+include real connectors.
 
 Figures, each against its target (ratio = measured / target; ≤ 1 meets it):
 
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import json
 import os
 import statistics
@@ -70,6 +75,18 @@ TARGETS = {
     "sse_p99_ms": 500.0,
 }
 POLL = 25.0
+SUMMARY = (
+    ("threads", "controller threads"),
+    ("kb_per_link", "kB per idle link"),
+    ("idle_cpu_pct", "idle CPU %"),
+    ("api_p99_ms", "API p99 ms (links held)"),
+    ("fanout_started_s", "fan-out all started s"),
+    ("fanout_ended_s", "fan-out all ended s"),
+    ("health_p99_ms", "health p99 ms (waiting clients)"),
+    ("sse_p50_ms", "SSE delivery p50 ms"),
+    ("sse_p99_ms", "SSE delivery p99 ms"),
+)
+SITES_PER_CLIENT = 20
 
 
 # --- the load process: many simulated sites -------------------------------------------------
@@ -82,6 +99,7 @@ async def _site(
     trusted: dict[str, Any],
     ready: Callable[[], None],
     out: Callable[[str], None],
+    exchanges: list[int],
 ) -> None:
     """One simulated site: hold a long poll; run each start at once; report and ack."""
     updates: dict[str, dict[str, Any]] = {}  # message id -> update waiting for the ack
@@ -112,6 +130,7 @@ async def _site(
             out(f"error {type(error).__name__}: {error}")
             await asyncio.sleep(1.0)
             continue
+        exchanges[0] += 1
         sent_acks = acks
         acks = [a for a in acks if a not in sent_acks]
         if first:
@@ -146,7 +165,7 @@ async def _site(
 
 
 def sites_main(args: argparse.Namespace) -> None:
-    """The load process: ``--sites`` simulated sites, reporting on stdout."""
+    """One load process: the sites ``--first`` .. ``--first + --sites - 1``, on stdout."""
     key = load_private_key(Path(args.site_key).read_bytes().decode())
     trusted = {fingerprint(k): k for k in load_public_keys(Path(args.controller_pub).read_text())}
     lock = threading.Lock()
@@ -157,23 +176,35 @@ def sites_main(args: argparse.Namespace) -> None:
             sys.stdout.flush()
 
     async def main() -> None:
+        # One client per few sites: httpx's pool scans all its connections for every
+        # request, which with a thousand connections in one pool costs the load process
+        # more than the controller's work.
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(limits=limits) as client:
-            count = 0
+        clients = [httpx.AsyncClient(limits=limits) for _ in range(0, args.sites, SITES_PER_CLIENT)]
+        count = 0
 
-            def ready() -> None:
-                nonlocal count
-                count += 1
-                if count == args.sites:
-                    out("ready")
+        def ready() -> None:
+            nonlocal count
+            count += 1
+            if count == args.sites:
+                out("ready")
 
-            tasks = []
-            for n in range(args.sites):
-                url = args.controller + sync_path(WS, f"site-{n}")
-                tasks.append(asyncio.create_task(_site(client, url, key, trusted, ready, out)))
-                if n % 50 == 49:
-                    await asyncio.sleep(0.5)  # connect in waves, as sites coming up would
-            await asyncio.gather(*tasks)
+        exchanges = [0]
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                out(f"exchanges {exchanges[0]}")
+
+        tasks = [asyncio.create_task(tick())]
+        for n in range(args.sites):
+            url = args.controller + sync_path(WS, f"site-{args.first + n}")
+            client = clients[n // SITES_PER_CLIENT]
+            site = _site(client, url, key, trusted, ready, out, exchanges)
+            tasks.append(asyncio.create_task(site))
+            if n % 50 == 49:
+                await asyncio.sleep(0.5 * args.load_processes)  # in waves, as sites come up
+        await asyncio.gather(*tasks)
 
     asyncio.run(main())
 
@@ -188,51 +219,89 @@ def key_file(folder: Path, name: str) -> tuple[Path, str]:
 
 
 class Sites:
-    """The load process and what it reports."""
+    """The load processes (the sites split between them) and what they report."""
 
-    def __init__(self, controller: str, count: int, site_key: Path, controller_pub: Path):
+    def __init__(
+        self, controller: str, count: int, site_key: Path, controller_pub: Path, processes: int
+    ):
         self.count = count
         self.ready = threading.Event()
         self.starts: dict[str, list[float]] = {}
         self.errors: list[str] = []
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--sites-worker",
-                "--controller",
-                controller,
-                "--sites",
-                str(count),
-                "--site-key",
-                str(site_key),
-                "--controller-pub",
-                str(controller_pub),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._ready = 0
+        self._exchanges: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self.processes: list[subprocess.Popen[str]] = []
+        share = -(-count // processes)
+        for first in range(0, count, share):
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--sites-worker",
+                    "--controller",
+                    controller,
+                    "--first",
+                    str(first),
+                    "--sites",
+                    str(min(share, count - first)),
+                    "--load-processes",
+                    str(processes),
+                    "--site-key",
+                    str(site_key),
+                    "--controller-pub",
+                    str(controller_pub),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.processes.append(process)
+            threading.Thread(target=self._read, args=(process,), daemon=True).start()
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
             parts = line.split()
-            if parts and parts[0] == "ready":
-                self.ready.set()
-            elif parts and parts[0] == "start":
-                self.starts.setdefault(parts[1], []).append(float(parts[2]))
-            elif parts and parts[0] == "error":
-                self.errors.append(line.strip())
+            with self._lock:
+                if parts and parts[0] == "ready":
+                    self._ready += 1
+                    if self._ready == len(self.processes):
+                        self.ready.set()
+                elif parts and parts[0] == "start":
+                    self.starts.setdefault(parts[1], []).append(float(parts[2]))
+                elif parts and parts[0] == "error":
+                    self.errors.append(line.strip())
+                elif parts and parts[0] == "exchanges":
+                    self._exchanges[process.pid] = int(parts[1])
+
+    def exchanges(self) -> int:
+        """Exchanges the sites completed so far (reported once a second)."""
+        with self._lock:
+            return sum(self._exchanges.values())
+
+    def error_kinds(self, since: int = 0) -> str:
+        """The most common kinds of failed exchanges since the ``since``-th."""
+        kinds = collections.Counter(line.split(" for url")[0][6:70] for line in self.errors[since:])
+        return ", ".join(f"{kind} ({n})" for kind, n in kinds.most_common(3))
+
+    def cpu_seconds(self) -> float:
+        """CPU time the load processes used so far (user + system)."""
+        total = 0.0
+        for process in self.processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = psutil.Process(process.pid).cpu_times()
+                total += times.user + times.system
+        return total
 
     def stop(self) -> None:
-        """End the load process."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        """End the load processes."""
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def create_links(client: httpx.Client, count: int, controller_key: Path, site_public: str) -> None:
@@ -283,12 +352,44 @@ def probe_api(url: str, token: str, path: str, rate: float, seconds: float) -> l
 
 
 def counts(client: httpx.Client) -> dict[str, int]:
-    """Executions of the controller's store by status (from /metrics)."""
+    """The controller's executions ended by status, queued and running (from /metrics)."""
     out: dict[str, int] = {}
     for line in client.get("/api/v1/metrics").text.splitlines():
-        if line.startswith("flowlink_executions{"):
-            out[line.split('"')[1]] = int(line.rsplit(" ", 1)[1])
+        if line.startswith("flowlink_executions_ended_total{") and f'workspace="{WS}"' in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            out[status] = out.get(status, 0) + int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("flowlink_queue_depth "):
+            out["queued"] = int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("flowlink_runners_busy "):
+            out["running"] = int(float(line.rsplit(" ", 1)[1]))
     return out
+
+
+class Usage:
+    """The controller process's own CPU time, threads and memory (from /proc)."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.cpu0 = self.cpu()
+        self.wall0 = time.perf_counter()
+
+    def cpu(self) -> float:
+        """CPU seconds used so far (user + system)."""
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    def restart(self) -> None:
+        """Measure from now on."""
+        self.cpu0, self.wall0 = self.cpu(), time.perf_counter()
+
+    def percent(self) -> float:
+        """CPU since the last restart, in % of one core."""
+        return (self.cpu() - self.cpu0) / (time.perf_counter() - self.wall0) * 100
+
+    def line(self) -> str:
+        """Threads and RSS now."""
+        rss = self.process.memory_info().rss >> 20
+        return f"{self.process.num_threads()} threads, {rss} MB"
 
 
 def row(name: str, value: float, target_key: str, unit: str, note: str = "") -> None:
@@ -301,9 +402,9 @@ def row(name: str, value: float, target_key: str, unit: str, note: str = "") -> 
     )
 
 
-def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any]) -> Sites:
+def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], processes: int) -> Sites:
     """Figure 1: connect the sites; measure threads, memory, idle CPU, API p99."""
-    process = psutil.Process(ctl.process.pid)
+    usage = Usage(ctl.process.pid)
     controller_key, controller_pub = key_file(folder, "controller")
     site_key, site_pub = key_file(folder, "site")
     (folder / "controller.pub").write_text(controller_pub)
@@ -311,21 +412,43 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any]) -> Si
     create_links(ctl.client, sites, controller_key, site_pub)
     print(f"  ({sites} links created in {time.perf_counter() - began:.1f} s)")
     time.sleep(2)
-    rss0, threads0 = process.memory_info().rss, process.num_threads()
-    load = Sites(ctl.url, sites, site_key, folder / "controller.pub")
+    rss0, before = usage.process.memory_info().rss, usage.line()
+    began = time.perf_counter()
+    load = Sites(ctl.url, sites, site_key, folder / "controller.pub", processes)
     if not load.ready.wait(timeout=120 + sites / 10):
-        raise RuntimeError(f"the sites did not all connect: {load.errors[-5:]}")
+        load.stop()
+        raise RuntimeError(f"the sites did not all connect: {load.error_kinds()}")
+    print(
+        f"  ({sites} sites connected in {time.perf_counter() - began:.1f} s by {processes}"
+        f" load processes; {len(load.errors)} failed exchanges)"
+    )
     time.sleep(3)  # every site is now holding its long poll
-    rss1, threads1 = process.memory_info().rss, process.num_threads()
-    cpu0, wall0 = process.cpu_times(), time.perf_counter()
+    rss1, threads1 = usage.process.memory_info().rss, usage.process.num_threads()
+    usage.restart()
+    load_cpu0, exchanges0 = load.cpu_seconds(), load.exchanges()
     time.sleep(report["idle_seconds"])
-    cpu1, wall1 = process.cpu_times(), time.perf_counter()
-    cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (wall1 - wall0) * 100
+    cpu = usage.percent()
+    renewed = load.exchanges() - exchanges0
+    per_renewal = cpu * report["idle_seconds"] * 10 / renewed if renewed else float("nan")
+    load_cpu = (load.cpu_seconds() - load_cpu0) / report["idle_seconds"] * 100
     api = probe_api(ctl.url, ctl.token, f"/api/v1/workspaces/{WS}/executions?limit=20", 50, 10)
-    print(f"  {sites} sites holding long polls (before: {threads0} threads, {rss0 >> 20} MB):")
+    print(f"  {sites} sites holding long polls (before: {before}; load avg {_load()}):")
     row("controller threads", threads1, "threads", "")
     row("extra memory per idle link", (rss1 - rss0) / sites / 1024, "kb_per_link", "kB")
-    row(f"idle CPU over {report['idle_seconds']:.0f} s", cpu, "idle_cpu_pct", "%")
+    row(
+        f"idle CPU over {report['idle_seconds']:.0f} s",
+        cpu,
+        "idle_cpu_pct",
+        "%",
+        f"(load processes {load_cpu:.1f} %)",
+    )
+    if renewed:
+        print(
+            f"  {'controller CPU per renewed poll':<44} {per_renewal:10.2f} ms"
+            f"  ({renewed} polls renewed, every {POLL:.0f} s per site)"
+        )
+    else:
+        print(f"  (no poll was renewed in the window: give --idle-seconds {POLL + 5:.0f} or more)")
     row(
         "API p99 at 50 req/s (list executions)",
         percentile(api, 99),
@@ -336,18 +459,22 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any]) -> Si
     report.update(
         threads=threads1,
         kb_per_link=(rss1 - rss0) / sites / 1024,
-        idle_cpu=cpu,
-        api_p99=percentile(api, 99),
+        idle_cpu_pct=cpu,
+        api_p99_ms=percentile(api, 99),
     )
     return load
+
+
+def _load() -> str:
+    return open("/proc/loadavg").read().split()[0]
 
 
 def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
     """Figure 2: one remote execution on every site, in one batch."""
     before = counts(ctl.client).get("success", 0)
     items = [{"flow": "echo", "remote": f"site-{n}", "inputs": {"n": n}} for n in range(sites)]
-    process = psutil.Process(ctl.process.pid)
-    cpu0 = process.cpu_times()
+    usage = Usage(ctl.process.pid)
+    load_cpu0, errors0 = load.cpu_seconds(), len(load.errors)
     began = time.time()
     ids: list[str] = []
     for start in range(0, sites, 1000):
@@ -357,6 +484,7 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
         )
         answer.raise_for_status()
         ids += [item["id"] for item in answer.json()["items"]]
+    batch_s = time.time() - began
     deadline = time.monotonic() + 120
     while sum(1 for i in ids if i in load.starts) < sites and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -367,12 +495,14 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
             break
         time.sleep(0.1)
     ended_s = time.time() - began
-    cpu1 = process.cpu_times()
-    cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / sites
+    cpu_ms = (usage.cpu() - usage.cpu0) * 1000 / sites
+    load_ms = (load.cpu_seconds() - load_cpu0) * 1000 / sites
+    time.sleep(1)  # a run ended twice would show now
     success = counts(ctl.client).get("success", 0) - before
     lost = sites - len(started)
     redelivered = sum(len(load.starts.get(i, [])) - 1 for i in ids if i in load.starts)
-    print(f"  fan-out: {sites} remote executions, one per site:")
+    print(f"  fan-out: {sites} remote executions, one per site (load avg {_load()}):")
+    print(f"  {'(the batch request took)':<44} {batch_s:10.2f} s")
     row(
         "all started on their site within",
         started_s,
@@ -388,11 +518,15 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
         f"{success}/{sites} success",
     )
     print(f"  {'controller CPU per remote run (load-free cost)':<44} {cpu_ms:10.2f} ms")
+    print(f"  {'load processes CPU per remote run':<44} {load_ms:10.2f} ms")
     print(
-        f"  {'lost / duplicated (run twice on a site)':<44} {lost} / 0"
-        f"  (starts redelivered and ignored: {redelivered})"
+        f"  {'lost / duplicated (ended twice)':<44} {lost} / {max(0, success - sites)}"
+        f"  (starts redelivered and ignored: {redelivered};"
+        f" failed exchanges: {len(load.errors) - errors0})"
     )
-    report.update(fanout_started=started_s, fanout_ended=ended_s, lost=lost, success=success)
+    if len(load.errors) > errors0:
+        print(f"  {'(failed exchanges, most common)':<44} {load.error_kinds(errors0)}")
+    report.update(fanout_started_s=started_s, fanout_ended_s=ended_s, lost=lost, success=success)
 
 
 def waiting_clients(ctl: Any, waiters: int, report: dict[str, Any]) -> None:
@@ -432,7 +566,7 @@ def waiting_clients(ctl: Any, waiters: int, report: dict[str, Any]) -> None:
         "ms",
         f"p50 {percentile(health, 50):.1f} ms, max {max(health):.0f} ms",
     )
-    report.update(health_p99=percentile(health, 99))
+    report.update(health_p99_ms=percentile(health, 99))
     for status in ("queued", "running"):
         page = ctl.client.get(
             f"/api/v1/workspaces/{WS}/executions", params={"status": status, "limit": 1000}
@@ -514,44 +648,55 @@ def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
     row("delivery p99", percentile(latencies, 99), "sse_p99_ms", "ms")
     row("API (health) p99 meanwhile", percentile(api, 99), "health_p99_ms", "ms")
     print(f"  {'controller CPU per event to all streams':<44} {cpu_ms:10.2f} ms (with 20 health/s)")
-    report.update(sse_p50=percentile(latencies, 50), sse_p99=percentile(latencies, 99))
+    report.update(sse_p50_ms=percentile(latencies, 50), sse_p99_ms=percentile(latencies, 99))
 
 
-def real_site(ctl: Any, database_url: str, folder: Path) -> None:
-    """A real flowlink server as one more site, reverse-connected; one remote run through it."""
-    controller_key, controller_pub = key_file(folder, "real-controller")
-    site_key, site_pub = key_file(folder, "real-site")
-    ctl.client.post(
-        f"/api/v1/workspaces/{WS}/sync_config",
-        json={
-            "name": "real-site",
-            "direction": "controlling",
-            "own_private_key": controller_key.read_text(),
-            "remote_public_key": site_pub,
-        },
-    ).raise_for_status()
-    with server(database_url, FLOWLINK_LINK_REFRESH="0.5") as site:
-        apply_folder(site.client, "site", {"workspace.yml": "name: Site\nslug: site\n"})
-        site.client.post(
-            "/api/v1/workspaces/site/sync_config",
-            json={
-                "name": "controller",
-                "direction": "controlled",
-                "remote_url": ctl.url + sync_path(WS, "real-site"),
-                "own_private_key": site_key.read_text(),
-                "remote_public_key": controller_pub,
-            },
-        ).raise_for_status()
+def real_sites(ctl: Any, folder: Path, count: int = 2) -> None:
+    """Real flowlink servers as more sites, reverse-connected; one remote run through each."""
+    with contextlib.ExitStack() as stack:
+        sites = []
+        for n in range(count):
+            name = f"real-site-{n}"
+            controller_key, controller_pub = key_file(folder, f"{name}-controller")
+            site_key, site_pub = key_file(folder, name)
+            ctl.client.post(
+                f"/api/v1/workspaces/{WS}/sync_config",
+                json={
+                    "name": name,
+                    "direction": "controlling",
+                    "own_private_key": controller_key.read_text(),
+                    "remote_public_key": site_pub,
+                },
+            ).raise_for_status()
+            url = stack.enter_context(fresh_database("sqlite"))
+            site = stack.enter_context(server(url, FLOWLINK_LINK_REFRESH="0.5"))
+            apply_folder(site.client, "site", {"workspace.yml": "name: Site\nslug: site\n"})
+            site.client.post(
+                "/api/v1/workspaces/site/sync_config",
+                json={
+                    "name": "controller",
+                    "direction": "controlled",
+                    "remote_url": ctl.url + sync_path(WS, name),
+                    "own_private_key": site_key.read_text(),
+                    "remote_public_key": controller_pub,
+                },
+            ).raise_for_status()
+            sites.append(name)
         began = time.perf_counter()
-        answer = ctl.client.post(
-            f"/api/v1/workspaces/{WS}/executions",
-            json={"flow": "echo", "remote": "real-site", "inputs": {"n": 7}, "wait": 30},
-        ).json()
+        with ThreadPoolExecutor(count) as pool:
+            answers = list(
+                pool.map(
+                    lambda name: ctl.client.post(
+                        f"/api/v1/workspaces/{WS}/executions",
+                        json={"flow": "echo", "remote": name, "inputs": {"n": 7}, "wait": 30},
+                    ).json(),
+                    sites,
+                )
+            )
         took = time.perf_counter() - began
-        print(
-            f"  {'a remote run through a real flowlink site':<44} {answer['status']}"
-            f" in {took:.2f} s (output {answer.get('output_value')})"
-        )
+        statuses = ", ".join(f"{a['status']} (output {a.get('output_value')})" for a in answers)
+        print(f"  {f'a remote run through each of {count} real flowlink sites':<44} {statuses}")
+        print(f"  {'(both done within)':<44} {took:10.2f} s")
 
 
 def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -578,7 +723,7 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 "flows/sleep.py": SLEEP,
             },
         )
-        load = idle_links(ctl, args.sites, folder, report)
+        load = idle_links(ctl, args.sites, folder, report, args.load_processes)
         try:
             fan_out(ctl, load, args.sites, report)
             waiting_clients(ctl, args.waiters, report)
@@ -590,8 +735,7 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         finally:
             load.stop()
         if args.real_site:
-            with fresh_database("sqlite") as site_url:
-                real_site(ctl, site_url, folder)
+            real_sites(ctl, folder)
     return report
 
 
@@ -603,9 +747,13 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--quick", action="store_true", help="reduced sizes (make bench)")
+    parser.add_argument(
+        "--load-processes", type=int, default=2, help="processes simulating the sites"
+    )
     parser.add_argument("--no-real-site", dest="real_site", action="store_false")
     parser.add_argument("--sites-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--controller", help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--site-key", help=argparse.SUPPRESS)
     parser.add_argument("--controller-pub", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -613,13 +761,19 @@ def main() -> None:
         sites_main(args)
         return
     if args.quick:
-        args.sites, args.waiters, args.streams, args.idle_seconds = 200, 200, 200, 10.0
+        args.sites, args.waiters, args.streams, args.idle_seconds = 100, 100, 200, 5.0
     backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
     if "postgresql" in backends and not postgres_url():
         print("(PostgreSQL not reachable: skipped)")
         backends.remove("postgresql")
-    for backend in backends:
-        run(backend, args)
+    reports = {backend: run(backend, args) for backend in backends}
+    print("\n== summary (ratio = measured / target; <= 1 meets it) ==")
+    for key, name in SUMMARY:
+        cells = []
+        for backend, report in reports.items():
+            value = report.get(key, float("nan"))
+            cells.append(f"{backend} {value:9.2f} ({value / TARGETS[key]:5.2f})")
+        print(f"  {name:<34} target {TARGETS[key]:7.1f}   " + "   ".join(cells))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ class ServerContext:
     stopping: threading.Event = field(default_factory=threading.Event)
 
 
-def get_context(request: Request) -> ServerContext:
-    """The server context of the running app."""
+async def get_context(request: Request) -> ServerContext:
+    """The server context of the running app (on the event loop: no thread hop)."""
     context: ServerContext = request.app.state.context
     return context
 

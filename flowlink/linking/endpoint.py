@@ -10,16 +10,18 @@ thread and no transaction (``exchange.wait_for_news``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 
 from flowlink.errors import Invalid
-from flowlink.linking import signing
+from flowlink.linking import outbox, signing
 from flowlink.linking.exchange import (
     News,
     apply_messages,
@@ -47,6 +49,22 @@ from flowlink.workspaces.service import get_workspace
 CONTENT_TYPE = "application/json"
 # (workspace slug, config name) -> (sync config id, workspace id), learnt from exchanges
 _LINK_IDS: dict[tuple[str, str], tuple[str, str]] = {}
+# Exchanges take their thread hops from a few threads of their own, not from the pool the API
+# shares: a thousand polls renewed at once queue here instead of taking every thread from the
+# API's requests. SQLite has one writer, so a few threads do; on PostgreSQL transactions run
+# side by side and a hop mostly waits for the database, so more overlap.
+EXCHANGE_THREADS = {"sqlite": 6, "postgresql": 16}
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, CapacityLimiter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def exchange_limiter(dialect: str) -> CapacityLimiter:
+    """The running loop's limiter of exchange thread hops (a limiter belongs to one loop)."""
+    limiters = _limiters.setdefault(asyncio.get_running_loop(), {})
+    if dialect not in limiters:
+        limiters[dialect] = CapacityLimiter(EXCHANGE_THREADS.get(dialect, 6))
+    return limiters[dialect]
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class _Applied:
     messages: list[dict[str, Any]]
     poll: float
     follows: bool  # whether executions here may concern the link (``follows_changes``)
+    answer: SignedAnswer | None = None  # signed in the same thread hop when it need not wait
 
 
 @dataclass(frozen=True)
@@ -86,7 +105,10 @@ class _Incoming:
 def _apply(
     store: Store, settings: ServerSettings, incoming: _Incoming, stopping: threading.Event | None
 ) -> _Applied:
-    """Authenticate and apply one exchange and collect this end's messages (one write)."""
+    """Authenticate and apply one exchange and collect this end's messages (one write).
+
+    An answer that need not wait is signed here too, after the commit: one thread hop.
+    """
     secret = resolve_secret_key(settings)
     workspace_slug, name = incoming.workspace_slug, incoming.name
     method, url, headers, body = incoming.method, incoming.url, incoming.headers, incoming.body
@@ -112,20 +134,30 @@ def _apply(
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
-            messages = outgoing(session, config, MAX_MESSAGES - 1)
-            return _Applied(
+            # A link that follows no execution has nothing to collect: its outbox is all.
+            follows = follows_changes(session, config)
+            limit = MAX_MESSAGES - 1
+            messages = (
+                outgoing(session, config, limit)
+                if follows
+                else outbox.pending(session, config.id, limit)
+            )
+            applied = _Applied(
                 private_key=private_key_of(config, secret),
                 config_id=config.id,
                 workspace_id=workspace.id,
                 received=received,
                 messages=messages,
                 poll=poll,
-                follows=bool(messages) or follows_changes(session, config),
+                follows=bool(messages) or follows,
             )
     except SyncRejected as rejection:
         http = {"method": method, "url": url, "client": incoming.client}
         note_rejection(store, settings.rejection_window, workspace_slug, name, rejection, http)
         raise
+    if applied.messages or applied.poll <= 0:
+        applied.answer = _signed(applied, applied.messages, incoming)
+    return applied
 
 
 def _signed(applied: _Applied, messages: list[dict[str, Any]], incoming: _Incoming) -> SignedAnswer:
@@ -167,24 +199,28 @@ async def answer_exchange(
     """
     incoming = _Incoming(workspace_slug, name, method, url, headers, body, client)
     known = _LINK_IDS.get((workspace_slug, name))
+    limiter = exchange_limiter(store.dialect)
     # Registered before the transaction looks for messages, so that look is the first of
     # the long poll: a poll that is renewed costs one write and no extra read.
     interests = news_interests(*known, True) if known else {}
     with store.notifier.waiter(interests) as waiter:
-        applied = await to_thread.run_sync(_apply, store, settings, incoming, stopping)
+        applied = await to_thread.run_sync(
+            _apply, store, settings, incoming, stopping, limiter=limiter
+        )
         ids = (applied.config_id, applied.workspace_id)
         _LINK_IDS[(workspace_slug, name)] = ids
-        messages = applied.messages
-        if not messages and applied.poll > 0:
-            first = News([], applied.follows) if known == ids else None
-            messages = await wait_for_news(
-                store,
-                applied.config_id,
-                applied.workspace_id,
-                applied.poll,
-                stopping=stopping.is_set if stopping is not None else lambda: False,
-                limit=MAX_MESSAGES - 1,
-                waiter=waiter,
-                first=first,
-            )
-    return await to_thread.run_sync(_signed, applied, messages, incoming)
+        if applied.answer is not None:
+            return applied.answer
+        first = News([], applied.follows) if known == ids else None
+        messages = await wait_for_news(
+            store,
+            applied.config_id,
+            applied.workspace_id,
+            applied.poll,
+            stopping=stopping.is_set if stopping is not None else lambda: False,
+            limit=MAX_MESSAGES - 1,
+            waiter=waiter,
+            first=first,
+            limiter=limiter,
+        )
+    return await to_thread.run_sync(_signed, applied, messages, incoming, limiter=limiter)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
@@ -770,14 +770,16 @@ class News:
 def look_for_news(store: Store, config_id: str, limit: int) -> News:
     """``pending_messages`` plus ``follows_changes``, for a held poll or a sender.
 
-    One read when nothing changed (most looks), one write when something did.
+    One read when nothing changed (most looks), one write when something did. A link that
+    follows no execution has nothing to collect: its look reads the outbox alone.
     """
     with store.read() as session:
         config = session.get(SyncConfig, config_id)
         if config is None:
             raise NotFound(f"sync config {config_id} was deleted")
-        if not has_changes(session, config):
-            return News(outbox.pending(session, config_id, limit), follows_changes(session, config))
+        follows = follows_changes(session, config)
+        if not follows or not has_changes(session, config):
+            return News(outbox.pending(session, config_id, limit), follows)
     with store.write() as session:
         config = session.get(SyncConfig, config_id)
         if config is None:
@@ -812,6 +814,7 @@ async def wait_for_news(
     limit: int,
     waiter: notify.AsyncWaiter | None = None,
     first: News | None = None,
+    limiter: CapacityLimiter | None = None,
 ) -> list[dict[str, Any]]:
     """Wait on the event loop, holding no thread, until this end has messages for the other.
 
@@ -822,11 +825,19 @@ async def wait_for_news(
 
     ``waiter`` and ``first``: a waiter already registered for this link before the caller
     looked, and what that look found; the wait then starts without looking again.
+    ``limiter``: the thread hops' limiter (default: the pool the API shares).
     """
     if waiter is None:
         with store.notifier.waiter(news_interests(config_id, workspace_id, True)) as own:
             return await wait_for_news(
-                store, config_id, workspace_id, timeout, stopping=stopping, limit=limit, waiter=own
+                store,
+                config_id,
+                workspace_id,
+                timeout,
+                stopping=stopping,
+                limit=limit,
+                waiter=own,
+                limiter=limiter,
             )
     deadline = time.monotonic() + timeout
     grace = START_GRACE.total_seconds() + 0.05
@@ -835,7 +846,7 @@ async def wait_for_news(
     while True:
         listened = notify.EVENTS in waiter.interests  # during the look just made
         if news is None:
-            news = await to_thread.run_sync(look_for_news, store, config_id, limit)
+            news = await to_thread.run_sync(look_for_news, store, config_id, limit, limiter=limiter)
         if news.messages:
             return news.messages
         waiter.set_interests(news_interests(config_id, workspace_id, news.follows))

@@ -59,6 +59,8 @@ class AsyncWaiter:
 
     def wake(self, channel: str) -> None:
         """Wake the waiter (called on its loop)."""
+        if channel in self._woken_by:
+            return  # woken by this channel already, and not yet looked
         self._woken_by.add(channel)
         self._event.set()
 
@@ -92,6 +94,8 @@ class Notifier:
         self._lock = threading.Lock()
         # channel -> payload (None: any) -> waiters; a notification finds its waiters directly
         self._waiters: dict[str, dict[str | None, set[AsyncWaiter]]] = {c: {} for c in CHANNELS}
+        # loop -> the (channel, payload) deliveries scheduled on it and not yet run
+        self._scheduled: dict[asyncio.AbstractEventLoop, set[tuple[str, str]]] = {}
 
     def subscribe(self, channel: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(payload)`` for every notification; returns an unsubscribe function."""
@@ -115,19 +119,39 @@ class Notifier:
             self._any.notify_all()
         with self._lock:
             callbacks = list(self._callbacks[channel])
-            waiters = self._interested(channel, payload)
+            loops = {w.loop for w in self._interested(channel, payload)}
         for callback in callbacks:
             try:
                 callback(payload)
             except Exception:  # a broken subscriber must not break the publisher
                 log.exception("notification callback failed on %s", channel)
-        if waiters:
-            by_loop: dict[asyncio.AbstractEventLoop, list[AsyncWaiter]] = defaultdict(list)
-            for waiter in waiters:
-                by_loop[waiter.loop].append(waiter)
-            for loop, woken in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_wake_all, channel, woken)
+        # Coalesced: one delivery per loop and notification is scheduled at a time, and it
+        # finds its waiters when it runs. A burst of notifications (a thousand runs ending)
+        # wakes a thousand streams once per turn of the loop, not once per notification.
+        key = (channel, payload)
+        for loop in loops:
+            with self._lock:
+                scheduled = self._scheduled.setdefault(loop, set())
+                if key in scheduled:
+                    continue
+                scheduled.add(key)
+            try:
+                loop.call_soon_threadsafe(self._deliver, loop, channel, payload)
+            except RuntimeError:  # the loop is closed: nobody waits there
+                with self._lock:
+                    self._scheduled.pop(loop, None)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, channel: str, payload: str) -> None:
+        """Wake this loop's waiters of a notification (runs on that loop)."""
+        with self._lock:
+            scheduled = self._scheduled.get(loop)
+            if scheduled is not None:
+                scheduled.discard((channel, payload))
+                if not scheduled:
+                    del self._scheduled[loop]
+            waiters = [w for w in self._interested(channel, payload) if w.loop is loop]
+        for waiter in waiters:
+            waiter.wake(channel)
 
     def _interested(self, channel: str, payload: str) -> list[AsyncWaiter]:
         """The waiters a notification concerns (call with the lock held)."""
@@ -197,11 +221,6 @@ class Notifier:
         with condition:
             condition.wait_for(lambda: self._counters[channel] != seen, timeout=timeout)
             return self._counters[channel]
-
-
-def _wake_all(channel: str, waiters: list[AsyncWaiter]) -> None:
-    for waiter in waiters:
-        waiter.wake(channel)
 
 
 async def wait_until(
