@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.access import policy
@@ -117,6 +118,8 @@ class ChildLauncher(Protocol):
     def release_reservation(self) -> None: ...
 
     def launch_reserved(self, claimed: executions.Claimed) -> None: ...
+
+    def waiting_for(self, child_id: str, parent_id: str) -> Callable[[], None]: ...
 
 
 class FlowApiCalls:
@@ -375,31 +378,50 @@ class FlowApiCalls:
         """Create a child; if this worker has a free slot, it starts here at once.
 
         The hand-over skips the queue: no claim transaction and no wake-up round trip, which
-        is most of the cost of a short child (the parent usually waits on it next).
+        is most of the cost of a short child. With ``wait`` (``this.flow(...)``'s default)
+        the same transaction marks this execution waiting, and the answer comes once the
+        child ended, with its record: one call and one transaction instead of two each.
         """
         reserved = self._worker is not None and self._worker.reserve_slot()
         claimed: executions.Claimed | None = None
+        wait = bool(params.get("wait")) and not params.get("remote")
+        unnote: Callable[[], None] | None = None
         try:
             with self.store.write() as session:
                 workspace = session.get(Workspace, self.workspace_id)
                 if workspace is None:
                     raise ResourceNotFound("the workspace of this execution was deleted")
                 result = self._start_child(session, workspace, params)
+                child_id = str(result["id"])
+                if wait:
+                    executions.set_waiting(session, self.execution_id, True)
+                    if self._worker is not None:
+                        unnote = self._worker.waiting_for(child_id, self.execution_id)
                 if reserved and self._worker is not None and not result.get("remote"):
-                    child = session.get(Execution, result["id"])
+                    child = session.get(Execution, child_id)
                     assert child is not None
                     claimed = executions.claim_new_child(
                         session, child, workspace, self._worker.id, self.settings.lease_seconds
                     )
         except NotFound as error:
+            if unnote is not None:
+                unnote()
             raise ResourceNotFound(error.message) from error
         except FlowlinkError as error:
+            if unnote is not None:
+                unnote()
             raise FlowApiError(error.message) from error
+        except BaseException:
+            if unnote is not None:
+                unnote()
+            raise
         finally:
             if reserved and claimed is None and self._worker is not None:
                 self._worker.release_reservation()
         if claimed is not None and self._worker is not None:
             self._worker.launch_reserved(claimed)
+        if wait:
+            result["record"] = self._wait(child_id, marked=True, unnote=unnote)
         return result
 
     def _setting_name(self, params: dict[str, Any]) -> str:
@@ -535,42 +557,68 @@ class FlowApiCalls:
 
     # --- waiting on a child ---------------------------------------------------------------
 
-    def _wait(self, child_id: str) -> dict[str, Any]:
-        """Block until the child ends; our runner slot is free for others meanwhile."""
+    def _wait(
+        self,
+        child_id: str,
+        *,
+        marked: bool = False,
+        unnote: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Block until the child ends; our runner slot is free for others meanwhile.
+
+        ``marked``: this execution is already marked waiting (by the transaction that created
+        the child), and ``unnote`` ends the worker's note that it waits for the child. An
+        ending written by this process's worker sets this execution running again in its own
+        transaction; otherwise (the child ran elsewhere) this does it when it wakes.
+        """
         notifier = self.store.notifier
-        with self.store.write() as session:
-            workspace = session.get(Workspace, self.workspace_id)
-            if workspace is None:
-                raise ResourceNotFound("the workspace of this execution was deleted")
-            try:
-                child = executions.get_execution(session, workspace, child_id)
-            except Invalid as error:
-                raise FlowApiError(error.message) from error
-            except NotFound as error:
-                raise ResourceNotFound(error.message) from error
-            self._authorize_read(session, workspace, child)
-            if child.status in executions.ENDED:
-                return self._ended_view(child, workspace.slug)
-            executions.set_waiting(session, self.execution_id, True)
-        self._release_slot()
+        if unnote is None and self._worker is not None:
+            unnote = self._worker.waiting_for(child_id, self.execution_id)
+        resumed = False
         try:
-            while True:
-                seen = notifier.counter(notify.ENDED)
-                with self.store.read() as session:
-                    current = session.get(Execution, child_id)
-                    if current is None:
-                        raise ResourceNotFound(f"execution {child_id} was deleted")
-                    if current.status in executions.ENDED:
-                        return self._ended_view(current, self.workspace_slug)
-                if self.cancelled.is_set():
-                    raise FlowApiError("cancelled while waiting for a child execution")
-                if time.monotonic() >= self.deadline:
-                    raise FlowApiError("maximum runtime exceeded while waiting for a child")
-                notifier.wait(notify.ENDED, seen, min(self.settings.poll_interval, 0.25))
+            if not marked:
+                with self.store.write() as session:
+                    workspace = session.get(Workspace, self.workspace_id)
+                    if workspace is None:
+                        raise ResourceNotFound("the workspace of this execution was deleted")
+                    try:
+                        child = executions.get_execution(session, workspace, child_id)
+                    except Invalid as error:
+                        raise FlowApiError(error.message) from error
+                    except NotFound as error:
+                        raise ResourceNotFound(error.message) from error
+                    self._authorize_read(session, workspace, child)
+                    if child.status in executions.ENDED:
+                        resumed = True  # never marked waiting
+                        return self._ended_view(child, workspace.slug)
+                    executions.set_waiting(session, self.execution_id, True)
+            self._release_slot()
+            try:
+                while True:
+                    seen = notifier.counter(notify.ENDED)
+                    with self.store.read() as session:
+                        current = session.get(Execution, child_id)
+                        if current is None:
+                            raise ResourceNotFound(f"execution {child_id} was deleted")
+                        if current.status in executions.ENDED:
+                            own = session.scalar(
+                                select(Execution.status).where(Execution.id == self.execution_id)
+                            )
+                            resumed = own is not None and own != executions.WAITING
+                            return self._ended_view(current, self.workspace_slug)
+                    if self.cancelled.is_set():
+                        raise FlowApiError("cancelled while waiting for a child execution")
+                    if time.monotonic() >= self.deadline:
+                        raise FlowApiError("maximum runtime exceeded while waiting for a child")
+                    notifier.wait(notify.ENDED, seen, min(self.settings.poll_interval, 0.25))
+            finally:
+                self._retake_slot()
         finally:
-            self._retake_slot()
-            with self.store.write() as session:
-                executions.set_waiting(session, self.execution_id, False)
+            if unnote is not None:
+                unnote()
+            if not resumed:
+                with self.store.write() as session:
+                    executions.set_waiting(session, self.execution_id, False)
 
     def _ended_view(self, child: Execution, slug: str) -> dict[str, Any]:
         view = executions.execution_view(child, slug)

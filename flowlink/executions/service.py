@@ -373,7 +373,9 @@ def save_progress(
 
 def set_waiting(session: Session, execution_id: str, waiting: bool) -> None:
     """Mark a running execution as waiting on a child (or running again)."""
-    session.execute(
+    # On the connection (plain SQL): through the session, the ORM would first flush it and
+    # evaluate the condition against every loaded object, most of the cost for one row.
+    session.connection().execute(
         update(Execution)
         .where(Execution.id == execution_id, Execution.status.in_(ACTIVE))
         .values(status=WAITING if waiting else RUNNING)
@@ -468,8 +470,10 @@ def claim_new_child(
 ) -> Claimed:
     """Claim a child created in this transaction for the worker of its parent.
 
-    Used when that worker has a free slot: the child starts without a queue round trip.
+    Used when that worker has a free slot: the child starts without a queue round trip (and
+    no worker is woken for it).
     """
+    notify.withdraw(session, notify.QUEUED, child.id)
     now = utcnow()
     child.status = RUNNING
     child.started_at = now

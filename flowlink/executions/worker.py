@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from flowlink.executions.calls import FlowApiCalls
 from flowlink.observability import metrics, tracing
 from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
-from flowlink.runtime.session import drive
+from flowlink.runtime.session import Outcome, drive
 from flowlink.settings import ServerSettings, secret_key_path
 from flowlink.store import notify
 from flowlink.store.engine import Store, protected_paths
@@ -68,6 +69,14 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._unsubscribe: list[Any] = []
         self._endings: queue.SimpleQueue[_Ending] = queue.SimpleQueue()
+        # The claim loop's wake-up: ``_backlog`` says work may be queued (a QUEUED
+        # notification, the poll interval, or a claim that took all it asked for); a freed
+        # slot alone wakes the loop but claims only when there may be a backlog.
+        self._wakeup = threading.Condition()
+        self._poked = False
+        self._backlog = True
+        # child id -> id of the parent in this process that waits for it (see ``waiting_for``)
+        self._waiting_on: dict[str, str] = {}
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -77,6 +86,9 @@ class Worker:
         self._log_sandbox()
         self._register()
         self._unsubscribe.append(self.store.notifier.subscribe(notify.CANCEL, self._on_cancel))
+        self._unsubscribe.append(
+            self.store.notifier.subscribe(notify.QUEUED, lambda _payload: self._poke(True))
+        )
         for target, name in (
             (self._claim_loop, "claim"),
             (self._finish_loop, "finish"),
@@ -112,7 +124,7 @@ class Worker:
     def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, give running executions ``grace`` seconds, then cancel the rest."""
         self._stopping.set()
-        self.store.notifier.fire(notify.QUEUED)
+        self._poke(False)
         deadline = time.monotonic() + grace
         while self.active_ids() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -142,7 +154,15 @@ class Worker:
     def _give_slot(self) -> None:
         with self._runs_lock:
             self._busy -= 1
-        self.store.notifier.fire(notify.QUEUED)  # a slot is free: look for work
+        self._poke(False)  # a slot is free: look for work if some may be queued
+
+    def _poke(self, queued: bool) -> None:
+        """Wake the claim loop; ``queued``: new work may be waiting in the queue."""
+        with self._wakeup:
+            self._poked = True
+            if queued:
+                self._backlog = True
+            self._wakeup.notify()
 
     def _free_slots(self) -> int:
         with self._runs_lock:
@@ -151,25 +171,33 @@ class Worker:
     # --- loops ----------------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
-        notifier = self.store.notifier
         while not self._stopping.is_set():
-            seen = notifier.counter(notify.QUEUED)
             free = self._free_slots()
+            with self._wakeup:
+                self._poked = False
+                look = free > 0 and self._backlog
+                if look:
+                    self._backlog = False
             claimed: list[executions.Claimed] = []
-            if free > 0:
+            if look:
+                wanted = min(free, 32)
                 try:
                     with self.store.write() as session:
                         claimed = executions.claim(
-                            session, self.id, min(free, 32), self.settings.lease_seconds
+                            session, self.id, wanted, self.settings.lease_seconds
                         )
                 except Exception:
                     log.exception("claiming executions failed")
+                    self._poke(True)
                     self._stopping.wait(1.0)
                     continue
+                if len(claimed) == wanted:
+                    self._poke(True)  # took all it asked for: more may be queued
             for item in claimed:
                 self._launch(item)
-            if not claimed:
-                notifier.wait(notify.QUEUED, seen, self.settings.poll_interval)
+            with self._wakeup:
+                if not self._poked and not self._wakeup.wait(self.settings.poll_interval):
+                    self._backlog = True  # the fallback: look now and then anyway
 
     def _launch(self, claimed: executions.Claimed) -> None:
         with self._runs_lock:
@@ -295,25 +323,64 @@ class Worker:
 
     def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> executions.Outcome:
         execution = claimed.execution
-        logs: list[str] = []
-        outcome: executions.Outcome
+        ended: list[executions.Outcome] = []
+
+        def end(outcome: executions.Outcome, logs: list[str]) -> None:
+            if self._stopping.is_set() and outcome.status == executions.CANCELLED:
+                outcome = executions.Outcome(
+                    executions.ERROR,
+                    "the worker shut down before the execution finished",
+                    None,
+                    "worker_stopped",
+                )
+            log.debug("execution ended: %s %s", outcome.status, outcome.message or "")
+            ended.append(outcome)
+            self._ending(_Ending(execution.id, outcome, logs))
+
         try:
-            outcome, logs = self._execute(claimed, cancelled)
+            self._execute(claimed, cancelled, end)
         except Exception as exc:
             log.exception("execution %s failed inside the worker", execution.id)
-            outcome = executions.Outcome(
-                executions.ERROR, f"internal error in the worker: {exc}", None, "internal"
+            if not ended:
+                end(
+                    executions.Outcome(
+                        executions.ERROR, f"internal error in the worker: {exc}", None, "internal"
+                    ),
+                    [],
+                )
+        return ended[0]
+
+    def _ending(self, ending: _Ending) -> None:
+        """Record an ending: at once in this thread when a parent of this process waits for
+        it (the chain waits on nothing else), else batched by the finisher."""
+        with self._runs_lock:
+            awaited = ending.id in self._waiting_on
+        if not awaited:
+            self._endings.put(ending)
+            return
+        try:
+            self._record_endings([ending])
+        except Exception:
+            log.exception(
+                "recording the end of execution %s failed; retrying in a batch", ending.id
             )
-        if self._stopping.is_set() and outcome.status == executions.CANCELLED:
-            outcome = executions.Outcome(
-                executions.ERROR,
-                "the worker shut down before the execution finished",
-                None,
-                "worker_stopped",
-            )
-        log.debug("execution ended: %s %s", outcome.status, outcome.message or "")
-        self._endings.put(_Ending(execution.id, outcome, logs))
-        return outcome
+            self._endings.put(ending)
+            return
+        self._release([ending])
+
+    def waiting_for(self, child_id: str, parent_id: str) -> Callable[[], None]:
+        """Note that ``parent_id`` (run here) waits for ``child_id``: the child's ending is then
+        written at once and sets the parent running again in the same transaction. Returns
+        the function that ends the note."""
+        with self._runs_lock:
+            self._waiting_on[child_id] = parent_id
+
+        def done() -> None:
+            with self._runs_lock:
+                if self._waiting_on.get(child_id) == parent_id:
+                    del self._waiting_on[child_id]
+
+        return done
 
     def _finish_loop(self) -> None:
         """Record endings in batches: one transaction for all that ended meanwhile."""
@@ -339,22 +406,35 @@ class Worker:
                         self._record_endings([ending])
                     except Exception:
                         log.exception("could not record the end of execution %s", ending.id)
-            with self._runs_lock:
-                for ending in batch:
-                    self._runs.pop(ending.id, None)
-                self._busy -= len(batch)
-            self.store.notifier.fire(notify.QUEUED)  # slots are free: look for work
+            self._release(batch)
+
+    def _release(self, batch: list[_Ending]) -> None:
+        """The slots of recorded endings are free: look for work."""
+        with self._runs_lock:
+            for ending in batch:
+                self._runs.pop(ending.id, None)
+            self._busy -= len(batch)
+        self._poke(False)
 
     def _record_endings(self, batch: list[_Ending]) -> None:
+        with self._runs_lock:
+            parents = [self._waiting_on[e.id] for e in batch if e.id in self._waiting_on]
         with self.store.write() as session:
             for ending in batch:
                 if ending.logs:
                     executions.append_logs(session, ending.id, ending.logs)
             executions.finish_many(session, [(e.id, e.outcome) for e in batch], worker_id=self.id)
+            for parent_id in parents:
+                executions.set_waiting(session, parent_id, False)
 
     def _execute(
-        self, claimed: executions.Claimed, cancelled: threading.Event
-    ) -> tuple[executions.Outcome, list[str]]:
+        self,
+        claimed: executions.Claimed,
+        cancelled: threading.Event,
+        end: Callable[[executions.Outcome, list[str]], None],
+    ) -> None:
+        """Run the execution; ``end(outcome, logs)`` as soon as its outcome is known (the
+        runner is cleaned up after that, before this returns)."""
         execution, slug = claimed.execution, claimed.workspace_slug
         start = {
             "op": "start",
@@ -376,23 +456,27 @@ class Worker:
             retake_slot=self._take_slot,
             worker=self,
         )
+
+        def ended(result: Outcome) -> None:
+            logs = calls.take_pending_logs()
+            if result.traceback:
+                lines = result.traceback.rstrip("\n").splitlines()
+                logs += [calls.redact(line) for line in lines]
+            message = None if result.message is None else calls.redact(result.message)
+            if result.status == executions.CANCELLED:
+                message = message or "cancelled"
+            end(executions.Outcome(result.status, message, result.outputs, result.error_kind), logs)
+
         runner = self.pool.acquire()
-        result = drive(
+        drive(
             runner,
             start,
             handle_call=calls.handle,
             on_logs=calls.write_logs,
             deadline=deadline,
             cancelled=cancelled,
+            on_outcome=ended,
         )
-        logs = calls.take_pending_logs()
-        if result.traceback:
-            logs += [calls.redact(line) for line in result.traceback.rstrip("\n").splitlines()]
-        message = None if result.message is None else calls.redact(result.message)
-        if result.status == executions.CANCELLED:
-            message = message or "cancelled"
-        outcome = executions.Outcome(result.status, message, result.outputs, result.error_kind)
-        return outcome, logs
 
 
 def watch_other_workers(store: Store, tasks: BackgroundTasks, interval: float) -> None:

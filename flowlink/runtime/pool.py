@@ -70,6 +70,7 @@ class _Zygote:
         self._live: set[int] = set()
         self._exits: dict[int, ExitInfo] = {}
         self._limits: dict[int, str] = {}
+        self._checks: dict[int, dict[str, Any]] = {}
         self.dead = False
         try:
             self.proc = subprocess.Popen(
@@ -135,6 +136,8 @@ class _Zygote:
                     if op == "forked":
                         self._live.add(int(msg["pid"]))
                     self._forks[int(msg["rid"])] = msg
+                elif op == "checked":
+                    self._checks[int(msg["pid"])] = msg
                 elif op == "exited":
                     pid = int(msg["pid"])
                     if pid in self._live:
@@ -224,6 +227,29 @@ class _Zygote:
                 self._cv.wait(remaining)
             return self._exits[pid]
 
+    def check(self, pid: int, timeout: float) -> tuple[bool, str | None]:
+        """Ask which limit the runner's control group went over so far.
+
+        Returns ``(known, limit)``; not known when the runner has exited meanwhile (its exit
+        info carries the final answer), the zygote is gone or did not answer in time.
+        """
+        with self._cv:
+            self._checks.pop(pid, None)
+        with contextlib.suppress(OSError):
+            self._send({"op": "check", "pid": pid})
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while pid not in self._checks and pid not in self._exits and not self.dead:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cv.wait(remaining)
+            reply = self._checks.pop(pid, None)
+        if reply is None or not reply.get("known"):
+            return False, None
+        limit = reply.get("limit")
+        return True, None if limit is None else str(limit)
+
     def limit_of(self, pid: int) -> str | None:
         """The limit (``memory``, ``processes``, ``cpu``) the runner's control group went over."""
         with self._cv:
@@ -234,6 +260,7 @@ class _Zygote:
         with self._cv:
             self._live.discard(pid)
             self._exits.pop(pid, None)
+            self._checks.pop(pid, None)
             self._limits.pop(pid, None)
 
     def close(self) -> None:
@@ -312,6 +339,16 @@ class Runner:
     def uses_cgroup(self) -> bool:
         """True when the execution's limits are enforced by a control group."""
         return self._zygote.limits != "rlimit"
+
+    def limit_at_end(self, timeout: float) -> str | None:
+        """The limit of the control group the execution went over up to now (asked when the
+        runner reported its end); waits for the runner's exit only if the zygote cannot tell
+        without it (the runner was already reaped, or no answer within ``timeout``)."""
+        known, limit = self._zygote.check(self.pid, timeout)
+        if known:
+            return limit
+        self.wait_exit(timeout)
+        return self.limit_hit
 
     @property
     def exit_info(self) -> ExitInfo | None:

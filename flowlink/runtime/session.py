@@ -137,10 +137,11 @@ class _Driver:
         limit = _seconds(self.deadline - self.started)
         return Outcome("error", f"maximum runtime of {limit} s exceeded", {}, "timeout")
 
-    def limit_outcome(self) -> Outcome | None:
-        """The error for a control-group limit the execution went over, if any."""
+    def limit_outcome(self, hit: str | None = None) -> Outcome | None:
+        """The error for a control-group limit the execution went over, if any (``hit``, else
+        what the runner's exit told)."""
         limits = self.runner.limits
-        hit = self.runner.limit_hit
+        hit = hit or self.runner.limit_hit
         if hit == "memory":
             return Outcome(
                 "error", f"memory limit exceeded ({limits.memory_mb} MB)", {}, "memory_limit"
@@ -197,10 +198,9 @@ class _Driver:
         self.runner.ended = True
         self.finish_output()
         if self.runner.uses_cgroup:
-            # a process of the execution may have been killed for a limit of the whole group
-            # (``close`` waits for this exit anyway)
-            self.runner.wait_exit(_EXIT_WAIT_AFTER_END)
-            over = self.limit_outcome()
+            # a process of the execution may have been killed for a limit of the whole group:
+            # the zygote reads the group's counters now, without waiting for the runner's exit
+            over = self.limit_outcome(self.runner.limit_at_end(_EXIT_WAIT_AFTER_END))
             if over is not None:
                 return over
         status = msg.get("status")
@@ -325,6 +325,7 @@ def drive(
     on_logs: Callable[[list[str]], None],
     deadline: float | None,
     cancelled: threading.Event,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Run one execution on ``runner`` and return its :class:`Outcome`.
 
@@ -348,10 +349,16 @@ def drive(
 
     The runner is always killed and cleaned up before this returns (its process,
     every process of its sandbox uid and its temp dir); it cannot be reused.
+    ``on_outcome(outcome)``, if given, is called as soon as the outcome is known, before
+    that clean-up (the exit of a sandboxed process takes milliseconds of kernel work): the
+    worker records the ending meanwhile. If it raises, the runner is still cleaned up.
     """
     runner._claim()
     started = time.monotonic()
     try:
-        return _Driver(runner, handle_call, on_logs, deadline, cancelled, started).run(start)
+        outcome = _Driver(runner, handle_call, on_logs, deadline, cancelled, started).run(start)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return outcome
     finally:
         runner.close()

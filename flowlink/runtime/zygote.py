@@ -9,13 +9,16 @@ pool -> zygote
     ``{"op":"init","config":{...}}`` (first message),
     ``{"op":"fork","rid":n}`` + two fds via SCM_RIGHTS (runner socket, output pipe),
     ``{"op":"kill","pid":n}``, ``{"op":"watch","pid":n}`` (the runner starts its execution:
-    watch its control group), ``{"op":"shutdown"}``.
+    watch its control group), ``{"op":"check","pid":n}`` (the runner reported its end: which
+    limit did its group go over so far), ``{"op":"shutdown"}``.
 zygote -> pool
     ``{"op":"hello","pid":..,"mode":..,"hide_proc":..}``,
     ``{"op":"forked","rid":n,"pid":p,"uid":u}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
     ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null[,"limit":name]}``
     (``limit``: ``memory``, ``processes`` or ``cpu`` when the runner's control group went
-    over that limit; the zygote kills such a runner at once).
+    over that limit; the zygote kills such a runner at once),
+    ``{"op":"checked","pid":p,"limit":name|null,"known":bool}`` (answers ``check``;
+    ``known`` false: the runner was already reaped, its ``exited`` tells).
 
 ``exited`` is only sent once the runner is reaped *and* (root modes) every
 process of its sandbox uid has been killed ("swept"). Sweeping is done by a
@@ -303,8 +306,26 @@ class Zygote:
             pid = int(msg.get("pid") or 0)
             if pid in self.runners:
                 self.watched.add(pid)
+        elif op == "check":
+            self._check(int(msg.get("pid") or 0))
         elif op == "shutdown":
             self._shutdown()
+
+    def _check(self, pid: int) -> None:
+        """Answer which limit the runner's control group went over so far, if any.
+
+        Asked when the runner reported its end, so its outcome need not wait for its exit.
+        A runner already reaped is answered by its ``exited`` message (final counters).
+        """
+        uid = self.runners.get(pid)
+        if uid is None or self.cg is None or uid not in self.groups:
+            self._reply({"op": "checked", "pid": pid, "limit": None, "known": False})
+            return
+        hit = self.hits.get(uid)
+        if hit is None:
+            group, baseline = self.groups[uid]
+            hit = cgroups.exceeded(self.cg, group, self.cpu_limit, baseline)
+        self._reply({"op": "checked", "pid": pid, "limit": hit, "known": True})
 
     def _shutdown(self) -> None:
         if self.shutting_down:
