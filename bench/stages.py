@@ -80,8 +80,22 @@ def instrument() -> dict[str, int]:
         calls.FlowApiCalls,
         "_start_child_now",
         "parent: start_child call",
-        "parent: child created and claimed",
+        "parent: start_child answered",
         key_out=lambda result: str(result.get("id")),
+    )
+    _wrap(
+        calls.FlowApiCalls,
+        "_start_child",
+        None,
+        "child created (in its transaction)",
+        key_out=lambda result: str(result.get("id")),
+    )
+    _wrap(
+        worker.Worker,
+        "launch_reserved",
+        "committed, handed to a run thread",
+        None,
+        key=lambda self, claimed: str(claimed.execution.id),
     )
     _wrap(worker.Worker, "_execute", "run thread started", None, key=execute_key)
     _wrap(pool.RunnerPool, "acquire", None, "runner acquired")
@@ -191,7 +205,7 @@ def main() -> None:
                 walls.append(time.perf_counter() - t0)
                 assert parent["status"] == "success", parent
             n = args.runs * 41
-            ids = {key for _, label, key in _marks if label == "parent: child created and claimed"}
+            ids = {key for _, label, key in _marks if label == "child created (in its transaction)"}
             print(
                 f"\n{args.runs} x 1 parent + 40 sequential children: best {min(walls):.3f} s"
                 f" ({min(walls) * 1000 / 40:.1f} ms per child); per execution:"
@@ -202,7 +216,8 @@ def main() -> None:
                 "one sequential child (median ms since the previous stage):",
                 chains(ids),
                 [
-                    "parent: child created and claimed",
+                    "child created (in its transaction)",
+                    "committed, handed to a run thread",
                     "run thread started",
                     "runner acquired",
                     "start message sent",
@@ -212,6 +227,7 @@ def main() -> None:
                     "ending committed",
                     "runner closed",
                     "parent: wait returns",
+                    "parent: start_child answered",
                 ],
             )
             calls = [at for at, label, _ in _marks if label == "parent: start_child call"]
@@ -244,6 +260,7 @@ def main() -> None:
                 "one trivial execution (median ms since the previous stage):",
                 chains({i for _, i in created}),
                 [
+                    "committed, handed to a run thread",
                     "run thread started",
                     "runner acquired",
                     "start message sent",

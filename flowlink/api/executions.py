@@ -83,8 +83,8 @@ async def wait_for_end(store: Store, execution_id: str, timeout: float) -> None:
 
     def ended() -> bool:
         with store.read() as session:
-            execution = session.get(Execution, execution_id)
-            return execution is None or execution.status in executions.ENDED
+            status = executions.statuses(session, [execution_id]).get(execution_id)
+            return status is None or status in executions.ENDED
 
     await notify.wait_until(store.notifier, {notify.ENDED: None}, ended, timeout)
 

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.access import policy
@@ -336,7 +335,11 @@ class FlowApiCalls:
             message=None if message is None else str(message),
         )
 
-    def _start_child(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+    def _start_child(
+        self, session: Session, workspace: Workspace, params: dict[str, Any]
+    ) -> tuple[dict[str, Any], Execution | None]:
+        """Create the child (or its mirror, for a remote one): the answer, and the child to
+        run here (None when it runs in a linked workspace)."""
         self._authorize(session, workspace, "execute", "executions", {"flow": params.get("flow")})
         if params.get("run") is False:
             raise FlowApiError("run=False is not supported: a child starts when it is created")
@@ -360,7 +363,7 @@ class FlowApiCalls:
                 trigger={"type": "flow", "parent": parent.id},
                 default_max_runtime=self.settings.default_max_runtime,
             )
-            return {"id": mirror.id, "remote": True}
+            return {"id": mirror.id, "remote": True}, None
         if params.get("use_remote_flow"):
             raise FlowApiError("use_remote_flow=True needs remote='<sync config name>'")
         child = executions.create_execution(
@@ -372,7 +375,7 @@ class FlowApiCalls:
             trigger={"type": "flow", "parent": parent.id},
             default_max_runtime=self.settings.default_max_runtime,
         )
-        return {"id": child.id}
+        return {"id": child.id}, child
 
     def _start_child_now(self, params: dict[str, Any]) -> Any:
         """Create a child; if this worker has a free slot, it starts here at once.
@@ -391,16 +394,14 @@ class FlowApiCalls:
                 workspace = session.get(Workspace, self.workspace_id)
                 if workspace is None:
                     raise ResourceNotFound("the workspace of this execution was deleted")
-                result = self._start_child(session, workspace, params)
+                result, child = self._start_child(session, workspace, params)
                 child_id = str(result["id"])
                 if wait:
                     executions.set_waiting(session, self.execution_id, True)
                     if self._worker is not None:
                         unnote = self._worker.waiting_for(child_id, self.execution_id)
-                if reserved and self._worker is not None and not result.get("remote"):
-                    child = session.get(Execution, child_id)
-                    assert child is not None
-                    claimed = executions.claim_new_child(
+                if reserved and self._worker is not None and child is not None:
+                    claimed = executions.claim_new(
                         session, child, workspace, self._worker.id, self.settings.lease_seconds
                     )
         except NotFound as error:
@@ -597,14 +598,14 @@ class FlowApiCalls:
                 while True:
                     seen = notifier.counter(notify.ENDED)
                     with self.store.read() as session:
-                        current = session.get(Execution, child_id)
-                        if current is None:
+                        statuses = executions.statuses(session, [child_id, self.execution_id])
+                        if child_id not in statuses:
                             raise ResourceNotFound(f"execution {child_id} was deleted")
-                        if current.status in executions.ENDED:
-                            own = session.scalar(
-                                select(Execution.status).where(Execution.id == self.execution_id)
-                            )
+                        if statuses[child_id] in executions.ENDED:
+                            own = statuses.get(self.execution_id)
                             resumed = own is not None and own != executions.WAITING
+                            current = session.get(Execution, child_id)
+                            assert current is not None  # in this same read transaction
                             return self._ended_view(current, self.workspace_slug)
                     if self.cancelled.is_set():
                         raise FlowApiError("cancelled while waiting for a child execution")

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
 from flowlink.background import BackgroundTasks
 from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
@@ -77,6 +80,7 @@ class Worker:
         self._backlog = True
         # child id -> id of the parent in this process that waits for it (see ``waiting_for``)
         self._waiting_on: dict[str, str] = {}
+        self._handed_key = f"flowlink_handed_{self.id}"  # session.info: claimed before commit
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -89,6 +93,9 @@ class Worker:
         self._unsubscribe.append(
             self.store.notifier.subscribe(notify.QUEUED, lambda _payload: self._poke(True))
         )
+        self._listen("before_commit", self._hand_over_new, insert=True)
+        self._listen("after_commit", self._launch_handed)
+        self._listen("after_rollback", self._release_handed)
         for target, name in (
             (self._claim_loop, "claim"),
             (self._finish_loop, "finish"),
@@ -97,6 +104,12 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info("worker %s started (concurrency %d)", self.id, self.settings.worker_concurrency)
+
+    def _listen(self, name: str, hook: Callable[[Session], None], insert: bool = False) -> None:
+        """Hook this worker into the store's transactions (until it stops)."""
+        target = self.store.session_class
+        event.listen(target, name, hook, insert=insert)
+        self._unsubscribe.append(lambda: event.remove(target, name, hook))
 
     def _log_sandbox(self) -> None:
         info = self.pool.sandbox_info()
@@ -215,6 +228,39 @@ class Worker:
     def release_reservation(self) -> None:
         """Give back a slot taken with ``reserve_slot`` that was not used."""
         self._give_slot()
+
+    def _hand_over_new(self, session: Session) -> None:
+        """Before a transaction of this process commits: claim the executions it queued for
+        this worker when it has free slots and no older work may be waiting in the queue.
+
+        They start right after the commit, without a claim transaction or a wake-up of the
+        claim loop; the rest stay queued (and announced) as usual.
+        """
+        ids = notify.announced(session, notify.QUEUED)
+        if not ids or self._stopping.is_set():
+            return
+        with self._wakeup:
+            if self._backlog:
+                return  # the queue may hold older work: keep its order
+        handed: list[executions.Claimed] = session.info.setdefault(self._handed_key, [])
+        for execution_id in ids:
+            if not execution_id or not self.reserve_slot():
+                break
+            claimed = executions.claim_created(
+                session, execution_id, self.id, self.settings.lease_seconds
+            )
+            if claimed is None:
+                self.release_reservation()
+            else:
+                handed.append(claimed)
+
+    def _launch_handed(self, session: Session) -> None:
+        for claimed in session.info.pop(self._handed_key, None) or ():
+            self.launch_reserved(claimed)
+
+    def _release_handed(self, session: Session) -> None:
+        for _claimed in session.info.pop(self._handed_key, None) or ():
+            self.release_reservation()
 
     def launch_reserved(self, claimed: executions.Claimed) -> None:
         """Run a claimed execution on a slot that is already counted."""

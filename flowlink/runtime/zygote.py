@@ -9,16 +9,15 @@ pool -> zygote
     ``{"op":"init","config":{...}}`` (first message),
     ``{"op":"fork","rid":n}`` + two fds via SCM_RIGHTS (runner socket, output pipe),
     ``{"op":"kill","pid":n}``, ``{"op":"watch","pid":n}`` (the runner starts its execution:
-    watch its control group), ``{"op":"check","pid":n}`` (the runner reported its end: which
-    limit did its group go over so far), ``{"op":"shutdown"}``.
+    watch its control group), ``{"op":"shutdown"}``.
 zygote -> pool
     ``{"op":"hello","pid":..,"mode":..,"hide_proc":..}``,
-    ``{"op":"forked","rid":n,"pid":p,"uid":u}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
+    ``{"op":"forked","rid":n,"pid":p,"uid":u[,"group":g,"baseline":[...]]}`` (control groups:
+    the runner's group and its counters at hand-over, so that the pool can read what the
+    execution used when it ends) / ``{"op":"fork_failed","rid":n,"message":..}``,
     ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null[,"limit":name]}``
     (``limit``: ``memory``, ``processes`` or ``cpu`` when the runner's control group went
-    over that limit; the zygote kills such a runner at once),
-    ``{"op":"checked","pid":p,"limit":name|null,"known":bool}`` (answers ``check``;
-    ``known`` false: the runner was already reaped, its ``exited`` tells).
+    over that limit; the zygote kills such a runner at once).
 
 ``exited`` is only sent once the runner is reaped *and* (root modes) every
 process of its sandbox uid has been killed ("swept"). Sweeping is done by a
@@ -306,26 +305,8 @@ class Zygote:
             pid = int(msg.get("pid") or 0)
             if pid in self.runners:
                 self.watched.add(pid)
-        elif op == "check":
-            self._check(int(msg.get("pid") or 0))
         elif op == "shutdown":
             self._shutdown()
-
-    def _check(self, pid: int) -> None:
-        """Answer which limit the runner's control group went over so far, if any.
-
-        Asked when the runner reported its end, so its outcome need not wait for its exit.
-        A runner already reaped is answered by its ``exited`` message (final counters).
-        """
-        uid = self.runners.get(pid)
-        if uid is None or self.cg is None or uid not in self.groups:
-            self._reply({"op": "checked", "pid": pid, "limit": None, "known": False})
-            return
-        hit = self.hits.get(uid)
-        if hit is None:
-            group, baseline = self.groups[uid]
-            hit = cgroups.exceeded(self.cg, group, self.cpu_limit, baseline)
-        self._reply({"op": "checked", "pid": pid, "limit": hit, "known": True})
 
     def _shutdown(self) -> None:
         if self.shutting_down:
@@ -379,7 +360,10 @@ class Zygote:
         os.close(chan_fd)
         os.close(out_fd)
         self.runners[pid] = uid
-        self._reply({"op": "forked", "rid": rid, "pid": pid, "uid": uid})
+        forked: dict[str, Any] = {"op": "forked", "rid": rid, "pid": pid, "uid": uid}
+        if uid in self.groups:
+            forked["group"], forked["baseline"] = self.groups[uid]
+        self._reply(forked)
 
     def _assign_group(self, uid: int) -> None:
         """Pick the control group of the next runner: a free one, else a new one."""
@@ -526,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
                 "limits_note": "" if cg else why,
                 "private_tmp": bool(config.get("private_dirs")),
                 "seccomp": config["seccomp"],
+                "cgroup": config["cgroup"],
             },
         )
     except BaseException as exc:

@@ -128,6 +128,7 @@ class Store:
             class_=session_class,
             expire_on_commit=False,
         )
+        self.session_class = session_class
         self.notifier = notify.Notifier()
         from flowlink.events.triggers import install as install_native_triggers
 

@@ -236,6 +236,11 @@ def announce(session: Session, channel: str, payload: str = "") -> None:
     session.info.setdefault(_PENDING_KEY, []).append((channel, payload))
 
 
+def announced(session: Session, channel: str) -> list[str]:
+    """The payloads announced on ``channel`` in this session's transaction so far."""
+    return [p for c, p in session.info.get(_PENDING_KEY) or () if c == channel]
+
+
 def withdraw(session: Session, channel: str, payload: str) -> None:
     """Take back an announcement of this transaction that nobody needs any more."""
     pending = session.info.get(_PENDING_KEY)
