@@ -497,7 +497,10 @@ def claim_created(
 ) -> Claimed | None:
     """``claim_new`` by id, for an execution queued in this transaction; None if it is no
     longer queued (or runs in a linked workspace)."""
-    execution = session.get(Execution, execution_id)
+    # Not flushed yet (the usual case): take the pending object instead of flushing and
+    # reading it back; once flushed, it is in the identity map and ``get`` reads nothing.
+    pending = (o for o in session.new if isinstance(o, Execution) and o.id == execution_id)
+    execution = next(pending, None) or session.get(Execution, execution_id)
     if execution is None or execution.status != QUEUED or execution.remote_config_id is not None:
         return None
     workspace = session.get(Workspace, execution.workspace_id)
