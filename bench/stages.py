@@ -88,7 +88,7 @@ def instrument() -> dict[str, int]:
         "_start_child",
         None,
         "child created (in its transaction)",
-        key_out=lambda result: str(result.get("id")),
+        key_out=lambda result: str((result[0] if isinstance(result, tuple) else result)["id"]),
     )
     _wrap(
         worker.Worker,
@@ -232,8 +232,21 @@ def main() -> None:
             )
             calls = [at for at, label, _ in _marks if label == "parent: start_child call"]
             cycles = [(t1 - t0) * 1000 for t0, t1 in itertools.pairwise(calls) if t1 - t0 < 1]
-            if cycles:
+            created = sorted(
+                at for at, label, _ in _marks if label == "child created (in its transaction)"
+            )
+            answered = sorted(
+                at for at, label, _ in _marks if label == "parent: start_child answered"
+            )
+            before = [min((c - t for t in calls if t <= c), default=0.0) * 1000 for c in created]
+            after = [min((t - a for t in calls if t >= a), default=1.0) * 1000 for a in answered]
+            after = [gap for gap in after if gap < 1000]
+            if cycles and before and after:
                 print(
+                    f"  {statistics.median(before):7.2f} ms  parent's start_child call -> child"
+                    " created (slot, write lock, checks, insert)\n"
+                    f"  {statistics.median(after):7.2f} ms  start_child answered -> the parent's"
+                    " next call (reply, runner, next call)\n"
                     f"  {statistics.median(cycles):7.2f} ms  from one start_child call to the"
                     " next (a whole child, as the parent sees it)"
                 )

@@ -389,6 +389,7 @@ class FlowApiCalls:
         claimed: executions.Claimed | None = None
         wait = bool(params.get("wait")) and not params.get("remote")
         unnote: Callable[[], None] | None = None
+        committed = False
         try:
             with self.store.write() as session:
                 workspace = session.get(Workspace, self.workspace_id)
@@ -404,21 +405,16 @@ class FlowApiCalls:
                     claimed = executions.claim_new(
                         session, child, workspace, self._worker.id, self.settings.lease_seconds
                     )
+            committed = True
         except NotFound as error:
-            if unnote is not None:
-                unnote()
             raise ResourceNotFound(error.message) from error
         except FlowlinkError as error:
-            if unnote is not None:
-                unnote()
             raise FlowApiError(error.message) from error
-        except BaseException:
-            if unnote is not None:
-                unnote()
-            raise
         finally:
-            if reserved and claimed is None and self._worker is not None:
+            if reserved and (claimed is None or not committed) and self._worker is not None:
                 self._worker.release_reservation()
+            if not committed and unnote is not None:
+                unnote()
         if claimed is not None and self._worker is not None:
             self._worker.launch_reserved(claimed)
         if wait:
