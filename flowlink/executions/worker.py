@@ -184,15 +184,19 @@ class Worker:
     # --- loops ----------------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
+        looked = time.monotonic()
         while not self._stopping.is_set():
             free = self._free_slots()
             with self._wakeup:
                 self._poked = False
+                if time.monotonic() - looked >= self.settings.poll_interval:
+                    self._backlog = True  # the fallback: look now and then anyway
                 look = free > 0 and self._backlog
                 if look:
                     self._backlog = False
             claimed: list[executions.Claimed] = []
             if look:
+                looked = time.monotonic()
                 wanted = min(free, 32)
                 try:
                     with self.store.write() as session:
@@ -209,8 +213,8 @@ class Worker:
             for item in claimed:
                 self._launch(item)
             with self._wakeup:
-                if not self._poked and not self._wakeup.wait(self.settings.poll_interval):
-                    self._backlog = True  # the fallback: look now and then anyway
+                if not self._poked:
+                    self._wakeup.wait(self.settings.poll_interval)
 
     def _launch(self, claimed: executions.Claimed) -> None:
         with self._runs_lock:
