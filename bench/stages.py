@@ -224,8 +224,8 @@ def main() -> None:
                     "parent: wait call",
                     "end message received",
                     "end handled (limits checked)",
-                    "ending committed",
                     "runner closed",
+                    "ending committed",
                     "parent: wait returns",
                     "parent: start_child answered",
                 ],
@@ -279,8 +279,8 @@ def main() -> None:
                     "start message sent",
                     "end message received",
                     "end handled (limits checked)",
-                    "ending committed",
                     "runner closed",
+                    "ending committed",
                 ],
             )
         finally:

@@ -483,8 +483,7 @@ class Worker:
         cancelled: threading.Event,
         end: Callable[[executions.Outcome, list[str]], None],
     ) -> None:
-        """Run the execution; ``end(outcome, logs)`` as soon as its outcome is known (the
-        runner is cleaned up after that, before this returns)."""
+        """Run the execution; ``end(outcome, logs)`` once it ended and its runner is gone."""
         execution, slug = claimed.execution, claimed.workspace_slug
         start = {
             "op": "start",
@@ -518,14 +517,18 @@ class Worker:
             end(executions.Outcome(result.status, message, result.outputs, result.error_kind), logs)
 
         runner = self.pool.acquire()
-        drive(
-            runner,
-            start,
-            handle_call=calls.handle,
-            on_logs=calls.write_logs,
-            deadline=deadline,
-            cancelled=cancelled,
-            on_outcome=ended,
+        # The ending is recorded once the runner is cleaned up: recorded earlier, the
+        # clean-up (exit, sweep, the next warm runner's fork) overlapped the next child of a
+        # waiting parent and made a chain slower on two cores (see docs/performance.md).
+        ended(
+            drive(
+                runner,
+                start,
+                handle_call=calls.handle,
+                on_logs=calls.write_logs,
+                deadline=deadline,
+                cancelled=cancelled,
+            )
         )
 
 

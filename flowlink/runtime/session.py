@@ -325,7 +325,6 @@ def drive(
     on_logs: Callable[[list[str]], None],
     deadline: float | None,
     cancelled: threading.Event,
-    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Run one execution on ``runner`` and return its :class:`Outcome`.
 
@@ -349,16 +348,10 @@ def drive(
 
     The runner is always killed and cleaned up before this returns (its process,
     every process of its sandbox uid and its temp dir); it cannot be reused.
-    ``on_outcome(outcome)``, if given, is called as soon as the outcome is known, before
-    that clean-up (the exit of a sandboxed process takes milliseconds of kernel work): the
-    worker records the ending meanwhile. If it raises, the runner is still cleaned up.
     """
     runner._claim()
     started = time.monotonic()
     try:
-        outcome = _Driver(runner, handle_call, on_logs, deadline, cancelled, started).run(start)
-        if on_outcome is not None:
-            on_outcome(outcome)
-        return outcome
+        return _Driver(runner, handle_call, on_logs, deadline, cancelled, started).run(start)
     finally:
         runner.close()
