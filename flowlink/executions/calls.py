@@ -19,7 +19,7 @@ from flowlink.access.audit import record_denials
 from flowlink.access.service import Principal, principal_from_descriptor
 from flowlink.errors import FlowlinkError, Invalid, NotFound
 from flowlink.executions import service as executions
-from flowlink.executions.starts import StartRequest, start_local, wait_for_end_in_thread
+from flowlink.executions.starts import StartRequest, start_local
 from flowlink.observability.logs import redact as keep_out_of_server_logs
 from flowlink.runtime.flow_api import (
     DependencyFailedError,
@@ -27,8 +27,9 @@ from flowlink.runtime.flow_api import (
     PermissionDeniedError,
     ResourceNotFoundError,
 )
-from flowlink.runtime.status import ExecutionStatus, is_ended
+from flowlink.runtime.status import ExecutionStatus
 from flowlink.settings import ServerSettings, resolve_secret_key
+from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, User, Workspace
 from flowlink.workspaces import files
@@ -118,6 +119,8 @@ class ChildLauncher(Protocol):
     def release_reservation(self) -> None: ...
 
     def launch_reserved(self, claimed: executions.Claimed) -> None: ...
+
+    def waiting_for(self, child_id: str, parent_id: str) -> Callable[[], None]: ...
 
 
 class EmitEvent(Protocol):
@@ -379,7 +382,11 @@ class FlowApiCalls:
             message=None if message is None else str(message),
         )
 
-    def _start_child(self, session: Session, workspace: Workspace, params: dict[str, Any]) -> Any:
+    def _start_child(
+        self, session: Session, workspace: Workspace, params: dict[str, Any]
+    ) -> tuple[dict[str, Any], Execution | None]:
+        """Create the child (or its mirror, for a remote one): the answer, and the child to
+        run here (None when it runs in a linked workspace)."""
         self._authorize(session, workspace, "execute", "executions", {"flow": params.get("flow")})
         if params.get("run") is False:
             raise FlowApiError("run=False is not supported: a child starts when it is created")
@@ -400,7 +407,7 @@ class FlowApiCalls:
                 parent=parent,
                 default_max_runtime=self.settings.default_max_runtime,
             )
-            return {"id": mirror.id, "remote": True}
+            return {"id": mirror.id, "remote": True}, None
         if params.get("use_remote_flow"):
             raise FlowApiError("use_remote_flow=True needs remote='<sync config name>'")
         child = start_local(
@@ -411,37 +418,50 @@ class FlowApiCalls:
             trigger={"type": "flow", "parent": parent.id},
             default_max_runtime=self.settings.default_max_runtime,
         )
-        return {"id": child.id}
+        return {"id": child.id}, child
 
     def _start_child_now(self, params: dict[str, Any]) -> Any:
         """Create a child; if this worker has a free slot, it starts here at once.
 
         The hand-over skips the queue: no claim transaction and no wake-up round trip, which
-        is most of the cost of a short child (the parent usually waits on it next).
+        is most of the cost of a short child. With ``wait`` (``this.flow(...)``'s default)
+        the same transaction marks this execution waiting, and the answer comes once the
+        child ended, with its record: one call and one transaction instead of two each.
         """
         reserved = self._worker is not None and self._worker.reserve_slot()
         claimed: executions.Claimed | None = None
+        wait = bool(params.get("wait")) and not params.get("remote")
+        unnote: Callable[[], None] | None = None
+        committed = False
         try:
             with self.store.write() as session:
                 workspace = session.get(Workspace, self.workspace_id)
                 if workspace is None:
                     raise ResourceNotFoundError("the workspace of this execution was deleted")
-                result = self._start_child(session, workspace, params)
-                if reserved and self._worker is not None and not result.get("remote"):
-                    child = session.get(Execution, result["id"])
-                    assert child is not None
-                    claimed = executions.claim_new_child(
+                result, child = self._start_child(session, workspace, params)
+                child_id = str(result["id"])
+                if wait:
+                    executions.set_waiting(session, self.execution_id, True)
+                    if self._worker is not None:
+                        unnote = self._worker.waiting_for(child_id, self.execution_id)
+                if reserved and self._worker is not None and child is not None:
+                    claimed = executions.claim_new(
                         session, child, workspace, self._worker.id, self.settings.lease_seconds
                     )
+            committed = True
         except NotFound as error:
             raise ResourceNotFoundError(error.message) from error
         except FlowlinkError as error:
             raise FlowApiError(error.message) from error
         finally:
-            if reserved and claimed is None and self._worker is not None:
+            if reserved and (claimed is None or not committed) and self._worker is not None:
                 self._worker.release_reservation()
+            if not committed and unnote is not None:
+                unnote()
         if claimed is not None and self._worker is not None:
             self._worker.launch_reserved(claimed)
+        if wait:
+            result["record"] = self._wait(child_id, marked=True, unnote=unnote)
         return result
 
     def _setting_name(self, params: dict[str, Any]) -> str:
@@ -577,43 +597,68 @@ class FlowApiCalls:
 
     # --- waiting on a child ---------------------------------------------------------------
 
-    def _wait(self, child_id: str) -> dict[str, Any]:
-        """Block until the child ends; our runner slot is free for others meanwhile."""
-        with self.store.write() as session:
-            workspace = session.get(Workspace, self.workspace_id)
-            if workspace is None:
-                raise ResourceNotFoundError("the workspace of this execution was deleted")
-            try:
-                child = executions.get_execution(session, workspace, child_id)
-            except Invalid as error:
-                raise FlowApiError(error.message) from error
-            except NotFound as error:
-                raise ResourceNotFoundError(error.message) from error
-            self._authorize_read(session, workspace, child)
-            if is_ended(child.status):
-                return self._ended_view(child, workspace.slug)
-            executions.set_waiting(session, self.execution_id, True)
-        self._release_slot()
+    def _wait(
+        self,
+        child_id: str,
+        *,
+        marked: bool = False,
+        unnote: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Block until the child ends; our runner slot is free for others meanwhile.
+
+        ``marked``: this execution is already marked waiting (by the transaction that created
+        the child), and ``unnote`` ends the worker's note that it waits for the child. An
+        ending written by this process's worker sets this execution running again in its own
+        transaction; otherwise (the child ran elsewhere) this does it when it wakes.
+        """
+        notifier = self.store.notifier
+        if unnote is None and self._worker is not None:
+            unnote = self._worker.waiting_for(child_id, self.execution_id)
+        resumed = False
         try:
-            if not wait_for_end_in_thread(
-                self.store,
-                child_id,
-                deadline=self.deadline,
-                stop=self.cancelled,
-                poll=min(self.settings.poll_interval, 0.25),
-            ):
-                if self.cancelled.is_set():
-                    raise FlowApiError("cancelled while waiting for a child execution")
-                raise FlowApiError("maximum runtime exceeded while waiting for a child")
-            with self.store.read() as session:
-                current = session.get(Execution, child_id)
-                if current is None:
-                    raise ResourceNotFoundError(f"execution {child_id} was deleted")
-                return self._ended_view(current, self.workspace_slug)
+            if not marked:
+                with self.store.write() as session:
+                    workspace = session.get(Workspace, self.workspace_id)
+                    if workspace is None:
+                        raise ResourceNotFoundError("the workspace of this execution was deleted")
+                    try:
+                        child = executions.get_execution(session, workspace, child_id)
+                    except Invalid as error:
+                        raise FlowApiError(error.message) from error
+                    except NotFound as error:
+                        raise ResourceNotFoundError(error.message) from error
+                    self._authorize_read(session, workspace, child)
+                    if child.status in executions.ENDED:
+                        resumed = True  # never marked waiting
+                        return self._ended_view(child, workspace.slug)
+                    executions.set_waiting(session, self.execution_id, True)
+            self._release_slot()
+            try:
+                while True:
+                    seen = notifier.counter(notify.ENDED)
+                    with self.store.read() as session:
+                        statuses = executions.statuses(session, [child_id, self.execution_id])
+                        if child_id not in statuses:
+                            raise ResourceNotFoundError(f"execution {child_id} was deleted")
+                        if statuses[child_id] in executions.ENDED:
+                            own = statuses.get(self.execution_id)
+                            resumed = own is not None and own != ExecutionStatus.WAITING
+                            current = session.get(Execution, child_id)
+                            assert current is not None  # in this same read transaction
+                            return self._ended_view(current, self.workspace_slug)
+                    if self.cancelled.is_set():
+                        raise FlowApiError("cancelled while waiting for a child execution")
+                    if time.monotonic() >= self.deadline:
+                        raise FlowApiError("maximum runtime exceeded while waiting for a child")
+                    notifier.wait(notify.ENDED, seen, min(self.settings.poll_interval, 0.25))
+            finally:
+                self._retake_slot()
         finally:
-            self._retake_slot()
-            with self.store.write() as session:
-                executions.set_waiting(session, self.execution_id, False)
+            if unnote is not None:
+                unnote()
+            if not resumed:
+                with self.store.write() as session:
+                    executions.set_waiting(session, self.execution_id, False)
 
     def _ended_view(self, child: Execution, slug: str) -> dict[str, Any]:
         view = executions.execution_view(child, slug)

@@ -244,6 +244,15 @@ def list_executions(
     return list(session.scalars(query))
 
 
+def statuses(session: Session, execution_ids: Sequence[str]) -> dict[str, str]:
+    """The status of each of these executions that exists (one small query, no ORM objects:
+    cheaper than loading whole rows to look at one column)."""
+    rows = session.execute(
+        select(Execution.id, Execution.status).where(Execution.id.in_(list(execution_ids)))
+    )
+    return {execution_id: status for execution_id, status in rows}
+
+
 def child_ids(session: Session, execution_id: str) -> list[str]:
     """The ids of an execution's children, oldest first."""
     return list(
@@ -364,7 +373,9 @@ def set_waiting(session: Session, execution_id: str, waiting: bool) -> None:
     current, new = ExecutionStatus.RUNNING, ExecutionStatus.WAITING
     if not waiting:
         current, new = new, current
-    session.execute(
+    # On the connection (plain SQL): through the session, the ORM would first flush it and
+    # evaluate the condition against every loaded object, most of the cost for one row.
+    session.connection().execute(
         update(Execution)
         .where(Execution.id == execution_id, Execution.status == current)
         .values(status=transition(current, new))
@@ -468,23 +479,47 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
     return [_started(session, e, workspaces[e.workspace_id], worker_id) for e in claimed]
 
 
-def claim_new_child(
+def claim_new(
     session: Session,
-    child: Execution,
+    execution: Execution,
     workspace: Workspace,
     worker_id: str,
     lease_seconds: float,
 ) -> Claimed:
-    """Claim a child created in this transaction for the worker of its parent.
+    """Claim an execution created in this transaction for a worker of this process.
 
-    Used when that worker has a free slot: the child starts without a queue round trip.
+    Used when that worker has a free slot (a child for the worker of its parent, or a new
+    execution when nothing older waits): it starts without a queue round trip, and no
+    worker is woken for it.
     """
+    notify.withdraw(session, notify.QUEUED, execution.id)
     now = utcnow()
-    set_status(child, ExecutionStatus.RUNNING)
-    child.started_at = now
-    child.worker_id = worker_id
-    child.lease_expires_at = now + timedelta(seconds=lease_seconds)
-    return _started(session, child, workspace, worker_id)
+    set_status(execution, ExecutionStatus.RUNNING)
+    execution.started_at = now
+    execution.worker_id = worker_id
+    execution.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    return _started(session, execution, workspace, worker_id)
+
+
+def claim_created(
+    session: Session, execution_id: str, worker_id: str, lease_seconds: float
+) -> Claimed | None:
+    """``claim_new`` by id, for an execution queued in this transaction; None if it is no
+    longer queued (or runs in a linked workspace)."""
+    # Not flushed yet (the usual case): take the pending object instead of flushing and
+    # reading it back; once flushed, it is in the identity map and ``get`` reads nothing.
+    pending = (o for o in session.new if isinstance(o, Execution) and o.id == execution_id)
+    execution = next(pending, None) or session.get(Execution, execution_id)
+    if (
+        execution is None
+        or execution.status != ExecutionStatus.QUEUED
+        or execution.remote_config_id is not None
+    ):
+        return None
+    workspace = session.get(Workspace, execution.workspace_id)
+    if workspace is None:
+        return None
+    return claim_new(session, execution, workspace, worker_id, lease_seconds)
 
 
 def _started(

@@ -6,8 +6,6 @@ that may go through a link is ``linking.starts.start_execution``.
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,24 +98,3 @@ async def wait_for_end(store: Store, execution_id: str, timeout: float) -> bool:
         return ended(store, execution_id)
 
     return await notify.wait_until(store.notifier, {notify.ENDED: None}, check, timeout)
-
-
-def wait_for_end_in_thread(
-    store: Store,
-    execution_id: str,
-    *,
-    deadline: float,
-    stop: threading.Event,
-    poll: float,
-) -> bool:
-    """``wait_for_end`` for a thread that may block (a worker waiting on a child): whether it
-    ended before the monotonic ``deadline`` or ``stop`` was set. Looks again when an
-    execution ended somewhere, and at least every ``poll`` seconds."""
-    notifier = store.notifier
-    while True:
-        seen = notifier.counter(notify.ENDED)
-        if ended(store, execution_id):
-            return True
-        if stop.is_set() or time.monotonic() >= deadline:
-            return False
-        notifier.wait(notify.ENDED, seen, poll)

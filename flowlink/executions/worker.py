@@ -9,8 +9,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from flowlink.background import BackgroundTasks
 from flowlink.executions import service as executions
@@ -20,7 +24,7 @@ from flowlink.observability import metrics, tracing
 from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.runtime.session import drive
-from flowlink.runtime.status import ExecutionStatus
+from flowlink.runtime.status import ExecutionStatus, Outcome
 from flowlink.settings import ServerSettings, secret_key_path
 from flowlink.store import notify
 from flowlink.store.engine import Store, protected_paths
@@ -77,6 +81,15 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._unsubscribe: list[Any] = []
         self._endings: queue.SimpleQueue[_Ending] = queue.SimpleQueue()
+        # The claim loop's wake-up: ``_backlog`` says work may be queued (a QUEUED
+        # notification, the poll interval, or a claim that took all it asked for); a freed
+        # slot alone wakes the loop but claims only when there may be a backlog.
+        self._wakeup = threading.Condition()
+        self._poked = False
+        self._backlog = True
+        # child id -> id of the parent in this process that waits for it (see ``waiting_for``)
+        self._waiting_on: dict[str, str] = {}
+        self._handed_key = f"flowlink_handed_{self.id}"  # session.info: claimed before commit
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -86,6 +99,12 @@ class Worker:
         self._log_sandbox()
         self._register()
         self._unsubscribe.append(self.store.notifier.subscribe(notify.CANCEL, self._on_cancel))
+        self._unsubscribe.append(
+            self.store.notifier.subscribe(notify.QUEUED, lambda _payload: self._poke(True))
+        )
+        self._listen("before_commit", self._hand_over_new, insert=True)
+        self._listen("after_commit", self._launch_handed)
+        self._listen("after_rollback", self._release_handed)
         for target, name in (
             (self._claim_loop, "claim"),
             (self._finish_loop, "finish"),
@@ -94,6 +113,12 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info("worker %s started (concurrency %d)", self.id, self.settings.worker_concurrency)
+
+    def _listen(self, name: str, hook: Callable[[Session], None], insert: bool = False) -> None:
+        """Hook this worker into the store's transactions (until it stops)."""
+        target = self.store.session_class
+        event.listen(target, name, hook, insert=insert)
+        self._unsubscribe.append(lambda: event.remove(target, name, hook))
 
     def _log_sandbox(self) -> None:
         info = self.pool.sandbox_info()
@@ -121,7 +146,7 @@ class Worker:
     def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, give running executions ``grace`` seconds, then cancel the rest."""
         self._stopping.set()
-        self.store.notifier.fire(notify.QUEUED)
+        self._poke(False)
         deadline = time.monotonic() + grace
         while self.active_ids() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -151,7 +176,15 @@ class Worker:
     def _give_slot(self) -> None:
         with self._runs_lock:
             self._busy -= 1
-        self.store.notifier.fire(notify.QUEUED)  # a slot is free: look for work
+        self._poke(False)  # a slot is free: look for work if some may be queued
+
+    def _poke(self, queued: bool) -> None:
+        """Wake the claim loop; ``queued``: new work may be waiting in the queue."""
+        with self._wakeup:
+            self._poked = True
+            if queued:
+                self._backlog = True
+            self._wakeup.notify()
 
     def _free_slots(self) -> int:
         with self._runs_lock:
@@ -160,25 +193,37 @@ class Worker:
     # --- loops ----------------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
-        notifier = self.store.notifier
+        looked = time.monotonic()
         while not self._stopping.is_set():
-            seen = notifier.counter(notify.QUEUED)
             free = self._free_slots()
+            with self._wakeup:
+                self._poked = False
+                if time.monotonic() - looked >= self.settings.poll_interval:
+                    self._backlog = True  # the fallback: look now and then anyway
+                look = free > 0 and self._backlog
+                if look:
+                    self._backlog = False
             claimed: list[executions.Claimed] = []
-            if free > 0:
+            if look:
+                looked = time.monotonic()
+                wanted = min(free, 32)
                 try:
                     with self.store.write() as session:
                         claimed = executions.claim(
-                            session, self.id, min(free, 32), self.settings.lease_seconds
+                            session, self.id, wanted, self.settings.lease_seconds
                         )
                 except Exception:
                     log.exception("claiming executions failed")
+                    self._poke(True)
                     self._stopping.wait(1.0)
                     continue
+                if len(claimed) == wanted:
+                    self._poke(True)  # took all it asked for: more may be queued
             for item in claimed:
                 self._launch(item)
-            if not claimed:
-                notifier.wait(notify.QUEUED, seen, self.settings.poll_interval)
+            with self._wakeup:
+                if not self._poked:
+                    self._wakeup.wait(self.settings.poll_interval)
 
     def _launch(self, claimed: executions.Claimed) -> None:
         with self._runs_lock:
@@ -196,6 +241,39 @@ class Worker:
     def release_reservation(self) -> None:
         """Give back a slot taken with ``reserve_slot`` that was not used."""
         self._give_slot()
+
+    def _hand_over_new(self, session: Session) -> None:
+        """Before a transaction of this process commits: claim the executions it queued for
+        this worker when it has free slots and no older work may be waiting in the queue.
+
+        They start right after the commit, without a claim transaction or a wake-up of the
+        claim loop; the rest stay queued (and announced) as usual.
+        """
+        ids = notify.announced(session, notify.QUEUED)
+        if not ids or self._stopping.is_set():
+            return
+        with self._wakeup:
+            if self._backlog:
+                return  # the queue may hold older work: keep its order
+        handed: list[executions.Claimed] = session.info.setdefault(self._handed_key, [])
+        for execution_id in ids:
+            if not execution_id or not self.reserve_slot():
+                break
+            claimed = executions.claim_created(
+                session, execution_id, self.id, self.settings.lease_seconds
+            )
+            if claimed is None:
+                self.release_reservation()
+            else:
+                handed.append(claimed)
+
+    def _launch_handed(self, session: Session) -> None:
+        for claimed in session.info.pop(self._handed_key, None) or ():
+            self.launch_reserved(claimed)
+
+    def _release_handed(self, session: Session) -> None:
+        for _claimed in session.info.pop(self._handed_key, None) or ():
+            self.release_reservation()
 
     def launch_reserved(self, claimed: executions.Claimed) -> None:
         """Run a claimed execution on a slot that is already counted."""
@@ -304,25 +382,67 @@ class Worker:
 
     def _run(self, claimed: executions.Claimed, cancelled: threading.Event) -> executions.Outcome:
         execution = claimed.execution
-        logs: list[str] = []
-        outcome: executions.Outcome
+        ended: list[executions.Outcome] = []
+
+        def end(outcome: executions.Outcome, logs: list[str]) -> None:
+            if self._stopping.is_set() and outcome.status == ExecutionStatus.CANCELLED:
+                outcome = executions.Outcome(
+                    ExecutionStatus.ERROR,
+                    "the worker shut down before the execution finished",
+                    {},
+                    "worker_stopped",
+                )
+            log.debug("execution ended: %s %s", outcome.status, outcome.message or "")
+            ended.append(outcome)
+            self._ending(_Ending(execution.id, outcome, logs))
+
         try:
-            outcome, logs = self._execute(claimed, cancelled)
+            self._execute(claimed, cancelled, end)
         except Exception as exc:
             log.exception("execution %s failed inside the worker", execution.id)
-            outcome = executions.Outcome(
-                ExecutionStatus.ERROR, f"internal error in the worker: {exc}", {}, "internal"
+            if not ended:
+                end(
+                    executions.Outcome(
+                        ExecutionStatus.ERROR,
+                        f"internal error in the worker: {exc}",
+                        {},
+                        "internal",
+                    ),
+                    [],
+                )
+        return ended[0]
+
+    def _ending(self, ending: _Ending) -> None:
+        """Record an ending: at once in this thread when a parent of this process waits for
+        it (the chain waits on nothing else), else batched by the finisher."""
+        with self._runs_lock:
+            awaited = ending.id in self._waiting_on
+        if not awaited:
+            self._endings.put(ending)
+            return
+        try:
+            self._record_endings([ending])
+        except Exception:
+            log.exception(
+                "recording the end of execution %s failed; retrying in a batch", ending.id
             )
-        if self._stopping.is_set() and outcome.status == ExecutionStatus.CANCELLED:
-            outcome = executions.Outcome(
-                ExecutionStatus.ERROR,
-                "the worker shut down before the execution finished",
-                {},
-                "worker_stopped",
-            )
-        log.debug("execution ended: %s %s", outcome.status, outcome.message or "")
-        self._endings.put(_Ending(execution.id, outcome, logs))
-        return outcome
+            self._endings.put(ending)
+            return
+        self._release([ending])
+
+    def waiting_for(self, child_id: str, parent_id: str) -> Callable[[], None]:
+        """Note that ``parent_id`` (run here) waits for ``child_id``: the child's ending is then
+        written at once and sets the parent running again in the same transaction. Returns
+        the function that ends the note."""
+        with self._runs_lock:
+            self._waiting_on[child_id] = parent_id
+
+        def done() -> None:
+            with self._runs_lock:
+                if self._waiting_on.get(child_id) == parent_id:
+                    del self._waiting_on[child_id]
+
+        return done
 
     def _finish_loop(self) -> None:
         """Record endings in batches: one transaction for all that ended meanwhile."""
@@ -348,22 +468,34 @@ class Worker:
                         self._record_endings([ending])
                     except Exception:
                         log.exception("could not record the end of execution %s", ending.id)
-            with self._runs_lock:
-                for ending in batch:
-                    self._runs.pop(ending.id, None)
-                self._busy -= len(batch)
-            self.store.notifier.fire(notify.QUEUED)  # slots are free: look for work
+            self._release(batch)
+
+    def _release(self, batch: list[_Ending]) -> None:
+        """The slots of recorded endings are free: look for work."""
+        with self._runs_lock:
+            for ending in batch:
+                self._runs.pop(ending.id, None)
+            self._busy -= len(batch)
+        self._poke(False)
 
     def _record_endings(self, batch: list[_Ending]) -> None:
+        with self._runs_lock:
+            parents = [self._waiting_on[e.id] for e in batch if e.id in self._waiting_on]
         with self.store.write() as session:
             for ending in batch:
                 if ending.logs:
                     executions.append_logs(session, ending.id, ending.logs)
             executions.finish_many(session, [(e.id, e.outcome) for e in batch], worker_id=self.id)
+            for parent_id in parents:
+                executions.set_waiting(session, parent_id, False)
 
     def _execute(
-        self, claimed: executions.Claimed, cancelled: threading.Event
-    ) -> tuple[executions.Outcome, list[str]]:
+        self,
+        claimed: executions.Claimed,
+        cancelled: threading.Event,
+        end: Callable[[executions.Outcome, list[str]], None],
+    ) -> None:
+        """Run the execution; ``end(outcome, logs)`` once it ended and its runner is gone."""
         execution, slug = claimed.execution, claimed.workspace_slug
         start = {
             "op": "start",
@@ -386,23 +518,31 @@ class Worker:
             hooks=self.hooks,
             worker=self,
         )
+
+        def ended(result: Outcome) -> None:
+            logs = calls.take_pending_logs()
+            if result.traceback:
+                lines = result.traceback.rstrip("\n").splitlines()
+                logs += [calls.redact(line) for line in lines]
+            message = None if result.message is None else calls.redact(result.message)
+            if result.status == ExecutionStatus.CANCELLED:
+                message = message or "cancelled"
+            end(executions.Outcome(result.status, message, result.outputs, result.error_kind), logs)
+
         runner = self.pool.acquire()
-        result = drive(
-            runner,
-            start,
-            handle_call=calls.handle,
-            on_logs=calls.write_logs,
-            deadline=deadline,
-            cancelled=cancelled,
+        # The ending is recorded once the runner is cleaned up: recorded earlier, the
+        # clean-up (exit, sweep, the next warm runner's fork) overlapped the next child of a
+        # waiting parent and made a chain slower on two cores (see docs/performance.md).
+        ended(
+            drive(
+                runner,
+                start,
+                handle_call=calls.handle,
+                on_logs=calls.write_logs,
+                deadline=deadline,
+                cancelled=cancelled,
+            )
         )
-        logs = calls.take_pending_logs()
-        if result.traceback:
-            logs += [calls.redact(line) for line in result.traceback.rstrip("\n").splitlines()]
-        message = None if result.message is None else calls.redact(result.message)
-        if result.status == ExecutionStatus.CANCELLED:
-            message = message or "cancelled"
-        outcome = executions.Outcome(result.status, message, result.outputs, result.error_kind)
-        return outcome, logs
 
 
 def watch_other_workers(store: Store, tasks: BackgroundTasks, interval: float) -> None:

@@ -346,7 +346,11 @@ class Execution:
         child_id = reply.get("id") if isinstance(reply, dict) else reply
         child = Execution(child_id, flow_name=str(name))
         if wait and run:
-            child.wait()
+            record = reply.get("record") if isinstance(reply, dict) else None
+            if isinstance(record, dict):  # the worker waited already: one call, not two
+                child._settle(record)
+            else:
+                child.wait()
         return child
 
     def wait(self) -> Execution:
@@ -359,16 +363,20 @@ class Execution:
             raise FlowApiError("an execution cannot wait for itself")
         record = rt.call("execution.wait", {"id": self._id})
         if isinstance(record, dict):
-            self._record = record
-            status = record.get("status")
-            if status in (ExecutionStatus.ERROR, ExecutionStatus.CANCELLED):
-                name = record.get("name") or self._flow_name
-                message = record.get("message")
-                raise DependencyFailedError(
-                    f"child execution {self._id} of flow {name!r} ended with status {status!r}"
-                    + (f": {message}" if message else "")
-                )
+            self._settle(record)
         return self
+
+    def _settle(self, record: dict[str, Any]) -> None:
+        """Keep the ended child's record; raise if it failed."""
+        self._record = record
+        status = record.get("status")
+        if status in ("error", "cancelled"):
+            name = record.get("name") or self._flow_name
+            message = record.get("message")
+            raise DependencyFailedError(
+                f"child execution {self._id} of flow {name!r} ended with status {status!r}"
+                + (f": {message}" if message else "")
+            )
 
     def emit(self, event_type: str, payload: dict[str, Any] | None = None) -> None:
         """Emit an event of ``event_type`` (may trigger other flows)."""

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flowlink.runtime import sandbox
+from flowlink.runtime import cgroups, sandbox
 from flowlink.runtime.errors import RunnerError
 from flowlink.runtime.protocol import FrameDecoder, ProtocolError, encode, recv_message
 
@@ -70,6 +70,7 @@ class _Zygote:
         self._live: set[int] = set()
         self._exits: dict[int, ExitInfo] = {}
         self._limits: dict[int, str] = {}
+        self._groups: dict[int, tuple[str, cgroups.Counters]] = {}  # pid -> group, baseline
         self.dead = False
         try:
             self.proc = subprocess.Popen(
@@ -102,6 +103,8 @@ class _Zygote:
         self.limits_note: str = str(hello.get("limits_note") or "")
         self.private_tmp: bool = bool(hello.get("private_tmp"))
         self.seccomp: bool = bool(hello.get("seccomp"))
+        raw_cgroup = hello.get("cgroup")
+        self.cgroup = cgroups.CgroupSetup.from_json(raw_cgroup) if raw_cgroup else None
         self._reader = threading.Thread(
             target=self._read_loop, name="flowlink-zygote-reader", daemon=True
         )
@@ -134,6 +137,12 @@ class _Zygote:
                 if op in ("forked", "fork_failed"):
                     if op == "forked":
                         self._live.add(int(msg["pid"]))
+                        if msg.get("group") and isinstance(msg.get("baseline"), list):
+                            oom, forks, cpu = msg["baseline"]
+                            self._groups[int(msg["pid"])] = (
+                                str(msg["group"]),
+                                (int(oom), int(forks), float(cpu)),
+                            )
                     self._forks[int(msg["rid"])] = msg
                 elif op == "exited":
                     pid = int(msg["pid"])
@@ -224,6 +233,15 @@ class _Zygote:
                 self._cv.wait(remaining)
             return self._exits[pid]
 
+    def limit_so_far(self, pid: int, cpu_limit: float) -> tuple[bool, str | None]:
+        """Which limit the runner's control group went over up to now, read from the group's
+        counters in this process: ``(known, limit)``; not known without control groups."""
+        with self._cv:
+            group = self._groups.get(pid)
+        if group is None or self.cgroup is None:
+            return False, None
+        return True, cgroups.exceeded(self.cgroup, group[0], cpu_limit, group[1])
+
     def limit_of(self, pid: int) -> str | None:
         """The limit (``memory``, ``processes``, ``cpu``) the runner's control group went over."""
         with self._cv:
@@ -234,6 +252,7 @@ class _Zygote:
         with self._cv:
             self._live.discard(pid)
             self._exits.pop(pid, None)
+            self._groups.pop(pid, None)
             self._limits.pop(pid, None)
 
     def close(self) -> None:
@@ -312,6 +331,21 @@ class Runner:
     def uses_cgroup(self) -> bool:
         """True when the execution's limits are enforced by a control group."""
         return self._zygote.limits != "rlimit"
+
+    def limit_at_end(self, timeout: float) -> str | None:
+        """The limit of the control group the execution went over up to now (asked when the
+        runner reported its end), without waiting for the runner's exit.
+
+        The counters only grow, so none over means none was hit before the end. A hit is
+        confirmed by the zygote's last look at the group when the runner exited (in the rare
+        case that the group was already handed to another runner, ours only looked over).
+        """
+        known, limit = self._zygote.limit_so_far(self.pid, float(self.limits.cpu_seconds))
+        if known and limit is None:
+            return None
+        if self.wait_exit(timeout) is not None:
+            return self.limit_hit
+        return limit
 
     @property
     def exit_info(self) -> ExitInfo | None:

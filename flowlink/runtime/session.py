@@ -126,10 +126,11 @@ class _Driver:
         limit = _seconds(self.deadline - self.started)
         return Outcome(ERROR, f"maximum runtime of {limit} s exceeded", {}, "timeout")
 
-    def limit_outcome(self) -> Outcome | None:
-        """The error for a control-group limit the execution went over, if any."""
+    def limit_outcome(self, hit: str | None = None) -> Outcome | None:
+        """The error for a control-group limit the execution went over, if any (``hit``, else
+        what the runner's exit told)."""
         limits = self.runner.limits
-        hit = self.runner.limit_hit
+        hit = hit or self.runner.limit_hit
         if hit == "memory":
             return Outcome(
                 ERROR, f"memory limit exceeded ({limits.memory_mb} MB)", {}, "memory_limit"
@@ -186,10 +187,9 @@ class _Driver:
         self.runner.ended = True
         self.finish_output()
         if self.runner.uses_cgroup:
-            # a process of the execution may have been killed for a limit of the whole group
-            # (``close`` waits for this exit anyway)
-            self.runner.wait_exit(_EXIT_WAIT_AFTER_END)
-            over = self.limit_outcome()
+            # a process of the execution may have been killed for a limit of the whole group:
+            # the zygote reads the group's counters now, without waiting for the runner's exit
+            over = self.limit_outcome(self.runner.limit_at_end(_EXIT_WAIT_AFTER_END))
             if over is not None:
                 return over
         status = msg.get("status")

@@ -12,7 +12,9 @@ pool -> zygote
     watch its control group), ``{"op":"shutdown"}``.
 zygote -> pool
     ``{"op":"hello","pid":..,"mode":..,"hide_proc":..}``,
-    ``{"op":"forked","rid":n,"pid":p,"uid":u}`` / ``{"op":"fork_failed","rid":n,"message":..}``,
+    ``{"op":"forked","rid":n,"pid":p,"uid":u[,"group":g,"baseline":[...]]}`` (control groups:
+    the runner's group and its counters at hand-over, so that the pool can read what the
+    execution used when it ends) / ``{"op":"fork_failed","rid":n,"message":..}``,
     ``{"op":"exited","pid":p,"returncode":rc|null,"signal":sig|null[,"limit":name]}``
     (``limit``: ``memory``, ``processes`` or ``cpu`` when the runner's control group went
     over that limit; the zygote kills such a runner at once).
@@ -358,7 +360,10 @@ class Zygote:
         os.close(chan_fd)
         os.close(out_fd)
         self.runners[pid] = uid
-        self._reply({"op": "forked", "rid": rid, "pid": pid, "uid": uid})
+        forked: dict[str, Any] = {"op": "forked", "rid": rid, "pid": pid, "uid": uid}
+        if uid in self.groups:
+            forked["group"], forked["baseline"] = self.groups[uid]
+        self._reply(forked)
 
     def _assign_group(self, uid: int) -> None:
         """Pick the control group of the next runner: a free one, else a new one."""
@@ -505,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
                 "limits_note": "" if cg else why,
                 "private_tmp": bool(config.get("private_dirs")),
                 "seccomp": config["seccomp"],
+                "cgroup": config["cgroup"],
             },
         )
     except BaseException as exc:

@@ -142,6 +142,7 @@ class Store:
             class_=session_class,
             expire_on_commit=False,
         )
+        self.session_class = session_class
         self.notifier = notify.Notifier()
         for install in session_hooks:
             install(session_class)

@@ -255,6 +255,18 @@ def announce(session: Session, channel: str, payload: str = "") -> None:
     session.info.setdefault(_PENDING_KEY, []).append((channel, payload))
 
 
+def announced(session: Session, channel: str) -> list[str]:
+    """The payloads announced on ``channel`` in this session's transaction so far."""
+    return [p for c, p in session.info.get(_PENDING_KEY) or () if c == channel]
+
+
+def withdraw(session: Session, channel: str, payload: str) -> None:
+    """Take back an announcement of this transaction that nobody needs any more."""
+    pending = session.info.get(_PENDING_KEY)
+    if pending:
+        pending[:] = [item for item in pending if item != (channel, payload)]
+
+
 def _distinct(pending: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The announcements worth sending: each once, and one per channel where no listener
     reads the payload (a transaction that queues 1,000 executions wakes workers once)."""
