@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from flowlink import assembly
 from flowlink.executions import service as executions
 from flowlink.executions.worker import Worker
+from flowlink.runtime.status import ExecutionStatus
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
 from flowlink.workspaces import service as workspaces
@@ -36,7 +38,11 @@ def workspace(store: Store) -> Workspace:
 @pytest.fixture
 def worker(store: Store, database_url: str) -> Iterator[Worker]:
     # A long poll interval: every claim the test sees was asked for, none is the fallback.
-    started = Worker(store, make_settings(database_url, poll_interval=60.0, warm_runners=2))
+    started = Worker(
+        store,
+        make_settings(database_url, poll_interval=60.0, warm_runners=2),
+        hooks=assembly.FLOW_HOOKS,
+    )
     started.start()
     yield started
     started.stop(grace=5)
@@ -84,9 +90,9 @@ def test_new_execution_is_claimed_in_the_transaction_that_queues_it(
     with store.read() as session:
         execution = session.get(Execution, execution_id)
         assert execution is not None
-        assert execution.status != executions.QUEUED
+        assert execution.status != ExecutionStatus.QUEUED
         assert execution.worker_id == worker.id
-    assert _wait_ended(store, execution_id).status == executions.SUCCESS
+    assert _wait_ended(store, execution_id).status == ExecutionStatus.SUCCESS
     assert sum(claims) == 0, claims  # neither was claimed from the queue
 
 
@@ -103,13 +109,13 @@ def test_parent_waits_while_its_child_runs_and_runs_again_after(
             if children:
                 child = session.get(Execution, children[0])
                 assert child is not None
-                if child.status == executions.RUNNING:
+                if child.status == ExecutionStatus.RUNNING:
                     break
         assert time.monotonic() < deadline, "the child did not start"
         time.sleep(0.02)
-    assert parent.status == executions.WAITING  # marked by the transaction creating the child
+    assert parent.status == ExecutionStatus.WAITING  # marked by the transaction creating the child
     ended = _wait_ended(store, parent_id)
-    assert ended.status == executions.SUCCESS, ended.message
+    assert ended.status == ExecutionStatus.SUCCESS, ended.message
     assert ended.message == "done"
 
 
@@ -118,7 +124,7 @@ def test_freed_slots_alone_do_not_claim(
 ) -> None:
     parent_id = _create(store, workspace, "chain", {"children": 5})
     ended = _wait_ended(store, parent_id)
-    assert ended.status == executions.SUCCESS, ended.message
+    assert ended.status == ExecutionStatus.SUCCESS, ended.message
     # the parent and its children were handed over; each child's start, wait and end freed
     # or took a slot, which used to cost a claim transaction each time
     assert claims.count(0) <= 1, claims

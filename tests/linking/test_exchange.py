@@ -23,6 +23,7 @@ from flowlink.executions import service as executions
 from flowlink.linking import exchange, outbox
 from flowlink.linking import messages as messages_module
 from flowlink.linking import service as linking
+from flowlink.runtime.status import ExecutionStatus
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, LinkExecution, SyncConfig, Workspace
@@ -329,7 +330,7 @@ def test_a_poll_that_starts_following_a_run_hears_its_end(link: Link) -> None:
         with store.notifier.waiter({notify.LINK: {link.from_a}}) as waiter:
             looked = await to_thread.run_sync(exchange.look_for_news, store, link.from_a, 999)
             assert looked.follows and not looked.messages
-            run_in_b(link, lambda _: executions.Outcome(executions.SUCCESS, "done", {}))
+            run_in_b(link, lambda _: executions.Outcome(ExecutionStatus.SUCCESS, "done", {}))
             return await exchange.wait_for_news(
                 store,
                 link.from_a,
@@ -343,7 +344,7 @@ def test_a_poll_that_starts_following_a_run_hears_its_end(link: Link) -> None:
 
     (update,) = asyncio.run(poll())
     assert update["type"] == "execution.update"
-    assert update["status"] == executions.SUCCESS
+    assert update["status"] == ExecutionStatus.SUCCESS
 
 
 def test_a_late_update_never_moves_an_ended_mirror(link: Link) -> None:
