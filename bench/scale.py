@@ -53,12 +53,12 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import apply_folder, fresh_database, percentile, postgres_url, server
 from link import key_pair
 
+from flowlink.execution_status import ExecutionStatus
 from flowlink.linking import signing
 from flowlink.linking.keys import fingerprint, load_private_key, load_public_keys
 from flowlink.linking.messages import AckMessage, StartMessage, UpdateMessage
 from flowlink.linking.protocol import envelope, parse_envelope
 from flowlink.linking.service import sync_path
-from flowlink.runtime.status import ExecutionStatus
 
 WS = "ctl"
 ECHO = "def handler(system, this, inputs):\n    return this.success('echo', got=inputs.get('n'))\n"

@@ -30,9 +30,9 @@ from flowlink.events.views import (
     EventView,
     WebhookKeyView,
 )
+from flowlink.execution_status import ExecutionStatus, is_ended
 from flowlink.executions import starts
 from flowlink.executions.views import ExecutionAccepted
-from flowlink.runtime.status import ExecutionStatus, is_ended
 from flowlink.workspaces import service as workspaces
 
 router = APIRouter(prefix="/api/v1/workspaces/{ws}", tags=["events"], route_class=ApiRoute)

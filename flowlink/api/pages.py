@@ -27,9 +27,9 @@ from flowlink.api.access import set_login_cookies
 from flowlink.api.deps import SESSION_COOKIE, Caller, Context, ServerContext
 from flowlink.api.responses import ApiRoute
 from flowlink.errors import FlowlinkError, NotFound, Unauthorized
+from flowlink.execution_status import ExecutionStatus
 from flowlink.pages import service as pages
 from flowlink.pages.views import PageList
-from flowlink.runtime.status import ExecutionStatus
 from flowlink.workspaces import page_store
 from flowlink.workspaces import service as workspaces
 from flowlink.workspaces.domains import host_key

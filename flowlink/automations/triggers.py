@@ -33,8 +33,8 @@ from flowlink.events.service import (
     record,
     validate_event_type,
 )
+from flowlink.execution_status import ExecutionStatus
 from flowlink.executions.service import create_execution
-from flowlink.runtime.status import ExecutionStatus
 from flowlink.store import notify
 from flowlink.store.models import (
     Automation,

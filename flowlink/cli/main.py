@@ -31,7 +31,7 @@ from flowlink.cli.events import events_app
 from flowlink.cli.link import link_app
 from flowlink.cli.operations import backup_command, restore_command, workers_app
 from flowlink.cli.resources import flows_app, settings_app, workspaces_app
-from flowlink.runtime.status import ExecutionStatus, is_ended
+from flowlink.execution_status import ExecutionStatus, is_ended
 
 app = typer.Typer(
     name="flowlink",

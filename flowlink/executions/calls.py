@@ -18,6 +18,7 @@ from flowlink.access import policy
 from flowlink.access.audit import record_denials
 from flowlink.access.service import Principal, principal_from_descriptor
 from flowlink.errors import FlowlinkError, Invalid, NotFound
+from flowlink.execution_status import ExecutionStatus
 from flowlink.executions import service as executions
 from flowlink.executions.starts import StartRequest, start_local
 from flowlink.observability.logs import redact as keep_out_of_server_logs
@@ -27,7 +28,6 @@ from flowlink.runtime.flow_api import (
     PermissionDeniedError,
     ResourceNotFoundError,
 )
-from flowlink.runtime.status import ExecutionStatus
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store import notify
 from flowlink.store.engine import Store

@@ -13,9 +13,7 @@ from sqlalchemy.orm import Session
 from flowlink.apps.service import app_source, resolve_flow
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record, record_rows
-from flowlink.observability import metrics
-from flowlink.observability.tracing import current_traceparent, valid_traceparent
-from flowlink.runtime.status import (
+from flowlink.execution_status import (
     ACTIVE,
     ENDED,
     ExecutionStatus,
@@ -24,6 +22,8 @@ from flowlink.runtime.status import (
     is_ended,
     transition,
 )
+from flowlink.observability import metrics
+from flowlink.observability.tracing import current_traceparent, valid_traceparent
 from flowlink.store import notify
 from flowlink.store.models import (
     Execution,

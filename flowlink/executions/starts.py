@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
+from flowlink.execution_status import ExecutionStatus
 from flowlink.executions import service as executions
-from flowlink.runtime.status import ExecutionStatus
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace

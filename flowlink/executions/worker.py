@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from flowlink.background import BackgroundTasks
+from flowlink.execution_status import ExecutionStatus, Outcome
 from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
 from flowlink.executions.calls import FlowApiCalls, FlowHooks
@@ -24,7 +25,6 @@ from flowlink.observability import metrics, tracing
 from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.runtime.session import drive
-from flowlink.runtime.status import ExecutionStatus, Outcome
 from flowlink.settings import ServerSettings, secret_key_path
 from flowlink.store import notify
 from flowlink.store.engine import Store, protected_paths

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
 from flowlink.errors import Conflict, FlowlinkError, Invalid, NotFound
 from flowlink.events.service import record
+from flowlink.execution_status import ACTIVE, ENDED, ExecutionStatus, Outcome, is_ended
 from flowlink.executions import service as executions
 from flowlink.linking import outbox
 from flowlink.linking.messages import (
@@ -46,7 +47,6 @@ from flowlink.linking.service import (
     direction_of,
     get_sync_config,
 )
-from flowlink.runtime.status import ACTIVE, ENDED, ExecutionStatus, Outcome, is_ended
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, ExecutionLog, LinkExecution, SyncConfig, Workspace

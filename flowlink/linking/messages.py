@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from flowlink.runtime.status import ExecutionStatus
+from flowlink.execution_status import ExecutionStatus
 from flowlink.store.models import utcnow
 
 __all__ = [

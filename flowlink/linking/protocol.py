@@ -33,9 +33,9 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from flowlink.errors import Invalid
+from flowlink.execution_status import ExecutionStatus
 from flowlink.jsonsafe import find_problem
 from flowlink.linking.messages import LinkMessage, from_wire
-from flowlink.runtime.status import ExecutionStatus
 
 MAX_MESSAGES = 1000
 MAX_POLL_SECONDS = 60.0

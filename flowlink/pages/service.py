@@ -16,9 +16,9 @@ from flowlink.access.service import Principal, identity_principal
 from flowlink.apps.service import instance_page
 from flowlink.errors import NotFound
 from flowlink.events.service import EventFilter, event_view, search
+from flowlink.execution_status import ExecutionStatus
 from flowlink.executions import service as executions
 from flowlink.executions import starts
-from flowlink.runtime.status import ExecutionStatus
 from flowlink.store.engine import Store
 from flowlink.store.models import Page, Workspace
 from flowlink.workspaces.page_store import INDEX

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
-from flowlink.runtime.status import ExecutionStatus
+from flowlink.execution_status import ExecutionStatus
 
 __all__ = [
     "DependencyFailedError",

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NoReturn
 
+from flowlink.execution_status import ExecutionStatus
 from flowlink.runtime import flow_api, sandbox
 from flowlink.runtime.protocol import FrameDecoder, encode, recv_message
-from flowlink.runtime.status import ExecutionStatus
 
 __all__ = ["EXIT_OUT_OF_MEMORY", "EXIT_SANDBOX_FAILED", "Channel", "execute", "runner_main"]
 

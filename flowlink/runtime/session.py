@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from flowlink.execution_status import ExecutionStatus, Outcome
 from flowlink.runtime import flow_api
 from flowlink.runtime.pool import Runner
 from flowlink.runtime.protocol import FrameDecoder, ProtocolError, encode
 from flowlink.runtime.runner import EXIT_OUT_OF_MEMORY, EXIT_SANDBOX_FAILED
-from flowlink.runtime.status import ExecutionStatus, Outcome
 
 __all__ = ["ERROR_KINDS", "Outcome", "drive"]
 

@@ -17,7 +17,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from flowlink import __version__
-from flowlink.runtime.status import ExecutionStatus
+from flowlink.execution_status import ExecutionStatus
 from flowlink.timestamps import format_timestamp
 
 STATUSES = tuple(ExecutionStatus)

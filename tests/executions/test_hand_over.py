@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from flowlink import assembly
+from flowlink.execution_status import ExecutionStatus
 from flowlink.executions import service as executions
 from flowlink.executions.worker import Worker
-from flowlink.runtime.status import ExecutionStatus
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
 from flowlink.workspaces import service as workspaces

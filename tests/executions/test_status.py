@@ -7,9 +7,7 @@ import itertools
 import pytest
 from sqlalchemy import select
 
-from flowlink.executions import service as executions
-from flowlink.linking.exchange import cancel_mirrored
-from flowlink.runtime.status import (
+from flowlink.execution_status import (
     ALLOWED,
     ENDED,
     ExecutionStatus,
@@ -17,6 +15,8 @@ from flowlink.runtime.status import (
     Outcome,
     transition,
 )
+from flowlink.executions import service as executions
+from flowlink.linking.exchange import cancel_mirrored
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, Workspace
 from flowlink.workspaces import service as workspaces

@@ -19,11 +19,11 @@ from anyio import to_thread
 from sqlalchemy import func, select
 
 from flowlink.errors import Conflict, Invalid, NotFound
+from flowlink.execution_status import ExecutionStatus
 from flowlink.executions import service as executions
 from flowlink.linking import exchange, outbox
 from flowlink.linking import messages as messages_module
 from flowlink.linking import service as linking
-from flowlink.runtime.status import ExecutionStatus
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, LinkExecution, SyncConfig, Workspace

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from flowlink.errors import Invalid
+from flowlink.execution_status import ExecutionStatus
 from flowlink.linking.messages import (
     AckMessage,
     CancelMessage,
@@ -23,7 +24,6 @@ from flowlink.linking.messages import (
     from_wire,
 )
 from flowlink.linking.protocol import envelope, parse_envelope
-from flowlink.runtime.status import ExecutionStatus
 
 ID, NOW = "0123456789abcdef0123456789abcdef", "2026-11-21T10:00:00.123456Z"
 SCRIPT = "def handler(system, this, inputs):\n    return this.success('ok')\n"
