@@ -258,8 +258,11 @@ def vs_goal(value: float, goal: float | None, *, at_most: bool = False) -> str:
     """``value``'s ratio to its goal, > 1 when the goal is met."""
     if goal is None:
         return "no goal"
+    bound = "<=" if at_most else ">="
+    if at_most and value <= 0:
+        return f"below the resolution; the goal is {bound} {goal:g}"
     ratio = goal / value if at_most else value / goal
-    return f"{ratio:.2f}x the goal of {'<=' if at_most else '>='} {goal:g}"
+    return f"{ratio:.2f}x the goal of {bound} {goal:g}"
 
 
 def main() -> None:
