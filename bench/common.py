@@ -205,6 +205,23 @@ def print_floors(runs: int = 10) -> Floors:
     return floors
 
 
+def goal_ratio(value: float, goal: float, *, at_least: bool = False) -> tuple[float, bool]:
+    """The figure / goal ratio and whether the figure meets its goal (a ceiling unless
+    ``at_least``)."""
+    ratio = value / goal if goal else float("nan")
+    return ratio, (ratio >= 1 if at_least else ratio <= 1)
+
+
+def goal_note(value: float, goal: float | None, *, at_least: bool = False) -> str:
+    """``ratio 0.85 to the goal of <= 1, ok``: the same ratio as ``report``, for a figure
+    printed inside a longer line."""
+    if goal is None:
+        return "no goal"
+    ratio, met = goal_ratio(value, goal, at_least=at_least)
+    bound = ">=" if at_least else "<="
+    return f"ratio {ratio:.2f} to the goal of {bound} {goal:g}, {'ok' if met else 'MISSED'}"
+
+
 def report(
     label: str,
     value: float,
@@ -218,8 +235,7 @@ def report(
 
     The goal is a ceiling (ratio <= 1 meets it) unless ``at_least`` (a rate, a speed-up:
     ratio >= 1 meets it). Returns whether the figure meets its goal."""
-    ratio = value / goal if goal else float("nan")
-    met = ratio >= 1 if at_least else ratio <= 1
+    ratio, met = goal_ratio(value, goal, at_least=at_least)
     goal_text = f"{'>=' if at_least else '<='} {goal:g} {unit}".rstrip()
     verdict = "✓ ok" if met else "✗ MISSED"
     print(

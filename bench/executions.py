@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (
     apply_folder,
     fresh_database,
+    goal_note,
+    load_note,
     percentile,
     postgres_url,
     python_floor_ms,
@@ -249,22 +251,6 @@ def sqlite_commit_floor_ms(runs: int = 500) -> float:
     return statistics.median(times)
 
 
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def vs_goal(value: float, goal: float | None, *, at_most: bool = False) -> str:
-    """``value``'s ratio to its goal, > 1 when the goal is met."""
-    if goal is None:
-        return "no goal"
-    bound = "<=" if at_most else ">="
-    if at_most and value <= 0:
-        return f"below the resolution; the goal is {bound} {goal:g}"
-    ratio = goal / value if at_most else value / goal
-    return f"{ratio:.2f}x the goal of {bound} {goal:g}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=1000, help="trivial executions to submit")
@@ -277,7 +263,7 @@ def main() -> None:
     floor = python_floor_ms()
     fork = runner_fork_floor_ms()
     commit = sqlite_commit_floor_ms()
-    print(f"load average: {load_average()}")
+    print(load_note())
     print(
         f"floors: cold `python -c pass` {floor:.1f} ms; fork of a warm runner (sandboxed,"
         f" ready) {fork:.2f} ms; SQLite WAL commit {commit:.3f} ms"
@@ -289,11 +275,12 @@ def main() -> None:
             continue
         r = run_backend(backend, args.count, parts)
         goals = GOALS[backend]
-        print(f"\n== {backend} == (load average {load_average()})")
+        print(f"\n== {backend} == ({load_note()})")
         if "rate" in r:
+            rate_note = goal_note(r["rate"], goals.get("rate"), at_least=True)
             print(
                 f"  {args.count} trivial executions, one POST each (8 clients):"
-                f" {r['rate']:.0f} executions/s ({vs_goal(r['rate'], goals.get('rate'))});"
+                f" {r['rate']:.0f} executions/s ({rate_note});"
                 f" CPU {r['rate_cpu_ms']:.1f} ms per execution (server, zygote, runners);"
                 f" saturated queue->start p50 {r['sat_p50_ms']:.0f} ms,"
                 f" p99 {r['sat_p99_ms']:.0f} ms"
@@ -306,7 +293,7 @@ def main() -> None:
             print(
                 f"  {args.count} trivial executions, POST .../executions/batch of 100:"
                 f" {r['batch_rate']:.0f} executions/s"
-                f" ({vs_goal(r['batch_rate'], goals.get('batch_rate'))});"
+                f" ({goal_note(r['batch_rate'], goals.get('batch_rate'), at_least=True)});"
                 f" CPU {r['batch_cpu_ms']:.1f} ms per execution"
             )
         if r.get("failed"):
@@ -314,21 +301,21 @@ def main() -> None:
         if "p50_ms" in r:
             print(
                 f"  queue->start latency at 100 submissions/s: p50 {r['p50_ms']:.2f} ms"
-                f" ({vs_goal(r['p50_ms'], goals.get('p50_ms'), at_most=True)}),"
+                f" ({goal_note(r['p50_ms'], goals.get('p50_ms'))}),"
                 f" p99 {r['p99_ms']:.2f} ms"
-                f" ({vs_goal(r['p99_ms'], goals.get('p99_ms'), at_most=True)})"
+                f" ({goal_note(r['p99_ms'], goals.get('p99_ms'))})"
             )
         if "children_s" in r:
             print(
                 f"  1 parent, 40 sequential fibo(10) children: {r['children_s']:.3f} s best,"
                 f" {r['children_median_s']:.3f} s median of 5"
-                f" ({vs_goal(r['children_s'], CHILDREN_GOAL_S[backend], at_most=True)});"
+                f" ({goal_note(r['children_s'], CHILDREN_GOAL_S[backend])});"
                 f" {r['children_s'] * 1000 / 40:.1f} ms per child, CPU"
                 f" {r['children_cpu_ms']:.1f} ms per execution (Windmill 2.09 s, Temporal 2.97 s)"
             )
         print(
             f"  idle RSS: server {r['rss_mb']:.0f} MB"
-            f" ({vs_goal(r['rss_mb'], RSS_GOAL_MB, at_most=True)}),"
+            f" ({goal_note(r['rss_mb'], RSS_GOAL_MB)}),"
             f" with zygote and warm runners {r['rss_all_mb']:.0f} MB"
         )
 
