@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
-from flowlink.execution_status import ExecutionStatus
+from flowlink.execution_status import ExecutionStatus, is_ended
 from flowlink.executions import service as executions
 from flowlink.store import notify
 from flowlink.store.engine import Store
@@ -73,8 +73,8 @@ def start_local(
 def ended(store: Store, execution_id: str) -> bool:
     """Whether the execution ended (or is gone)."""
     with store.read() as session:
-        status = session.scalar(select(Execution.status).where(Execution.id == execution_id))
-        return status is None or status in executions.ENDED
+        status = executions.statuses(session, [execution_id]).get(execution_id)
+        return status is None or is_ended(status)
 
 
 def outcome(store: Store, execution_id: str) -> tuple[str, Any, str | None]:
