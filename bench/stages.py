@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fresh_database, postgres_url
-from executions import EXECUTIONS, FIBO, PARENT, SEED, WORKSPACE, load_average
+from common import fresh_database, load_note, postgres_url
+from executions import EXECUTIONS, FIBO, PARENT, SEED, WORKSPACE
 
 _marks: list[tuple[float, str, str]] = []
 _local = threading.local()
@@ -191,7 +191,7 @@ def main() -> None:
             time.sleep(1.0)
             for _ in range(3):
                 live.client.post(EXECUTIONS, json={"flow": "seed", "wait": 10})
-            print(f"load average {load_average()}, backend {args.backend}")
+            print(f"{load_note()}, backend {args.backend}")
 
             # sequential children
             _marks.clear()
