@@ -34,6 +34,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from .page_templates import check_binop, is_number
 from .yamlsource import Path, SourceMap, SpecError, format_path, load_yaml, to_plain
 
 __all__ = [
@@ -220,10 +221,6 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- environment
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 class _ConfigEnvironment(SandboxedEnvironment):
     """The sandbox config templates run in."""
 
@@ -262,28 +259,9 @@ class _ConfigEnvironment(SandboxedEnvironment):
         raise SecurityError("function and method calls are not allowed in config templates")
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            if isinstance(left, int) and isinstance(right, int):
-                if left.bit_length() + right.bit_length() > 4096:
-                    raise SecurityError("number too large")
-            elif isinstance(right, int) and hasattr(left, "__len__"):
-                size = len(left) * right
-                if size > MAX_RENDERED_CHARS:
-                    raise SecurityError("repetition too large")
-            elif isinstance(left, int) and hasattr(right, "__len__"):
-                size = len(right) * left
-                if size > MAX_RENDERED_CHARS:
-                    raise SecurityError("repetition too large")
-        elif operator == "**":
-            if not (_number(left) and _number(right)):
-                raise SecurityError("** needs two numbers")
-            if isinstance(left, int) and isinstance(right, int):
-                if right > 0 and max(left.bit_length(), 1) * right > 4096:
-                    raise SecurityError("number too large")
-            elif abs(right) > 4096:
-                raise SecurityError("exponent too large")
-        elif operator == "%" and not (_number(left) and _number(right)):
+        if operator == "%" and not (is_number(left) and is_number(right)):
             raise SecurityError("% string formatting is not allowed in config templates")
+        check_binop(operator, left, right, MAX_RENDERED_CHARS)
         return super().call_binop(context, operator, left, right)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -239,12 +241,26 @@ def test_sandbox_refuses_escapes(live_server: LiveServer) -> None:
     for name, template in escapes.items():
         folder[f"pages/{name}.html"] = "<p>" + template + "</p>"
         folder[f"pages/{name}.yml"] = "access: public\n"
+    # Over its CPU budget: stopped after a second, and the server answers meanwhile.
+    folder["pages/spin.html"] = (
+        "{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}"
+    )
+    folder["pages/spin.yml"] = "access: public\n"
     assert apply(live_server, "shop", folder).status_code == 200
     with anonymous(live_server) as client:
         for name in escapes:
             text = client.get(f"/pages/shop/{name}").text
             assert "<class" not in text and "uid=" not in text and "builtins" not in text.lower()
             assert "&lt;class" not in text
+        with ThreadPoolExecutor(1) as pool:
+            spinning = pool.submit(client.get, "/pages/shop/spin")
+            time.sleep(0.2)
+            started = time.monotonic()
+            assert live_server.client.get("/api/v1/health").status_code == 200
+            assert time.monotonic() - started < 0.5
+            response = spinning.result()
+        assert response.status_code == 500
+        assert "more than 1 s of CPU" in response.text
 
 
 def test_export_round_trips_pages(live_server: LiveServer) -> None:
