@@ -32,7 +32,16 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from common import apply_folder, fresh_database, percentile, postgres_url, server
+from common import (
+    apply_folder,
+    fresh_database,
+    goal_note,
+    load_note,
+    percentile,
+    postgres_url,
+    report,
+    server,
+)
 
 from tests.linking.servers import TcpProxy
 from tests.linking.servers import execution_counts as counts
@@ -274,26 +283,36 @@ def main() -> None:
         found = run_backend(backend, *sizes, with_counts=args.counts)
         targets = TARGETS[backend]
         print(f"\n== {backend}: link between two servers on loopback (immediate mode)")
-        print(f"load average: {Path('/proc/loadavg').read_text().strip()}")
-        print(
-            f"round trip p50 {found['p50_ms']:.1f} ms (target <= {targets['p50_ms']:.0f},"
-            f" ratio {targets['p50_ms'] / found['p50_ms']:.2f}x), p99 {found['p99_ms']:.1f} ms;"
-            f" CPU per round trip: A {found['per_trip']['A']['cpu_ms']:.1f} ms"
-            f" + B {found['per_trip']['B']['cpu_ms']:.1f} ms"
+        print(f"  {load_note()}")
+        trip_cpu = found["per_trip"]
+        report(
+            "round trip p50",
+            found["p50_ms"],
+            targets["p50_ms"],
+            "ms",
+            note=f"p99 {found['p99_ms']:.1f} ms; CPU per round trip"
+            f" A {trip_cpu['A']['cpu_ms']:.1f} + B {trip_cpu['B']['cpu_ms']:.1f} ms",
         )
-        print(
-            f"remote executions/s over one link ({sizes[1]} runs): {found['rate']:.0f}"
-            f" (target >= {targets['rate']:.0f}, ratio {found['rate'] / targets['rate']:.2f}x);"
-            f" CPU per execution: A {found['per_run']['A']['cpu_ms']:.1f} ms"
-            f" + B {found['per_run']['B']['cpu_ms']:.1f} ms"
+        run_cpu = found["per_run"]
+        report(
+            f"remote executions/s over one link ({sizes[1]})",
+            found["rate"],
+            targets["rate"],
+            "/s",
+            at_least=True,
+            note=f"CPU per execution A {run_cpu['A']['cpu_ms']:.1f}"
+            f" + B {run_cpu['B']['cpu_ms']:.1f} ms",
         )
         if sizes[2]:
             print(
-                f"drain {found['queued_messages']:.0f} queued messages after an outage:"
-                f" delivered in {found['drain_s']:.1f} s (target <= {targets['drain_s']:.0f}),"
+                f"  drain {found['queued_messages']:.0f} queued messages after an outage:"
+                f" delivered in {found['drain_s']:.1f} s"
+                f" ({goal_note(found['drain_s'], targets['drain_s'])}),"
                 f" all {sizes[2]} runs ended in A after {found['complete_s']:.1f} s;"
                 f" lost {found['lost']:.0f}, duplicated {found['duplicated']:.0f}"
+                f" ({'ok' if found['lost'] == found['duplicated'] == 0 else 'MISSED'})"
             )
+        print(f"  ({load_note()} at the end)")
         if args.counts:
             print_counts("per round trip:", found["per_trip"])
             print_counts(f"per remote execution ({sizes[1]} in batches):", found["per_run"])

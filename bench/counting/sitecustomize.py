@@ -3,7 +3,10 @@
 A server started with ``PYTHONPATH=bench/counting`` and ``FLOWLINK_BENCH_COUNTS=<file>``
 imports this first. It counts store transactions (begun, committed, write transactions,
 SQL statements), link exchanges sent and answered with their messages, RSA signatures
-made and verified, private and public keys parsed, and HTTP requests by route; a thread
+made and verified, private and public keys parsed, HTTP requests by route, thread hops
+(``anyio.to_thread.run_sync``: the API's sync routes and the link's store work), wake-ups
+of waiting coroutines, and notifications fired (those heard from PostgreSQL's LISTEN
+apart); a thread
 writes the counters to the file every 0.1 s. The variable is removed from the
 environment at once, so runner processes started by the server count nothing.
 """
@@ -58,12 +61,13 @@ def _counted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _install() -> None:
+    import anyio.to_thread
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
     from flowlink.linking import endpoint, keys, signing, transport
     from flowlink.observability import metrics
-    from flowlink.store import engine
+    from flowlink.store import engine, notify
 
     event.listen(Engine, "begin", _begun)
     event.listen(Engine, "commit", lambda *_: count("commits"))
@@ -74,6 +78,34 @@ def _install() -> None:
     keys.load_private_key = _counted("private keys parsed", keys.load_private_key)
     keys.load_public_keys = _counted("public keys parsed", keys.load_public_keys)
 
+    anyio.to_thread.run_sync = _counted("thread hops", anyio.to_thread.run_sync)
+    notify.Notifier.fire = _counted("notifications fired", notify.Notifier.fire)  # type: ignore[method-assign]
+    woken = notify.AsyncWaiter.wake
+
+    def wake(self: Any, channel: str) -> None:
+        if channel not in self._woken_by:  # a wake-up that will make the waiter look again
+            count("waiter wake-ups")
+            count(f"  waiter wake-ups by {channel}")
+        woken(self, channel)
+
+    notify.AsyncWaiter.wake = wake  # type: ignore[method-assign]
+    listen = notify.listen_postgres
+
+    class _Heard:
+        """The notifier as the PostgreSQL listener sees it: counts what it fires."""
+
+        def __init__(self, notifier: Any) -> None:
+            self.notifier = notifier
+            self.own_backends = getattr(notifier, "own_backends", set())
+
+        def fire(self, channel: str, payload: str = "") -> None:
+            count("notifications fired from LISTEN")
+            self.notifier.fire(channel, payload)
+
+    async def listen_postgres(conninfo: str, notifier: Any, ready: Any) -> None:
+        await listen(conninfo, _Heard(notifier), ready)
+
+    notify.listen_postgres = listen_postgres
     sent = transport.Transport.exchange_async
 
     async def exchange_async(self: Any, body: dict[str, Any], **kwargs: Any) -> Any:

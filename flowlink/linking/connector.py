@@ -36,6 +36,7 @@ from sqlalchemy import select
 from flowlink.background import BackgroundTasks
 from flowlink.errors import NotFound
 from flowlink.events.service import record
+from flowlink.linking import outbox
 from flowlink.linking.exchange import (
     START_GRACE,
     apply_messages,
@@ -252,12 +253,22 @@ class Connector:
         except BaseException:
             self._acks[:0] = acks  # not delivered: send them next time
             raise
-        received = await to_thread.run_sync(self._apply, answer.messages)
+        received: list[str] = []
+        if answer.messages:  # an empty answer (a poll's timeout) changes nothing here
+            received = await to_thread.run_sync(self._apply, answer.messages)
         self._acks.extend(received)
         sent = len(messages) - (1 if acks else 0)
         return BUSY if received or more or sent >= MAX_MESSAGES - 1 else DONE
 
     def _apply(self, messages: list[LinkMessage]) -> list[str]:
+        if all(isinstance(message, AckMessage) for message in messages):
+            # Acks only (the answer to a sent start): they drop messages from the outbox
+            # and need neither the config nor the workspace loaded.
+            with self.store.write() as session:
+                for message in messages:
+                    assert isinstance(message, AckMessage)
+                    outbox.acknowledge(session, self.config_id, message.ids)
+            return []
         with self.store.write() as session:
             config, workspace = self._load(session)
             return apply_messages(

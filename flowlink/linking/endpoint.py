@@ -21,13 +21,12 @@ import httpx
 from anyio import CapacityLimiter, to_thread
 
 from flowlink.errors import Invalid
-from flowlink.linking import outbox, signing
+from flowlink.linking import signing
 from flowlink.linking.exchange import (
     News,
     apply_messages,
-    follows_changes,
+    follows_and_outgoing,
     news_interests,
-    outgoing,
     wait_for_news,
 )
 from flowlink.linking.inbound import SyncRejected, authenticate_exchange, note_rejection
@@ -135,13 +134,7 @@ def _apply(
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
             # A link that follows no execution has nothing to collect: its outbox is all.
-            follows = follows_changes(session, config)
-            limit = MAX_MESSAGES - 1
-            messages = (
-                outgoing(session, config, limit)
-                if follows
-                else outbox.pending(session, config.id, limit)
-            )
+            follows, messages = follows_and_outgoing(session, config, MAX_MESSAGES - 1)
             applied = _Applied(
                 private_key=private_key_of(config, secret),
                 config_id=config.id,

@@ -716,6 +716,17 @@ def outgoing(session: Session, config: SyncConfig, limit: int) -> list[dict[str,
     return outbox.pending(session, config.id, limit)
 
 
+def follows_and_outgoing(
+    session: Session, config: SyncConfig, limit: int
+) -> tuple[bool, list[dict[str, Any]]]:
+    """``follows_changes`` and ``outgoing`` together, for an answered exchange: whether the
+    link follows a run and whether one changed is one statement."""
+    follows, changed = follows_and_changed(session, config)
+    if changed:
+        collect_changes(session, config)
+    return follows, outbox.pending(session, config.id, limit)
+
+
 def pending_messages(store: Store, config_id: str, limit: int) -> list[dict[str, Any]]:
     """This end's messages for the other end; takes the write lock only when there is news.
 
@@ -743,16 +754,36 @@ def follows_changes(session: Session, config: SyncConfig) -> bool:
     """
     if _sends_all(config):
         return True
-    open_row = session.execute(
-        select(LinkExecution.id)
-        .where(
-            LinkExecution.sync_config_id == config.id,
-            LinkExecution.role.in_((TARGET, SOURCE)),
-            LinkExecution.done.is_(False),
-        )
-        .limit(1)
-    ).first()
-    return open_row is not None
+    return session.execute(_OPEN_ROW, {"config_id": config.id}).first() is not None
+
+
+# Built once, like ``_ANY_CHANGE``: whether the link follows an unfinished run.
+_OPEN_ROW = (
+    select(LinkExecution.id)
+    .where(
+        LinkExecution.sync_config_id == bindparam("config_id"),
+        LinkExecution.role.in_((TARGET, SOURCE)),
+        LinkExecution.done.is_(False),
+    )
+    .limit(1)
+)
+# Whether the link follows a run and whether one of them changed, in one statement.
+_FOLLOWS_AND_CHANGED = select(_OPEN_ROW.exists(), _ANY_CHANGE.exists())
+# A look's first statement: the config's send-all flag (a send-all link takes the general
+# path) and, for the others, whether they follow a run and whether one changed.
+_LOOK = select(SyncConfig.send_all_executions, _OPEN_ROW.exists(), _ANY_CHANGE.exists()).where(
+    SyncConfig.id == bindparam("config_id")
+)
+
+
+def follows_and_changed(session: Session, config: SyncConfig) -> tuple[bool, bool]:
+    """``follows_changes`` and ``has_changes`` at once (one statement unless send-all)."""
+    if _sends_all(config):
+        return True, has_changes(session, config)
+    found = session.execute(
+        _FOLLOWS_AND_CHANGED, {"config_id": config.id, "settled": now() - START_GRACE}
+    ).one()
+    return bool(found[0]), bool(found[1])
 
 
 @dataclass(frozen=True)
@@ -771,15 +802,24 @@ def look_for_news(store: Store, config_id: str, limit: int) -> News:
     """``pending_messages`` plus ``follows_changes``, for a held poll or a sender.
 
     One read when nothing changed (most looks), one write when something did. A link that
-    follows no execution has nothing to collect: its look reads the outbox alone.
+    follows no execution has nothing to collect: its look reads the outbox alone. The read
+    is two Core statements (the link's state, its outbox) and loads no ORM object.
     """
     with store.read() as session:
-        config = session.get(SyncConfig, config_id)
-        if config is None:
+        row = session.execute(
+            _LOOK, {"config_id": config_id, "settled": now() - START_GRACE}
+        ).first()
+        if row is None:
             raise NotFound(f"sync config {config_id} was deleted")
-        follows = follows_changes(session, config)
-        if not follows or not has_changes(session, config):
-            return News(outbox.pending(session, config_id, limit), follows)
+        send_all, follows, changed = row
+        if send_all:  # rare: the general path (send-all decides by more than one flag)
+            config = session.get(SyncConfig, config_id)
+            if config is None:
+                raise NotFound(f"sync config {config_id} was deleted")
+            follows = follows_changes(session, config)
+            changed = follows and has_changes(session, config)
+        if not follows or not changed:
+            return News(outbox.pending(session, config_id, limit), bool(follows))
     with store.write() as session:
         config = session.get(SyncConfig, config_id)
         if config is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from flowlink.jsonsafe import repair
@@ -42,13 +42,17 @@ def pending(session: Session, sync_config_id: str, limit: int) -> list[dict[str,
     Repaired (see ``flowlink.jsonsafe``): a value stored before strings were checked must
     not make the other end refuse every exchange of the link.
     """
-    rows = session.scalars(
-        select(LinkOutbox.body)
-        .where(LinkOutbox.sync_config_id == sync_config_id)
-        .order_by(LinkOutbox.id)
-        .limit(limit)
-    )
+    rows = session.scalars(_PENDING, {"config_id": sync_config_id, "limit": limit})
     return [repair(body) for body in rows]
+
+
+# Built once: every look of a link and every answered exchange reads its outbox.
+_PENDING = (
+    select(LinkOutbox.body)
+    .where(LinkOutbox.sync_config_id == bindparam("config_id"))
+    .order_by(LinkOutbox.id)
+    .limit(bindparam("limit"))
+)
 
 
 def acknowledge(session: Session, sync_config_id: str, message_ids: Iterable[str]) -> int:

@@ -53,6 +53,30 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+def track_backends(engine: Engine, pids: set[int]) -> None:
+    """Keep ``pids`` the PostgreSQL backend pids of the engine's open connections.
+
+    The listener skips the notifications they send (``notify.listen_postgres``): this process
+    fires its own at the commit. A pid leaves the set when its connection closes, so a pid
+    PostgreSQL later gives to another process's connection is heard again.
+    """
+    open_pids: dict[int, int] = {}  # id of the DBAPI connection -> its backend pid
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        pid = int(dbapi_connection.info.backend_pid)
+        open_pids[id(dbapi_connection)] = pid
+        pids.add(pid)
+
+    def _forget(dbapi_connection: Any, *_: Any) -> None:
+        pid = open_pids.pop(id(dbapi_connection), None)
+        if pid is not None:
+            pids.discard(pid)
+
+    for name in ("close", "close_detached", "invalidate"):
+        event.listen(engine, name, _forget)
+
+
 def make_engine(database_url: str) -> Engine:
     """Create an engine for a store URL with the right per-backend settings."""
     url = normalize_url(database_url)
@@ -147,6 +171,8 @@ class Store:
         for install in session_hooks:
             install(session_class)
         notify.install(session_class, self.notifier)
+        if self.dialect == "postgresql":
+            track_backends(self.engine, self.notifier.own_backends)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self.listening = threading.Event()  # set while the PostgreSQL listener listens
         self._version_connection: sqlite3.Connection | None = None

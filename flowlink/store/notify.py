@@ -96,6 +96,9 @@ class Notifier:
         self._waiters: dict[str, dict[str | None, set[AsyncWaiter]]] = {c: {} for c in CHANNELS}
         # loop -> the (channel, payload) deliveries scheduled on it and not yet run
         self._scheduled: dict[asyncio.AbstractEventLoop, set[tuple[str, str]]] = {}
+        # PostgreSQL: the backend pids of this process's store connections. What they notify
+        # was fired here at their commit already, so the listener skips hearing it again.
+        self.own_backends: set[int] = set()
 
     def subscribe(self, channel: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(payload)`` for every notification; returns an unsubscribe function."""
@@ -303,6 +306,10 @@ def install(session_class: type[Session], notifier: Notifier) -> None:
 async def listen_postgres(conninfo: str, notifier: Notifier, ready: threading.Event) -> None:
     """LISTEN on every channel and fire what other processes announce, on the event loop.
 
+    A notification sent by one of this process's own store connections (its backend pid is in
+    ``notifier.own_backends``) was fired in-process at its commit: it is not fired twice, which
+    would wake every waiter of it a second time for a look that finds nothing new.
+
     Runs until the connection is lost (then it raises; ``BackgroundTasks.keep_running``
     starts it again). On every (re)connection every channel fires once with an empty payload:
     waiters look at the store again, so nothing announced while disconnected is missed.
@@ -316,7 +323,9 @@ async def listen_postgres(conninfo: str, notifier: Notifier, ready: threading.Ev
         for channel in CHANNELS:
             notifier.fire(channel, "")
         try:
+            own = notifier.own_backends
             async for note in conn.notifies():
-                notifier.fire(note.channel, note.payload)
+                if note.pid not in own:
+                    notifier.fire(note.channel, note.payload)
         finally:
             ready.clear()

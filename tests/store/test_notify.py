@@ -1,0 +1,53 @@
+"""Notifications across processes: each is heard once where it was made, and elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from flowlink.store import notify
+from flowlink.store.engine import Store
+
+
+def test_a_process_hears_its_own_notifications_once_and_others_too(store: Store) -> None:
+    """A commit fires its announcements in-process; on PostgreSQL its NOTIFY also comes back
+    through the process's own LISTEN. That echo must not fire them a second time (every waiter
+    woke twice, for a second look that found nothing), while another process's are heard."""
+    if store.dialect != "postgresql":
+        pytest.skip("NOTIFY is PostgreSQL's; SQLite fires in-process only")
+    other = Store(store.url)  # another process's store on the same database
+    heard: list[str] = []
+    store.notifier.subscribe(notify.LINK, heard.append)
+    ready = threading.Event()
+
+    def announce(on: Store, payload: str) -> None:
+        with on.write() as session:
+            notify.announce(session, notify.LINK, payload)
+
+    async def run() -> None:
+        listener = asyncio.create_task(
+            notify.listen_postgres(_conninfo(store), store.notifier, ready)
+        )
+        while not ready.is_set():
+            await asyncio.sleep(0.01)
+        heard.clear()  # the fire of every channel on connecting
+        announce(store, "mine")
+        announce(other, "theirs")  # committed after "mine": heard after its echo would be
+        async with asyncio.timeout(10):
+            while "theirs" not in heard:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        listener.cancel()
+
+    try:
+        asyncio.run(run())
+    finally:
+        other.dispose()
+    assert heard == ["mine", "theirs"]
+    assert store.notifier.own_backends  # the pooled connections that wrote
+
+
+def _conninfo(store: Store) -> str:
+    return store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
