@@ -706,21 +706,12 @@ def _new_log_lines(session: Session, marks: dict[str, int]) -> dict[str, list[tu
     return lines
 
 
-def outgoing(session: Session, config: SyncConfig, limit: int) -> list[dict[str, Any]]:
-    """Queue this end's changes and return its outbox, in a write transaction.
-
-    The cheap ``has_changes`` query goes first: most exchanges find nothing new.
-    """
-    if has_changes(session, config):
-        collect_changes(session, config)
-    return outbox.pending(session, config.id, limit)
-
-
 def follows_and_outgoing(
     session: Session, config: SyncConfig, limit: int
 ) -> tuple[bool, list[dict[str, Any]]]:
-    """``follows_changes`` and ``outgoing`` together, for an answered exchange: whether the
-    link follows a run and whether one changed is one statement."""
+    """Whether the link follows a run, and its outbox (this end's changes queued first), in
+    the write transaction of an answered exchange: whether it follows a run and whether one
+    changed is one statement."""
     follows, changed = follows_and_changed(session, config)
     if changed:
         collect_changes(session, config)
