@@ -12,8 +12,7 @@ import html
 import re
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, Request
@@ -358,7 +357,7 @@ class CustomDomains:
     Other hosts pass through untouched.
     """
 
-    def __init__(self, app: ASGIApp, lookup: Callable[[str], str | None]) -> None:
+    def __init__(self, app: ASGIApp, lookup: DomainLookup) -> None:
         self.app = app
         self.lookup = lookup
 
@@ -372,7 +371,13 @@ class CustomDomains:
                 host = value.decode("latin-1")
                 break
         key = host_key(host)
-        slug = await asyncio.to_thread(self.lookup, key) if key else None
+        slug = None
+        if key:
+            # A host seen within the last second is answered on the event loop: the server's
+            # own host name costs no thread hop per request, only one read a second.
+            slug = self.lookup.cached(key)
+            if slug is _UNKNOWN:
+                slug = await asyncio.to_thread(self.lookup, key)
         if slug is None:
             await self.app(scope, receive, send)
             return
@@ -392,25 +397,42 @@ DOMAIN_CACHE_SECONDS = 1.0
 _DOMAIN_CACHE_SIZE = 4096
 
 
-def domain_lookup(context: ServerContext) -> Callable[[str], str | None]:
+_UNKNOWN: Any = object()  # a domain not in the cache, or whose answer is too old
+
+
+class DomainLookup:
     """The workspace slug serving a canonical domain, read from the store.
 
     Answers (found or not) are kept for a second, so requests for the server's own host
     name do not each cost a store read; a change of ``customDomains`` takes effect within
-    that second in every server process.
+    that second in every server process. ``cached`` answers from the cache alone (on the
+    event loop); calling the lookup reads the store (in a thread).
     """
-    cache: dict[str, tuple[float, str | None]] = {}
 
-    def lookup(domain: str) -> str | None:
-        now = time.monotonic()
-        hit = cache.get(domain)
-        if hit is not None and now - hit[0] < DOMAIN_CACHE_SECONDS:
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+        self.cache: dict[str, tuple[float, str | None]] = {}
+
+    def cached(self, domain: str) -> Any:
+        """The slug (or ``None``) if known for less than a second, else ``_UNKNOWN``."""
+        hit = self.cache.get(domain)
+        if hit is not None and time.monotonic() - hit[0] < DOMAIN_CACHE_SECONDS:
             return hit[1]
-        with context.store.read() as session:
-            slug = page_store.workspace_for_domain(session, domain)
-        if len(cache) >= _DOMAIN_CACHE_SIZE:
-            cache.clear()
-        cache[domain] = (now, slug)
-        return slug
+        return _UNKNOWN
 
-    return lookup
+    def __call__(self, domain: str) -> str | None:
+        slug = self.cached(domain)
+        if slug is not _UNKNOWN:
+            return cast("str | None", slug)
+        now = time.monotonic()
+        with self.context.store.read() as session:
+            slug = page_store.workspace_for_domain(session, domain)
+        if len(self.cache) >= _DOMAIN_CACHE_SIZE:
+            self.cache.clear()
+        self.cache[domain] = (now, slug)
+        return cast("str | None", slug)
+
+
+def domain_lookup(context: ServerContext) -> DomainLookup:
+    """The store's custom domains, cached for a second (see ``DomainLookup``)."""
+    return DomainLookup(context)
