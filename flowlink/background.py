@@ -28,11 +28,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 
 log = logging.getLogger(__name__)
 RETRY_START = 1.0  # seconds before a failed long-running task starts again (doubling)
 RETRY_MAX = 30.0
+# Periodic jobs take their thread hops from threads of their own, not from the pool the API
+# shares: a heartbeat due while a burst of requests holds every pool thread still runs on time.
+JOB_THREADS = 4
 
 Job = Callable[[], Any]  # a plain function or a coroutine function
 
@@ -65,6 +68,7 @@ class BackgroundTasks:
         # The shutdown signal, readable from any thread (a server passes its own).
         self.stopping = stopping if stopping is not None else threading.Event()
         self.runs: dict[str, int] = {}  # job name -> completed runs (figures and tests)
+        self._limiter: CapacityLimiter | None = None  # made on the loop that runs the jobs
 
     # --- declaring work -------------------------------------------------------------------
 
@@ -94,6 +98,7 @@ class BackgroundTasks:
     async def start(self) -> None:
         """Start every declared job and task on the running loop."""
         self._loop = asyncio.get_running_loop()
+        self._limiter = None  # a limiter belongs to one loop
         self._wake = asyncio.Event()
         for spec in self._specs:
             self._spawn(spec)
@@ -204,9 +209,10 @@ class BackgroundTasks:
                 return
             delay = min(delay * 2, RETRY_MAX)
 
-    @staticmethod
-    async def _call(job: Job) -> None:
+    async def _call(self, job: Job) -> None:
         if inspect.iscoroutinefunction(job):
             await job()
         else:
-            await to_thread.run_sync(job)
+            if self._limiter is None:
+                self._limiter = CapacityLimiter(JOB_THREADS)
+            await to_thread.run_sync(job, limiter=self._limiter)
