@@ -441,6 +441,18 @@ class Claimed:
     config: dict[str, Any]
 
 
+def any_queued(session: Session) -> bool:
+    """Whether any execution waits in the queue (a read: no write lock, no row lock)."""
+    return (
+        session.scalar(
+            select(Execution.id)
+            .where(Execution.status == ExecutionStatus.QUEUED, Execution.remote_config_id.is_(None))
+            .limit(1)
+        )
+        is not None
+    )
+
+
 def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) -> list[Claimed]:
     """Take up to ``limit`` queued executions for this worker in one short transaction.
 

@@ -196,9 +196,11 @@ class Worker:
         looked = time.monotonic()
         while not self._stopping.is_set():
             free = self._free_slots()
+            fallback = False  # a look only because time passed, not because work was announced
             with self._wakeup:
                 self._poked = False
                 if time.monotonic() - looked >= self.settings.poll_interval:
+                    fallback = not self._backlog
                     self._backlog = True  # the fallback: look now and then anyway
                 look = free > 0 and self._backlog
                 if look:
@@ -208,10 +210,13 @@ class Worker:
                 looked = time.monotonic()
                 wanted = min(free, 32)
                 try:
-                    with self.store.write() as session:
-                        claimed = executions.claim(
-                            session, self.id, wanted, self.settings.lease_seconds
-                        )
+                    # The fallback first reads whether anything is queued: an idle worker
+                    # takes no write transaction (on SQLite, the one write lock).
+                    if not fallback or self._queue_has_work():
+                        with self.store.write() as session:
+                            claimed = executions.claim(
+                                session, self.id, wanted, self.settings.lease_seconds
+                            )
                 except Exception:
                     log.exception("claiming executions failed")
                     self._poke(True)
@@ -224,6 +229,10 @@ class Worker:
             with self._wakeup:
                 if not self._poked:
                     self._wakeup.wait(self.settings.poll_interval)
+
+    def _queue_has_work(self) -> bool:
+        with self.store.read() as session:
+            return executions.any_queued(session)
 
     def _launch(self, claimed: executions.Claimed) -> None:
         with self._runs_lock:
