@@ -41,7 +41,7 @@ class ServerSettings:
     event_deleted_workspace_days: float = 183
     event_cleanup_interval: float = 3600.0
     link_timeout: float = 30.0
-    link_poll: float = 25.0
+    link_poll: float = 55.0
     link_backoff_max: float = 30.0
     link_refresh: float = 2.0
     # Addresses or CIDR networks of reverse proxies whose X-Forwarded-For/-Proto are believed.
@@ -100,7 +100,7 @@ class ServerSettings:
             event_deleted_workspace_days=number("FLOWLINK_EVENT_DELETED_WORKSPACE_DAYS", 183),
             event_cleanup_interval=number("FLOWLINK_EVENT_CLEANUP_INTERVAL", 3600.0),
             link_timeout=number("FLOWLINK_LINK_TIMEOUT", 30.0),
-            link_poll=number("FLOWLINK_LINK_POLL", 25.0),
+            link_poll=number("FLOWLINK_LINK_POLL", 55.0),
             link_backoff_max=number("FLOWLINK_LINK_BACKOFF_MAX", 30.0),
             link_refresh=number("FLOWLINK_LINK_REFRESH", 2.0),
             trusted_proxies=_trusted_proxies_env(env.get("FLOWLINK_TRUSTED_PROXIES", "")),

@@ -45,7 +45,7 @@ from flowlink.linking.exchange import (
 )
 from flowlink.linking.messages import AckMessage, LinkMessage
 from flowlink.linking.ownership import LinkOwnership
-from flowlink.linking.protocol import MAX_MESSAGES, MAX_POLL_SECONDS, envelope, for_peer
+from flowlink.linking.protocol import MAX_MESSAGES, envelope, for_peer, max_poll
 from flowlink.linking.service import (
     CONTROLLED,
     STATE_WRITE_EVERY,
@@ -188,7 +188,8 @@ class Connector:
             if await self._exchange_safely(carry_outbox=False, poll=poll) == FAILED:
                 await asyncio.sleep(self._backoff())
             else:
-                poll = min(self.settings.link_poll, MAX_POLL_SECONDS)
+                # Longer than 60 s only to an end that said it holds that long.
+                poll = min(self.settings.link_poll, max_poll(self.transport.peer_features))
 
     # --- one exchange ---------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ An exchange is one HTTP request and its response; both bodies are an *envelope*:
 ```
 
 ``poll`` (requests only) asks the answering side to hold the response up to that many seconds
-until it has something to send (the long poll of the immediate mode). Message types:
+until it has something to send (the long poll of the immediate mode): at most 60, or 300 to
+an end that announced the ``long-poll`` feature. Message types:
 
 - ``execution.start``: start a flow script for an origin execution (script included, or
   ``use_remote_flow`` to run the receiver's own flow of that name);
@@ -38,7 +39,10 @@ from flowlink.jsonsafe import find_problem
 from flowlink.linking.messages import LinkMessage, from_wire
 
 MAX_MESSAGES = 1000
+# The longest poll a request may ask for. An end of an earlier version refuses more than
+# MAX_POLL_SECONDS, so a longer one is asked only of a peer that announced LONG_POLL.
 MAX_POLL_SECONDS = 60.0
+MAX_LONG_POLL_SECONDS = 300.0
 MESSAGE_TYPES = ("execution.start", "execution.update", "execution.cancel", "ack")
 
 _ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9._:-]+$"}
@@ -132,7 +136,7 @@ _ENVELOPE = Draft202012Validator(
         "required": ["messages"],
         "properties": {
             "messages": {"type": "array", "maxItems": MAX_MESSAGES},
-            "poll": {"type": "number", "minimum": 0, "maximum": MAX_POLL_SECONDS},
+            "poll": {"type": "number", "minimum": 0, "maximum": MAX_LONG_POLL_SECONDS},
         },
     }
 )
@@ -217,7 +221,14 @@ def envelope(messages: list[dict[str, Any]], poll: float | None = None) -> dict[
 # validate messages strictly and would refuse an unknown field).
 FEATURES_HEADER = "Flowlink-Link-Features"
 OPTIONAL_FIELDS = {"traceparent": "traceparent"}  # field name -> feature that allows it
-FEATURES = frozenset(OPTIONAL_FIELDS.values())
+# An answering end that announces this holds a poll up to MAX_LONG_POLL_SECONDS.
+LONG_POLL = "long-poll"
+FEATURES = frozenset({*OPTIONAL_FIELDS.values(), LONG_POLL})
+
+
+def max_poll(accepted: frozenset[str]) -> float:
+    """The longest poll a peer with these features accepts."""
+    return MAX_LONG_POLL_SECONDS if LONG_POLL in accepted else MAX_POLL_SECONDS
 
 
 def features_of(header: str | None) -> frozenset[str]:

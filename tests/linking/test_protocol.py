@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowlink.errors import Invalid
-from flowlink.linking.protocol import envelope, parse_envelope
+from flowlink.linking.protocol import (
+    FEATURES,
+    LONG_POLL,
+    envelope,
+    features_of,
+    max_poll,
+    parse_envelope,
+)
 
 NOW = "2026-11-21T10:00:00Z"
 START = {
@@ -125,3 +132,12 @@ def test_non_finite_poll_is_refused() -> None:
     with pytest.raises(Invalid) as caught:
         parse_envelope({"messages": [], "poll": float("nan")})
     assert caught.value.details["field"] == "poll"
+
+
+def test_a_poll_longer_than_a_minute_is_asked_only_of_an_end_that_holds_it() -> None:
+    # An end of this version holds up to 300 s and says so; an earlier end (no feature)
+    # refuses more than 60 s, so it is never asked for more.
+    assert parse_envelope({"messages": [], "poll": 120}).poll == 120
+    assert LONG_POLL in FEATURES and features_of(f"traceparent, {LONG_POLL}") == FEATURES
+    assert max_poll(features_of(",".join(sorted(FEATURES)))) == 300
+    assert max_poll(features_of("traceparent")) == max_poll(frozenset()) == 60
