@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,26 @@ class SignedAnswer:
 
     content: bytes
     headers: httpx.Headers
+
+
+# A held poll that runs out answers an empty envelope, the same bytes each time for a link:
+# its signature (an RSA-PSS signing, in a thread hop) is reused for a while. The reused
+# answer is still signed by this end's key, bound to the request's method and URL, and
+# within the freshness the other end checks (5 minutes): it proves what a new signature
+# would (the other end keeps no nonces of answers), and it carries nothing.
+EMPTY_ANSWER_REUSE_SECONDS = 30.0
+_EMPTY_CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class _EmptyAnswer:
+    signed_at: float
+    private_key: Any
+    request: tuple[str, str, str]  # method, URL, the features the request announced
+    answer: SignedAnswer
+
+
+_EMPTY_ANSWERS: dict[str, _EmptyAnswer] = {}  # sync config id -> its last signed empty answer
 
 
 @dataclass
@@ -216,4 +237,27 @@ async def answer_exchange(
             first=first,
             limiter=limiter,
         )
-    return await to_thread.run_sync(_signed, applied, messages, incoming, limiter=limiter)
+    if messages or applied.received:
+        return await to_thread.run_sync(_signed, applied, messages, incoming, limiter=limiter)
+    return await _empty_answer(applied, incoming, limiter)
+
+
+async def _empty_answer(
+    applied: _Applied, incoming: _Incoming, limiter: CapacityLimiter
+) -> SignedAnswer:
+    """The signed empty answer of a poll that ran out: reused while it is fresh."""
+    request = (incoming.method, incoming.url, incoming.headers.get(FEATURES_HEADER) or "")
+    now = time.monotonic()
+    cached = _EMPTY_ANSWERS.get(applied.config_id)
+    if (
+        cached is not None
+        and now - cached.signed_at < EMPTY_ANSWER_REUSE_SECONDS
+        and cached.private_key is applied.private_key  # a changed key signs afresh
+        and cached.request == request
+    ):
+        return cached.answer
+    answer = await to_thread.run_sync(_signed, applied, [], incoming, limiter=limiter)
+    if len(_EMPTY_ANSWERS) >= _EMPTY_CACHE_SIZE:
+        _EMPTY_ANSWERS.clear()
+    _EMPTY_ANSWERS[applied.config_id] = _EmptyAnswer(now, applied.private_key, request, answer)
+    return answer

@@ -142,3 +142,62 @@ def test_held_polls_cost_nothing_until_their_link_has_news(
     assert woke <= 15, f"{woke} transactions after news for one link"
     stop.set()
     thread.join(30)
+
+
+def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
+    answering: StartedServer, make_key: KeyMaker
+) -> None:
+    # Its signature is reused while fresh (the same bytes, bound to the same request URL and
+    # method); every answer still verifies against this end's key.
+    live = answering.live
+    assert live.client.post(
+        "/api/v1/workspaces/ctl/apply", json={"files": {"workspace.yml": "name: C\nslug: ctl\n"}}
+    ).is_success
+    own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
+    created = live.client.post(
+        "/api/v1/workspaces/ctl/sync_config",
+        json={
+            "name": "site",
+            "direction": "controlling",
+            "own_private_key": own.read_text(),
+            "remote_public_key": public_pem_of(site),
+        },
+    )
+    assert created.status_code == 201, created.text
+    site_key = keys.load_private_key(site.read_text())
+    trusted = {keys.fingerprint(k): k for k in keys.load_public_keys(public_pem_of(own))}
+    url = live.url + sync_path("ctl", "site")
+
+    def poll(features: str) -> httpx.Response:
+        body = json.dumps(envelope([], 0.2)).encode()
+        headers = httpx.Headers({"content-type": "application/json"})
+        if features:
+            headers["Flowlink-Link-Features"] = features
+        signing.sign_request(site_key, "POST", url, headers, body)
+        answer = httpx.post(url, content=body, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"messages": []}
+        signing.verify_response(
+            trusted,
+            200,
+            answer.headers,
+            answer.content,
+            request_method="POST",
+            request_url=url,
+        )
+        return answer
+
+    first, second = poll("traceparent"), poll("traceparent")
+    assert second.headers["signature"] == first.headers["signature"]
+    other = poll("")  # a request announcing other features gets an answer of its own
+    assert other.headers["signature"] != first.headers["signature"]
+    # A forged or altered answer does not verify: the reuse is of a real signature only.
+    with pytest.raises(signing.SignatureRejected):
+        signing.verify_response(
+            trusted,
+            200,
+            first.headers,
+            b'{"messages":[{"x":1}]}',
+            request_method="POST",
+            request_url=url,
+        )
