@@ -33,7 +33,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,16 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from common import apply_folder, fresh_database, percentile, postgres_url, server
+from common import (
+    apply_folder,
+    fresh_database,
+    goal_ratio,
+    load_note,
+    percentile,
+    postgres_url,
+    report,
+    server,
+)
 from link import key_pair
 
 from flowlink.execution_status import ExecutionStatus
@@ -74,7 +82,7 @@ TARGETS = {
     "sse_p50_ms": 100.0,
     "sse_p99_ms": 500.0,
 }
-POLL = 25.0
+POLL = 55.0  # the sites' long poll (s), as FLOWLINK_LINK_POLL's default; --poll
 SUMMARY = (
     ("threads", "controller threads"),
     ("kb_per_link", "kB per idle link"),
@@ -100,6 +108,7 @@ async def _site(
     ready: Callable[[], None],
     out: Callable[[str], None],
     exchanges: list[int],
+    poll: float,
 ) -> None:
     """One simulated site: hold a long poll; run each start at once; report and ack."""
     updates: dict[str, dict[str, Any]] = {}  # message id -> update waiting for the ack
@@ -110,12 +119,12 @@ async def _site(
         messages = list(updates.values())
         if acks:
             messages.append(AckMessage.new(ids=acks).wire())
-        body = envelope(messages, None if messages or first else POLL)
+        body = envelope(messages, None if messages or first else poll)
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = httpx.Headers({"content-type": "application/json"})
         signing.sign_request(key, "POST", url, headers, content)
         try:
-            response = await client.post(url, content=content, headers=headers, timeout=POLL + 30)
+            response = await client.post(url, content=content, headers=headers, timeout=poll + 30)
             response.raise_for_status()
             signing.verify_response(
                 trusted,
@@ -200,7 +209,7 @@ def sites_main(args: argparse.Namespace) -> None:
         for n in range(args.sites):
             url = args.controller + sync_path(WS, f"site-{args.first + n}")
             client = clients[n // SITES_PER_CLIENT]
-            site = _site(client, url, key, trusted, ready, out, exchanges)
+            site = _site(client, url, key, trusted, ready, out, exchanges, args.poll)
             tasks.append(asyncio.create_task(site))
             if n % 50 == 49:
                 await asyncio.sleep(0.5 * args.load_processes)  # in waves, as sites come up
@@ -222,7 +231,13 @@ class Sites:
     """The load processes (the sites split between them) and what they report."""
 
     def __init__(
-        self, controller: str, count: int, site_key: Path, controller_pub: Path, processes: int
+        self,
+        controller: str,
+        count: int,
+        site_key: Path,
+        controller_pub: Path,
+        processes: int,
+        poll: float,
     ):
         self.count = count
         self.ready = threading.Event()
@@ -251,6 +266,8 @@ class Sites:
                     str(site_key),
                     "--controller-pub",
                     str(controller_pub),
+                    "--poll",
+                    str(poll),
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
@@ -392,17 +409,14 @@ class Usage:
         return f"{self.process.num_threads()} threads, {rss} MB"
 
 
-def row(name: str, value: float, target_key: str, unit: str, note: str = "") -> None:
-    """One figure with its target and ratio."""
-    target = TARGETS[target_key]
-    ratio = value / target if target else float("nan")
-    mark = "ok" if ratio <= 1 else "MISS"
-    print(
-        f"  {name:<44} {value:>10.2f} {unit:<5} target {target:>7.1f}  {ratio:5.2f} {mark} {note}"
-    )
+def figure(name: str, value: float, target_key: str, unit: str, note: str = "") -> None:
+    """One figure with its goal and ratio (``common.report``: figure / goal, ok or MISSED)."""
+    report(name, value, TARGETS[target_key], unit, note=note)
 
 
-def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], processes: int) -> Sites:
+def idle_links(
+    ctl: Any, sites: int, folder: Path, figures: dict[str, Any], processes: int, poll: float
+) -> Sites:
     """Figure 1: connect the sites; measure threads, memory, idle CPU, API p99."""
     usage = Usage(ctl.process.pid)
     controller_key, controller_pub = key_file(folder, "controller")
@@ -414,7 +428,7 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
     time.sleep(2)
     rss0, before = usage.process.memory_info().rss, usage.line()
     began = time.perf_counter()
-    load = Sites(ctl.url, sites, site_key, folder / "controller.pub", processes)
+    load = Sites(ctl.url, sites, site_key, folder / "controller.pub", processes, poll)
     if not load.ready.wait(timeout=120 + sites / 10):
         load.stop()
         raise RuntimeError(f"the sites did not all connect: {load.error_kinds()}")
@@ -426,17 +440,17 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
     rss1, threads1 = usage.process.memory_info().rss, usage.process.num_threads()
     usage.restart()
     load_cpu0, exchanges0 = load.cpu_seconds(), load.exchanges()
-    time.sleep(report["idle_seconds"])
+    time.sleep(figures["idle_seconds"])
     cpu = usage.percent()
     renewed = load.exchanges() - exchanges0
-    per_renewal = cpu * report["idle_seconds"] * 10 / renewed if renewed else float("nan")
-    load_cpu = (load.cpu_seconds() - load_cpu0) / report["idle_seconds"] * 100
+    per_renewal = cpu * figures["idle_seconds"] * 10 / renewed if renewed else float("nan")
+    load_cpu = (load.cpu_seconds() - load_cpu0) / figures["idle_seconds"] * 100
     api = probe_api(ctl.url, ctl.token, f"/api/v1/workspaces/{WS}/executions?limit=20", 50, 10)
-    print(f"  {sites} sites holding long polls (before: {before}; load avg {_load()}):")
-    row("controller threads", threads1, "threads", "")
-    row("extra memory per idle link", (rss1 - rss0) / sites / 1024, "kb_per_link", "kB")
-    row(
-        f"idle CPU over {report['idle_seconds']:.0f} s",
+    print(f"  {sites} sites holding long polls (before: {before}; {load_note()}):")
+    figure("controller threads", threads1, "threads", "")
+    figure("extra memory per idle link", (rss1 - rss0) / sites / 1024, "kb_per_link", "kB")
+    figure(
+        f"idle CPU over {figures['idle_seconds']:.0f} s",
         cpu,
         "idle_cpu_pct",
         "%",
@@ -445,18 +459,18 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
     if renewed:
         print(
             f"  {'controller CPU per renewed poll':<44} {per_renewal:10.2f} ms"
-            f"  ({renewed} polls renewed, every {POLL:.0f} s per site)"
+            f"  ({renewed} polls renewed, every {poll:.0f} s per site)"
         )
     else:
-        print(f"  (no poll was renewed in the window: give --idle-seconds {POLL + 5:.0f} or more)")
-    row(
+        print(f"  (no poll was renewed in the window: give --idle-seconds {poll + 5:.0f} or more)")
+    figure(
         "API p99 at 50 req/s (list executions)",
         percentile(api, 99),
         "api_p99_ms",
         "ms",
         f"p50 {percentile(api, 50):.1f} ms",
     )
-    report.update(
+    figures.update(
         threads=threads1,
         kb_per_link=(rss1 - rss0) / sites / 1024,
         idle_cpu_pct=cpu,
@@ -465,11 +479,7 @@ def idle_links(ctl: Any, sites: int, folder: Path, report: dict[str, Any], proce
     return load
 
 
-def _load() -> str:
-    return open("/proc/loadavg").read().split()[0]
-
-
-def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
+def fan_out(ctl: Any, load: Sites, sites: int, figures: dict[str, Any]) -> None:
     """Figure 2: one remote execution on every site, in one batch."""
     before = counts(ctl.client).get("success", 0)
     items = [{"flow": "echo", "remote": f"site-{n}", "inputs": {"n": n}} for n in range(sites)]
@@ -501,16 +511,16 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
     success = counts(ctl.client).get("success", 0) - before
     lost = sites - len(started)
     redelivered = sum(len(load.starts.get(i, [])) - 1 for i in ids if i in load.starts)
-    print(f"  fan-out: {sites} remote executions, one per site (load avg {_load()}):")
+    print(f"  fan-out: {sites} remote executions, one per site ({load_note()}):")
     print(f"  {'(the batch request took)':<44} {batch_s:10.2f} s")
-    row(
+    figure(
         "all started on their site within",
         started_s,
         "fanout_started_s",
         "s",
         f"p50 {statistics.median([s - began for s in started]):.2f} s" if started else "",
     )
-    row(
+    figure(
         "all ended back in the controller within",
         ended_s,
         "fanout_ended_s",
@@ -526,10 +536,10 @@ def fan_out(ctl: Any, load: Sites, sites: int, report: dict[str, Any]) -> None:
     )
     if len(load.errors) > errors0:
         print(f"  {'(failed exchanges, most common)':<44} {load.error_kinds(errors0)}")
-    report.update(fanout_started_s=started_s, fanout_ended_s=ended_s, lost=lost, success=success)
+    figures.update(fanout_started_s=started_s, fanout_ended_s=ended_s, lost=lost, success=success)
 
 
-def waiting_clients(ctl: Any, waiters: int, report: dict[str, Any]) -> None:
+def waiting_clients(ctl: Any, waiters: int, figures: dict[str, Any]) -> None:
     """Figure 3: many clients waiting on executions; health p99."""
     headers = {"Authorization": f"Bearer {ctl.token}"}
 
@@ -559,14 +569,14 @@ def waiting_clients(ctl: Any, waiters: int, report: dict[str, Any]) -> None:
     time.sleep(1)
     health = probe_api(ctl.url, ctl.token, "/api/v1/health", 20, 5)
     print(f"  {waiters} clients waiting on executions (wait=30):")
-    row(
+    figure(
         "/api/v1/health p99",
         percentile(health, 99),
         "health_p99_ms",
         "ms",
         f"p50 {percentile(health, 50):.1f} ms, max {max(health):.0f} ms",
     )
-    report.update(health_p99_ms=percentile(health, 99))
+    figures.update(health_p99_ms=percentile(health, 99))
     for status in ("queued", "running"):
         page = ctl.client.get(
             f"/api/v1/workspaces/{WS}/executions", params={"status": status, "limit": 1000}
@@ -578,7 +588,7 @@ def waiting_clients(ctl: Any, waiters: int, report: dict[str, Any]) -> None:
     print(f"  {'waiting clients answered after the cancel':<44} {codes.count(201)}/{waiters}")
 
 
-def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
+def event_streams(ctl: Any, streams: int, figures: dict[str, Any]) -> None:
     """Figure 4: many SSE streams; delivery latency of emitted events."""
     headers = {"Authorization": f"Bearer {ctl.token}"}
     received: list[float] = []
@@ -638,17 +648,17 @@ def event_streams(ctl: Any, streams: int, report: dict[str, Any]) -> None:
     latencies = [r * 1000 for r in received]
     cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / 5
     print(f"  {streams} open event streams, 5 events emitted:")
-    row(
+    figure(
         "delivery p50",
         percentile(latencies, 50),
         "sse_p50_ms",
         "ms",
         f"{len(latencies)}/{5 * streams} delivered",
     )
-    row("delivery p99", percentile(latencies, 99), "sse_p99_ms", "ms")
-    row("API (health) p99 meanwhile", percentile(api, 99), "health_p99_ms", "ms")
+    figure("delivery p99", percentile(latencies, 99), "sse_p99_ms", "ms")
+    figure("API (health) p99 meanwhile", percentile(api, 99), "health_p99_ms", "ms")
     print(f"  {'controller CPU per event to all streams':<44} {cpu_ms:10.2f} ms (with 20 health/s)")
-    report.update(sse_p50_ms=percentile(latencies, 50), sse_p99_ms=percentile(latencies, 99))
+    figures.update(sse_p50_ms=percentile(latencies, 50), sse_p99_ms=percentile(latencies, 99))
 
 
 def real_sites(ctl: Any, folder: Path, count: int = 2) -> None:
@@ -701,8 +711,8 @@ def real_sites(ctl: Any, folder: Path, count: int = 2) -> None:
 
 def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     """All figures on one backend."""
-    print(f"  (load average of the machine: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    report: dict[str, Any] = {"idle_seconds": args.idle_seconds}
+    print(f"  ({load_note()})")
+    figures: dict[str, Any] = {"idle_seconds": args.idle_seconds}
     folder = Path(tempfile.mkdtemp(prefix="flowlink-bench-scale-"))
     print(
         f"\n== {backend}: {args.sites} sites, {args.waiters} waiting clients, "
@@ -723,11 +733,14 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 "flows/sleep.py": SLEEP,
             },
         )
-        load = idle_links(ctl, args.sites, folder, report, args.load_processes)
+        load = idle_links(ctl, args.sites, folder, figures, args.load_processes, args.poll)
         try:
-            fan_out(ctl, load, args.sites, report)
-            waiting_clients(ctl, args.waiters, report)
-            event_streams(ctl, args.streams, report)
+            if "fanout" in args.parts:
+                fan_out(ctl, load, args.sites, figures)
+            if "waiters" in args.parts:
+                waiting_clients(ctl, args.waiters, figures)
+            if "streams" in args.parts:
+                event_streams(ctl, args.streams, figures)
             print(
                 f"  {'controller threads at the end':<44} "
                 f"{psutil.Process(ctl.process.pid).num_threads()}"
@@ -736,7 +749,7 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             load.stop()
         if args.real_site:
             real_sites(ctl, folder)
-    return report
+    return figures
 
 
 def main() -> None:
@@ -751,6 +764,14 @@ def main() -> None:
         "--load-processes", type=int, default=2, help="processes simulating the sites"
     )
     parser.add_argument("--no-real-site", dest="real_site", action="store_false")
+    parser.add_argument(
+        "--poll", type=float, default=POLL, help="the sites' long poll in seconds (55)"
+    )
+    parser.add_argument(
+        "--parts",
+        default="idle,fanout,waiters,streams",
+        help="which figures after the idle links (comma-separated: fanout, waiters, streams)",
+    )
     parser.add_argument("--sites-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--controller", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
@@ -767,13 +788,17 @@ def main() -> None:
         print("(PostgreSQL not reachable: skipped)")
         backends.remove("postgresql")
     reports = {backend: run(backend, args) for backend in backends}
-    print("\n== summary (ratio = measured / target; <= 1 meets it) ==")
+    print("\n== summary (ratio = figure / goal; ok when <= 1) ==")
     for key, name in SUMMARY:
         cells = []
-        for backend, report in reports.items():
-            value = report.get(key, float("nan"))
-            cells.append(f"{backend} {value:9.2f} ({value / TARGETS[key]:5.2f})")
-        print(f"  {name:<34} target {TARGETS[key]:7.1f}   " + "   ".join(cells))
+        for backend, figures in reports.items():
+            if key not in figures:
+                continue
+            ratio, met = goal_ratio(figures[key], TARGETS[key])
+            verdict = "ok" if met else "MISSED"
+            cells.append(f"{backend} {figures[key]:9.2f} ({ratio:5.2f} {verdict})")
+        if cells:
+            print(f"  {name:<34} goal <= {TARGETS[key]:<7g} " + "   ".join(cells))
 
 
 if __name__ == "__main__":
