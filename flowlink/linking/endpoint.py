@@ -79,8 +79,10 @@ class SignedAnswer:
 # its signature (an RSA-PSS signing, in a thread hop) is reused for a while. The reused
 # answer is still signed by this end's key, bound to the request's method and URL, and
 # within the freshness the other end checks (5 minutes): it proves what a new signature
-# would (the other end keeps no nonces of answers), and it carries nothing.
-EMPTY_ANSWER_REUSE_SECONDS = 30.0
+# would (the other end keeps no nonces of answers), and it carries nothing. 150 s: with
+# 55 s polls two renewals in three reuse it, with 120 s polls one in two, and an answer is
+# never older than 150 s, so the other end's clock may still be up to 150 s ahead.
+EMPTY_ANSWER_REUSE_SECONDS = 150.0
 _EMPTY_CACHE_SIZE = 8192
 
 
