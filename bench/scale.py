@@ -436,7 +436,7 @@ def idle_links(
         f"  ({sites} sites connected in {time.perf_counter() - began:.1f} s by {processes}"
         f" load processes; {len(load.errors)} failed exchanges)"
     )
-    time.sleep(3)  # every site is now holding its long poll
+    time.sleep(figures["settle_seconds"])  # every site is now holding its long poll
     rss1, threads1 = usage.process.memory_info().rss, usage.process.num_threads()
     usage.restart()
     load_cpu0, exchanges0 = load.cpu_seconds(), load.exchanges()
@@ -712,7 +712,7 @@ def real_sites(ctl: Any, folder: Path, count: int = 2) -> None:
 def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     """All figures on one backend."""
     print(f"  ({load_note()})")
-    figures: dict[str, Any] = {"idle_seconds": args.idle_seconds}
+    figures: dict[str, Any] = {"idle_seconds": args.idle_seconds, "settle_seconds": args.settle}
     folder = Path(tempfile.mkdtemp(prefix="flowlink-bench-scale-"))
     print(
         f"\n== {backend}: {args.sites} sites, {args.waiters} waiting clients, "
@@ -766,6 +766,13 @@ def main() -> None:
     parser.add_argument("--no-real-site", dest="real_site", action="store_false")
     parser.add_argument(
         "--poll", type=float, default=POLL, help="the sites' long poll in seconds (55)"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds between the sites' connecting and the idle window (give a poll's length"
+        " or more to measure renewals in their steady state)",
     )
     parser.add_argument(
         "--parts",
