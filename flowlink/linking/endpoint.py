@@ -86,12 +86,16 @@ EMPTY_ANSWER_REUSE_SECONDS = 150.0
 _EMPTY_CACHE_SIZE = 8192
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _EmptyAnswer:
     signed_at: float
     private_key: Any
     request: tuple[str, str, str]  # method, URL, the features the request announced
-    answer: SignedAnswer
+    content: bytes
+    headers: tuple[tuple[str, str], ...]  # compact: a thousand links keep one each
+
+    def answer(self) -> SignedAnswer:
+        return SignedAnswer(self.content, httpx.Headers(list(self.headers)))
 
 
 _EMPTY_ANSWERS: dict[str, _EmptyAnswer] = {}  # sync config id -> its last signed empty answer
@@ -257,9 +261,12 @@ async def _empty_answer(
         and cached.private_key is applied.private_key  # a changed key signs afresh
         and cached.request == request
     ):
-        return cached.answer
+        return cached.answer()
     answer = await to_thread.run_sync(_signed, applied, [], incoming, limiter=limiter)
     if len(_EMPTY_ANSWERS) >= _EMPTY_CACHE_SIZE:
         _EMPTY_ANSWERS.clear()
-    _EMPTY_ANSWERS[applied.config_id] = _EmptyAnswer(now, applied.private_key, request, answer)
+    headers = tuple(answer.headers.items())
+    _EMPTY_ANSWERS[applied.config_id] = _EmptyAnswer(
+        now, applied.private_key, request, answer.content, headers
+    )
     return answer
