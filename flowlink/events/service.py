@@ -143,7 +143,8 @@ def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """
     metrics.count_events(session, [row["source"].get("workspaceSlug") for row in rows])
     if session.get_bind().dialect.name != "sqlite":
-        session.execute(insert(Event), rows)
+        # on the connection: a Core executemany, without the ORM's flush and bulk machinery
+        session.connection().execute(insert(Event), rows)
         return
     session.connection().exec_driver_sql(
         _SQLITE_INSERT,
