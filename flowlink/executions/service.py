@@ -14,7 +14,7 @@ from sqlalchemy.orm.util import identity_key
 
 from flowlink.apps.service import app_source, resolve_flow
 from flowlink.errors import Conflict, Invalid, NotFound
-from flowlink.events.service import automation_executed_row, event_row, record_rows
+from flowlink.events.service import automation_executed_row, event_row, record_row, record_rows
 from flowlink.execution_status import (
     ACTIVE,
     ENDED,
@@ -115,21 +115,18 @@ def create_execution(
         traceparent=traceparent if valid_traceparent(traceparent) else current_traceparent(),
     )
     session.add(execution)
-    # The event as a row of one plain insert (``record_rows``), not an ORM object to flush.
-    record_rows(
+    record_row(
         session,
-        [
-            event_row(
-                workspace.id,
-                workspace.slug,
-                "executions.created",
-                {"id": execution.id, "flow": flow_name, "parentId": execution.parent_id},
-                correlation_id=execution.correlation_id,
-                execution_id=execution.id,
-                user_id=execution.user_id,
-                extra_source=execution_source(trigger, http, app),
-            )
-        ],
+        event_row(
+            workspace.id,
+            workspace.slug,
+            "executions.created",
+            {"id": execution.id, "flow": flow_name, "parentId": execution.parent_id},
+            correlation_id=execution.correlation_id,
+            execution_id=execution.id,
+            user_id=execution.user_id,
+            extra_source=execution_source(trigger, http, app),
+        ),
     )
     if remote_config_id is None:
         notify.announce(session, notify.QUEUED, execution.id)
@@ -533,20 +530,18 @@ def claim_created(
 def _started(
     session: Session, execution: Execution, workspace: Workspace, worker_id: str
 ) -> Claimed:
-    record_rows(
+    record_row(
         session,
-        [
-            event_row(
-                workspace.id,
-                workspace.slug,
-                "executions.started",
-                {"id": execution.id, "flow": execution.flow_name, "worker": worker_id},
-                correlation_id=execution.correlation_id,
-                execution_id=execution.id,
-                user_id=execution.user_id,
-                extra_source=execution_source(execution.trigger, app=execution.app),
-            )
-        ],
+        event_row(
+            workspace.id,
+            workspace.slug,
+            "executions.started",
+            {"id": execution.id, "flow": execution.flow_name, "worker": worker_id},
+            correlation_id=execution.correlation_id,
+            execution_id=execution.id,
+            user_id=execution.user_id,
+            extra_source=execution_source(execution.trigger, app=execution.app),
+        ),
     )
     waited = (execution.started_at or utcnow()) - execution.created_at
     metrics.count_started(session, [(workspace.slug, waited.total_seconds())])
