@@ -99,7 +99,8 @@ def instrument() -> dict[str, int]:
     )
     _wrap(worker.Worker, "_execute", "run thread started", None, key=execute_key)
     _wrap(pool.RunnerPool, "acquire", None, "runner acquired")
-    _wrap(session._Driver, "run", "start message sent", "runner closed")
+    _wrap(session._Driver, "run", "start message sent", "outcome known")
+    _wrap(pool.Runner, "close", None, "runner gone (exit, sweep)")
     _wrap(session._Driver, "end", "end message received", "end handled (limits checked)")
     _wrap(
         worker.Worker,
@@ -224,7 +225,8 @@ def main() -> None:
                     "parent: wait call",
                     "end message received",
                     "end handled (limits checked)",
-                    "runner closed",
+                    "outcome known",
+                    "runner gone (exit, sweep)",
                     "ending committed",
                     "parent: wait returns",
                     "parent: start_child answered",
@@ -279,7 +281,8 @@ def main() -> None:
                     "start message sent",
                     "end message received",
                     "end handled (limits checked)",
-                    "runner closed",
+                    "outcome known",
+                    "runner gone (exit, sweep)",
                     "ending committed",
                 ],
             )

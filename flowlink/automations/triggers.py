@@ -18,8 +18,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import bindparam, select
 from sqlalchemy import event as sa_event
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import identity_principal
@@ -399,6 +399,24 @@ def _listened_types(row: Mapping[str, Any]) -> list[str]:
     return types
 
 
+# Built once (a transaction that records a listenable event runs it just before it commits).
+_LISTENERS = (
+    select(
+        AutomationTrigger.workspace_id,
+        AutomationTrigger.event_type,
+        Automation.id,
+        Automation.slug,
+        Automation.flow_name,
+    )
+    .join(Automation, Automation.id == AutomationTrigger.automation_id)
+    .where(
+        AutomationTrigger.workspace_id.in_(bindparam("workspaces", expanding=True)),
+        AutomationTrigger.event_type.in_(bindparam("types", expanding=True)),
+    )
+    .order_by(Automation.slug)
+)
+
+
 def dispatch_native(session: Session) -> None:
     """Start the automations listening to the native events this transaction recorded.
 
@@ -412,19 +430,8 @@ def dispatch_native(session: Session) -> None:
         return
     wanted = {(r["workspace_id"], t) for r in rows for t in _listened_types(r)}
     found = session.execute(
-        select(
-            AutomationTrigger.workspace_id,
-            AutomationTrigger.event_type,
-            Automation.id,
-            Automation.slug,
-            Automation.flow_name,
-        )
-        .join(Automation, Automation.id == AutomationTrigger.automation_id)
-        .where(
-            AutomationTrigger.workspace_id.in_(sorted({w for w, _ in wanted})),
-            AutomationTrigger.event_type.in_(sorted({t for _, t in wanted})),
-        )
-        .order_by(Automation.slug)
+        _LISTENERS,
+        {"workspaces": sorted({w for w, _ in wanted}), "types": sorted({t for _, t in wanted})},
     ).all()
     listeners: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
     for workspace_id, event_type, automation_id, slug, flow in found:

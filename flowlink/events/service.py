@@ -117,6 +117,20 @@ def record(
     return event
 
 
+def record_row(session: Session, row: dict[str, Any]) -> None:
+    """Record one event row (from ``event_row``) in this transaction, the cheapest way per
+    backend: on SQLite a plain insert at once (a local call); on PostgreSQL an ORM object
+    that goes to the server with the transaction's other inserts when it flushes (a round
+    trip less than an insert of its own)."""
+    if session.get_bind().dialect.name == "sqlite":
+        record_rows(session, [row])
+        return
+    session.add(Event(**row))
+    _remember_native(session, row)
+    notify.announce(session, notify.EVENTS, row.get("workspace_id") or "")
+    metrics.count_events(session, [row["source"].get("workspaceSlug")])
+
+
 def record_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert many events (rows from ``event_row``) in one statement and announce them."""
     if not rows:
@@ -143,7 +157,8 @@ def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """
     metrics.count_events(session, [row["source"].get("workspaceSlug") for row in rows])
     if session.get_bind().dialect.name != "sqlite":
-        session.execute(insert(Event), rows)
+        # on the connection: a Core executemany, without the ORM's flush and bulk machinery
+        session.connection().execute(insert(Event), rows)
         return
     session.connection().exec_driver_sql(
         _SQLITE_INSERT,

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from flowlink.apps.service import app_source, resolve_flow
 from flowlink.errors import Conflict, Invalid, NotFound
-from flowlink.events.service import automation_executed_row, event_row, record, record_rows
+from flowlink.events.service import automation_executed_row, event_row, record_row, record_rows
 from flowlink.execution_status import (
     ACTIVE,
     ENDED,
@@ -113,15 +115,18 @@ def create_execution(
         traceparent=traceparent if valid_traceparent(traceparent) else current_traceparent(),
     )
     session.add(execution)
-    record(
+    record_row(
         session,
-        workspace,
-        "executions.created",
-        {"id": execution.id, "flow": flow_name, "parentId": execution.parent_id},
-        correlation_id=execution.correlation_id,
-        execution_id=execution.id,
-        user_id=execution.user_id,
-        extra_source=execution_source(trigger, http, app),
+        event_row(
+            workspace.id,
+            workspace.slug,
+            "executions.created",
+            {"id": execution.id, "flow": flow_name, "parentId": execution.parent_id},
+            correlation_id=execution.correlation_id,
+            execution_id=execution.id,
+            user_id=execution.user_id,
+            extra_source=execution_source(trigger, http, app),
+        ),
     )
     if remote_config_id is None:
         notify.announce(session, notify.QUEUED, execution.id)
@@ -537,15 +542,18 @@ def claim_created(
 def _started(
     session: Session, execution: Execution, workspace: Workspace, worker_id: str
 ) -> Claimed:
-    record(
+    record_row(
         session,
-        workspace,
-        "executions.started",
-        {"id": execution.id, "flow": execution.flow_name, "worker": worker_id},
-        correlation_id=execution.correlation_id,
-        execution_id=execution.id,
-        user_id=execution.user_id,
-        extra_source=execution_source(execution.trigger, app=execution.app),
+        event_row(
+            workspace.id,
+            workspace.slug,
+            "executions.started",
+            {"id": execution.id, "flow": execution.flow_name, "worker": worker_id},
+            correlation_id=execution.correlation_id,
+            execution_id=execution.id,
+            user_id=execution.user_id,
+            extra_source=execution_source(execution.trigger, app=execution.app),
+        ),
     )
     waited = (execution.started_at or utcnow()) - execution.created_at
     metrics.count_started(session, [(workspace.slug, waited.total_seconds())])
@@ -579,6 +587,56 @@ def renew_leases(
     )
 
 
+# The ending's statements, built once: a select of what the ending needs (with the workspace's
+# slug, and locked on PostgreSQL) and one executemany UPDATE by id on the connection.
+_ENDING_ROWS = (
+    select(
+        Execution.id,
+        Execution.workspace_id,
+        Execution.status,
+        Execution.worker_id,
+        Execution.started_at,
+        Execution.flow_name,
+        Execution.correlation_id,
+        Execution.user_id,
+        Execution.outputs,
+        Execution.message,
+        Execution.trigger,
+        Execution.app,
+        Workspace.slug,
+    )
+    .join(Workspace, Workspace.id == Execution.workspace_id)
+    .where(Execution.id.in_(bindparam("ids", expanding=True)))
+    .with_for_update(of=Execution)
+)
+_ENDED_COLUMNS = (
+    "status",
+    "message",
+    "outputs",
+    "error_kind",
+    "started_at",
+    "ended_at",
+    "lease_expires_at",
+)
+_END_UPDATE = (
+    update(Execution)
+    .where(Execution.id == bindparam("b_id"))
+    .values({name: bindparam(name) for name in _ENDED_COLUMNS})
+)
+
+
+def _sync_loaded(session: Session, updates: list[dict[str, Any]]) -> None:
+    """Give executions loaded in this session the values just written (as the ORM's bulk
+    update would), without marking them changed."""
+    if not session.identity_map:
+        return
+    for values in updates:
+        loaded = session.identity_map.get(identity_key(Execution, values["id"]))
+        if loaded is not None:
+            for name in _ENDED_COLUMNS:
+                set_committed_value(loaded, name, values[name])
+
+
 def finish(
     session: Session, execution_id: str, outcome: Outcome, *, worker_id: str | None = None
 ) -> bool:
@@ -603,32 +661,10 @@ def finish_many(
     rows = {
         row.id: row
         for row in session.execute(
-            select(
-                Execution.id,
-                Execution.workspace_id,
-                Execution.status,
-                Execution.worker_id,
-                Execution.started_at,
-                Execution.flow_name,
-                Execution.correlation_id,
-                Execution.user_id,
-                Execution.outputs,
-                Execution.message,
-                Execution.trigger,
-                Execution.app,
-            )
-            .where(Execution.id.in_([execution_id for execution_id, _ in endings]))
-            .with_for_update()
+            _ENDING_ROWS, {"ids": [execution_id for execution_id, _ in endings]}
         )
     }
-    slugs = {
-        workspace_id: slug
-        for workspace_id, slug in session.execute(
-            select(Workspace.id, Workspace.slug).where(
-                Workspace.id.in_({row.workspace_id for row in rows.values()})
-            )
-        )
-    }
+    slugs = {row.workspace_id: row.slug for row in rows.values()}
     now = utcnow()
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
@@ -692,9 +728,11 @@ def finish_many(
         counted.append((slugs.get(row.workspace_id) or "", status, (now - started).total_seconds()))
     if updates:
         metrics.count_ended(session, counted)
-        session.execute(update(Execution), updates)
+        session.connection().execute(_END_UPDATE, [{"b_id": u["id"], **u} for u in updates])
+        _sync_loaded(session, updates)
         record_rows(session, events)
-        notify.announce(session, notify.ENDED, "")
+        for ended in updates:
+            notify.announce(session, notify.ENDED, ended["id"])
     return [u["id"] for u in updates]
 
 

@@ -92,9 +92,10 @@ def outcome(store: Store, execution_id: str) -> tuple[str, Any, str | None]:
 
 async def wait_for_end(store: Store, execution_id: str, timeout: float) -> bool:
     """Wait (on the event loop, holding no thread) until the execution ended or ``timeout``;
-    whether it ended. The store is read again only when an execution ended somewhere."""
+    whether it ended. The store is read again only when this execution's end is announced
+    (or an announcement names no execution: one from another process, or of many endings)."""
 
     def check() -> bool:
         return ended(store, execution_id)
 
-    return await notify.wait_until(store.notifier, {notify.ENDED: None}, check, timeout)
+    return await notify.wait_until(store.notifier, {notify.ENDED: {execution_id}}, check, timeout)

@@ -31,6 +31,7 @@ from flowlink.store.engine import Store, protected_paths
 
 log = logging.getLogger(__name__)
 FINISH_BATCH = 64
+RUN_THREAD_IDLE = 30.0  # seconds an idle run thread waits for the next execution
 OTHER_WORKERS_EVERY = 5.0  # seconds between looks at the registry for other worker processes
 
 
@@ -81,6 +82,12 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._unsubscribe: list[Any] = []
         self._endings: queue.SimpleQueue[_Ending] = queue.SimpleQueue()
+        # Run threads are kept for the next execution: handing one over is a queue put, not
+        # a thread start (which waits until the new thread runs).
+        self._to_run: queue.SimpleQueue[tuple[executions.Claimed, threading.Event] | None] = (
+            queue.SimpleQueue()
+        )
+        self._idle_run_threads = 0
         # The claim loop's wake-up: ``_backlog`` says work may be queued (a QUEUED
         # notification, the poll interval, or a claim that took all it asked for); a freed
         # slot alone wakes the loop but claims only when there may be a backlog.
@@ -146,7 +153,7 @@ class Worker:
     def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, give running executions ``grace`` seconds, then cancel the rest."""
         self._stopping.set()
-        self._poke(False)
+        self._poke(False, always=True)
         deadline = time.monotonic() + grace
         while self.active_ids() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -157,6 +164,10 @@ class Worker:
             time.sleep(0.05)
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        with self._runs_lock:
+            idle, self._idle_run_threads = self._idle_run_threads, 0
+        for _ in range(idle):
+            self._to_run.put(None)
         for thread in self._threads:
             thread.join(timeout=2)
         self.pool.close()
@@ -178,9 +189,16 @@ class Worker:
             self._busy -= 1
         self._poke(False)  # a slot is free: look for work if some may be queued
 
-    def _poke(self, queued: bool) -> None:
-        """Wake the claim loop; ``queued``: new work may be waiting in the queue."""
+    def _poke(self, queued: bool, *, always: bool = False) -> None:
+        """Wake the claim loop; ``queued``: new work may be waiting in the queue.
+
+        A freed slot (``queued`` False) wakes it only when work may be queued: without a
+        backlog the loop would look at nothing (it looks at its poll interval anyway), and
+        every ending would cost a thread switch. ``always``: wake it regardless (to stop).
+        """
         with self._wakeup:
+            if not (queued or always or self._backlog):
+                return
             self._poked = True
             if queued:
                 self._backlog = True
@@ -289,10 +307,32 @@ class Worker:
         cancelled = threading.Event()
         with self._runs_lock:
             self._runs[claimed.execution.id] = cancelled
-        thread = threading.Thread(
-            target=self._run_in_context, args=(claimed, cancelled), name="flowlink-run", daemon=True
-        )
-        thread.start()
+            spare = self._idle_run_threads > 0
+            if spare:
+                self._idle_run_threads -= 1
+        self._to_run.put((claimed, cancelled))
+        if not spare:
+            threading.Thread(target=self._run_thread, name="flowlink-run", daemon=True).start()
+
+    def _run_thread(self) -> None:
+        """Run executions handed over by ``launch_reserved``; end after a while without any."""
+        while True:
+            try:
+                item = self._to_run.get(timeout=RUN_THREAD_IDLE)
+            except queue.Empty:
+                with self._runs_lock:
+                    if self._idle_run_threads > 0:  # else a launch counted on this thread
+                        self._idle_run_threads -= 1
+                        return
+                continue
+            if item is None:
+                return
+            try:
+                self._run_in_context(*item)
+            except Exception:
+                log.exception("a run thread failed")
+            with self._runs_lock:
+                self._idle_run_threads += 1
 
     def schedule(self, tasks: BackgroundTasks) -> None:
         """Add the heartbeat (every lease/3) and the lease reaper (every lease/2) to the

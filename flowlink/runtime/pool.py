@@ -401,7 +401,16 @@ class Runner:
 
 def _remove_tree(path: str) -> None:
     """rmtree that copes with entries a script made unwritable; never touches ``path``'s parent."""
-    if not path or not os.path.lexists(path):
+    if not path:
+        return
+    try:
+        os.rmdir(path)  # the usual case: the execution left its directory empty
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    if not os.path.lexists(path):
         return
 
     def onerror(func: Any, target: str, exc_info: Any) -> None:

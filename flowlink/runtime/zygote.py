@@ -20,7 +20,9 @@ zygote -> pool
     over that limit; the zygote kills such a runner at once).
 
 ``exited`` is only sent once the runner is reaped *and* (root modes) every
-process of its sandbox uid has been killed ("swept"). Sweeping is done by a
+process of its sandbox uid has been killed ("swept"). When the reaped runner was the
+last process of its uid (one ``getpriority`` call tells), there is nothing to sweep and
+``exited`` goes out at once. Otherwise sweeping is done by a
 small helper process forked at start-up (the "sweeper"), which switches to
 ``ruid=euid=<runner uid>, suid=0``, calls ``kill(-1, SIGKILL)`` and switches
 back; if a sandboxed process manages to kill the sweeper in that window the
@@ -429,7 +431,9 @@ class Zygote:
             else:
                 rc = os.waitstatus_to_exitcode(status)
             exited = {"op": "exited", "pid": pid, "returncode": rc, "signal": sig}
-            if self.root:
+            if self.root and self._nothing_left(uid):
+                self._swept(uid, [exited])
+            elif self.root:
                 self.sweep(uid, exited)
             else:
                 with contextlib.suppress(OSError):
@@ -450,16 +454,31 @@ class Zygote:
             messages = self.pending_sweeps.pop(uid, [])
             if not messages:
                 continue  # a sweep on kill: the runner's "exited" sweep follows
-            hit = self.hits.pop(uid, None)
-            if self.cg is not None:
-                # the runner is reaped and nothing of its uid is left: final counters, and
-                # the group is free for the next runner
-                final = self._release_group(uid)
-                hit = hit or final
-            for message in messages:
-                if hit is not None:
-                    message["limit"] = hit
-                self._reply(message)
+            self._swept(uid, messages)
+
+    def _nothing_left(self, uid: int) -> bool:
+        """After the runner's reap: no process of its uid is left (zombies included) and no
+        sweep of it is pending, so the sweeper's round trip can be skipped.
+
+        Only the zygote can give a process that uid, so none can appear later. Not where the
+        sweeper also removes the uid's files from shared directories (no private ones).
+        """
+        if uid in self.pending_sweeps or self.config.get("leftover_dirs"):
+            return False
+        return not sandbox.uid_in_use(uid)
+
+    def _swept(self, uid: int, messages: list[dict[str, Any]]) -> None:
+        """Nothing of ``uid`` is left: free its control group and tell the pool."""
+        hit = self.hits.pop(uid, None)
+        if self.cg is not None:
+            # the runner is reaped and nothing of its uid is left: final counters, and
+            # the group is free for the next runner
+            final = self._release_group(uid)
+            hit = hit or final
+        for message in messages:
+            if hit is not None:
+                message["limit"] = hit
+            self._reply(message)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,11 @@ EVENTS = "flowlink_events"
 LINK = "flowlink_link"  # something for a link to send (payload: sync config id)
 LOGS = "flowlink_logs"  # log lines were appended (payload: workspace id)
 CHANNELS = (QUEUED, ENDED, CANCEL, EVENTS, LINK, LOGS)
-_PAYLOAD_UNUSED = frozenset({QUEUED, ENDED})  # listeners look at the store instead
+_PAYLOAD_UNUSED = frozenset({QUEUED})  # listeners look at the store instead
+#: ENDED carries the id of the execution that ended, so that a wait for one execution is
+#: woken by its own end only; a transaction that ends more than this many sends one empty
+#: payload instead ("anything may have ended", which wakes every waiter of the channel).
+MAX_ENDED_PAYLOADS = 8
 
 Callback = Callable[[str], None]
 # What wakes an AsyncWaiter: channel -> the payloads that concern it (None: any payload).
@@ -272,10 +276,15 @@ def withdraw(session: Session, channel: str, payload: str) -> None:
 
 def _distinct(pending: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The announcements worth sending: each once, and one per channel where no listener
-    reads the payload (a transaction that queues 1,000 executions wakes workers once)."""
+    reads the payload (a transaction that queues 1,000 executions wakes workers once);
+    the ids of ENDED only while there are few of them (else one empty payload)."""
     out: dict[tuple[str, str], None] = {}
+    ended = {payload for channel, payload in pending if channel == ENDED}
+    collapse = set(_PAYLOAD_UNUSED)
+    if len(ended) > MAX_ENDED_PAYLOADS or "" in ended:
+        collapse.add(ENDED)
     for channel, payload in pending:
-        out[(channel, "" if channel in _PAYLOAD_UNUSED else payload)] = None
+        out[(channel, "" if channel in collapse else payload)] = None
     return list(out)
 
 
