@@ -46,12 +46,18 @@ chromium:
 	@test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || \
 		{ apt-get update -qq && apt-get install -y -qq chromium; }
 
+# The suite runs in TEST_WORKERS pytest-xdist processes: most of its time is spent waiting on
+# servers, processes and sleeps, not on the CPU. Tests in one xdist_group run in one worker
+# (see docs/architecture.md, "Testing"). TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 3
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: lint chromium bytecode
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The suite without the tests marked slow (long end-to-end runs; see docs/architecture.md).
 test-fast: lint chromium bytecode
-	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # Each benchmark prints its figures against their goals; one that misses a goal exits 1,
 # make says "Error 1 (ignored)" after it and goes on with the others.

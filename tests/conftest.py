@@ -109,11 +109,49 @@ def store(database_url: str) -> Iterator[Store]:
     s.dispose()
 
 
+def _port_slice() -> range:
+    """The ports ``free_port`` hands out in this process.
+
+    Below the kernel's ephemeral range, so that no outgoing connection takes a port between
+    ``free_port`` and the server's bind, and split between pytest-xdist workers, so that two
+    workers never hand out the same port.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            ephemeral_low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10000, max(ephemeral_low, 12000)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    span = (high - low) // max(workers, 1)
+    return range(low + index * span, low + (index + 1) * span)
+
+
+_ports: dict[str, Any] = {}
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now, not handed out before in this run.
+
+    Ports come in turn from this worker's slice (see ``_port_slice``), starting at a random
+    place in it (so that concurrent test runs on one machine seldom meet).
+    """
+    if "slice" not in _ports:
+        _ports["slice"] = _port_slice()
+        _ports["next"] = int.from_bytes(os.urandom(2), "big") % len(_ports["slice"])
+    ports: range = _ports["slice"]
+    for _ in range(len(ports)):
+        port = ports[_ports["next"] % len(ports)]
+        _ports["next"] += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports}")
 
 
 def make_settings(database_url: str, **overrides: object) -> ServerSettings:
@@ -208,6 +246,39 @@ def start_live_server(settings: ServerSettings, *, with_worker: bool = True) -> 
 def live_server(server_settings: ServerSettings) -> Iterator[LiveServer]:
     """Start a real server on a free port and an admin token for it."""
     started = start_live_server(server_settings)
+    yield started.live
+    started.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Like ``database_url``, but one store for all the tests of a module that use it."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('module-store') / 'flowlink.db'}"
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
+        return
+    reason = _postgres_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_database("flowlink_m") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_live_server(module_database_url: str) -> Iterator[LiveServer]:
+    """One real server for all the tests of a module that use it (on each backend).
+
+    For the many cases of a parametrized test whose requests are all refused or only read:
+    each case checks what it checks on a server that other cases of its module have used
+    too (a refused write, for instance, also proves that nothing was stored), and the module
+    starts one server per backend instead of one per case.
+    """
+    started = start_live_server(make_settings(module_database_url))
     yield started.live
     started.stop()
 

@@ -67,15 +67,25 @@ FLOWS = {
 }
 
 
-@pytest.fixture
-def ws(live_server: LiveServer) -> tuple[LiveServer, dict[str, str]]:
+def apply_ws(server: LiveServer) -> tuple[LiveServer, dict[str, str]]:
     files = {"workspace.yml": WORKSPACE_YML}
     files.update({f"flows/{name}.py": script for name, script in FLOWS.items()})
-    response = live_server.client.post(f"/api/v1/workspaces/{WS}/apply", json={"files": files})
+    response = server.client.post(f"/api/v1/workspaces/{WS}/apply", json={"files": files})
     assert response.status_code == 200, response.text
     keys = response.json()["webhook_keys"]
     assert set(keys) == {"hook", "failing-hook", "story-start"}  # not the public one
-    return live_server, keys
+    return server, keys
+
+
+@pytest.fixture
+def ws(live_server: LiveServer) -> tuple[LiveServer, dict[str, str]]:
+    return apply_ws(live_server)
+
+
+@pytest.fixture(scope="module")
+def refusing_ws(module_live_server: LiveServer) -> tuple[LiveServer, dict[str, str]]:
+    """``ws`` once per module and backend, for the cases whose requests are all refused."""
+    return apply_ws(module_live_server)
 
 
 def search(server: LiveServer, **params: Any) -> list[dict[str, Any]]:
@@ -144,9 +154,9 @@ def test_emit_one_and_batch_and_search(ws: tuple[LiveServer, dict[str, str]]) ->
     ],
 )
 def test_bad_custom_events_are_rejected_and_nothing_is_stored(
-    ws: tuple[LiveServer, dict[str, str]], body: dict[str, Any], status: int, field: str
+    refusing_ws: tuple[LiveServer, dict[str, str]], body: dict[str, Any], status: int, field: str
 ) -> None:
-    server, _ = ws
+    server, _ = refusing_ws
     before = search(server, limit=1)[0]["seq"]
     response = server.client.post(f"/api/v1/workspaces/{WS}/events", json=body)
     assert response.status_code == status, response.text
@@ -168,9 +178,9 @@ def test_bad_custom_events_are_rejected_and_nothing_is_stored(
     ],
 )
 def test_malformed_search_filters_are_422_naming_the_parameter(
-    ws: tuple[LiveServer, dict[str, str]], params: dict[str, str], parameter: str
+    refusing_ws: tuple[LiveServer, dict[str, str]], params: dict[str, str], parameter: str
 ) -> None:
-    server, _ = ws
+    server, _ = refusing_ws
     response = server.client.get(f"/api/v1/workspaces/{WS}/events", params=params)
     assert response.status_code == 422, response.text
     error = response.json()["error"]

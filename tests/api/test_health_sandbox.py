@@ -11,13 +11,15 @@ from ..conftest import make_settings, start_live_server
 from ..runtime.conftest import cgroups_expected
 from ..runtime.test_cgroups import FOUR_CHILDREN
 
+#: The store plays no part here: SQLite only (no PostgreSQL database is made for them).
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
+
+@SQLITE_ONLY
 @pytest.mark.parametrize("use_cgroups", [True, False], ids=["cgroups", "rlimit"])
 def test_health_reports_the_sandbox(
     database_url: str, use_cgroups: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if "postgresql" in database_url:
-        pytest.skip("the store plays no part here")
     settings = make_settings(database_url, runner_cgroups=use_cgroups, runner_memory_mb=300)
     with caplog.at_level(logging.INFO, logger="flowlink.executions.worker"):
         started = start_live_server(settings)
@@ -52,15 +54,15 @@ def test_health_reports_the_sandbox(
     elif not use_cgroups:
         # per process only: each child stays under 300 MB
         assert execution["status"] == "success", execution
+        assert execution["output_value"]["together"] == 4, execution  # 400 MB held at once
         assert sandbox["limits"] == "rlimit"
         assert sandbox["limits_note"] == "cgroups disabled by configuration"
         assert "limits per process only" in logged[0]
         assert "cgroups disabled by configuration" in logged[0]
 
 
+@SQLITE_ONLY
 def test_health_without_a_worker_in_the_process(database_url: str) -> None:
-    if "postgresql" in database_url:
-        pytest.skip("the store plays no part here")
     started = start_live_server(make_settings(database_url), with_worker=False)
     try:
         body = started.live.client.get("/api/v1/health").json()

@@ -71,6 +71,13 @@ def ws(live_server: LiveServer) -> LiveServer:
     return live_server
 
 
+@pytest.fixture(scope="module")
+def refusing_ws(module_live_server: LiveServer) -> LiveServer:
+    """``ws`` once per module and backend, for the cases whose requests are all refused."""
+    apply_workspace(module_live_server)
+    return module_live_server
+
+
 def raw_post(
     client: httpx.Client,
     path: str,
@@ -153,8 +160,9 @@ SURROGATE_CASES = [
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), SURROGATE_CASES)
 def test_lone_surrogate_is_refused_naming_the_field(
-    ws: LiveServer, method: str, path: str, body: str, field: str
+    refusing_ws: LiveServer, method: str, path: str, body: str, field: str
 ) -> None:
+    ws = refusing_ws
     before = counts(ws)
     response = raw_post(ws.client, BASE + path, body, method=method)
     assert_refused(response, field)
@@ -202,7 +210,10 @@ def test_public_webhook_refuses_lone_surrogate(ws: LiveServer) -> None:
         ("/events", '{"type": "a.b", "payload": {"v": Infinity}}', "payload.v"),
     ],
 )
-def test_nan_and_infinity_are_refused(ws: LiveServer, path: str, body: str, field: str) -> None:
+def test_nan_and_infinity_are_refused(
+    refusing_ws: LiveServer, path: str, body: str, field: str
+) -> None:
+    ws = refusing_ws
     before = counts(ws)
     assert_refused(raw_post(ws.client, BASE + path, body), field)
     assert_refused(
@@ -315,8 +326,9 @@ UNKNOWN_FIELD_CASES = [
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), UNKNOWN_FIELD_CASES)
 def test_unknown_fields_are_refused(
-    ws: LiveServer, method: str, path: str, body: dict[str, Any], field: str
+    refusing_ws: LiveServer, method: str, path: str, body: dict[str, Any], field: str
 ) -> None:
+    ws = refusing_ws
     before = counts(ws)
     base = "/api/v1/workspaces" if path == "" else BASE
     response = ws.client.request(method, base + path, json=body)
@@ -336,8 +348,9 @@ def test_unknown_fields_are_refused(
     ],
 )
 def test_access_bodies_are_strict(
-    live_server: LiveServer, path: str, body: dict[str, Any], field: str
+    module_live_server: LiveServer, path: str, body: dict[str, Any], field: str
 ) -> None:
+    live_server = module_live_server
     response = live_server.client.post(path, json=body)
     assert response.status_code == 422, response.text
     errors = response.json()["error"]["details"]["errors"]
@@ -373,8 +386,9 @@ def test_empty_event_batch_is_422(ws: LiveServer) -> None:
     ],
 )
 def test_yaml_escapes_the_store_cannot_hold_are_refused(
-    ws: LiveServer, settings_yml: str, message: str
+    refusing_ws: LiveServer, settings_yml: str, message: str
 ) -> None:
+    ws = refusing_ws
     files = {"workspace.yml": f"name: Y\nslug: {WS}-yaml\n", "settings.yml": settings_yml}
     response = ws.client.post(f"{BASE}-yaml/apply", json={"files": files})
     assert response.status_code == 422, response.text

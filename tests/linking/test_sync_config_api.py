@@ -24,6 +24,14 @@ def ws(live_server: LiveServer) -> LiveServer:
     return live_server
 
 
+@pytest.fixture(scope="module")
+def refusing_ws(module_live_server: LiveServer) -> LiveServer:
+    """``ws`` once per module and backend, for the cases whose requests are all refused."""
+    response = module_live_server.client.post("/api/v1/workspaces", json={"slug": "ops"})
+    assert response.status_code == 201, response.text
+    return module_live_server
+
+
 def body(make_key: KeyMaker, **overrides: Any) -> dict[str, Any]:
     data = {
         "name": "intranet",
@@ -94,8 +102,13 @@ def test_rotation_with_two_public_keys_and_patch(ws: LiveServer, make_key: KeyMa
     ],
 )
 def test_bad_fields_are_422_naming_the_field(
-    ws: LiveServer, make_key: KeyMaker, overrides: dict[str, Any], field: str, needle: str
+    refusing_ws: LiveServer,
+    make_key: KeyMaker,
+    overrides: dict[str, Any],
+    field: str,
+    needle: str,
 ) -> None:
+    ws = refusing_ws
     for key, value in list(overrides.items()):
         if isinstance(value, str) and value.startswith("@"):
             recipe = value[1:]

@@ -166,6 +166,11 @@ requires_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="sandbox uid/namespace tests need root"
 )
 
+#: Tests that fill a tmpfs by hundreds of MB, and the one that measures the host's shared
+#: memory (``Shmem`` in /proc/meminfo): under pytest-xdist (``make test``) one worker runs
+#: them one after the other, so that no other test's tmpfs fills while one measures.
+SHMEM = pytest.mark.xdist_group("shmem")
+
 
 @pytest.fixture(scope="session")
 def pool() -> Iterator[RunnerPool]:

@@ -10,25 +10,49 @@ from flowlink.runtime import cgroups
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
 from flowlink.settings import ServerSettings
 
-from .conftest import TEST_LIMITS, PoolFactory, cgroups_expected, requires_root, run_script
+from .conftest import (
+    SHMEM,
+    TEST_LIMITS,
+    PoolFactory,
+    cgroups_expected,
+    requires_root,
+    run_script,
+)
 
-#: four children, 100 MB each (pages touched): 400 MB under a 256 MB limit
+#: four children, 100 MB each (pages touched), all four alive with it at once: 400 MB under a
+#: 256 MB limit. Each child tells the parent when it holds its 100 MB and then waits for the
+#: parent's word (at most 20 s); the parent lets them go once all four hold theirs (or the
+#: rest are gone), so the script takes no longer than the allocations where it may finish.
 FOUR_CHILDREN = """
-import os, time
+import os, select
 
 def handler(system, this):
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
     children = []
     for _ in range(4):
         pid = os.fork()
         if pid == 0:
+            os.close(ready_r)
+            os.close(go_w)
             hog = bytearray(100 << 20)
             for i in range(0, len(hog), 4096):
                 hog[i] = 1
-            time.sleep(20)
+            os.write(ready_w, b'+')
+            select.select([go_r], [], [], 20)
             os._exit(0)
         children.append(pid)
+    os.close(ready_w)
+    os.close(go_r)
+    held = b''
+    while len(held) < 4:
+        chunk = os.read(ready_r, 4)
+        if not chunk:
+            break
+        held += chunk
+    os.close(go_w)
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
-    return this.success('children done', codes=codes)
+    return this.success('children done', codes=codes, together=len(held))
 """
 
 SHM_200_MB = """
@@ -103,6 +127,7 @@ def test_four_children_together_cannot_exceed_the_memory_limit(cg_pool: RunnerPo
     assert run.elapsed < 15
 
 
+@SHMEM
 def test_dev_shm_counts_and_is_gone_after_the_end(cg_pool: RunnerPool) -> None:
     before = _shmem_mb()
     run = run_script(cg_pool, SHM_200_MB + "    return this.success('written')\n")
@@ -134,6 +159,7 @@ def test_cpu_time_counts_every_process(fresh_pool_factory: PoolFactory) -> None:
 
 @pytest.mark.slow
 @requires_root
+@SHMEM
 def test_rlimit_fallback_is_selectable_and_per_process(fresh_pool_factory: PoolFactory) -> None:
     p = fresh_pool_factory(cgroups=False)
     info = p.sandbox_info()
@@ -143,6 +169,7 @@ def test_rlimit_fallback_is_selectable_and_per_process(fresh_pool_factory: PoolF
     run = run_script(p, FOUR_CHILDREN, timeout=60)
     assert run.outcome.status == "success", run.outcome
     assert run.outcome.outputs["codes"] == [0, 0, 0, 0]
+    assert run.outcome.outputs["together"] == 4  # 400 MB held at once
     # but a single process still cannot go over its own limit
     run = run_script(p, "def handler(system, this):\n    x = bytearray(10**10)\n")
     assert run.outcome.error_kind == "memory_limit"

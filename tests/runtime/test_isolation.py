@@ -15,7 +15,7 @@ from flowlink.runtime import pool as pool_module
 from flowlink.runtime import sandbox
 from flowlink.runtime.pool import RunnerPool
 
-from .conftest import PoolFactory, requires_root, run_script
+from .conftest import SHMEM, PoolFactory, requires_root, run_script
 
 BETA_WRITES = """
 import os
@@ -98,6 +98,7 @@ def test_pid_wrap_does_not_hand_beta_files_to_alpha(
 
 
 @requires_root
+@SHMEM
 def test_private_tmp_is_gone_with_the_execution_and_capped(pool: RunnerPool) -> None:
     run = run_script(
         pool,
