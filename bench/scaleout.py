@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import FLOWLINK, fresh_database, postgres_url, report
 from sqlalchemy import func, select
 
+from flowlink.assembly import open_store
 from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
-from flowlink.server import open_store
 from flowlink.settings import ServerSettings
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution

@@ -18,6 +18,7 @@ from flowlink.apps import service as apps
 from flowlink.automations import sync, triggers
 from flowlink.executions.calls import FlowHooks
 from flowlink.linking.exchange import RemoteStart, start_remote_execution
+from flowlink.settings import ServerSettings
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
 from flowlink.workspaces import service as workspaces
@@ -33,6 +34,14 @@ APPLY_PARTS: Mapping[str, workspaces.ApplyPart] = {
 def store(database_url: str) -> Store:
     """A store whose transactions dispatch native events to the automations listening."""
     return Store(database_url, session_hooks=SESSION_HOOKS)
+
+
+def open_store(settings: ServerSettings) -> Store:
+    """Connect to the store and bring its schema up to date (without loading the API: the
+    commands that work on the store directly need only this)."""
+    opened = store(settings.database_url)
+    opened.migrate()
+    return opened
 
 
 def apply_bundle(

@@ -47,13 +47,6 @@ from flowlink.workspaces.folder import read_folder
 log = logging.getLogger(__name__)
 
 
-def open_store(settings: ServerSettings) -> Store:
-    """Connect to the store and bring its schema up to date."""
-    store = assembly.store(settings.database_url)
-    store.migrate()
-    return store
-
-
 def demo_folder() -> Path:
     """The bundled demo workspace folder."""
     return Path(str(resources.files("flowlink") / "demo" / "workspace"))
@@ -167,7 +160,7 @@ def build_server(
 ) -> RunningServer:
     """Open the store and build the API app and (optionally) its in-process worker."""
     resolve_secret_key(settings)
-    store = open_store(settings)
+    store = assembly.open_store(settings)
     with store.write() as session:
         workspaces.rerender_all(session, os.environ)
     context = ServerContext(store=store, settings=settings)

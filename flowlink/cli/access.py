@@ -26,8 +26,8 @@ tokens_app = typer.Typer(help="Create, list and revoke your API tokens.", no_arg
 @contextmanager
 def _store_session() -> Iterator[StoreSession]:
     """A write transaction on the store of FLOWLINK_DATABASE_URL; domain errors exit cleanly."""
+    from flowlink.assembly import open_store
     from flowlink.errors import FlowlinkError
-    from flowlink.server import open_store
     from flowlink.settings import ServerSettings
 
     store = open_store(ServerSettings.from_env())

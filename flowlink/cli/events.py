@@ -199,8 +199,8 @@ def events_cleanup(
     """Apply the retention policy to the store from FLOWLINK_DATABASE_URL (works on the store)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from flowlink.assembly import open_store
     from flowlink.events.retention import RetentionPolicy, cleanup
-    from flowlink.server import open_store
     from flowlink.settings import ServerSettings
 
     settings = ServerSettings.from_env()

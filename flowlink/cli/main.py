@@ -154,11 +154,11 @@ def worker_command(
     from dataclasses import replace
 
     from flowlink import assembly
+    from flowlink.assembly import open_store
     from flowlink.background import BackgroundTasks
     from flowlink.executions.worker import Worker
     from flowlink.observability import metrics, tracing
     from flowlink.observability.logs import configure_logging
-    from flowlink.server import open_store
     from flowlink.settings import ServerSettings
 
     log_format = configure_logging()
@@ -197,9 +197,9 @@ def init(
 ) -> None:
     """Create the store and the organization admin; prints the login and an API token once."""
     from flowlink.access.service import init_admin
+    from flowlink.assembly import open_store
     from flowlink.credentials import save_credentials
     from flowlink.errors import Conflict
-    from flowlink.server import open_store
     from flowlink.settings import ServerSettings, resolve_secret_key
 
     settings = ServerSettings.from_env()

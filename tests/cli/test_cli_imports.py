@@ -127,3 +127,12 @@ def test_plain_http_needs_no_tls_context_but_ca_files_are_still_checked(
 
 def test_cli_key_size_default_is_the_linking_default() -> None:
     assert RSA_KEY_BITS == DEFAULT_RSA_BITS
+
+
+def test_store_commands_load_the_store_but_not_the_api(tmp_path: Path) -> None:
+    """``flowlink users ...`` works on the store directly: no web framework, no HTTP server."""
+    env = {"FLOWLINK_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
+    modules, output = loaded_modules("users", "list", "--json", env=env)
+    assert json.loads(output) == []
+    assert "sqlalchemy" in modules  # the probe really opened the store
+    assert [m for m in ("flowlink.server", "fastapi", "uvicorn") if m in modules] == []
