@@ -103,9 +103,7 @@ def test_parent_waits_while_its_child_runs_and_runs_again_after(
     deadline = time.monotonic() + 30
     while True:
         with store.read() as session:
-            parent = session.get(Execution, parent_id)
             children = executions.child_ids(session, parent_id)
-            assert parent is not None
             if children:
                 child = session.get(Execution, children[0])
                 assert child is not None
@@ -113,7 +111,12 @@ def test_parent_waits_while_its_child_runs_and_runs_again_after(
                     break
         assert time.monotonic() < deadline, "the child did not start"
         time.sleep(0.02)
-    assert parent.status == ExecutionStatus.WAITING  # marked by the transaction creating the child
+    # Read after the child was seen running (on PostgreSQL each statement of a read sees the
+    # latest commits, so a parent read before the child's creation committed would be stale).
+    with store.read() as session:
+        parent = session.get(Execution, parent_id)
+        assert parent is not None
+        assert parent.status == ExecutionStatus.WAITING  # marked when the child was created
     ended = _wait_ended(store, parent_id)
     assert ended.status == ExecutionStatus.SUCCESS, ended.message
     assert ended.message == "done"
