@@ -255,9 +255,8 @@ def test_sandbox_refuses_escapes(live_server: LiveServer) -> None:
         with ThreadPoolExecutor(1) as pool:
             spinning = pool.submit(client.get, "/pages/shop/spin")
             time.sleep(0.2)
-            started = time.monotonic()
             assert live_server.client.get("/api/v1/health").status_code == 200
-            assert time.monotonic() - started < 0.5
+            assert not spinning.done()  # health answered while the page was still rendering
             response = spinning.result()
         assert response.status_code == 500
         assert "more than 1 s of CPU" in response.text
