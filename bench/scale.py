@@ -67,6 +67,7 @@ from flowlink.linking.keys import fingerprint, load_private_key, load_public_key
 from flowlink.linking.messages import AckMessage, StartMessage, UpdateMessage
 from flowlink.linking.protocol import envelope, parse_envelope
 from flowlink.linking.service import sync_path
+from flowlink.linking.transport import KEEPALIVE_EXPIRY
 
 WS = "ctl"
 ECHO = "def handler(system, this, inputs):\n    return this.success('echo', got=inputs.get('n'))\n"
@@ -188,7 +189,11 @@ def sites_main(args: argparse.Namespace) -> None:
         # One client per few sites: httpx's pool scans all its connections for every
         # request, which with a thousand connections in one pool costs the load process
         # more than the controller's work.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        limits = httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=None,
+            keepalive_expiry=KEEPALIVE_EXPIRY,  # as a real site's connectors
+        )
         clients = [httpx.AsyncClient(limits=limits) for _ in range(0, args.sites, SITES_PER_CLIENT)]
         count = 0
 

@@ -74,6 +74,14 @@ def _unavailable() -> Iterator[None]:
         raise LinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
+# How long an idle keep-alive connection to the other end is kept for the next exchange:
+# less than the 5 s after which the other end's server (uvicorn, in every flowlink version)
+# closes an idle connection. With a longer expiry, an exchange that reuses a connection just
+# as the other end closes it fails with a read error and costs the link a back-off; a held
+# poll's connection is busy, not idle, so it is reused as before.
+KEEPALIVE_EXPIRY = 4.0
+
+
 class AsyncClients:
     """The process's HTTP clients for links: one ``httpx.AsyncClient`` per TLS setting.
 
@@ -91,7 +99,9 @@ class AsyncClients:
             client = httpx.AsyncClient(
                 verify=tls_verify(tls),
                 limits=httpx.Limits(
-                    max_connections=None, max_keepalive_connections=None, keepalive_expiry=120
+                    max_connections=None,
+                    max_keepalive_connections=None,
+                    keepalive_expiry=KEEPALIVE_EXPIRY,
                 ),
             )
             self._clients[tls] = client
