@@ -73,11 +73,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _admin_execute(f'DROP DATABASE IF EXISTS "{_template["name"]}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A clean, migrated, empty store URL: a fresh SQLite file or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'flowlink.db'}"
+@contextmanager
+def fresh_store_url(backend: str, directory: Path, prefix: str) -> Iterator[str]:
+    """A clean, migrated, empty store URL: a new SQLite file in ``directory``, or a new
+    PostgreSQL database named after ``prefix`` (skipped, with the reason, without one)."""
+    if backend == "sqlite":
+        url = f"sqlite:///{directory / 'flowlink.db'}"
         engine = make_engine(url)
         migrate(engine)
         engine.dispose()
@@ -86,7 +87,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     reason = _postgres_reason()
     if reason:
         pytest.skip(reason)
-    with postgres_database("flowlink_t") as url:
+    with postgres_database(prefix) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A clean, migrated, empty store URL: a fresh SQLite file or a fresh PostgreSQL database."""
+    with fresh_store_url(request.param, tmp_path, "flowlink_t") as url:
         yield url
 
 
@@ -255,17 +263,8 @@ def module_database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """Like ``database_url``, but one store for all the tests of a module that use it."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('module-store') / 'flowlink.db'}"
-        engine = make_engine(url)
-        migrate(engine)
-        engine.dispose()
-        yield url
-        return
-    reason = _postgres_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_database("flowlink_m") as url:
+    directory = tmp_path_factory.mktemp("module-store")
+    with fresh_store_url(request.param, directory, "flowlink_m") as url:
         yield url
 
 
