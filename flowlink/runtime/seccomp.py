@@ -150,10 +150,24 @@ def supported() -> bool:
     return platform.machine() in _ARCHES
 
 
+#: at most this many system-call numbers are compared one by one at a leaf of the search tree
+_LEAF = 4
+
+
 def _program() -> list[tuple[int, int, int, int]]:
+    """The filter: the architecture check, then a binary search over the blocked numbers.
+
+    A search tree (``jge`` on the middle number, ``jeq`` at the leaves) instead of one ``jeq``
+    per blocked call: the kernel evaluates the program once per system-call number when the
+    filter is installed (to find the calls it can always allow without running it), so a
+    chain of ~60 comparisons made installing cost ~0.1 ms per runner, the tree a third of it.
+    """
     arch, numbers, foreign = _ARCHES[platform.machine()]
-    blocked = sorted({numbers[name] for name in BLOCKED if name in numbers})
-    # layout: checks ..., ALLOW, EPERM, ENOSYS, KILL (jumps are forward and relative)
+    targets = {numbers[name]: "EPERM" for name in BLOCKED if name in numbers}
+    targets[numbers["clone3"]] = "ENOSYS"
+    targets[numbers["clone"]] = "CLONE"
+    # layout: checks ..., CLONE (its flags), ALLOW, EPERM, ENOSYS, KILL (jumps are forward and
+    # relative); a label of a subtree is the index of its first instruction
     body: list[tuple[str, int, object, object]] = [
         ("ld", _OFFSET_ARCH, None, None),
         ("jeq", arch, None, "KILL"),
@@ -161,17 +175,25 @@ def _program() -> list[tuple[int, int, int, int]]:
     ]
     if foreign is not None:
         body.append(("jge", foreign, "KILL", None))
-    body += [("jeq", nr, "EPERM", None) for nr in blocked]
-    body.append(("jeq", numbers["clone3"], "ENOSYS", None))
-    body.append(("jeq", numbers["clone"], None, "ALLOW"))
+    labels: dict[str, int] = {}
+
+    def search(nrs: list[int]) -> None:
+        if len(nrs) <= _LEAF:
+            for i, nr in enumerate(nrs):
+                body.append(("jeq", nr, targets[nr], "ALLOW" if i == len(nrs) - 1 else None))
+            return
+        middle = len(nrs) // 2
+        branch = len(body)
+        body.append(("jge", nrs[middle], f"upper{branch}", None))
+        search(nrs[:middle])
+        labels[f"upper{branch}"] = len(body)
+        search(nrs[middle:])
+
+    search(sorted(targets))
+    labels["CLONE"] = len(body)
     body.append(("ld", _OFFSET_ARG0_LOW, None, None))
-    body.append(("jset", CLONE_NEW_ANY, "EPERM", None))
-    labels = {
-        "ALLOW": len(body),
-        "EPERM": len(body) + 1,
-        "ENOSYS": len(body) + 2,
-        "KILL": len(body) + 3,
-    }
+    body.append(("jset", CLONE_NEW_ANY, "EPERM", "ALLOW"))
+    labels.update(ALLOW=len(body), EPERM=len(body) + 1, ENOSYS=len(body) + 2, KILL=len(body) + 3)
     codes = {"ld": _LD_W_ABS, "jeq": _JEQ_K, "jge": _JGE_K, "jset": _JSET_K}
     program: list[tuple[int, int, int, int]] = []
     for index, (op, k, jt, jf) in enumerate(body):

@@ -111,3 +111,43 @@ def test_filter_program_is_well_formed() -> None:
         (0x06, 0, 0, 0x00050026),
         (0x06, 0, 0, 0x80000000),
     ]
+
+
+def _verdict(program: list[tuple[int, int, int, int]], arch: int, nr: int, arg0: int = 0) -> int:
+    """What the classic-BPF ``program`` returns for a system call (a small interpreter of the
+    instructions the filter uses)."""
+    data = {0: nr & 0xFFFFFFFF, 4: arch, 16: arg0 & 0xFFFFFFFF}
+    acc = 0
+    pc = 0
+    while True:
+        code, jt, jf, k = program[pc]
+        if code == 0x06:  # ret k
+            return k
+        if code == 0x20:  # ld [k]
+            acc = data[k]
+            pc += 1
+            continue
+        taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+        pc += 1 + (jt if taken else jf)
+
+
+def test_filter_program_decides_every_number_as_specified() -> None:
+    arch, numbers, foreign = seccomp._ARCHES[seccomp.platform.machine()]
+    program = seccomp._program()
+    blocked = {numbers[name] for name in seccomp.BLOCKED if name in numbers}
+    allow, eperm, enosys, kill = 0x7FFF0000, 0x00050001, 0x00050026, 0x80000000
+    for nr in range(1024):
+        got = _verdict(program, arch, nr)
+        if nr in blocked:
+            assert got == eperm, nr
+        elif nr == numbers["clone3"]:
+            assert got == enosys
+        else:
+            assert got == allow, nr
+    clone = numbers["clone"]
+    assert _verdict(program, arch, clone, 0x10000000 | 17) == eperm  # CLONE_NEWUSER
+    assert _verdict(program, arch, clone, 0x00020000) == eperm  # CLONE_NEWNS
+    assert _verdict(program, arch, clone, 0x01200011) == allow  # what fork() passes
+    assert _verdict(program, 0x40000003, 39) == kill  # i386
+    if foreign is not None:
+        assert _verdict(program, arch, foreign | 39) == kill  # x32
