@@ -12,8 +12,9 @@ It creates one parent group ``flowlink-<zygote pid>`` below its own group in eac
 Every runner, still root right after the fork, moves itself into a group ``g<n>`` below it
 (:func:`enter`). Groups are reused: making one and writing its memory limit costs about a
 millisecond on cgroup v1, moving a process in a fraction of that. A group is handed to a new
-runner only once every process of the previous one is gone; its counters are read at hand-over
-(:func:`counters`) and the limits compare against that baseline. The zygote watches the live
+runner only once every process of the previous one is gone; its counters are read then, when it
+is freed (:func:`counters`; nothing can move them until the next runner enters), and the next
+runner's limits compare against that baseline. The zygote watches the live
 groups (:func:`exceeded`), kills an execution that went over a limit and reads the final counters
 after the sweep.
 
@@ -36,6 +37,7 @@ __all__ = [
     "counters",
     "enter",
     "exceeded",
+    "over",
     "remove",
     "remove_parents",
     "setup",
@@ -345,7 +347,12 @@ def exceeded(
 ) -> str | None:
     """Which limit the group went over since ``baseline``: ``memory``, ``processes``, ``cpu``
     or None."""
-    oom_kills, refused_forks, cpu = counters(cg, group)
+    return over(counters(cg, group), cpu_limit, baseline)
+
+
+def over(now: Counters, cpu_limit: float, baseline: Counters = (0, 0, 0.0)) -> str | None:
+    """Which limit counters ``now`` show went over since ``baseline`` (see :func:`exceeded`)."""
+    oom_kills, refused_forks, cpu = now
     if oom_kills > baseline[0]:
         return MEMORY
     if refused_forks > baseline[1]:

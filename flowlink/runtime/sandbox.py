@@ -633,8 +633,8 @@ def enter(config: dict[str, Any]) -> SandboxInfo:
         seccomp.install()
     os.umask(0o077)
     os.chdir(tmpdir)
-    os.environ.clear()
-    os.environ.update(SCRUBBED_ENV)
+    # the zygote's environment is SCRUBBED_ENV (it sets it when it starts, see zygote.main):
+    # only the runner's own directories change
     os.environ["HOME"] = tmpdir
     os.environ["TMPDIR"] = tmpdir
     tempfile.tempdir = tmpdir

@@ -213,3 +213,54 @@ def test_parent_groups_are_removed_with_the_pool(fresh_pool_factory: PoolFactory
     assert all(os.path.isdir(d) for d in parents)
     p.close()
     assert not any(os.path.exists(d) for d in parents)
+
+
+GROUP_REPORT = """
+import os
+
+def read(path):
+    with open(path) as fh:
+        return fh.read().split()
+
+def handler(system, this):
+    groups = {}
+    with open('/proc/self/cgroup') as fh:
+        for line in fh.read().splitlines():
+            _, controllers, path = line.split(':', 2)
+            for controller in controllers.split(','):
+                groups[controller] = path
+    pids = '/sys/fs/cgroup/pids' + groups['pids']
+    memory = '/sys/fs/cgroup/memory' + groups['memory']
+    return this.success(
+        'ok',
+        group=groups['pids'],
+        procs=[int(p) for p in read(pids + '/cgroup.procs')],
+        me=os.getpid(),
+        pids_max=read(pids + '/pids.max'),
+        memory_limit=read(memory + '/memory.limit_in_bytes'),
+    )
+"""
+
+
+def test_a_reused_group_starts_empty_with_its_limits_and_no_earlier_hit(
+    fresh_pool_factory: PoolFactory,
+) -> None:
+    # groups are handed from one runner to the next: the fork bomb's group is reused (the last
+    # freed is taken first), and the runs in it see only themselves, the same limits, and no
+    # "process limit" of the bomb (the baseline is the group's counters when it was freed)
+    p = fresh_pool_factory(limits=TEST_LIMITS, warm_size=1)
+    if p.sandbox_info()["limits"] != "cgroup-v1":
+        pytest.skip("reads cgroup v1 files")
+    bomb = run_script(p, "import os\nprint(open('/proc/self/cgroup').read())\n" + FORK_BOMB)
+    assert bomb.outcome.error_kind == "process_limit", bomb.outcome
+    bomb_group = next(line.split(":", 2)[2] for line in bomb.logs if ":pids:" in line)
+    seen: list[str] = []
+    for _ in range(4):
+        run = run_script(p, GROUP_REPORT)
+        assert run.outcome.status == "success", run.outcome
+        out = run.outcome.outputs
+        assert out["procs"] == [out["me"]]
+        assert out["pids_max"] == [str(TEST_LIMITS.processes)]
+        assert out["memory_limit"] == [str(TEST_LIMITS.memory_mb << 20)]
+        seen.append(out["group"])
+    assert bomb_group in seen
