@@ -572,7 +572,8 @@ def runner_main(chan_fd: int, out_fd: int, config: dict[str, Any]) -> NoReturn:
     global _reserve, _runner_pid
     zygote_pid = os.getppid()
     os.set_inheritable(chan_fd, False)
-    sock = socket.socket(fileno=chan_fd)
+    # family and type given: no getsockopt/getsockname calls to find them out
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, chan_fd)
     sock.setblocking(True)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -598,7 +599,9 @@ def runner_main(chan_fd: int, out_fd: int, config: dict[str, Any]) -> NoReturn:
     stderr = _ChannelWriter(batcher, 2, "<stderr>")
     sys.stdout = stdout
     sys.stderr = stderr
-    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115
+    if sys.stdin is None or sys.stdin.fileno() != 0:
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115
+    # else the zygote's sys.stdin reads fd 0, which is /dev/null (above) and was never read
     sys.argv = ["flow"]
     _install_fork_hooks(channel)
     # address space kept in reserve (RLIMIT_AS counts mappings, not touched pages)

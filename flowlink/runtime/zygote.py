@@ -79,8 +79,11 @@ _MAX_FREE_GROUPS = 64
 _HANDLED_SIGNALS = (int(signal.SIGCHLD), int(signal.SIGINT), int(signal.SIGTERM))
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _send(ctl: socket.socket, message: dict[str, Any]) -> None:
-    ctl.send(json.dumps(message, separators=(",", ":")).encode())
+    ctl.send(_encode(message).encode())
 
 
 class _Sweeper:
