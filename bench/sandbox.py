@@ -85,23 +85,37 @@ def run(pool: RunnerPool, script: str, timeout: float = 60.0) -> tuple[Outcome, 
     return outcome, time.monotonic() - began
 
 
-def cpu_per_execution(count: int, cgroups: bool) -> tuple[float, dict[str, Any]]:
-    """CPU ms per trivial execution (this process + zygote + runners), and the sandbox info."""
+def zygote_faults(pool: RunnerPool) -> int:
+    """Page faults of the zygote and of its runners reaped so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pool.zygote_pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[7]) + int(fields[8])  # minflt, cminflt
+
+
+def cpu_per_execution(count: int, cgroups: bool) -> tuple[float, float, dict[str, Any]]:
+    """CPU ms per trivial execution (this process + zygote + runners), page faults per execution
+    of the zygote and its runners, and the sandbox info.
+
+    The faults are mostly copies of the zygote's pages that a runner (or the zygote, after each
+    fork) writes to: the count of what a fresh process per execution costs, immune to the load.
+    """
     pool = RunnerPool(warm_size=2, limits=RunnerLimits(memory_mb=512), cgroups=cgroups)
     pool.start()
     info = pool.sandbox_info()
     for _ in range(20):
         run(pool, TRIVIAL)
     before = os.times()
+    faults_before = zygote_faults(pool)
     for _ in range(count):
         outcome, _ = run(pool, TRIVIAL)
         assert outcome.status == "success", outcome
+    faults = zygote_faults(pool) - faults_before
     pool.close()  # the zygote is reaped: its CPU and its runners' count as children now
     after = os.times()
     used = (after.user + after.system + after.children_user + after.children_system) - (
         before.user + before.system + before.children_user + before.children_system
     )
-    return used / count * 1000, info
+    return used / count * 1000, faults / count, info
 
 
 def main() -> None:
@@ -110,12 +124,13 @@ def main() -> None:
     args = parser.parse_args()
     print_floors()  # a runner is a fork of a warm interpreter (the zygote)
     for cgroups in (True, False):
-        ms, info = cpu_per_execution(args.count, cgroups)
+        ms, faults, info = cpu_per_execution(args.count, cgroups)
         print(
             f"{info['mode']} sandbox, limits by {info['limits']}, private tmp"
             f" {info['private_tmp']}, seccomp {info['seccomp']}:"
         )
         report("CPU per trivial execution", ms, TARGET_CPU_MS, "ms")
+        print(f"  page faults per execution (zygote and runner): {faults:.0f}")
     limits = RunnerLimits(cpu_seconds=2, memory_mb=256, processes=32)
     for cgroups in (True, False):
         pool = RunnerPool(warm_size=1, limits=limits, cgroups=cgroups)

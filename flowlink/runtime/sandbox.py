@@ -27,7 +27,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from flowlink.runtime import cgroups, seccomp
 
@@ -104,10 +104,9 @@ _libc.prctl.argtypes = [
 ]
 
 
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+def _fail(what: str) -> NoReturn:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def _b(value: str | None) -> bytes | None:
@@ -118,25 +117,27 @@ def mount(
     source: str | None, target: str, fstype: str | None, flags: int, data: str | None
 ) -> None:
     """mount(2) via libc."""
-    _check(
-        _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)),
-        f"mount {target!r}",
-    )
+    # the message is only formatted on failure (a runner's start makes six such calls)
+    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+        _fail(f"mount {target!r}")
 
 
 def umount_detach(target: str) -> None:
     """umount2(target, MNT_DETACH)."""
-    _check(_libc.umount2(_b(target), MNT_DETACH), f"umount {target!r}")
+    if _libc.umount2(_b(target), MNT_DETACH) != 0:
+        _fail(f"umount {target!r}")
 
 
 def unshare(flags: int) -> None:
     """unshare(2) via libc."""
-    _check(_libc.unshare(flags), "unshare")
+    if _libc.unshare(flags) != 0:
+        _fail("unshare")
 
 
 def prctl(option: int, arg2: int = 0) -> None:
     """prctl(2) via libc (remaining arguments 0)."""
-    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option})")
+    if _libc.prctl(option, arg2, 0, 0, 0) != 0:
+        _fail(f"prctl({option})")
 
 
 def set_child_subreaper() -> None:
