@@ -280,11 +280,10 @@ class Zygote:
                 if what == "ctl":
                     self._on_ctl()
                 elif what == "wake":
-                    try:
-                        while os.read(self.wake_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
+                    # one read, no BlockingIOError raised at the end of a drain loop each
+                    # time: what is left (rarely) wakes the level-triggered poll again
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 4096)
                 elif what == "sweeper":
                     self._on_sweeper()
             self._reap()
