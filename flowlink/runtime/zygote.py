@@ -222,8 +222,10 @@ class Zygote:
         self.poll.close()
         for fd in fds:
             if fd >= 0:
-                with contextlib.suppress(OSError):
+                try:  # noqa: SIM105 - suppress() would run Python code for the first time here
                     os.close(fd)
+                except OSError:
+                    pass
 
     def _start_sweeper(self) -> None:
         if not self.root:
