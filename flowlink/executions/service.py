@@ -373,6 +373,14 @@ def save_progress(
     return execution
 
 
+# Built once: a status change of one execution, if it still has the status it is changed from.
+_MOVE_STATUS = (
+    update(Execution)
+    .where(Execution.id == bindparam("b_id"), Execution.status == bindparam("b_from"))
+    .values(status=bindparam("b_to"))
+)
+
+
 def set_waiting(session: Session, execution_id: str, waiting: bool) -> bool:
     """Mark a running execution as waiting on a child (or running again); False if it was
     not running (or waiting), or does not exist."""
@@ -382,9 +390,8 @@ def set_waiting(session: Session, execution_id: str, waiting: bool) -> bool:
     # On the connection (plain SQL): through the session, the ORM would first flush it and
     # evaluate the condition against every loaded object, most of the cost for one row.
     result = session.connection().execute(
-        update(Execution)
-        .where(Execution.id == execution_id, Execution.status == current)
-        .values(status=transition(current, new))
+        _MOVE_STATUS,
+        {"b_id": execution_id, "b_from": current, "b_to": transition(current, new)},
     )
     return bool(result.rowcount)
 
@@ -672,9 +679,10 @@ def finish_many(
     """
     if not endings:
         return []
+    session.flush()  # what the select reads (on the connection: no ORM work per row)
     rows = {
         row.id: row
-        for row in session.execute(
+        for row in session.connection().execute(
             _ENDING_ROWS, {"ids": [execution_id for execution_id, _ in endings]}
         )
     }
