@@ -109,6 +109,33 @@ def _size(line: str) -> int:
     return len(line.encode("utf-8", "replace")) + 1
 
 
+class AwaitedChild:
+    """A parent's wait for a child, noted with the worker (``ChildLauncher.waiting_for``).
+
+    When that worker ends the child, it sets the parent running again in the ending's
+    transaction and, once that is committed, hands the child's record over here: a parent
+    whose child runs in this worker neither reads the store nor waits for a notification.
+    """
+
+    __slots__ = ("_delivered", "child_id", "parent_id", "record")
+
+    def __init__(self, child_id: str, parent_id: str) -> None:
+        self.child_id = child_id
+        self.parent_id = parent_id
+        self.record: dict[str, Any] | None = None
+        self._delivered = threading.Event()
+
+    def deliver(self, record: dict[str, Any] | None) -> None:
+        """The child's ending (and the parent's resume) is committed: ``record`` is the
+        child's view, None if this ending did not end it (it had ended already)."""
+        self.record = record
+        self._delivered.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the ending was delivered within ``timeout`` seconds."""
+        return self._delivered.wait(timeout)
+
+
 class ChildLauncher(Protocol):
     """What the worker offers for starting a child directly (see ``_start_child_now``)."""
 
@@ -120,7 +147,7 @@ class ChildLauncher(Protocol):
 
     def launch_reserved(self, claimed: executions.Claimed) -> None: ...
 
-    def waiting_for(self, child_id: str, parent_id: str) -> Callable[[], None]: ...
+    def waiting_for(self, awaited: AwaitedChild) -> Callable[[], None]: ...
 
 
 class EmitEvent(Protocol):
@@ -187,6 +214,7 @@ class FlowApiCalls:
         self.hooks = hooks
         self.settings = settings
         self.execution_id = execution.id
+        self._execution = execution  # as claimed (detached); what a child inherits never changes
         self.workspace_id = execution.workspace_id
         self.workspace_slug = workspace_slug
         self.cancelled = cancelled
@@ -390,13 +418,13 @@ class FlowApiCalls:
         self._authorize(session, workspace, "execute", "executions", {"flow": params.get("flow")})
         if params.get("run") is False:
             raise FlowApiError("run=False is not supported: a child starts when it is created")
-        parent = session.get(Execution, self.execution_id)
-        if parent is None:
-            raise ResourceNotFoundError("this execution no longer exists")
         inputs = params.get("inputs")
         if inputs is not None and not isinstance(inputs, dict):
             raise FlowApiError("inputs must be a dict")
         if params.get("remote"):
+            parent = session.get(Execution, self.execution_id)
+            if parent is None:
+                raise ResourceNotFoundError("this execution no longer exists")
             mirror = self.hooks.start_remote(
                 session,
                 workspace,
@@ -410,6 +438,10 @@ class FlowApiCalls:
             return {"id": mirror.id, "remote": True}, None
         if params.get("use_remote_flow"):
             raise FlowApiError("use_remote_flow=True needs remote='<sync config name>'")
+        if not params.get("wait") and session.get(Execution, self.execution_id) is None:
+            # (with ``wait``, marking this execution waiting in the same transaction checks it)
+            raise ResourceNotFoundError("this execution no longer exists")
+        parent = self._execution
         child = start_local(
             session,
             workspace,
@@ -431,6 +463,8 @@ class FlowApiCalls:
         reserved = self._worker is not None and self._worker.reserve_slot()
         claimed: executions.Claimed | None = None
         wait = bool(params.get("wait")) and not params.get("remote")
+        params = {**params, "wait": wait}
+        awaited: AwaitedChild | None = None
         unnote: Callable[[], None] | None = None
         committed = False
         try:
@@ -441,9 +475,11 @@ class FlowApiCalls:
                 result, child = self._start_child(session, workspace, params)
                 child_id = str(result["id"])
                 if wait:
-                    executions.set_waiting(session, self.execution_id, True)
+                    if not executions.set_waiting(session, self.execution_id, True):
+                        self._check_running(session)
                     if self._worker is not None:
-                        unnote = self._worker.waiting_for(child_id, self.execution_id)
+                        awaited = AwaitedChild(child_id, self.execution_id)
+                        unnote = self._worker.waiting_for(awaited)
                 if reserved and self._worker is not None and child is not None:
                     claimed = executions.claim_new(
                         session, child, workspace, self._worker.id, self.settings.lease_seconds
@@ -461,8 +497,23 @@ class FlowApiCalls:
         if claimed is not None and self._worker is not None:
             self._worker.launch_reserved(claimed)
         if wait:
-            result["record"] = self._wait(child_id, marked=True, unnote=unnote)
+            result["record"] = self._wait(
+                child_id,
+                marked=True,
+                unnote=unnote,
+                # run by this worker: its ending is handed over (else it may end elsewhere)
+                awaited=awaited if claimed is not None else None,
+            )
         return result
+
+    def _check_running(self, session: Session) -> None:
+        """This execution could not be marked waiting: raise if it no longer exists.
+
+        (Otherwise it is not running, e.g. its cancel ended it already; it goes on as before,
+        and its runner is stopped as usual.)
+        """
+        if session.get(Execution, self.execution_id) is None:
+            raise ResourceNotFoundError("this execution no longer exists")
 
     def _setting_name(self, params: dict[str, Any]) -> str:
         return self._app_prefix + str(params.get("name"))
@@ -603,6 +654,7 @@ class FlowApiCalls:
         *,
         marked: bool = False,
         unnote: Callable[[], None] | None = None,
+        awaited: AwaitedChild | None = None,
     ) -> dict[str, Any]:
         """Block until the child ends; our runner slot is free for others meanwhile.
 
@@ -610,10 +662,11 @@ class FlowApiCalls:
         the child), and ``unnote`` ends the worker's note that it waits for the child. An
         ending written by this process's worker sets this execution running again in its own
         transaction; otherwise (the child ran elsewhere) this does it when it wakes.
+        ``awaited``: the note of a child that this process's worker runs; its ending is handed
+        over, so this reads the store only if none came within the poll interval.
         """
-        notifier = self.store.notifier
         if unnote is None and self._worker is not None:
-            unnote = self._worker.waiting_for(child_id, self.execution_id)
+            unnote = self._worker.waiting_for(AwaitedChild(child_id, self.execution_id))
         resumed = False
         try:
             if not marked:
@@ -630,27 +683,12 @@ class FlowApiCalls:
                     self._authorize_read(session, workspace, child)
                     if child.status in executions.ENDED:
                         resumed = True  # never marked waiting
-                        return self._ended_view(child, workspace.slug)
+                        return self._ended_view(executions.execution_view(child, workspace.slug))
                     executions.set_waiting(session, self.execution_id, True)
             self._release_slot()
             try:
-                while True:
-                    seen = notifier.counter(notify.ENDED)
-                    with self.store.read() as session:
-                        statuses = executions.statuses(session, [child_id, self.execution_id])
-                        if child_id not in statuses:
-                            raise ResourceNotFoundError(f"execution {child_id} was deleted")
-                        if statuses[child_id] in executions.ENDED:
-                            own = statuses.get(self.execution_id)
-                            resumed = own is not None and own != ExecutionStatus.WAITING
-                            current = session.get(Execution, child_id)
-                            assert current is not None  # in this same read transaction
-                            return self._ended_view(current, self.workspace_slug)
-                    if self.cancelled.is_set():
-                        raise FlowApiError("cancelled while waiting for a child execution")
-                    if time.monotonic() >= self.deadline:
-                        raise FlowApiError("maximum runtime exceeded while waiting for a child")
-                    notifier.wait(notify.ENDED, seen, min(self.settings.poll_interval, 0.25))
+                record, resumed = self._wait_for_end(child_id, awaited)
+                return self._ended_view(record)
             finally:
                 self._retake_slot()
         finally:
@@ -660,11 +698,55 @@ class FlowApiCalls:
                 with self.store.write() as session:
                     executions.set_waiting(session, self.execution_id, False)
 
-    def _ended_view(self, child: Execution, slug: str) -> dict[str, Any]:
-        view = executions.execution_view(child, slug)
-        if child.status != ExecutionStatus.SUCCESS:
+    def _wait_for_end(
+        self, child_id: str, awaited: AwaitedChild | None
+    ) -> tuple[dict[str, Any], bool]:
+        """The ended child's record, and whether this execution was set running again."""
+        notifier = self.store.notifier
+        interval = min(self.settings.poll_interval, 0.25)
+        while True:
+            seen = notifier.counter(notify.ENDED)
+            if awaited is not None:
+                if awaited.wait(interval):
+                    if awaited.record is not None:
+                        return awaited.record, True  # the ending's transaction resumed us
+                    awaited = None  # it had ended some other way: read the store
+                    continue
+            else:
+                found = self._read_ended(child_id)
+                if found is not None:
+                    return found
+            if self.cancelled.is_set():
+                raise FlowApiError("cancelled while waiting for a child execution")
+            if time.monotonic() >= self.deadline:
+                raise FlowApiError("maximum runtime exceeded while waiting for a child")
+            if awaited is None:
+                notifier.wait(notify.ENDED, seen, interval)
+                continue
+            # nothing handed over in time: did it end some other way (the lease reaper)?
+            found = self._read_ended(child_id)
+            if found is not None:
+                return found
+
+    def _read_ended(self, child_id: str) -> tuple[dict[str, Any], bool] | None:
+        """The child's record if it ended, and whether this execution is no longer waiting."""
+        with self.store.read() as session:
+            statuses = executions.statuses(session, [child_id, self.execution_id])
+            if child_id not in statuses:
+                raise ResourceNotFoundError(f"execution {child_id} was deleted")
+            if statuses[child_id] not in executions.ENDED:
+                return None
+            own = statuses.get(self.execution_id)
+            current = session.get(Execution, child_id)
+            assert current is not None  # in this same read transaction
+            view = executions.execution_view(current, self.workspace_slug)
+            return view, own is not None and own != ExecutionStatus.WAITING
+
+    def _ended_view(self, view: dict[str, Any]) -> dict[str, Any]:
+        """An ended child's record; ``DependencyFailedError`` unless it succeeded."""
+        if view["status"] != ExecutionStatus.SUCCESS:
             raise DependencyFailedError(
-                child_failure(child.id, child.flow_name, child.status, child.message)
+                child_failure(view["id"], view["name"], view["status"], view["message"])
             )
         return view
 

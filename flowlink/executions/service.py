@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -373,18 +373,27 @@ def save_progress(
     return execution
 
 
-def set_waiting(session: Session, execution_id: str, waiting: bool) -> None:
-    """Mark a running execution as waiting on a child (or running again)."""
+# Built once: a status change of one execution, if it still has the status it is changed from.
+_MOVE_STATUS = (
+    update(Execution)
+    .where(Execution.id == bindparam("b_id"), Execution.status == bindparam("b_from"))
+    .values(status=bindparam("b_to"))
+)
+
+
+def set_waiting(session: Session, execution_id: str, waiting: bool) -> bool:
+    """Mark a running execution as waiting on a child (or running again); False if it was
+    not running (or waiting), or does not exist."""
     current, new = ExecutionStatus.RUNNING, ExecutionStatus.WAITING
     if not waiting:
         current, new = new, current
     # On the connection (plain SQL): through the session, the ORM would first flush it and
     # evaluate the condition against every loaded object, most of the cost for one row.
-    session.connection().execute(
-        update(Execution)
-        .where(Execution.id == execution_id, Execution.status == current)
-        .values(status=transition(current, new))
+    result = session.connection().execute(
+        _MOVE_STATUS,
+        {"b_id": execution_id, "b_from": current, "b_to": transition(current, new)},
     )
+    return bool(result.rowcount)
 
 
 def set_status(execution: Execution, new: ExecutionStatus) -> None:
@@ -603,6 +612,13 @@ _ENDING_ROWS = (
         Execution.message,
         Execution.trigger,
         Execution.app,
+        # what else the ended execution's record has (``views`` of ``finish_many``)
+        Execution.inputs,
+        Execution.created_at,
+        Execution.parent_id,
+        Execution.depth,
+        Execution.max_runtime,
+        Execution.remote_config_id,
         Workspace.slug,
     )
     .join(Workspace, Workspace.id == Execution.workspace_id)
@@ -649,18 +665,24 @@ def finish_many(
     endings: Sequence[tuple[str, Outcome]],
     *,
     worker_id: str | None = None,
+    views: dict[str, dict[str, Any] | None] | None = None,
 ) -> list[str]:
     """End many active executions in this transaction; returns the ids that were ended.
 
     An execution that has already ended (ended executions are immutable), or that another
     worker now owns, is left as it is: a late ending lost a race (a cancel, the reaper).
     Each ending records ``executions.ended``.
+
+    ``views``: for each id that is a key of it and is ended here, its ``execution_view`` as
+    a read after the commit gives it (built from what was read and written, without reading
+    the row again); the others stay None.
     """
     if not endings:
         return []
+    session.flush()  # what the select reads (on the connection: no ORM work per row)
     rows = {
         row.id: row
-        for row in session.execute(
+        for row in session.connection().execute(
             _ENDING_ROWS, {"ids": [execution_id for execution_id, _ in endings]}
         )
     }
@@ -725,6 +747,8 @@ def finish_many(
         if automation_row is not None:
             events.append(automation_row)
         done.add(execution_id)
+        if views is not None and execution_id in views:
+            views[execution_id] = _ended_view(row, updates[-1])
         counted.append((slugs.get(row.workspace_id) or "", status, (now - started).total_seconds()))
     if updates:
         metrics.count_ended(session, counted)
@@ -734,6 +758,14 @@ def finish_many(
         for ended in updates:
             notify.announce(session, notify.ENDED, ended["id"])
     return [u["id"] for u in updates]
+
+
+def _ended_view(row: Row[Any], written: dict[str, Any]) -> dict[str, Any]:
+    """The view of an execution just ended: its row (``_ENDING_ROWS``) and what was written."""
+    fields = {k: v for k, v in row._mapping.items() if k != "slug"}
+    fields.update((name, written[name]) for name in _ENDED_COLUMNS)
+    fields["status"] = str(fields["status"])
+    return execution_view(Execution(**fields), row.slug)
 
 
 def reap_expired(session: Session) -> list[str]:

@@ -20,7 +20,7 @@ from flowlink.background import BackgroundTasks
 from flowlink.execution_status import ExecutionStatus, Outcome
 from flowlink.executions import service as executions
 from flowlink.executions import workers as registry
-from flowlink.executions.calls import FlowApiCalls, FlowHooks
+from flowlink.executions.calls import AwaitedChild, FlowApiCalls, FlowHooks
 from flowlink.observability import metrics, tracing
 from flowlink.observability.logs import log_context
 from flowlink.runtime.pool import RunnerLimits, RunnerPool
@@ -94,8 +94,8 @@ class Worker:
         self._wakeup = threading.Condition()
         self._poked = False
         self._backlog = True
-        # child id -> id of the parent in this process that waits for it (see ``waiting_for``)
-        self._waiting_on: dict[str, str] = {}
+        # child id -> the wait of the parent in this process for it (see ``waiting_for``)
+        self._waiting_on: dict[str, AwaitedChild] = {}
         self._handed_key = f"flowlink_handed_{self.id}"  # session.info: claimed before commit
 
     # --- life cycle -----------------------------------------------------------------------
@@ -479,16 +479,17 @@ class Worker:
             return
         self._release([ending])
 
-    def waiting_for(self, child_id: str, parent_id: str) -> Callable[[], None]:
-        """Note that ``parent_id`` (run here) waits for ``child_id``: the child's ending is then
-        written at once and sets the parent running again in the same transaction. Returns
-        the function that ends the note."""
+    def waiting_for(self, awaited: AwaitedChild) -> Callable[[], None]:
+        """Note that a parent (run here) waits for a child: the child's ending is then written
+        at once, sets the parent running again in the same transaction and, once committed,
+        is handed over to ``awaited``. Returns the function that ends the note."""
+        child_id = awaited.child_id
         with self._runs_lock:
-            self._waiting_on[child_id] = parent_id
+            self._waiting_on[child_id] = awaited
 
         def done() -> None:
             with self._runs_lock:
-                if self._waiting_on.get(child_id) == parent_id:
+                if self._waiting_on.get(child_id) is awaited:
                     del self._waiting_on[child_id]
 
         return done
@@ -529,14 +530,19 @@ class Worker:
 
     def _record_endings(self, batch: list[_Ending]) -> None:
         with self._runs_lock:
-            parents = [self._waiting_on[e.id] for e in batch if e.id in self._waiting_on]
+            awaited = [self._waiting_on[e.id] for e in batch if e.id in self._waiting_on]
+        views: dict[str, dict[str, Any] | None] = {a.child_id: None for a in awaited}
         with self.store.write() as session:
             for ending in batch:
                 if ending.logs:
                     executions.append_logs(session, ending.id, ending.logs)
-            executions.finish_many(session, [(e.id, e.outcome) for e in batch], worker_id=self.id)
-            for parent_id in parents:
-                executions.set_waiting(session, parent_id, False)
+            executions.finish_many(
+                session, [(e.id, e.outcome) for e in batch], worker_id=self.id, views=views
+            )
+            for waiting in awaited:
+                executions.set_waiting(session, waiting.parent_id, False)
+        for waiting in awaited:  # committed: the parents go on without reading it back
+            waiting.deliver(views[waiting.child_id])
 
     def _execute(
         self,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from flowlink import atrest
@@ -571,9 +571,14 @@ def list_flows(session: Session, workspace: Workspace) -> list[Flow]:
     )
 
 
+_FLOW_BY_NAME = select(Flow).where(
+    Flow.workspace_id == bindparam("workspace_id"), Flow.name == bindparam("name")
+)  # built once: every start of a flow looks its flow up
+
+
 def find_flow(session: Session, workspace: Workspace, name: str) -> Flow | None:
     """The flow with this name, or None."""
-    return session.scalar(select(Flow).where(Flow.workspace_id == workspace.id, Flow.name == name))
+    return session.scalar(_FLOW_BY_NAME, {"workspace_id": workspace.id, "name": name})
 
 
 def get_flow(session: Session, workspace: Workspace, name: str) -> Flow:

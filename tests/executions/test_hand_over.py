@@ -11,6 +11,7 @@ import pytest
 from flowlink import assembly
 from flowlink.execution_status import ExecutionStatus
 from flowlink.executions import service as executions
+from flowlink.executions.calls import AwaitedChild
 from flowlink.executions.worker import Worker
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
@@ -131,3 +132,33 @@ def test_freed_slots_alone_do_not_claim(
     # the parent and its children were handed over; each child's start, wait and end freed
     # or took a slot, which used to cost a claim transaction each time
     assert claims.count(0) <= 1, claims
+
+
+def test_waited_child_hands_its_committed_record_to_its_parent(
+    store: Store, workspace: Workspace, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent gets each child's record from the ending, as a read of the store gives it."""
+    delivered: list[dict[str, object] | None] = []
+    real_deliver = AwaitedChild.deliver
+
+    def deliver(self: AwaitedChild, record: dict[str, object] | None) -> None:
+        if record is not None:  # committed by now: a fresh read must give the same record
+            with store.read() as session:
+                stored = session.get(Execution, self.child_id)
+                assert stored is not None
+                assert record == executions.execution_view(stored, workspace.slug)
+                parent = session.get(Execution, self.parent_id)
+                assert parent is not None
+                assert parent.status == ExecutionStatus.RUNNING  # resumed in that transaction
+        delivered.append(record)
+        real_deliver(self, record)
+
+    monkeypatch.setattr(AwaitedChild, "deliver", deliver)
+    parent_id = _create(store, workspace, "chain", {"children": 3})
+    ended = _wait_ended(store, parent_id)
+    assert ended.status == ExecutionStatus.SUCCESS, ended.message
+    assert len(delivered) == 3
+    with store.read() as session:
+        children = executions.child_ids(session, parent_id)
+    assert [r and r["id"] for r in delivered] == children
+    assert all(r and r["status"] == "success" and r["parent_id"] == parent_id for r in delivered)
