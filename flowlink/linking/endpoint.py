@@ -41,7 +41,7 @@ from flowlink.linking.protocol import (
     for_peer,
     parse_envelope,
 )
-from flowlink.linking.service import note_link_state, private_key_of
+from flowlink.linking.service import ANSWERING_STAMP_EVERY, note_link_state, private_key_of
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
 from flowlink.workspaces.service import get_workspace
@@ -156,7 +156,10 @@ def _apply(
                 request.messages,
                 default_max_runtime=settings.default_max_runtime,
             )
-            note_link_state(config, connected=True, last_error=None)
+            # Its nonce records the exchange's time: the stamp is written rarely.
+            note_link_state(
+                config, stamp_every=ANSWERING_STAMP_EVERY, connected=True, last_error=None
+            )
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
