@@ -8,6 +8,7 @@ only its SHA-256 fingerprint.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from flowlink.access.policy import role_exists
@@ -28,7 +29,7 @@ from flowlink.events.service import record
 from flowlink.linking import keys, outbox
 from flowlink.store.models import LinkNonce, SyncConfig, Workspace, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
-from flowlink.workspaces.service import check_name
+from flowlink.workspaces.service import check_name, get_workspace
 
 CONTROLLING = "controlling"
 CONTROLLED = "controlled"
@@ -301,6 +302,23 @@ def get_sync_config(session: Session, workspace: Workspace, name: str) -> SyncCo
     return config
 
 
+def get_link(session: Session, workspace_slug: str, name: str) -> tuple[Workspace, SyncConfig]:
+    """A workspace and its sync config by slug and name, in one statement (every exchange
+    looks them up); ``NotFound`` naming the one that is missing."""
+    found = session.execute(_LINK, {"slug": workspace_slug, "name": name}).first()
+    if found is None:
+        workspace = get_workspace(session, workspace_slug)
+        return workspace, get_sync_config(session, workspace, name)
+    return found[0], found[1]
+
+
+_LINK = (
+    select(Workspace, SyncConfig)
+    .join(SyncConfig, SyncConfig.workspace_id == Workspace.id)
+    .where(Workspace.slug == bindparam("slug"), SyncConfig.name == bindparam("name"))
+)
+
+
 def create_sync_config(
     session: Session, workspace: Workspace, data: Mapping[str, Any], secret_key: str
 ) -> SyncConfig:
@@ -398,10 +416,30 @@ def _referenced_key(text: str) -> rsa.RSAPrivateKey:
     return keys.load_private_key(text)
 
 
-@functools.lru_cache(maxsize=4096)  # one entry per link: a thousand links fit
+# A stored key, by a digest of its sealed text (the text itself, 2.5 kB, is not kept), and
+# by a digest of its content: links that share a key share one parsed key (about 9 kB once
+# it has signed), so a controller with one key for a thousand links keeps it once.
+_STORED_KEYS: dict[bytes, rsa.RSAPrivateKey] = {}
+_KEYS_BY_CONTENT: dict[bytes, rsa.RSAPrivateKey] = {}
+_STORED_KEYS_MAX = 4096  # one entry per link: a thousand links fit
+
+
 def _private_key(encrypted: str, secret_key: str) -> rsa.RSAPrivateKey:
-    # Checked when it was stored: a thousand links start without a thousand key checks.
-    return keys.load_private_key(keys.decrypt_at_rest(secret_key, encrypted), checked=True)
+    sealed = hashlib.sha256(f"{secret_key}\0{encrypted}".encode()).digest()
+    key = _STORED_KEYS.get(sealed)
+    if key is None:
+        text = keys.decrypt_at_rest(secret_key, encrypted)
+        content = hashlib.sha256(text.strip().encode()).digest()
+        key = _KEYS_BY_CONTENT.get(content)
+        if key is None:
+            # Checked when it was stored: a thousand links start without a thousand checks.
+            key = keys.load_private_key(text, checked=True)
+        if len(_STORED_KEYS) >= _STORED_KEYS_MAX:
+            _STORED_KEYS.clear()
+            _KEYS_BY_CONTENT.clear()
+        _STORED_KEYS[sealed] = key
+        _KEYS_BY_CONTENT[content] = key
+    return key
 
 
 def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
