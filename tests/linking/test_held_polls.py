@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +29,7 @@ from flowlink.linking.service import sync_path
 from flowlink.store.models import SyncConfig, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces import service as workspaces
-from tests.conftest import StartedServer, make_settings, start_live_server
+from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
 from tests.linking.conftest import KeyMaker, public_pem_of
 
 LINKS = 20
@@ -147,12 +148,8 @@ def test_held_polls_cost_nothing_until_their_link_has_news(
     thread.join(30)
 
 
-def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
-    answering: StartedServer, make_key: KeyMaker
-) -> None:
-    # Its signature is reused while fresh (the same bytes, bound to the same request URL and
-    # method); every answer still verifies against this end's key.
-    live = answering.live
+def one_link(live: LiveServer, make_key: KeyMaker) -> tuple[Path, Any]:
+    """Workspace ``ctl`` with one answering link, ``site``: this end's key file, the site's key."""
     assert live.client.post(
         "/api/v1/workspaces/ctl/apply", json={"files": {"workspace.yml": "name: C\nslug: ctl\n"}}
     ).is_success
@@ -167,7 +164,16 @@ def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
         },
     )
     assert created.status_code == 201, created.text
-    site_key = keys.load_private_key(site.read_text())
+    return own, keys.load_private_key(site.read_text())
+
+
+def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
+    answering: StartedServer, make_key: KeyMaker
+) -> None:
+    # Its signature is reused while fresh (the same bytes, bound to the same request URL and
+    # method); every answer still verifies against this end's key.
+    live = answering.live
+    own, site_key = one_link(live, make_key)
     trusted = {keys.fingerprint(k): k for k in keys.load_public_keys(public_pem_of(own))}
     url = live.url + sync_path("ctl", "site")
 
@@ -212,21 +218,7 @@ def test_a_renewed_poll_writes_only_its_nonce_and_the_view_shows_its_time(
     # The link's state is not rewritten for a renewal that changes nothing but the time of
     # the last exchange: the nonce the exchange records tells that time to the view.
     live = answering.live
-    assert live.client.post(
-        "/api/v1/workspaces/ctl/apply", json={"files": {"workspace.yml": "name: C\nslug: ctl\n"}}
-    ).is_success
-    own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-    created = live.client.post(
-        "/api/v1/workspaces/ctl/sync_config",
-        json={
-            "name": "site",
-            "direction": "controlling",
-            "own_private_key": own.read_text(),
-            "remote_public_key": public_pem_of(site),
-        },
-    )
-    assert created.status_code == 201, created.text
-    site_key = keys.load_private_key(site.read_text())
+    _own, site_key = one_link(live, make_key)
     url = live.url + sync_path("ctl", "site")
 
     def poll() -> None:
