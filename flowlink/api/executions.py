@@ -160,6 +160,8 @@ def start_executions(
     with context.store.write() as session:
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "execute", "executions", workspace)
+        remotes = [item.remote for item in body.executions if item.remote is not None]
+        exchange.prepare_remote_starts(session, workspace, remotes)
         items = []
         for index, item in enumerate(body.executions):
             try:

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from flowlink.access.policy import authorize
 from flowlink.api.bodies import RequestBody
-from flowlink.api.deps import Caller, Context
+from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.api.errors import ErrorBody
 from flowlink.api.responses import ApiRoute
 from flowlink.linking import exchange
@@ -118,9 +118,12 @@ def create_sync_config(
         },
     },
 )
-async def sync(ws: str, name: str, request: Request, context: Context) -> Response:
+async def sync(ws: str, name: str, request: Request) -> Response:
     """The sync endpoint of a link: a signed exchange of messages (no login; the signature is
     the authentication). See docs/linking.md for the protocol."""
+    # The context straight from the app, not through a dependency: a thousand links renew
+    # their polls here, and resolving a dependency costs more than the lookup.
+    context: ServerContext = request.app.state.context
     body = await request.body()
     answer = await answer_exchange(
         context.store,

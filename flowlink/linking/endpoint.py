@@ -1,6 +1,6 @@
 """The answering side of an exchange: ``POST .../sync_config/{name}/sync``.
 
-Nothing in a request is acted on before its signature holds (``authenticate_exchange``).
+Nothing in a request is acted on before its signature holds (``check_exchange``).
 Then, in one transaction, its messages are applied and recorded as received. The answer
 carries this end's pending messages and an ``ack`` of the request's; with ``poll`` set and
 nothing to send, the answer waits (without holding a transaction) until something changes
@@ -30,7 +30,7 @@ from flowlink.linking.exchange import (
     news_interests,
     wait_for_news,
 )
-from flowlink.linking.inbound import SyncRejected, authenticate_exchange, note_rejection
+from flowlink.linking.inbound import SyncRejected, check_exchange, note_rejection
 from flowlink.linking.messages import AckMessage
 from flowlink.linking.protocol import (
     FEATURES,
@@ -41,10 +41,14 @@ from flowlink.linking.protocol import (
     for_peer,
     parse_envelope,
 )
-from flowlink.linking.service import note_link_state, private_key_of
+from flowlink.linking.service import (
+    ANSWERING_STAMP_EVERY,
+    get_link,
+    note_link_state,
+    private_key_of,
+)
 from flowlink.settings import ServerSettings, resolve_secret_key
 from flowlink.store.engine import Store
-from flowlink.workspaces.service import get_workspace
 
 CONTENT_TYPE = "application/json"
 # (workspace slug, config name) -> (sync config id, workspace id), learnt from exchanges
@@ -127,6 +131,13 @@ class _Incoming:
     body: bytes
     client: str | None
 
+    def answered(self) -> _Incoming:
+        """What the answer still needs (its signature covers the method and URL, the
+        features pick the messages): a held poll keeps no signature headers and no body."""
+        features = self.headers.get(FEATURES_HEADER)
+        headers = httpx.Headers({FEATURES_HEADER: features} if features is not None else {})
+        return _Incoming(self.workspace_slug, self.name, self.method, self.url, headers, b"", None)
+
 
 def _apply(
     store: Store, settings: ServerSettings, incoming: _Incoming, stopping: threading.Event | None
@@ -140,10 +151,8 @@ def _apply(
     method, url, headers, body = incoming.method, incoming.url, incoming.headers, incoming.body
     try:
         with store.write() as session:
-            workspace = get_workspace(session, workspace_slug)
-            config = authenticate_exchange(
-                session, workspace, name, method=method, url=url, headers=headers, body=body
-            )
+            workspace, config = get_link(session, workspace_slug, name)
+            check_exchange(session, config, method=method, url=url, headers=headers, body=body)
             try:
                 data = json.loads(body)
             except ValueError:
@@ -156,7 +165,10 @@ def _apply(
                 request.messages,
                 default_max_runtime=settings.default_max_runtime,
             )
-            note_link_state(config, connected=True, last_error=None)
+            # Its nonce records the exchange's time: the stamp is written rarely.
+            note_link_state(
+                config, stamp_every=ANSWERING_STAMP_EVERY, connected=True, last_error=None
+            )
             # Answer at once when the request carried news or does not poll: in this same
             # transaction, so an exchange costs one write.
             poll = 0.0 if received or (stopping and stopping.is_set()) else (request.poll or 0.0)
@@ -231,6 +243,8 @@ async def answer_exchange(
         _LINK_IDS[(workspace_slug, name)] = ids
         if applied.answer is not None:
             return applied.answer
+        incoming = incoming.answered()  # the poll may be held for minutes: keep less
+        del headers, body
         first = News([], applied.follows) if known == ids else None
         messages = await wait_for_news(
             store,

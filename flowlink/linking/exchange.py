@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -110,6 +110,22 @@ def _sync_config(session: Session, workspace: Workspace, name: str) -> SyncConfi
     if config is None:
         config = known[(workspace.id, name)] = get_sync_config(session, workspace, name)
     return config
+
+
+def prepare_remote_starts(session: Session, workspace: Workspace, names: Iterable[str]) -> None:
+    """Read the sync configs a batch of remote starts goes through, in one query, before the
+    batch adds rows: each start then finds its link without a query (a query per start would
+    also flush the rows of the starts before it, a round trip each on PostgreSQL)."""
+    known: dict[tuple[str, str], SyncConfig] = session.info.setdefault(_CONFIGS_KEY, {})
+    wanted = sorted({name for name in names if (workspace.id, name) not in known})
+    for part in range(0, len(wanted), 1000):
+        for config in session.scalars(
+            select(SyncConfig).where(
+                SyncConfig.workspace_id == workspace.id,
+                SyncConfig.name.in_(wanted[part : part + 1000]),
+            )
+        ):
+            known[(workspace.id, config.name)] = config
 
 
 def start_remote_execution(

@@ -61,14 +61,28 @@ def authenticate_exchange(
     An unknown config is ``NotFound``; every other refusal is ``SyncRejected``.
     """
     config = get_sync_config(session, workspace, config_name)
+    check_exchange(session, config, method=method, url=url, headers=headers, body=body)
+    return config
+
+
+def check_exchange(
+    session: Session,
+    config: SyncConfig,
+    *,
+    method: str,
+    url: str,
+    headers: httpx.Headers,
+    body: bytes,
+) -> None:
+    """Refuse (``SyncRejected``) an exchange for ``config`` unless its signature holds and its
+    nonce is new; the nonce is then remembered."""
     if not config.enabled:
-        raise SyncRejected("disabled", f"sync config {config_name!r} is disabled")
+        raise SyncRejected("disabled", f"sync config {config.name!r} is disabled")
     try:
         verified = signing.verify_request(public_keys_of(config), method, url, headers, body)
     except signing.SignatureRejected as exc:
         raise SyncRejected(exc.reason, exc.message) from None
     remember_nonce(session, config, verified.nonce)
-    return config
 
 
 def remember_nonce(session: Session, config: SyncConfig, nonce: str) -> None:

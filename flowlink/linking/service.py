@@ -8,17 +8,18 @@ only its SHA-256 fingerprint.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from flowlink.access.policy import role_exists
@@ -26,15 +27,21 @@ from flowlink.access.service import DEFAULT_IDENTITY_ROLE
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import record
 from flowlink.linking import keys, outbox
-from flowlink.store.models import SyncConfig, Workspace, utcnow
+from flowlink.store.models import LinkNonce, SyncConfig, Workspace, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
-from flowlink.workspaces.service import check_name
+from flowlink.workspaces.service import check_name, get_workspace
 
 CONTROLLING = "controlling"
 CONTROLLED = "controlled"
 DIRECTIONS = (CONTROLLING, CONTROLLED)
 MAX_SYNC_INTERVAL = 86_400.0
 STATE_WRITE_EVERY = timedelta(seconds=2)
+# The answering end writes the stamp of an exchange that changed nothing else at most this
+# often: every exchange also records its nonce with the time (``LinkNonce.seen_at``), and the
+# view takes the newer of the two. A nonce is remembered for 5 minutes and 10 s or more
+# (``inbound.NONCE_MEMORY``), so the stamp is exact while the link exchanges and at most this
+# old once it stopped. A renewed long poll thus writes only its nonce.
+ANSWERING_STAMP_EVERY = timedelta(minutes=5)
 SYNC_PATH_RE = re.compile(
     r"^/(?:.*/)?api/v1/workspaces/(?P<ws>[a-z0-9][a-z0-9-]{1,62})/sync_config/"
     r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})/sync$"
@@ -295,6 +302,23 @@ def get_sync_config(session: Session, workspace: Workspace, name: str) -> SyncCo
     return config
 
 
+def get_link(session: Session, workspace_slug: str, name: str) -> tuple[Workspace, SyncConfig]:
+    """A workspace and its sync config by slug and name, in one statement (every exchange
+    looks them up); ``NotFound`` naming the one that is missing."""
+    found = session.execute(_LINK, {"slug": workspace_slug, "name": name}).first()
+    if found is None:
+        workspace = get_workspace(session, workspace_slug)
+        return workspace, get_sync_config(session, workspace, name)
+    return found[0], found[1]
+
+
+_LINK = (
+    select(Workspace, SyncConfig)
+    .join(SyncConfig, SyncConfig.workspace_id == Workspace.id)
+    .where(Workspace.slug == bindparam("slug"), SyncConfig.name == bindparam("name"))
+)
+
+
 def create_sync_config(
     session: Session, workspace: Workspace, data: Mapping[str, Any], secret_key: str
 ) -> SyncConfig:
@@ -356,10 +380,12 @@ def _audit(config: SyncConfig) -> dict[str, Any]:
     }
 
 
-def note_link_state(config: SyncConfig, **state: Any) -> bool:
+def note_link_state(
+    config: SyncConfig, stamp_every: timedelta = STATE_WRITE_EVERY, **state: Any
+) -> bool:
     """Record an exchange (and state such as ``connected``, ``last_error``) on the config.
 
-    Writes only when the state changes or the last stamp is older than ``STATE_WRITE_EVERY``,
+    Writes only when the state changes or the last stamp is older than ``stamp_every``,
     so a busy link does not rewrite its config on every exchange. Returns whether it wrote.
     """
     current = dict(config.state or {})
@@ -369,7 +395,7 @@ def note_link_state(config: SyncConfig, **state: Any) -> bool:
     except ValueError:
         last = None
     same = all(current.get(key) == value for key, value in state.items())
-    if same and last is not None and stamp - last < STATE_WRITE_EVERY:
+    if same and last is not None and stamp - last < stamp_every:
         return False
     current.update(state, last_exchange_at=format_timestamp(stamp))
     config.state = current
@@ -390,10 +416,30 @@ def _referenced_key(text: str) -> rsa.RSAPrivateKey:
     return keys.load_private_key(text)
 
 
-@functools.lru_cache(maxsize=4096)  # one entry per link: a thousand links fit
+# A stored key, by a digest of its sealed text (the text itself, 2.5 kB, is not kept), and
+# by a digest of its content: links that share a key share one parsed key (about 9 kB once
+# it has signed), so a controller with one key for a thousand links keeps it once.
+_STORED_KEYS: dict[bytes, rsa.RSAPrivateKey] = {}
+_KEYS_BY_CONTENT: dict[bytes, rsa.RSAPrivateKey] = {}
+_STORED_KEYS_MAX = 4096  # one entry per link: a thousand links fit
+
+
 def _private_key(encrypted: str, secret_key: str) -> rsa.RSAPrivateKey:
-    # Checked when it was stored: a thousand links start without a thousand key checks.
-    return keys.load_private_key(keys.decrypt_at_rest(secret_key, encrypted), checked=True)
+    sealed = hashlib.sha256(f"{secret_key}\0{encrypted}".encode()).digest()
+    key = _STORED_KEYS.get(sealed)
+    if key is None:
+        text = keys.decrypt_at_rest(secret_key, encrypted)
+        content = hashlib.sha256(text.strip().encode()).digest()
+        key = _KEYS_BY_CONTENT.get(content)
+        if key is None:
+            # Checked when it was stored: a thousand links start without a thousand checks.
+            key = keys.load_private_key(text, checked=True)
+        if len(_STORED_KEYS) >= _STORED_KEYS_MAX:
+            _STORED_KEYS.clear()
+            _KEYS_BY_CONTENT.clear()
+        _STORED_KEYS[sealed] = key
+        _KEYS_BY_CONTENT[content] = key
+    return key
 
 
 def public_keys_of(config: SyncConfig) -> dict[str, rsa.RSAPublicKey]:
@@ -410,10 +456,25 @@ def _public_keys(pem: str) -> dict[str, rsa.RSAPublicKey]:
 PUBLIC_STATE = ("connected", "since", "last_error", "reason", "last_exchange_at")
 
 
-def _public_state(state: Mapping[str, Any]) -> dict[str, Any]:
+def last_nonce_at(session: Session, config_id: str) -> datetime | None:
+    """When the newest remembered nonce of a link was seen: its last answered exchange."""
+    return session.scalar(
+        select(func.max(LinkNonce.seen_at)).where(LinkNonce.sync_config_id == config_id)
+    )
+
+
+def _public_state(state: Mapping[str, Any], last_nonce: datetime | None) -> dict[str, Any]:
     """The public keys of a link's state, its times in the one format (a state written by an
-    older version has them as ``+00:00`` or in seconds)."""
+    older version has them as ``+00:00`` or in seconds); the last exchange is the newer of the
+    written stamp and the newest nonce (see ``ANSWERING_STAMP_EVERY``)."""
     public = {key: value for key, value in state.items() if key in PUBLIC_STATE}
+    if last_nonce is not None:
+        try:
+            written = parse_timestamp(str(public.get("last_exchange_at")))
+        except ValueError:
+            written = None
+        if written is None or last_nonce > written:
+            public["last_exchange_at"] = format_timestamp(last_nonce)
     for key in ("since", "last_exchange_at"):
         if public.get(key):
             try:
@@ -446,7 +507,9 @@ def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) 
         "role": config.role or DEFAULT_IDENTITY_ROLE,
         "connects": bool(config.remote_url),
         "sync_endpoint": sync_path(workspace_slug, config.name),
-        "state": _public_state(config.state or {}),
+        "state": _public_state(
+            config.state or {}, last_nonce_at(session, config.id) if config.id else None
+        ),
         "outbox_depth": outbox.depth(session, config.id) if config.id else 0,
         "warnings": warnings,
         "created_at": format_timestamp(config.created_at),

@@ -58,15 +58,17 @@ class AsyncWaiter:
         self.notifier = notifier
         self.loop = loop
         self.interests: dict[str, frozenset[str] | None] = {}
-        self._event = asyncio.Event()
         self._woken_by: set[str] = set()
+        # Only while it waits: a thousand held polls keep no Event (and its deque) each.
+        self._waiting: asyncio.Future[None] | None = None
 
     def wake(self, channel: str) -> None:
         """Wake the waiter (called on its loop)."""
         if channel in self._woken_by:
             return  # woken by this channel already, and not yet looked
         self._woken_by.add(channel)
-        self._event.set()
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
 
     def set_interests(self, interests: Interests) -> None:
         """Change what wakes this waiter (a notification already received stays)."""
@@ -77,12 +79,15 @@ class AsyncWaiter:
 
         Returns the channels that woke it; empty on the timeout.
         """
-        if not self._event.is_set() and timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
-                    await self._event.wait()
+        if not self._woken_by and timeout > 0:
+            self._waiting = self.loop.create_future()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                        await self._waiting
+            finally:
+                self._waiting = None
         woken, self._woken_by = self._woken_by, set()
-        self._event.clear()
         return woken
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from anyio import to_thread
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.execution_status import ExecutionStatus
@@ -26,7 +26,14 @@ from flowlink.linking import messages as messages_module
 from flowlink.linking import service as linking
 from flowlink.store import notify
 from flowlink.store.engine import Store
-from flowlink.store.models import Event, Execution, LinkExecution, SyncConfig, Workspace
+from flowlink.store.models import (
+    Event,
+    Execution,
+    LinkExecution,
+    LinkOutbox,
+    SyncConfig,
+    Workspace,
+)
 from flowlink.workspaces import service as workspaces
 
 from .conftest import KeyMaker, public_pem_of
@@ -371,3 +378,50 @@ def test_a_late_update_never_moves_an_ended_mirror(link: Link) -> None:
         after = session.get(Execution, mirror_id)
         assert after is not None
         assert (after.status, after.message, after.outputs, after.ended_at) == kept
+
+
+def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_commit(
+    link: Link, make_key: KeyMaker
+) -> None:
+    # A query per start would flush the rows of the starts before it: a round trip each.
+    key, other = make_key("openssl-genrsa"), make_key("openssl-genrsa")
+    names = [f"site-{n}" for n in range(3)]
+    with link.store.write() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        for name in names:
+            linking.create_sync_config(
+                session,
+                a,
+                {
+                    "name": name,
+                    "remote_url": f"http://127.0.0.1:1/api/v1/workspaces/ws-x/sync_config/{name}/sync",
+                    "own_private_key": key.read_text(),
+                    "remote_public_key": public_pem_of(other),
+                },
+                SECRET,
+            )
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()).upper())
+
+    event.listen(link.store.engine, "before_cursor_execute", note)
+    try:
+        with link.store.write() as session:
+            a = session.get(Workspace, link.a)
+            assert a is not None
+            exchange.prepare_remote_starts(session, a, [*names, "to-b"])
+            for name in [*names, "to-b"]:
+                exchange.start_remote_execution(
+                    session, a, name, exchange.RemoteStart(flow="child")
+                )
+            before_commit = list(seen)
+    finally:
+        event.remove(link.store.engine, "before_cursor_execute", note)
+    assert len([s for s in before_commit if "FROM SYNC_CONFIGS" in s]) == 1, before_commit
+    rows = ("INSERT INTO EXECUTIONS", "INSERT INTO LINK_EXECUTIONS", "INSERT INTO LINK_OUTBOX")
+    assert not [s for s in before_commit if s.startswith(rows)], before_commit
+    with link.store.read() as session:
+        queued = session.scalar(select(func.count()).select_from(LinkOutbox))
+    assert queued == 4

@@ -14,18 +14,22 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from flowlink import assembly
 from flowlink.linking import exchange, keys, signing
 from flowlink.linking.protocol import envelope
 from flowlink.linking.service import sync_path
+from flowlink.store.models import SyncConfig, utcnow
+from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces import service as workspaces
-from tests.conftest import StartedServer, make_settings, start_live_server
+from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
 from tests.linking.conftest import KeyMaker, public_pem_of
 
 LINKS = 20
@@ -144,12 +148,8 @@ def test_held_polls_cost_nothing_until_their_link_has_news(
     thread.join(30)
 
 
-def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
-    answering: StartedServer, make_key: KeyMaker
-) -> None:
-    # Its signature is reused while fresh (the same bytes, bound to the same request URL and
-    # method); every answer still verifies against this end's key.
-    live = answering.live
+def one_link(live: LiveServer, make_key: KeyMaker) -> tuple[Path, Any]:
+    """Workspace ``ctl`` with one answering link, ``site``: this end's key file, the site's key."""
     assert live.client.post(
         "/api/v1/workspaces/ctl/apply", json={"files": {"workspace.yml": "name: C\nslug: ctl\n"}}
     ).is_success
@@ -164,7 +164,16 @@ def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
         },
     )
     assert created.status_code == 201, created.text
-    site_key = keys.load_private_key(site.read_text())
+    return own, keys.load_private_key(site.read_text())
+
+
+def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
+    answering: StartedServer, make_key: KeyMaker
+) -> None:
+    # Its signature is reused while fresh (the same bytes, bound to the same request URL and
+    # method); every answer still verifies against this end's key.
+    live = answering.live
+    own, site_key = one_link(live, make_key)
     trusted = {keys.fingerprint(k): k for k in keys.load_public_keys(public_pem_of(own))}
     url = live.url + sync_path("ctl", "site")
 
@@ -201,3 +210,42 @@ def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
             request_method="POST",
             request_url=url,
         )
+
+
+def test_a_renewed_poll_writes_only_its_nonce_and_the_view_shows_its_time(
+    answering: StartedServer, make_key: KeyMaker
+) -> None:
+    # The link's state is not rewritten for a renewal that changes nothing but the time of
+    # the last exchange: the nonce the exchange records tells that time to the view.
+    live = answering.live
+    _own, site_key = one_link(live, make_key)
+    url = live.url + sync_path("ctl", "site")
+
+    def poll() -> None:
+        body = json.dumps(envelope([], 0.1)).encode()
+        headers = httpx.Headers({"content-type": "application/json"})
+        signing.sign_request(site_key, "POST", url, headers, body)
+        assert httpx.post(url, content=body, headers=headers, timeout=30).status_code == 200
+
+    poll()  # the first exchange marks the link connected
+    long_ago = format_timestamp(utcnow() - timedelta(minutes=1))
+    with live.store.write() as session:
+        config = session.scalars(select(SyncConfig).where(SyncConfig.name == "site")).one()
+        config.state = {**(config.state or {}), "last_exchange_at": long_ago}
+    updates: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SYNC_CONFIGS"):
+            updates.append(statement)
+
+    event.listen(live.store.engine, "before_cursor_execute", note)
+    renewed_at = utcnow()
+    try:
+        poll()
+    finally:
+        event.remove(live.store.engine, "before_cursor_execute", note)
+    assert updates == []
+    view = live.client.get("/api/v1/workspaces/ctl/sync_config/site").json()
+    assert view["state"]["connected"] is True
+    shown = parse_timestamp(view["state"]["last_exchange_at"])
+    assert shown >= renewed_at - timedelta(seconds=1), (shown, renewed_at)

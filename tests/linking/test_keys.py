@@ -9,6 +9,8 @@ import pytest
 
 from flowlink.errors import Invalid
 from flowlink.linking import keys
+from flowlink.linking.service import private_key_of
+from flowlink.store.models import SyncConfig
 from tests.linking.conftest import KeyMaker, public_pem_of
 
 GOOD = ["openssl-genrsa", "openssl-genpkey", "ssh-keygen-pem", "ssh-keygen-openssh"]
@@ -100,3 +102,23 @@ def test_generated_pair_and_encryption_at_rest() -> None:
     assert keys.decrypt_at_rest("server-secret", stored) == pair.private_pem
     with pytest.raises(ValueError, match="FLOWLINK_SECRET_KEY"):
         keys.decrypt_at_rest("another-secret", stored)
+
+
+def test_links_that_store_the_same_key_share_one_parsed_key(make_key: KeyMaker) -> None:
+    # Each stored copy is sealed apart (another token each time), yet one parsed key serves
+    # them all; another key, or the same token under another server secret, is its own.
+    one, other = make_key("openssl-genrsa"), make_key("openssl-genpkey")
+
+    def stored(path: Path, secret: str = "s1") -> SyncConfig:
+        return SyncConfig(own_private_key=keys.encrypt_at_rest(secret, path.read_text()))
+
+    first, second = stored(one), stored(one)
+    assert first.own_private_key != second.own_private_key
+    shared = private_key_of(first, "s1")
+    assert private_key_of(second, "s1") is shared
+    assert private_key_of(stored(other), "s1") is not shared
+    assert keys.fingerprint(private_key_of(stored(one, "s2"), "s2").public_key()) == (
+        keys.fingerprint(shared.public_key())
+    )
+    with pytest.raises(ValueError):  # a token sealed under another secret does not open
+        private_key_of(first, "s2")
