@@ -146,8 +146,9 @@ async def start_execution(
     started = await to_thread.run_sync(start)
     if isinstance(started, dict):
         return started
-    await starts.wait_for_end(context.store, started, body.wait or 0.0)
-    return await to_thread.run_sync(_detail, context.store, ws, started)
+    return await starts.wait_and_read(
+        context.store, started, body.wait or 0.0, lambda: _detail(context.store, ws, started)
+    )
 
 
 @router.post("/batch", status_code=201, response_model=ExecutionBatchView)

@@ -6,8 +6,9 @@ that may go through a link is ``linking.starts.start_execution``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +19,8 @@ from flowlink.executions import service as executions
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
+
+View = TypeVar("View", bound=Mapping[str, Any])
 
 
 @dataclass(frozen=True)
@@ -99,3 +102,28 @@ async def wait_for_end(store: Store, execution_id: str, timeout: float) -> bool:
         return ended(store, execution_id)
 
     return await notify.wait_until(store.notifier, {notify.ENDED: {execution_id}}, check, timeout)
+
+
+async def wait_and_read(
+    store: Store, execution_id: str, timeout: float, read: Callable[[], View]
+) -> View:
+    """``wait_for_end``, then ``read()``: a view of the execution that has its ``status``.
+
+    The first check reads the status alone; a check after a wake-up reads the view and looks
+    at its status, so an execution's end costs the waiting request one read, not two.
+    """
+    from anyio import to_thread  # as in ``notify.wait_until``: not on every import
+
+    checks: list[View | None] = []  # what each check read (None: the status alone)
+
+    def check() -> bool:
+        if not checks:
+            checks.append(None)
+            return ended(store, execution_id)
+        view = read()
+        checks.append(view)
+        return is_ended(view["status"])
+
+    await notify.wait_until(store.notifier, {notify.ENDED: {execution_id}}, check, timeout)
+    last = checks[-1]  # ``wait_until`` checks last just before it returns: this is fresh
+    return last if last is not None else await to_thread.run_sync(read)
