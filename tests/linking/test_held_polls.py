@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from flowlink.linking import exchange, keys, signing
 from flowlink.linking.protocol import envelope
 from flowlink.linking.service import sync_path
 from flowlink.workspaces import service as workspaces
-from tests.conftest import StartedServer, make_settings, start_live_server
+from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
 from tests.linking.conftest import KeyMaker, public_pem_of
 
 LINKS = 20
@@ -144,15 +145,8 @@ def test_held_polls_cost_nothing_until_their_link_has_news(
     thread.join(30)
 
 
-def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
-    answering: StartedServer, make_key: KeyMaker
-) -> None:
-    # Its signature is reused while fresh (the same bytes, bound to the same request URL and
-    # method); every answer still verifies against this end's key.
-    live = answering.live
-    assert live.client.post(
-        "/api/v1/workspaces/ctl/apply", json={"files": {"workspace.yml": "name: C\nslug: ctl\n"}}
-    ).is_success
+def _one_link(live: LiveServer, make_key: KeyMaker) -> tuple[Path, Path]:
+    """A controlling sync config ``site`` in workspace ctl; its own key and the site's."""
     own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
     created = live.client.post(
         "/api/v1/workspaces/ctl/sync_config",
@@ -164,6 +158,19 @@ def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
         },
     )
     assert created.status_code == 201, created.text
+    return own, site
+
+
+def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
+    answering: StartedServer, make_key: KeyMaker
+) -> None:
+    # Its signature is reused while fresh (the same bytes, bound to the same request URL and
+    # method); every answer still verifies against this end's key.
+    live = answering.live
+    assert live.client.post(
+        "/api/v1/workspaces/ctl/apply", json={"files": {"workspace.yml": "name: C\nslug: ctl\n"}}
+    ).is_success
+    own, site = _one_link(live, make_key)
     site_key = keys.load_private_key(site.read_text())
     trusted = {keys.fingerprint(k): k for k in keys.load_public_keys(public_pem_of(own))}
     url = live.url + sync_path("ctl", "site")
@@ -215,17 +222,7 @@ def test_a_held_poll_signs_its_news_in_the_look_that_found_it(
     live = answering.live
     files = {"workspace.yml": "name: Ctl\nslug: ctl\n", "flows/echo.py": ECHO}
     assert live.client.post("/api/v1/workspaces/ctl/apply", json={"files": files}).is_success
-    own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-    created = live.client.post(
-        "/api/v1/workspaces/ctl/sync_config",
-        json={
-            "name": "site",
-            "direction": "controlling",
-            "own_private_key": own.read_text(),
-            "remote_public_key": public_pem_of(site),
-        },
-    )
-    assert created.status_code == 201, created.text
+    own, site = _one_link(live, make_key)
     hops: list[str] = []
     real_run_sync = to_thread.run_sync
 
