@@ -6,7 +6,9 @@ that may go through a link is ``linking.starts.start_execution``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -104,15 +106,43 @@ async def wait_for_end(store: Store, execution_id: str, timeout: float) -> bool:
     return await notify.wait_until(store.notifier, {notify.ENDED: {execution_id}}, check, timeout)
 
 
+@contextmanager
+def watching_ends(store: Store) -> Iterator[notify.AsyncWaiter]:
+    """A waiter for execution ends, registered before the execution to wait for is created.
+
+    Any end wakes it until ``wait_and_read`` narrows it to its execution; since it listened
+    from before the execution existed, the wait needs no first look at the store.
+    """
+    with store.notifier.waiter({notify.ENDED: None}) as waiter:
+        yield waiter
+
+
 async def wait_and_read(
-    store: Store, execution_id: str, timeout: float, read: Callable[[], View]
+    store: Store,
+    execution_id: str,
+    timeout: float,
+    read: Callable[[], View],
+    *,
+    watching: notify.AsyncWaiter | None = None,
 ) -> View:
     """``wait_for_end``, then ``read()``: a view of the execution that has its ``status``.
 
-    The first check reads the status alone; a check after a wake-up reads the view and looks
-    at its status, so an execution's end costs the waiting request one read, not two.
+    A check after a wake-up reads the view and looks at its status, so an execution's end
+    costs the waiting request one read, not two. With ``watching`` (``watching_ends``, made
+    before the execution) there is no first check: nothing is read before a wake-up.
     """
     from anyio import to_thread  # as in ``notify.wait_until``: not on every import
+
+    if watching is not None:
+        watching.set_interests({notify.ENDED: {execution_id}})
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                await watching.wait(remaining)
+            view = await to_thread.run_sync(read)
+            if is_ended(view["status"]) or time.monotonic() >= deadline:
+                return view
 
     checks: list[View | None] = []  # what each check read (None: the status alone)
 

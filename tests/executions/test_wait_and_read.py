@@ -9,7 +9,7 @@ import pytest
 
 from flowlink.execution_status import ExecutionStatus, Outcome
 from flowlink.executions import service as executions
-from flowlink.executions.starts import wait_and_read
+from flowlink.executions.starts import wait_and_read, watching_ends
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
 from flowlink.workspaces import service as workspaces
@@ -71,6 +71,39 @@ def test_an_ended_execution_and_a_timeout_are_read_afresh(
     _finish(store, execution_id, Outcome(ExecutionStatus.ERROR, "no"))
     assert asyncio.run(wait_and_read(store, execution_id, 30.0, read))["status"] == "error"
     assert reads == ["queued", "error"]
+
+
+def test_a_wait_that_listened_before_the_start_reads_nothing_until_woken(
+    store: Store, workspace: Workspace
+) -> None:
+    reads: list[str] = []
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        with watching_ends(store) as watching:
+            execution_id = await asyncio.to_thread(_queued, store, workspace)
+            read = _reader(store, execution_id, reads)
+            waiting = asyncio.create_task(
+                wait_and_read(store, execution_id, 30.0, read, watching=watching)
+            )
+            await asyncio.sleep(0.2)
+            assert not waiting.done() and reads == []  # no look before a wake-up
+            done = Outcome(ExecutionStatus.SUCCESS, "done")
+            await asyncio.to_thread(_finish, store, execution_id, done)
+            first = await asyncio.wait_for(waiting, 30.0)
+        # An end between the start and the wait is not missed: it woke the watcher.
+        with watching_ends(store) as watching:
+            other = await asyncio.to_thread(_queued, store, workspace)
+            await asyncio.to_thread(_finish, store, other, Outcome(ExecutionStatus.ERROR, "x"))
+            await asyncio.sleep(0.05)
+            second = await asyncio.wait_for(
+                wait_and_read(store, other, 30.0, _reader(store, other, reads), watching=watching),
+                30.0,
+            )
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first["status"] == "success" and second["status"] == "error"
+    assert reads == ["success", "error"]  # one read each, once ended
 
 
 def _finish(store: Store, execution_id: str, outcome: Outcome) -> None:
