@@ -133,21 +133,29 @@ async def start_execution(
     """
     http = request_http(request)
 
-    def start() -> dict[str, Any] | str:
+    def create(with_view: bool) -> tuple[str, dict[str, Any]]:
         with context.store.write() as session:
             workspace = workspaces.get_workspace(session, ws)
             execution = _start(session, workspace, body, context, caller, http)
-            if not body.wait:
+            view: dict[str, Any] = {}
+            if with_view:
                 view = executions.execution_view(execution, workspace.slug, children=[])
                 view["script"] = execution.script
-                return view
-            return execution.id
+            return execution.id, view
 
-    started = await to_thread.run_sync(start)
-    if isinstance(started, dict):
-        return started
-    await starts.wait_for_end(context.store, started, body.wait or 0.0)
-    return await to_thread.run_sync(_detail, context.store, ws, started)
+    if not body.wait:
+        return (await to_thread.run_sync(create, True))[1]
+    # Listening for ends from before the execution exists: its end cannot be missed, so
+    # the wait reads the store only once woken.
+    with starts.watching_ends(context.store) as watching:
+        execution_id, _ = await to_thread.run_sync(create, False)
+        return await starts.wait_and_read(
+            context.store,
+            execution_id,
+            body.wait,
+            lambda: _detail(context.store, ws, execution_id),
+            watching=watching,
+        )
 
 
 @router.post("/batch", status_code=201, response_model=ExecutionBatchView)

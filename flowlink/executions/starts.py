@@ -6,8 +6,11 @@ that may go through a link is ``linking.starts.start_execution``.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +21,8 @@ from flowlink.executions import service as executions
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
+
+View = TypeVar("View", bound=Mapping[str, Any])
 
 
 @dataclass(frozen=True)
@@ -99,3 +104,56 @@ async def wait_for_end(store: Store, execution_id: str, timeout: float) -> bool:
         return ended(store, execution_id)
 
     return await notify.wait_until(store.notifier, {notify.ENDED: {execution_id}}, check, timeout)
+
+
+@contextmanager
+def watching_ends(store: Store) -> Iterator[notify.AsyncWaiter]:
+    """A waiter for execution ends, registered before the execution to wait for is created.
+
+    Any end wakes it until ``wait_and_read`` narrows it to its execution; since it listened
+    from before the execution existed, the wait needs no first look at the store.
+    """
+    with store.notifier.waiter({notify.ENDED: None}) as waiter:
+        yield waiter
+
+
+async def wait_and_read(
+    store: Store,
+    execution_id: str,
+    timeout: float,
+    read: Callable[[], View],
+    *,
+    watching: notify.AsyncWaiter | None = None,
+) -> View:
+    """``wait_for_end``, then ``read()``: a view of the execution that has its ``status``.
+
+    A check after a wake-up reads the view and looks at its status, so an execution's end
+    costs the waiting request one read, not two. With ``watching`` (``watching_ends``, made
+    before the execution) there is no first check: nothing is read before a wake-up.
+    """
+    from anyio import to_thread  # as in ``notify.wait_until``: not on every import
+
+    if watching is not None:
+        watching.set_interests({notify.ENDED: {execution_id}})
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                await watching.wait(remaining)
+            view = await to_thread.run_sync(read)
+            if is_ended(view["status"]) or time.monotonic() >= deadline:
+                return view
+
+    checks: list[View | None] = []  # what each check read (None: the status alone)
+
+    def check() -> bool:
+        if not checks:
+            checks.append(None)
+            return ended(store, execution_id)
+        view = read()
+        checks.append(view)
+        return is_ended(view["status"])
+
+    await notify.wait_until(store.notifier, {notify.ENDED: {execution_id}}, check, timeout)
+    last = checks[-1]  # ``wait_until`` checks last just before it returns: this is fresh
+    return last if last is not None else await to_thread.run_sync(read)

@@ -73,6 +73,12 @@ BACKOFF_START = 0.25
 # The sender looks at the store again after this long without a notification: a safety net
 # (for example a separate worker process on SQLite, whose changes announce nothing here).
 SENDER_FALLBACK_SECONDS = 30.0
+# After an answer that carried messages, the poller renews its poll (with their acks) this
+# much later. The requests and flows the applied messages woke (a wait for a run's end) then
+# have the event loop and the GIL to themselves instead of sharing them with the renewal's
+# signing and HTTP work (measured: 3-5 ms sooner at the end of a round trip). Nothing waits
+# on the renewal: the other end keeps what it has in its outbox, and the acks are not urgent.
+RENEW_AFTER_NEWS = 0.01
 # What one exchange came to.
 BUSY, DONE, IDLE, FAILED = "busy", "done", "idle", "failed"
 
@@ -185,11 +191,14 @@ class Connector:
     async def _poll_loop(self) -> None:
         poll = 0.0  # the first exchange answers at once: the link's state is known at start
         while True:
-            if await self._exchange_safely(carry_outbox=False, poll=poll) == FAILED:
+            result = await self._exchange_safely(carry_outbox=False, poll=poll)
+            if result == FAILED:
                 await asyncio.sleep(self._backoff())
-            else:
-                # Longer than 60 s only to an end that said it holds that long.
-                poll = min(self.settings.link_poll, max_poll(self.transport.peer_features))
+                continue
+            # Longer than 60 s only to an end that said it holds that long.
+            poll = min(self.settings.link_poll, max_poll(self.transport.peer_features))
+            if result == BUSY:  # the answer's messages were applied: what they woke goes first
+                await asyncio.sleep(RENEW_AFTER_NEWS)
 
     # --- one exchange ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from flowlink.linking.exchange import (
     News,
     apply_messages,
     follows_and_outgoing,
+    look_for_news,
     news_interests,
     wait_for_news,
 )
@@ -246,6 +247,15 @@ async def answer_exchange(
         incoming = incoming.answered()  # the poll may be held for minutes: keep less
         del headers, body
         first = News([], applied.follows) if known == ids else None
+        signed: list[SignedAnswer] = []
+
+        def look() -> News:
+            # An answer with news is signed in the thread hop of the look that found it.
+            news = look_for_news(store, applied.config_id, MAX_MESSAGES - 1)
+            if news.messages:
+                signed.append(_signed(applied, list(news.messages), incoming))
+            return news
+
         messages = await wait_for_news(
             store,
             applied.config_id,
@@ -256,7 +266,10 @@ async def answer_exchange(
             waiter=waiter,
             first=first,
             limiter=limiter,
+            look=look,
         )
+    if signed and messages:
+        return signed[-1]
     if messages or applied.received:
         return await to_thread.run_sync(_signed, applied, messages, incoming, limiter=limiter)
     return await _empty_answer(applied, incoming, limiter)

@@ -862,6 +862,7 @@ async def wait_for_news(
     waiter: notify.AsyncWaiter | None = None,
     first: News | None = None,
     limiter: CapacityLimiter | None = None,
+    look: Callable[[], News] | None = None,
 ) -> list[dict[str, Any]]:
     """Wait on the event loop, holding no thread, until this end has messages for the other.
 
@@ -873,6 +874,8 @@ async def wait_for_news(
     ``waiter`` and ``first``: a waiter already registered for this link before the caller
     looked, and what that look found; the wait then starts without looking again.
     ``limiter``: the thread hops' limiter (default: the pool the API shares).
+    ``look``: how to look (default ``look_for_news``), in a thread hop: a caller may do more
+    in the same hop with what the look found (the answering end signs its answer there).
     """
     if waiter is None:
         with store.notifier.waiter(news_interests(config_id, workspace_id, True)) as own:
@@ -885,6 +888,7 @@ async def wait_for_news(
                 limit=limit,
                 waiter=own,
                 limiter=limiter,
+                look=look,
             )
     deadline = time.monotonic() + timeout
     grace = START_GRACE.total_seconds() + 0.05
@@ -893,7 +897,12 @@ async def wait_for_news(
     while True:
         listened = notify.EVENTS in waiter.interests  # during the look just made
         if news is None:
-            news = await to_thread.run_sync(look_for_news, store, config_id, limit, limiter=limiter)
+            if look is None:
+                news = await to_thread.run_sync(
+                    look_for_news, store, config_id, limit, limiter=limiter
+                )
+            else:
+                news = await to_thread.run_sync(look, limiter=limiter)
         if news.messages:
             return news.messages
         waiter.set_interests(news_interests(config_id, workspace_id, news.follows))

@@ -95,8 +95,15 @@ def test_waiting_clients_do_not_starve_the_api(idle_server: LiveServer) -> None:
     assert thread.is_alive(), out  # the clients still wait
 
     # Ending the executions wakes every waiter at once (a notification, not a timer).
-    queued = server.client.get(base, params={"status": "queued", "limit": 1000}).json()["items"]
-    assert len(queued) == WAITING + FOLLOWING
+    # A waiting start listens from before its execution is created: wait for all of them.
+    deadline = time.monotonic() + 60
+    while True:
+        params = {"status": "queued", "limit": 1000}
+        queued = server.client.get(base, params=params).json()["items"]
+        if len(queued) == WAITING + FOLLOWING:
+            break
+        assert time.monotonic() < deadline, f"only {len(queued)} executions queued"
+        time.sleep(0.05)
     for item in queued:
         assert server.client.post(f"{base}/{item['id']}/cancel").status_code == 200
     cancelled_at = time.monotonic()

@@ -249,3 +249,57 @@ def test_a_renewed_poll_writes_only_its_nonce_and_the_view_shows_its_time(
     assert view["state"]["connected"] is True
     shown = parse_timestamp(view["state"]["last_exchange_at"])
     assert shown >= renewed_at - timedelta(seconds=1), (shown, renewed_at)
+
+
+def test_a_held_poll_signs_its_news_in_the_look_that_found_it(
+    answering: StartedServer, make_key: KeyMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is signed in the thread hop of the look (one hop, not a second for the
+    signature), and it is a valid answer of the server's key, bound to the request."""
+    from anyio import to_thread
+
+    from flowlink.linking.endpoint import _signed
+
+    live = answering.live
+    own, site_key = one_link(live, make_key)
+    files = {"workspace.yml": "name: C\nslug: ctl\n", "flows/echo.py": ECHO}
+    assert live.client.post("/api/v1/workspaces/ctl/apply", json={"files": files}).is_success
+    hops: list[str] = []
+    real_run_sync = to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await real_run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(to_thread, "run_sync", counted)
+    url = live.url + sync_path("ctl", "site")
+    body = json.dumps(envelope([], POLL)).encode()
+    headers = httpx.Headers({"content-type": "application/json"})
+    signing.sign_request(site_key, "POST", url, headers, body)
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(
+        target=lambda: answers.append(httpx.post(url, content=body, headers=headers, timeout=60))
+    )
+    thread.start()
+    deadline = time.monotonic() + 30
+    while live.store.notifier.waiting() < 1:
+        assert time.monotonic() < deadline, "the poll is not held"
+        time.sleep(0.05)
+    started = live.client.post(
+        "/api/v1/workspaces/ctl/executions", json={"flow": "echo", "remote": "site"}
+    )
+    assert started.status_code == 201, started.text
+    thread.join(30)
+    answer = answers[0]
+    assert answer.status_code == 200, answer.text
+    assert [m["type"] for m in answer.json()["messages"]] == ["execution.start"]
+    server_key = keys.load_private_key(own.read_text()).public_key()
+    signing.verify_response(
+        {keys.fingerprint(server_key): server_key},
+        200,
+        answer.headers,
+        answer.content,
+        request_method="POST",
+        request_url=url,
+    )
+    assert _signed.__name__ not in hops  # signed in the look's hop

@@ -1,0 +1,111 @@
+"""A request that waits for an execution's end reads its view once when the end comes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from flowlink.execution_status import ExecutionStatus, Outcome
+from flowlink.executions import service as executions
+from flowlink.executions.starts import wait_and_read, watching_ends
+from flowlink.store.engine import Store
+from flowlink.store.models import Execution, Workspace
+from flowlink.workspaces import service as workspaces
+
+
+@pytest.fixture
+def workspace(store: Store) -> Workspace:
+    with store.write() as session:
+        ws = workspaces.create_workspace(session, "wait-read")
+        workspaces.put_flow(session, ws, "hello", "def handler(system, this, inputs):\n    pass\n")
+        return ws
+
+
+def _queued(store: Store, workspace: Workspace) -> str:
+    with store.write() as session:
+        ws = session.get(Workspace, workspace.id)
+        assert ws is not None
+        return executions.create_execution(session, ws, flow_name="hello").id
+
+
+def _reader(store: Store, execution_id: str, reads: list[str]) -> Any:
+    def read() -> dict[str, Any]:
+        with store.read() as session:
+            row = session.get(Execution, execution_id)
+            assert row is not None
+            reads.append(row.status)
+            return {"id": row.id, "status": row.status}
+
+    return read
+
+
+def test_the_end_is_read_once_with_the_view(store: Store, workspace: Workspace) -> None:
+    execution_id = _queued(store, workspace)
+    reads: list[str] = []
+
+    async def scenario() -> dict[str, Any]:
+        waiting = asyncio.create_task(
+            wait_and_read(store, execution_id, 30.0, _reader(store, execution_id, reads))
+        )
+        await asyncio.sleep(0.2)  # the first check (the status alone) found it queued
+        assert not waiting.done() and reads == []
+        done = Outcome(ExecutionStatus.SUCCESS, "done")
+        await asyncio.to_thread(_finish, store, execution_id, done)
+        return await asyncio.wait_for(waiting, 30.0)
+
+    view = asyncio.run(scenario())
+    assert view == {"id": execution_id, "status": "success"}
+    assert reads == ["success"]  # the wake-up's check was the view: no second read
+
+
+def test_an_ended_execution_and_a_timeout_are_read_afresh(
+    store: Store, workspace: Workspace
+) -> None:
+    execution_id = _queued(store, workspace)
+    reads: list[str] = []
+    read = _reader(store, execution_id, reads)
+    view = asyncio.run(wait_and_read(store, execution_id, 0.05, read))
+    assert view["status"] == "queued" and reads == ["queued"]  # timed out: read at the end
+    _finish(store, execution_id, Outcome(ExecutionStatus.ERROR, "no"))
+    assert asyncio.run(wait_and_read(store, execution_id, 30.0, read))["status"] == "error"
+    assert reads == ["queued", "error"]
+
+
+def test_a_wait_that_listened_before_the_start_reads_nothing_until_woken(
+    store: Store, workspace: Workspace
+) -> None:
+    reads: list[str] = []
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        with watching_ends(store) as watching:
+            execution_id = await asyncio.to_thread(_queued, store, workspace)
+            read = _reader(store, execution_id, reads)
+            waiting = asyncio.create_task(
+                wait_and_read(store, execution_id, 30.0, read, watching=watching)
+            )
+            await asyncio.sleep(0.2)
+            assert not waiting.done() and reads == []  # no look before a wake-up
+            done = Outcome(ExecutionStatus.SUCCESS, "done")
+            await asyncio.to_thread(_finish, store, execution_id, done)
+            first = await asyncio.wait_for(waiting, 30.0)
+        # An end between the start and the wait is not missed: it woke the watcher.
+        with watching_ends(store) as watching:
+            other = await asyncio.to_thread(_queued, store, workspace)
+            await asyncio.to_thread(_finish, store, other, Outcome(ExecutionStatus.ERROR, "x"))
+            await asyncio.sleep(0.05)
+            second = await asyncio.wait_for(
+                wait_and_read(store, other, 30.0, _reader(store, other, reads), watching=watching),
+                30.0,
+            )
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first["status"] == "success" and second["status"] == "error"
+    assert reads == ["success", "error"]  # one read each, once ended
+
+
+def _finish(store: Store, execution_id: str, outcome: Outcome) -> None:
+    with store.write() as session:
+        assert executions.finish_many(session, [(execution_id, outcome)])
