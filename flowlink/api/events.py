@@ -212,11 +212,16 @@ async def stream_events(
 
     workspace_id, first, readable = await run_in_threadpool(resolve)
 
-    async def gone() -> bool:
-        return await request.is_disconnected() or context.stopping.is_set()
-
     return StreamingResponse(
-        live.stream(context.store, workspace_id, criteria, first, gone=gone, readable=readable),
+        live.stream(
+            context.store,
+            workspace_id,
+            criteria,
+            first,
+            gone=request.is_disconnected,
+            stopped=context.stopping.is_set,
+            readable=readable,
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -174,12 +174,17 @@ async def activity_live(request: Request, ws: str) -> Response:
     if resume.isdigit():
         first = int(resume)
 
-    async def gone() -> bool:
-        return await request.is_disconnected() or context.stopping.is_set()
-
     return StreamingResponse(
         _unnamed(
-            live.stream(context.store, workspace_id, criteria, first, gone=gone, readable=readable)
+            live.stream(
+                context.store,
+                workspace_id,
+                criteria,
+                first,
+                gone=request.is_disconnected,
+                stopped=context.stopping.is_set,
+                readable=readable,
+            )
         ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
