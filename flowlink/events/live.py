@@ -71,8 +71,7 @@ class _Turns:
     """Lets at most ``per_turn`` callers of ``take`` through per turn of the event loop;
     the others wait, first come first served, for a later turn."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int) -> None:
-        self.loop = loop
+    def __init__(self, per_turn: int) -> None:
         self.per_turn = per_turn
         self.used = 0
         self.waiting: deque[asyncio.Future[None]] = deque()
@@ -84,7 +83,7 @@ class _Turns:
             self.used += 1
             self._schedule()
             return
-        turn = self.loop.create_future()
+        turn = asyncio.get_running_loop().create_future()
         self.waiting.append(turn)
         self._schedule()
         await turn
@@ -92,7 +91,7 @@ class _Turns:
     def _schedule(self) -> None:
         if not self.next_turn_scheduled:
             self.next_turn_scheduled = True
-            self.loop.call_soon(self._next_turn)
+            asyncio.get_running_loop().call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
         self.next_turn_scheduled = False
@@ -113,7 +112,7 @@ def _delivery_turns() -> _Turns:
     loop = asyncio.get_running_loop()
     turns = _turns.get(loop)
     if turns is None:
-        turns = _turns[loop] = _Turns(loop, DELIVERIES_PER_TURN)
+        turns = _turns[loop] = _Turns(DELIVERIES_PER_TURN)
     return turns
 
 

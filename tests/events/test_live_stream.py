@@ -13,8 +13,7 @@ from flowlink.store.engine import Store
 
 def test_turns_let_a_few_through_per_turn_of_the_loop_first_come_first_served() -> None:
     async def main() -> list[tuple[int, int]]:
-        loop = asyncio.get_running_loop()
-        turns = live._Turns(loop, per_turn=2)
+        turns = live._Turns(per_turn=2)
         ticks = [0]
         passed: list[tuple[int, int]] = []  # (taker, turn of the loop it passed in)
 
@@ -44,7 +43,7 @@ def test_turns_let_a_few_through_per_turn_of_the_loop_first_come_first_served() 
 
 def test_a_cancelled_waiter_takes_no_room_in_a_turn() -> None:
     async def main() -> list[int]:
-        turns = live._Turns(asyncio.get_running_loop(), per_turn=1)
+        turns = live._Turns(per_turn=1)
         passed: list[int] = []
 
         async def taker(n: int) -> None:
