@@ -419,8 +419,28 @@ def figure(name: str, value: float, target_key: str, unit: str, note: str = "") 
     report(name, value, TARGETS[target_key], unit, note=note)
 
 
+def database_sessions(database_url: str) -> int:
+    """PostgreSQL: how many connections to the store's database were ever opened (0 on
+    SQLite)."""
+    if not database_url.startswith("postgresql"):
+        return 0
+    import psycopg
+
+    with psycopg.connect(database_url) as connection:
+        row = connection.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def idle_links(
-    ctl: Any, sites: int, folder: Path, figures: dict[str, Any], processes: int, poll: float
+    ctl: Any,
+    database_url: str,
+    sites: int,
+    folder: Path,
+    figures: dict[str, Any],
+    processes: int,
+    poll: float,
 ) -> Sites:
     """Figure 1: connect the sites; measure threads, memory, idle CPU, API p99."""
     usage = Usage(ctl.process.pid)
@@ -450,7 +470,9 @@ def idle_links(
     renewed = load.exchanges() - exchanges0
     per_renewal = cpu * figures["idle_seconds"] * 10 / renewed if renewed else float("nan")
     load_cpu = (load.cpu_seconds() - load_cpu0) / figures["idle_seconds"] * 100
+    sessions0 = database_sessions(database_url)
     api = probe_api(ctl.url, ctl.token, f"/api/v1/workspaces/{WS}/executions?limit=20", 50, 10)
+    opened = database_sessions(database_url) - sessions0
     print(f"  {sites} sites holding long polls (before: {before}; {load_note()}):")
     figure("controller threads", threads1, "threads", "")
     figure("extra memory per idle link", (rss1 - rss0) / sites / 1024, "kb_per_link", "kB")
@@ -475,6 +497,8 @@ def idle_links(
         "ms",
         f"p50 {percentile(api, 50):.1f} ms",
     )
+    if database_url.startswith("postgresql"):
+        print(f"  {'PostgreSQL connections opened meanwhile':<44} {opened:10d}")
     figures.update(
         threads=threads1,
         kb_per_link=(rss1 - rss0) / sites / 1024,
@@ -738,7 +762,7 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 "flows/sleep.py": SLEEP,
             },
         )
-        load = idle_links(ctl, args.sites, folder, figures, args.load_processes, args.poll)
+        load = idle_links(ctl, url, args.sites, folder, figures, args.load_processes, args.poll)
         try:
             if "fanout" in args.parts:
                 fan_out(ctl, load, args.sites, figures)

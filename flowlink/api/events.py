@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from flowlink import jsonsafe
 from flowlink.access.policy import authorize, event_reader
 from flowlink.api.bodies import MAX_ID, RequestBody
-from flowlink.api.deps import Caller, Context
+from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.api.deps import request_http as _http
 from flowlink.api.errors import ErrorBody, error_response
 from flowlink.api.responses import ApiRoute
@@ -212,11 +212,33 @@ async def stream_events(
 
     workspace_id, first, readable = await run_in_threadpool(resolve)
 
-    async def gone() -> bool:
-        return await request.is_disconnected() or context.stopping.is_set()
+    return live_response(request, context, workspace_id, criteria, first, readable)
 
+
+def live_response(
+    request: Request,
+    context: ServerContext,
+    workspace_id: str,
+    criteria: events.EventFilter,
+    first: int,
+    readable: Callable[[str], bool],
+    shape: Callable[[AsyncIterator[str]], AsyncIterator[str]] = lambda chunks: chunks,
+) -> StreamingResponse:
+    """The Server-Sent Events response of a workspace's live events after seq ``first``
+    (the API's stream; the console's live tail gives ``shape`` to rename its messages).
+    It ends when the client leaves or the server stops."""
     return StreamingResponse(
-        live.stream(context.store, workspace_id, criteria, first, gone=gone, readable=readable),
+        shape(
+            live.stream(
+                context.store,
+                workspace_id,
+                criteria,
+                first,
+                gone=request.is_disconnected,
+                stopped=context.stopping.is_set,
+                readable=readable,
+            )
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +21,25 @@ from flowlink.store.engine import Store
 STREAM_BATCH = 200
 KEEPALIVE_SECONDS = 15.0
 LATE_COMMIT_WINDOW = 2.0  # PostgreSQL: seconds during which a lower seq may still commit
+# How many streams write their news in one turn of the event loop. An event wakes every
+# stream of its workspace at once; in turns of this many, requests (and their answers) are
+# served between them instead of after the last of a thousand streams.
+DELIVERIES_PER_TURN = 50
+MAX_TYPES_REMEMBERED = 256  # per stream: event types whose access was checked
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One event as the streams send it, serialised once for all of them."""
+
+    seq: int
+    type: str
+    data: str  # the event's JSON
+
+    def message(self, position: int) -> str:
+        """The SSE message (``id:`` the stream position, ``event:`` its type)."""
+        return f"id: {position}\nevent: {self.type}\ndata: {self.data}\n\n"
+
 
 # Streams in the same place (workspace, filter, position) share one read of the store: an
 # event wakes a thousand streams, and they make one query, not a thousand. A read counts
@@ -27,8 +49,8 @@ _reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[Any]]] = {}
 
 
 async def _shared_read(
-    key: tuple[Any, ...], store: Store, read: Callable[[], list[tuple[int, dict[str, Any]]]]
-) -> list[tuple[int, dict[str, Any]]]:
+    key: tuple[Any, ...], store: Store, read: Callable[[], list[_Item]]
+) -> list[_Item]:
     seen = store.notifier.counter(notify.EVENTS)
     current = _reads.get(key)
     if current is None or current[0] != seen:
@@ -41,14 +63,62 @@ async def _shared_read(
                 del _reads[key]
 
         future.add_done_callback(forget)
-    result: list[tuple[int, dict[str, Any]]] = await asyncio.shield(current[1])
+    result: list[_Item] = await asyncio.shield(current[1])
     return result
 
 
-def sse(view: dict[str, Any], position: int) -> str:
-    """One event as an SSE message (``id:`` the stream position, ``event:`` its type)."""
+class _Turns:
+    """Lets at most ``per_turn`` callers of ``take`` through per turn of the event loop;
+    the others wait, first come first served, for a later turn."""
+
+    def __init__(self, per_turn: int) -> None:
+        self.per_turn = per_turn
+        self.used = 0
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.next_turn_scheduled = False
+
+    async def take(self) -> None:
+        """Return in a turn of the loop that still has room."""
+        if self.used < self.per_turn and not self.waiting:
+            self.used += 1
+            self._schedule()
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
+        self._schedule()
+        await turn
+
+    def _schedule(self) -> None:
+        if not self.next_turn_scheduled:
+            self.next_turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self.next_turn_scheduled = False
+        self.used = 0
+        while self.waiting and self.used < self.per_turn:
+            turn = self.waiting.popleft()
+            if not turn.done():  # a stream cancelled while it waited takes no room
+                turn.set_result(None)
+                self.used += 1
+        if self.waiting or self.used:
+            self._schedule()
+
+
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
+
+
+def _delivery_turns() -> _Turns:
+    loop = asyncio.get_running_loop()
+    turns = _turns.get(loop)
+    if turns is None:
+        turns = _turns[loop] = _Turns(DELIVERIES_PER_TURN)
+    return turns
+
+
+def _item(view: dict[str, Any]) -> _Item:
     data = jsonsafe.dumps(view, separators=(",", ":"), default=str)
-    return f"id: {position}\nevent: {view['type']}\ndata: {data}\n\n"
+    return _Item(view["seq"], view["type"], data)
 
 
 async def stream(
@@ -58,58 +128,76 @@ async def stream(
     start: int,
     *,
     gone: Callable[[], Awaitable[bool]],
+    stopped: Callable[[], bool] = lambda: False,
     readable: Callable[[str], bool] = lambda _type: True,
 ) -> AsyncIterator[str]:
-    """Server-Sent Events of a workspace's events after seq ``start``, until ``gone()``
-    (the client left or the server stops).
+    """Server-Sent Events of a workspace's events after seq ``start``, until the client
+    leaves (``gone()``, asked before each keep-alive) or the server stops (``stopped()``,
+    asked at every wake-up).
 
     Rows are always read from the store by seq; a notification only says "look again".
+    The streams woken by one notification share one read, each event is serialised once
+    for all of them, and they write in turns (``DELIVERIES_PER_TURN``) so that the server
+    answers requests between them.
 
     The client's buffer is this generator: it reads the next rows only once the previous ones
     were sent, so a slow client lags behind (and can resume) without holding memory or
     slowing anyone else. On PostgreSQL a transaction can commit a lower seq after a higher
-    one was read; rows inside a short window behind the cursor are re-checked and delivered
-    once, with the stream position as their ``id``.
+    one was read; its commit announces it like any other, and the reads that follow look
+    from a short window behind the cursor: such a row is delivered once, with the stream
+    position as its ``id``.
     """
     late_commits = store.dialect == "postgresql"
     cursor = start  # highest seq delivered
     floor = start  # PostgreSQL: lowest seq that might still appear
     recent: dict[int, float] = {}  # seq -> when delivered, for seqs above floor
+    allowed: dict[str, bool] = {}  # event type -> readable(type), asked once per type
+    turns = _delivery_turns()
 
-    def read(after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+    def read(after: int, limit: int) -> list[_Item]:
         with store.read() as session:
             rows = read_after(session, workspace_id, criteria, after, limit=limit)
-            return [(e.seq, event_view(e)) for e in rows]
+            views = [event_view(e) for e in rows]
+        return [_item(view) for view in views]
 
     last_sent = time.monotonic()
     with store.notifier.waiter({notify.EVENTS: {workspace_id}}) as waiter:
         yield "retry: 1000\n\n"
         look = True
         while True:
+            if stopped():
+                return
             if not look:  # nothing announced: sleep until a keep-alive is due
-                if await gone():
-                    return
-                # A client that went away is noticed when the keep-alive cannot be sent.
                 idle = KEEPALIVE_SECONDS - (time.monotonic() - last_sent)
                 look = bool(await waiter.wait(max(idle, 0.0)))
                 if not look and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                    # A client that went away is noticed when the keep-alive is due.
+                    if await gone():
+                        return
                     last_sent = time.monotonic()
                     yield ": keep-alive\n\n"
                 continue
             after, limit = (floor if late_commits else cursor), STREAM_BATCH + len(recent)
-            rows = await _shared_read(
+            items = await _shared_read(
                 (store, workspace_id, criteria, after, limit),
                 store,
                 functools.partial(read, after, limit),
             )
-            fresh = [(seq, view) for seq, view in rows if seq not in recent]
+            fresh = [item for item in items if item.seq not in recent]
+            if fresh:
+                await turns.take()
             now = time.monotonic()
-            for seq, view in fresh:
-                cursor = max(cursor, seq)
+            for item in fresh:
+                cursor = max(cursor, item.seq)
                 if late_commits:
-                    recent[seq] = now
-                if readable(view["type"]):
-                    yield sse(view, cursor)
+                    recent[item.seq] = now
+                permitted = allowed.get(item.type)
+                if permitted is None:
+                    if len(allowed) >= MAX_TYPES_REMEMBERED:
+                        allowed.clear()
+                    permitted = allowed[item.type] = readable(item.type)
+                if permitted:
+                    yield item.message(cursor)
                 last_sent = now
             if late_commits:
                 settled = [s for s, at in recent.items() if now - at > LATE_COMMIT_WINDOW]
@@ -118,10 +206,6 @@ async def stream(
                     recent = {s: at for s, at in recent.items() if s > floor}
                 elif not recent:
                     floor = cursor
-            if len(fresh) >= STREAM_BATCH:
-                continue
-            look = bool(recent)
-            if recent:  # rows delivered lately may still be joined by late commits
-                if await gone():
-                    return
-                await waiter.wait(0.5)
+            # A full batch: more rows are waiting. Otherwise the next notification (a late
+            # commit's too) says when to look again.
+            look = len(fresh) >= STREAM_BATCH

@@ -95,7 +95,10 @@ def make_engine(database_url: str) -> Engine:
         )
         _install_sqlite_hooks(engine)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
+    # As many kept connections as the threads that use the store at once (the API's pool of
+    # ~40): a burst above a smaller pool opened and closed a connection (a server process
+    # forked by PostgreSQL) per transaction, 30 a second with 1,000 links renewing.
+    return create_engine(url, pool_size=40, max_overflow=0, pool_pre_ping=True)
 
 
 def alembic_config(connection: Any | None = None) -> Config:

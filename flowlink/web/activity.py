@@ -9,13 +9,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from flowlink.access.policy import allows, authorize, event_reader, visible
 from flowlink.access.service import Principal
+from flowlink.api.events import live_response
 from flowlink.errors import Invalid
-from flowlink.events import live
 from flowlink.events import service as events
 from flowlink.executions import service as executions
 from flowlink.linking import exchange
@@ -174,13 +174,4 @@ async def activity_live(request: Request, ws: str) -> Response:
     if resume.isdigit():
         first = int(resume)
 
-    async def gone() -> bool:
-        return await request.is_disconnected() or context.stopping.is_set()
-
-    return StreamingResponse(
-        _unnamed(
-            live.stream(context.store, workspace_id, criteria, first, gone=gone, readable=readable)
-        ),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return live_response(request, context, workspace_id, criteria, first, readable, _unnamed)

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from flowlink.automations import triggers
+from flowlink.workspaces.service import get_workspace
 from tests.conftest import LiveServer
 
 WS = "evapi"
@@ -309,6 +311,45 @@ def test_sse_live_filter_and_resume_without_gaps(ws: tuple[LiveServer, dict[str,
         assert resumed.items.empty()
     finally:
         resumed.close()
+
+
+def test_sse_event_committed_late_with_a_lower_seq_is_delivered_once(
+    ws: tuple[LiveServer, dict[str, str]],
+) -> None:
+    server, _ = ws
+    if server.store.dialect != "postgresql":
+        pytest.skip("SQLite has one writer: seq is commit order")
+    reader = SSEReader(server, {"types": "late.*"})
+    inserted, release = threading.Event(), threading.Event()
+
+    def late() -> None:  # takes its seq first and commits after a higher one
+        with server.store.write() as session:
+            workspace = get_workspace(session, WS)
+            triggers.emit_many(session, workspace, [("late.a", {"n": 1})])
+            inserted.set()
+            assert release.wait(30)
+
+    writer = threading.Thread(target=late, daemon=True)
+    writer.start()
+    try:
+        assert inserted.wait(10)
+        higher = emit(server, "late.b", {"n": 2})
+        ((first_id, first),) = reader.take(1)
+        assert first["type"] == "late.b" and first_id == higher["seq"]
+        release.set()
+        writer.join(10)
+        # Woken by the late commit's own notification; its id is the stream position, so
+        # a client resuming from it repeats nothing.
+        ((late_id, late_view),) = reader.take(1)
+        assert late_view["type"] == "late.a" and late_view["seq"] < higher["seq"]
+        assert late_id == higher["seq"]
+        last = emit(server, "late.c", {"n": 3})
+        assert [(i, v["type"]) for i, v in reader.take(1)] == [(last["seq"], "late.c")]
+        time.sleep(0.3)
+        assert reader.items.empty()
+    finally:
+        release.set()
+        reader.close()
 
 
 def test_sse_bad_last_event_id_is_422(ws: tuple[LiveServer, dict[str, str]]) -> None:

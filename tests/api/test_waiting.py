@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
+from flowlink.events import live
 from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
 
 WAITING = 100  # more than the server's thread pool (40) and its store connections
@@ -120,8 +121,18 @@ def test_waiting_clients_do_not_starve_the_api(idle_server: LiveServer) -> None:
 STREAMS = 50
 
 
-def test_many_event_streams_share_one_read_per_event(idle_server: LiveServer) -> None:
+def test_many_event_streams_share_one_read_per_event(
+    idle_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = idle_server
+    serialised = [0]
+    item = live._item
+
+    def counted(view: dict[str, Any]) -> Any:
+        serialised[0] += 1
+        return item(view)
+
+    monkeypatch.setattr(live, "_item", counted)
     headers = {"Authorization": f"Bearer {server.token}"}
     got: dict[int, list[str]] = {n: [] for n in range(STREAMS)}
     opened = threading.Event()
@@ -163,7 +174,7 @@ def test_many_event_streams_share_one_read_per_event(idle_server: LiveServer) ->
     event.listen(server.store.engine, "begin", count)
     try:
         for n in range(3):
-            before = reads[0]
+            before, serialised_before = reads[0], serialised[0]
             emitted = server.client.post(
                 "/api/v1/workspaces/wait-test/events",
                 json={"type": "test.ping", "payload": {"n": n}},
@@ -176,6 +187,8 @@ def test_many_event_streams_share_one_read_per_event(idle_server: LiveServer) ->
             # The emit itself (authentication, the write) and a few shared reads; one read
             # per stream would be 50.
             assert reads[0] - before <= 10, reads[0] - before
+            # The event is serialised once per shared read, not once per stream.
+            assert 1 <= serialised[0] - serialised_before <= 10, serialised[0] - serialised_before
     finally:
         event.remove(server.store.engine, "begin", count)
         stop.set()
