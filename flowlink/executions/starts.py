@@ -6,7 +6,6 @@ that may go through a link is ``linking.starts.start_execution``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,37 +122,27 @@ async def wait_and_read(
     timeout: float,
     read: Callable[[], View],
     *,
-    watching: notify.AsyncWaiter | None = None,
+    watching: notify.AsyncWaiter,
 ) -> View:
-    """``wait_for_end``, then ``read()``: a view of the execution that has its ``status``.
+    """Wait until the execution ended or ``timeout``, then return ``read()``: a view of the
+    execution that has its ``status``.
 
-    A check after a wake-up reads the view and looks at its status, so an execution's end
-    costs the waiting request one read, not two. With ``watching`` (``watching_ends``, made
-    before the execution) there is no first check: nothing is read before a wake-up.
+    ``watching`` (``watching_ends``) listened from before the execution was created, so
+    nothing is read before a wake-up; each wake-up reads the view and looks at its status,
+    so an execution's end costs the waiting request one read, not two.
     """
-    from anyio import to_thread  # as in ``notify.wait_until``: not on every import
-
-    if watching is not None:
-        watching.set_interests({notify.ENDED: {execution_id}})
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                await watching.wait(remaining)
-            view = await to_thread.run_sync(read)
-            if is_ended(view["status"]) or time.monotonic() >= deadline:
-                return view
-
-    checks: list[View | None] = []  # what each check read (None: the status alone)
+    views: list[View] = []
 
     def check() -> bool:
-        if not checks:
-            checks.append(None)
-            return ended(store, execution_id)
-        view = read()
-        checks.append(view)
-        return is_ended(view["status"])
+        views.append(read())
+        return is_ended(views[-1]["status"])
 
-    await notify.wait_until(store.notifier, {notify.ENDED: {execution_id}}, check, timeout)
-    last = checks[-1]  # ``wait_until`` checks last just before it returns: this is fresh
-    return last if last is not None else await to_thread.run_sync(read)
+    await notify.wait_until(
+        store.notifier,
+        {notify.ENDED: {execution_id}},
+        check,
+        timeout,
+        waiter=watching,
+        checked=True,
+    )
+    return views[-1]  # ``checked``: the wait ends with a check, this is fresh

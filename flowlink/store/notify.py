@@ -242,24 +242,37 @@ async def wait_until(
     timeout: float,
     *,
     recheck: float | None = None,
+    waiter: AsyncWaiter | None = None,
+    checked: bool = False,
 ) -> bool:
     """Wait on the event loop until ``check()`` holds or ``timeout`` seconds passed.
 
     ``check`` reads the store, so it runs in a short thread hop; it runs again only when a
     matching notification arrives (or every ``recheck`` seconds, as a fallback for changes
     that announce nothing). Returns the last result of ``check``.
+
+    ``waiter``: one the caller registered already (``Notifier.waiter``), given these
+    ``interests`` here. ``checked``: the caller looked at the store after the waiter was
+    registered (or the waiter listened from before the change could happen), so the wait
+    comes first; ``check`` then runs after every wake-up and once at the timeout.
     """
     from anyio import to_thread
 
     deadline = time.monotonic() + timeout
-    with notifier.waiter(interests) as waiter:
+    with contextlib.ExitStack() as stack:
+        if waiter is None:
+            waiter = stack.enter_context(notifier.waiter(interests))
+        else:
+            waiter.set_interests(interests)
         while True:
+            if checked:
+                remaining = deadline - time.monotonic()
+                await waiter.wait(remaining if recheck is None else min(remaining, recheck))
+            checked = True
             if await to_thread.run_sync(check):
                 return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if deadline - time.monotonic() <= 0:
                 return False
-            await waiter.wait(remaining if recheck is None else min(remaining, recheck))
 
 
 def announce(session: Session, channel: str, payload: str = "") -> None:

@@ -42,35 +42,42 @@ def _reader(store: Store, execution_id: str, reads: list[str]) -> Any:
 
 
 def test_the_end_is_read_once_with_the_view(store: Store, workspace: Workspace) -> None:
-    execution_id = _queued(store, workspace)
     reads: list[str] = []
 
-    async def scenario() -> dict[str, Any]:
-        waiting = asyncio.create_task(
-            wait_and_read(store, execution_id, 30.0, _reader(store, execution_id, reads))
-        )
-        await asyncio.sleep(0.2)  # the first check (the status alone) found it queued
-        assert not waiting.done() and reads == []
-        done = Outcome(ExecutionStatus.SUCCESS, "done")
-        await asyncio.to_thread(_finish, store, execution_id, done)
-        return await asyncio.wait_for(waiting, 30.0)
+    async def scenario() -> tuple[str, dict[str, Any]]:
+        with watching_ends(store) as watching:
+            execution_id = await asyncio.to_thread(_queued, store, workspace)
+            read = _reader(store, execution_id, reads)
+            waiting = asyncio.create_task(
+                wait_and_read(store, execution_id, 30.0, read, watching=watching)
+            )
+            await asyncio.sleep(0.2)
+            assert not waiting.done() and reads == []  # no look before a wake-up
+            # Another execution's end does not wake this wait.
+            other = await asyncio.to_thread(_queued, store, workspace)
+            await asyncio.to_thread(_finish, store, other, Outcome(ExecutionStatus.ERROR, "x"))
+            await asyncio.sleep(0.1)
+            assert not waiting.done() and reads == []
+            done = Outcome(ExecutionStatus.SUCCESS, "done")
+            await asyncio.to_thread(_finish, store, execution_id, done)
+            return execution_id, await asyncio.wait_for(waiting, 30.0)
 
-    view = asyncio.run(scenario())
+    execution_id, view = asyncio.run(scenario())
     assert view == {"id": execution_id, "status": "success"}
     assert reads == ["success"]  # the wake-up's check was the view: no second read
 
 
-def test_an_ended_execution_and_a_timeout_are_read_afresh(
-    store: Store, workspace: Workspace
-) -> None:
-    execution_id = _queued(store, workspace)
+def test_a_timeout_is_read_afresh(store: Store, workspace: Workspace) -> None:
     reads: list[str] = []
-    read = _reader(store, execution_id, reads)
-    view = asyncio.run(wait_and_read(store, execution_id, 0.05, read))
+
+    async def scenario() -> dict[str, Any]:
+        with watching_ends(store) as watching:
+            execution_id = await asyncio.to_thread(_queued, store, workspace)
+            read = _reader(store, execution_id, reads)
+            return await wait_and_read(store, execution_id, 0.05, read, watching=watching)
+
+    view = asyncio.run(scenario())
     assert view["status"] == "queued" and reads == ["queued"]  # timed out: read at the end
-    _finish(store, execution_id, Outcome(ExecutionStatus.ERROR, "no"))
-    assert asyncio.run(wait_and_read(store, execution_id, 30.0, read))["status"] == "error"
-    assert reads == ["queued", "error"]
 
 
 def test_a_wait_that_listened_before_the_start_reads_nothing_until_woken(

@@ -51,3 +51,53 @@ def test_a_process_hears_its_own_notifications_once_and_others_too(store: Store)
 
 def _conninfo(store: Store) -> str:
     return store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_a_wait_on_a_given_waiter_that_checked_already_waits_first() -> None:
+    """``checked``: no look before a wake-up; a wake-up of interest looks, others do not."""
+    notifier = notify.Notifier()
+    looks: list[int] = []
+
+    def check() -> bool:
+        looks.append(1)
+        return len(looks) == 2
+
+    async def run() -> tuple[bool, int]:
+        with notifier.waiter({notify.ENDED: None}) as waiter:
+            waiting = asyncio.create_task(
+                notify.wait_until(
+                    notifier, {notify.ENDED: {"mine"}}, check, 30.0, waiter=waiter, checked=True
+                )
+            )
+            await asyncio.sleep(0.05)
+            assert looks == []
+            notifier.fire(notify.ENDED, "other")  # narrowed to "mine": no look
+            await asyncio.sleep(0.05)
+            assert looks == []
+            notifier.fire(notify.ENDED, "mine")
+            await asyncio.sleep(0.05)
+            assert looks == [1]  # looked once, not done yet
+            notifier.fire(notify.ENDED, "mine")
+            return await asyncio.wait_for(waiting, 10), len(looks)
+
+    assert asyncio.run(run()) == (True, 2)
+    assert notifier.waiting() == 0  # the caller's waiter left with its block
+
+
+def test_a_wait_that_checked_already_looks_once_at_the_timeout() -> None:
+    notifier = notify.Notifier()
+    looks: list[int] = []
+
+    async def run() -> bool:
+        with notifier.waiter({}) as waiter:
+            return await notify.wait_until(
+                notifier,
+                {notify.ENDED: {"x"}},
+                lambda: bool(looks.append(1)),
+                0.05,
+                waiter=waiter,
+                checked=True,
+            )
+
+    assert asyncio.run(run()) is False
+    assert looks == [1]
