@@ -702,31 +702,45 @@ class FlowApiCalls:
         self, child_id: str, awaited: AwaitedChild | None
     ) -> tuple[dict[str, Any], bool]:
         """The ended child's record, and whether this execution was set running again."""
-        notifier = self.store.notifier
         interval = min(self.settings.poll_interval, 0.25)
-        while True:
-            seen = notifier.counter(notify.ENDED)
-            if awaited is not None:
-                if awaited.wait(interval):
-                    if awaited.record is not None:
-                        return awaited.record, True  # the ending's transaction resumed us
-                    awaited = None  # it had ended some other way: read the store
-                    continue
-            else:
-                found = self._read_ended(child_id)
-                if found is not None:
-                    return found
-            if self.cancelled.is_set():
-                raise FlowApiError("cancelled while waiting for a child execution")
-            if time.monotonic() >= self.deadline:
-                raise FlowApiError("maximum runtime exceeded while waiting for a child")
-            if awaited is None:
-                notifier.wait(notify.ENDED, seen, interval)
-                continue
-            # nothing handed over in time: did it end some other way (the lease reaper)?
+        if awaited is not None:
+            handed = self._wait_handed_over(child_id, awaited, interval)
+            if handed is not None:
+                return handed
+        return self._wait_in_store(child_id, interval)
+
+    def _wait_handed_over(
+        self, child_id: str, awaited: AwaitedChild, interval: float
+    ) -> tuple[dict[str, Any], bool] | None:
+        """Wait for the ending of a child this process's worker runs, handed over by it;
+        the store is read only when nothing came within ``interval`` (did it end some other
+        way, the lease reaper?). None: it ended without a record handed over."""
+        while not awaited.wait(interval):
+            self._check_still_waiting()
             found = self._read_ended(child_id)
             if found is not None:
                 return found
+        if awaited.record is not None:
+            return awaited.record, True  # the ending's transaction resumed us
+        return None
+
+    def _wait_in_store(self, child_id: str, interval: float) -> tuple[dict[str, Any], bool]:
+        """Read the child's status whenever an ending is announced (or every ``interval``)."""
+        notifier = self.store.notifier
+        while True:
+            seen = notifier.counter(notify.ENDED)
+            found = self._read_ended(child_id)
+            if found is not None:
+                return found
+            self._check_still_waiting()
+            notifier.wait(notify.ENDED, seen, interval)
+
+    def _check_still_waiting(self) -> None:
+        """Raise ``FlowApiError`` if this execution was cancelled or ran out of time."""
+        if self.cancelled.is_set():
+            raise FlowApiError("cancelled while waiting for a child execution")
+        if time.monotonic() >= self.deadline:
+            raise FlowApiError("maximum runtime exceeded while waiting for a child")
 
     def _read_ended(self, child_id: str) -> tuple[dict[str, Any], bool] | None:
         """The child's record if it ended, and whether this execution is no longer waiting."""
