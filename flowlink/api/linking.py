@@ -83,12 +83,8 @@ def list_sync_configs(ws: str, context: Context, caller: Caller) -> dict[str, An
     with context.store.read() as session:
         workspace = workspaces.get_workspace(session, ws)
         authorize(caller, "read", "sync_configs", workspace)
-        return {
-            "items": [
-                linking.sync_config_view(session, c, workspace.slug)
-                for c in linking.list_sync_configs(session, workspace)
-            ]
-        }
+        configs = linking.list_sync_configs(session, workspace)
+        return {"items": linking.sync_config_views(session, configs, workspace.slug)}
 
 
 @router.post("", status_code=201, response_model=SyncConfigView)

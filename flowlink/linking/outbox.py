@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select
@@ -70,11 +70,17 @@ def acknowledge(session: Session, sync_config_id: str, message_ids: Iterable[str
     return dropped
 
 
-def depth(session: Session, sync_config_id: str) -> int:
-    """How many messages wait for the other end."""
-    return (
-        session.scalar(select(func.count()).where(LinkOutbox.sync_config_id == sync_config_id)) or 0
+def depths_of(session: Session, sync_config_ids: Collection[str]) -> dict[str, int]:
+    """How many messages wait for the other end of each of these links, in one query
+    (links with an empty outbox omitted)."""
+    if not sync_config_ids:
+        return {}
+    rows = session.execute(
+        select(LinkOutbox.sync_config_id, func.count())
+        .where(LinkOutbox.sync_config_id.in_(sync_config_ids))
+        .group_by(LinkOutbox.sync_config_id)
     )
+    return {config_id: count for config_id, count in rows}
 
 
 def depths(session: Session) -> dict[str, int]:

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -456,11 +456,17 @@ def _public_keys(pem: str) -> dict[str, rsa.RSAPublicKey]:
 PUBLIC_STATE = ("connected", "since", "last_error", "reason", "last_exchange_at")
 
 
-def last_nonce_at(session: Session, config_id: str) -> datetime | None:
-    """When the newest remembered nonce of a link was seen: its last answered exchange."""
-    return session.scalar(
-        select(func.max(LinkNonce.seen_at)).where(LinkNonce.sync_config_id == config_id)
+def last_nonces_at(session: Session, config_ids: Collection[str]) -> dict[str, datetime]:
+    """When the newest remembered nonce of each link was seen (its last answered exchange),
+    in one query; links without a nonce are omitted."""
+    if not config_ids:
+        return {}
+    rows = session.execute(
+        select(LinkNonce.sync_config_id, func.max(LinkNonce.seen_at))
+        .where(LinkNonce.sync_config_id.in_(config_ids))
+        .group_by(LinkNonce.sync_config_id)
     )
+    return {config_id: seen for config_id, seen in rows if seen is not None}
 
 
 def _public_state(state: Mapping[str, Any], last_nonce: datetime | None) -> dict[str, Any]:
@@ -486,6 +492,26 @@ def _public_state(state: Mapping[str, Any], last_nonce: datetime | None) -> dict
 
 def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) -> dict[str, Any]:
     """The API representation: every field but the keys, which show as fingerprints."""
+    return sync_config_views(session, [config], workspace_slug)[0]
+
+
+def sync_config_views(
+    session: Session, configs: Sequence[SyncConfig], workspace_slug: str
+) -> list[dict[str, Any]]:
+    """``sync_config_view`` of many configs of a workspace, with two queries in all (the
+    outbox depths and the newest nonces, each grouped by link)."""
+    ids = [config.id for config in configs if config.id]
+    depths = outbox.depths_of(session, ids)
+    nonces = last_nonces_at(session, ids)
+    return [_sync_config_view(c, workspace_slug, depths, nonces) for c in configs]
+
+
+def _sync_config_view(
+    config: SyncConfig,
+    workspace_slug: str,
+    depths: Mapping[str, int],
+    nonces: Mapping[str, datetime],
+) -> dict[str, Any]:
     warnings = []
     if config.remote_url and config.remote_url.startswith("https") and not config.verify_ssl:
         warnings.append("TLS certificate verification is off (verify_ssl: false)")
@@ -507,10 +533,8 @@ def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) 
         "role": config.role or DEFAULT_IDENTITY_ROLE,
         "connects": bool(config.remote_url),
         "sync_endpoint": sync_path(workspace_slug, config.name),
-        "state": _public_state(
-            config.state or {}, last_nonce_at(session, config.id) if config.id else None
-        ),
-        "outbox_depth": outbox.depth(session, config.id) if config.id else 0,
+        "state": _public_state(config.state or {}, nonces.get(config.id)),
+        "outbox_depth": depths.get(config.id, 0),
         "warnings": warnings,
         "created_at": format_timestamp(config.created_at),
         "updated_at": format_timestamp(config.updated_at),

@@ -38,8 +38,10 @@ def link_rows(session: Any, workspace: Any) -> list[dict[str, Any]]:
     """The workspace's sync configs as the console shows them (keys as fingerprints only),
     each with the last ``sync.rejected`` event recorded for it on this end."""
     rows = []
-    for config in linking.list_sync_configs(session, workspace):
-        view = linking.sync_config_view(session, config, workspace.slug)
+    configs = linking.list_sync_configs(session, workspace)
+    for config, view in zip(
+        configs, linking.sync_config_views(session, configs, workspace.slug), strict=True
+    ):
         rejected = events.search(
             session,
             workspace,

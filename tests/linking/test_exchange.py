@@ -30,10 +30,13 @@ from flowlink.store.models import (
     Event,
     Execution,
     LinkExecution,
+    LinkNonce,
     LinkOutbox,
     SyncConfig,
     Workspace,
+    utcnow,
 )
+from flowlink.timestamps import format_timestamp
 from flowlink.workspaces import service as workspaces
 
 from .conftest import KeyMaker, public_pem_of
@@ -425,3 +428,58 @@ def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_
     with link.store.read() as session:
         queued = session.scalar(select(func.count()).select_from(LinkOutbox))
     assert queued == 4
+
+
+def test_the_list_of_many_links_reads_their_outboxes_and_nonces_in_two_queries(
+    link: Link, make_key: KeyMaker
+) -> None:
+    key, other = make_key("openssl-genrsa"), make_key("openssl-genrsa")
+    names = [f"site-{n}" for n in range(6)]
+    seen_at = utcnow() - timedelta(minutes=3)
+    with link.store.write() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        ids = {}
+        for name in names:
+            ids[name] = linking.create_sync_config(
+                session,
+                a,
+                {
+                    "name": name,
+                    "remote_url": f"http://127.0.0.1:1/api/v1/workspaces/ws-x/sync_config/{name}/sync",
+                    "own_private_key": key.read_text(),
+                    "remote_public_key": public_pem_of(other),
+                },
+                SECRET,
+            ).id
+        session.flush()
+        for n, name in enumerate(names):  # site-n: n messages waiting, a nonce on odd n
+            outbox.enqueue_many(
+                session, ids[name], [{"id": f"{name}-{m}", "type": "x"} for m in range(n)]
+            )
+            if n % 2:
+                session.add(LinkNonce(sync_config_id=ids[name], nonce="a", seen_at=seen_at))
+                old = seen_at - timedelta(minutes=n)
+                session.add(LinkNonce(sync_config_id=ids[name], nonce="b", seen_at=old))
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()).upper())
+
+    with link.store.read() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        configs = linking.list_sync_configs(session, a)
+        event.listen(link.store.engine, "before_cursor_execute", note)
+        try:
+            views = linking.sync_config_views(session, configs, a.slug)
+        finally:
+            event.remove(link.store.engine, "before_cursor_execute", note)
+    assert len(seen) == 2, seen
+    by_name = {view["name"]: view for view in views}
+    assert [view["name"] for view in views] == [*names, "to-b"]
+    for n, name in enumerate(names):
+        assert by_name[name]["outbox_depth"] == n
+        shown = by_name[name]["state"].get("last_exchange_at")
+        assert shown == (format_timestamp(seen_at) if n % 2 else None), (name, shown)
+    assert by_name["to-b"]["outbox_depth"] == 0
