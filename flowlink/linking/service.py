@@ -474,20 +474,26 @@ def _public_state(state: Mapping[str, Any], last_nonce: datetime | None) -> dict
     older version has them as ``+00:00`` or in seconds); the last exchange is the newer of the
     written stamp and the newest nonce (see ``ANSWERING_STAMP_EVERY``)."""
     public = {key: value for key, value in state.items() if key in PUBLIC_STATE}
-    if last_nonce is not None:
-        try:
-            written = parse_timestamp(str(public.get("last_exchange_at")))
-        except ValueError:
-            written = None
-        if written is None or last_nonce > written:
-            public["last_exchange_at"] = format_timestamp(last_nonce)
-    for key in ("since", "last_exchange_at"):
-        if public.get(key):
-            try:
-                public[key] = format_timestamp(parse_timestamp(str(public[key])))
-            except ValueError:
-                public[key] = None
+    times = {key: _parsed(public.get(key)) for key in ("since", "last_exchange_at")}
+    written = times["last_exchange_at"]
+    if last_nonce is not None and (written is None or last_nonce > written):
+        times["last_exchange_at"] = last_nonce
+    for key, at in times.items():
+        if at is not None:
+            public[key] = format_timestamp(at)
+        elif public.get(key):
+            public[key] = None  # written, but not a time
     return public
+
+
+def _parsed(value: Any) -> datetime | None:
+    """A stored time, or None if there is none or it is not one."""
+    if not value:
+        return None
+    try:
+        return parse_timestamp(str(value))
+    except ValueError:
+        return None
 
 
 def sync_config_view(session: Session, config: SyncConfig, workspace_slug: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from flowlink.store.models import (
     Workspace,
     utcnow,
 )
-from flowlink.timestamps import format_timestamp
+from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces import service as workspaces
 
 from .conftest import KeyMaker, public_pem_of
@@ -483,3 +483,23 @@ def test_the_list_of_many_links_reads_their_outboxes_and_nonces_in_two_queries(
         shown = by_name[name]["state"].get("last_exchange_at")
         assert shown == (format_timestamp(seen_at) if n % 2 else None), (name, shown)
     assert by_name["to-b"]["outbox_depth"] == 0
+
+
+def test_a_links_public_state_shows_its_times_in_the_one_format() -> None:
+    older = {"since": "2026-01-02T03:04:05+00:00", "last_exchange_at": "2026-01-02 04:00:00"}
+    assert linking._public_state({**older, "send_all_marked": 1}, None) == {
+        "since": "2026-01-02T03:04:05.000Z",
+        "last_exchange_at": "2026-01-02T04:00:00.000Z",
+    }
+    nonce = parse_timestamp("2026-01-02T05:00:00Z")
+    assert linking._public_state(older, nonce)["last_exchange_at"] == "2026-01-02T05:00:00.000Z"
+    earlier = parse_timestamp("2026-01-02T03:30:00Z")
+    assert linking._public_state(older, earlier)["last_exchange_at"] == "2026-01-02T04:00:00.000Z"
+    broken = {"since": "soon", "last_exchange_at": "never", "connected": True}
+    assert linking._public_state(broken, None) == {
+        "since": None,
+        "last_exchange_at": None,
+        "connected": True,
+    }
+    assert linking._public_state(broken, nonce)["last_exchange_at"] == "2026-01-02T05:00:00.000Z"
+    assert linking._public_state({"since": ""}, None) == {"since": ""}
