@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -42,17 +42,23 @@ class StartRequest:
         return self.flow if self.script is None else (self.name or self.flow)
 
 
+class StartedBy(TypedDict, total=False):
+    """Where a start comes from: what ``start_local`` and a start through a link share."""
+
+    parent: Execution | None
+    user_id: str | None
+    trigger: dict[str, Any] | None
+    principal: dict[str, Any] | None
+    http: dict[str, Any] | None
+
+
 def start_local(
     session: Session,
     workspace: Workspace,
     request: StartRequest,
     *,
     default_max_runtime: float,
-    parent: Execution | None = None,
-    user_id: str | None = None,
-    trigger: dict[str, Any] | None = None,
-    principal: dict[str, Any] | None = None,
-    http: dict[str, Any] | None = None,
+    **by: Unpack[StartedBy],
 ) -> Execution:
     """Queue the execution in this workspace (a start through a link is
     ``linking.starts.start_execution``)."""
@@ -64,13 +70,9 @@ def start_local(
         flow_name=request.flow_name,
         script=request.script,
         inputs=request.inputs,
-        parent=parent,
-        user_id=user_id,
-        trigger=trigger,
-        principal=principal,
         max_runtime=request.max_runtime,
         default_max_runtime=default_max_runtime,
-        http=http,
+        **by,
     )
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 from sqlalchemy.orm import Session
 
 from flowlink.errors import Invalid
-from flowlink.executions.starts import StartRequest, start_local
+from flowlink.executions.starts import StartedBy, StartRequest, start_local
 from flowlink.linking import exchange
 from flowlink.store.models import Execution, Workspace
 
@@ -18,11 +18,7 @@ def start_execution(
     request: StartRequest,
     *,
     default_max_runtime: float,
-    parent: Execution | None = None,
-    user_id: str | None = None,
-    trigger: dict[str, Any] | None = None,
-    principal: dict[str, Any] | None = None,
-    http: dict[str, Any] | None = None,
+    **by: Unpack[StartedBy],
 ) -> Execution:
     """Queue the execution here, or start it in the linked workspace of ``request.remote``
     (the local execution returned then mirrors it)."""
@@ -42,21 +38,7 @@ def start_execution(
                 use_remote_flow=request.use_remote_flow,
                 max_runtime=request.max_runtime,
             ),
-            parent=parent,
-            user_id=user_id,
-            trigger=trigger,
-            principal=principal,
             default_max_runtime=default_max_runtime,
-            http=http,
+            **by,
         )
-    return start_local(
-        session,
-        workspace,
-        request,
-        default_max_runtime=default_max_runtime,
-        parent=parent,
-        user_id=user_id,
-        trigger=trigger,
-        principal=principal,
-        http=http,
-    )
+    return start_local(session, workspace, request, default_max_runtime=default_max_runtime, **by)
