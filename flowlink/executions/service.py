@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Row,
+    String,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -17,10 +29,12 @@ from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.events.service import automation_executed_row, event_row, record_row, record_rows
 from flowlink.execution_status import (
     ACTIVE,
+    ALLOWED,
     ENDED,
     ExecutionStatus,
     IllegalTransition,
     Outcome,
+    as_status,
     is_ended,
     transition,
 )
@@ -641,6 +655,73 @@ _END_UPDATE = (
 )
 
 
+# One ending as one ``UPDATE ... RETURNING`` (``_end_returning``), built once per variant:
+# (owned by a given worker, the outcome brings outputs). It returns what ``_ENDING_ROWS``
+# reads, with the new values of the ended columns; the workspace's slug by a scalar
+# sub-select, which SQLite allows there.
+_ENDABLE = sorted(status for status, targets in ALLOWED.items() if targets.issuperset(ENDED))
+_RETURNED = (
+    *(column for column in _ENDING_ROWS.selected_columns if column.key != "slug"),
+    select(Workspace.slug)
+    .where(Workspace.id == Execution.workspace_id)
+    .scalar_subquery()
+    .label("slug"),
+)
+
+
+def _end_returning_statement(by_worker: bool, with_outputs: bool) -> Any:
+    conditions = [Execution.id == bindparam("b_id"), Execution.status.in_(_ENDABLE)]
+    if by_worker:
+        conditions.append(Execution.worker_id == bindparam("b_worker"))
+    values: dict[str, Any] = {
+        "status": bindparam("status"),
+        "message": func.coalesce(bindparam("message", type_=String()), Execution.message),
+        "error_kind": bindparam("error_kind"),
+        "started_at": func.coalesce(Execution.started_at, bindparam("ended_at")),
+        "ended_at": bindparam("ended_at"),
+        "lease_expires_at": None,
+    }
+    if with_outputs:
+        # Only over no outputs yet (a merge with outputs saved before takes the select path);
+        # stored as JSON text, where "null" is what a write of None leaves.
+        conditions.append(
+            or_(Execution.outputs.is_(None), cast(Execution.outputs, Text).in_(("{}", "null")))
+        )
+        values["outputs"] = bindparam("outputs")
+    return update(Execution).where(*conditions).values(values).returning(*_RETURNED)
+
+
+_END_RETURNING = {
+    (by_worker, with_outputs): _end_returning_statement(by_worker, with_outputs)
+    for by_worker in (False, True)
+    for with_outputs in (False, True)
+}
+
+
+def _end_returning(
+    session: Session, execution_id: str, outcome: Outcome, worker_id: str | None, now: datetime
+) -> Row[Any] | None:
+    """End one execution with one ``UPDATE ... RETURNING``, without a select first, where
+    the ending needs nothing of the row that the statement cannot say: it is active (or
+    queued), owned by ``worker_id`` if given, and has no outputs yet if the outcome brings
+    some. The row as ``_ENDING_ROWS`` reads it, with the values written; None if the
+    outcome is no ending or nothing matched (the select path then decides)."""
+    status = as_status(outcome.status)
+    if status not in ENDED:
+        return None
+    statement = _END_RETURNING[(worker_id is not None, bool(outcome.outputs))]
+    params: dict[str, Any] = {
+        "b_id": execution_id,
+        "b_worker": worker_id,
+        "status": status,
+        "message": outcome.message,
+        "error_kind": outcome.error_kind,
+        "ended_at": now,
+        "outputs": outcome.outputs,
+    }
+    return session.connection().execute(statement, params).first()
+
+
 def _sync_loaded(session: Session, updates: list[dict[str, Any]]) -> None:
     """Give executions loaded in this session the values just written (as the ORM's bulk
     update would), without marking them changed."""
@@ -679,29 +760,42 @@ def finish_many(
     """
     if not endings:
         return []
-    session.flush()  # what the select reads (on the connection: no ORM work per row)
-    rows = {
-        row.id: row
-        for row in session.connection().execute(
-            _ENDING_ROWS, {"ids": [execution_id for execution_id, _ in endings]}
-        )
-    }
-    slugs = {row.workspace_id: row.slug for row in rows.values()}
+    session.flush()  # what the statements read (on the connection: no ORM work per row)
     now = utcnow()
+    # One ending (a run's, the usual case): one UPDATE ... RETURNING where the backend has
+    # it and the ending needs nothing of the row first; else a select, then the update.
+    written = None
+    if len(endings) == 1 and session.get_bind().dialect.update_returning:
+        execution_id, outcome = endings[0]
+        written = _end_returning(session, execution_id, outcome, worker_id, now)
+    if written is not None:
+        rows = {written.id: written}
+    else:
+        rows = {
+            row.id: row
+            for row in session.connection().execute(
+                _ENDING_ROWS, {"ids": [execution_id for execution_id, _ in endings]}
+            )
+        }
+    slugs = {row.workspace_id: row.slug for row in rows.values()}
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     done: set[str] = set()  # an id listed twice ends once
     counted: list[tuple[str, str, float]] = []
     for execution_id, outcome in endings:
         row = rows.get(execution_id)
-        if row is None or is_ended(row.status) or execution_id in done:
-            continue
-        if worker_id is not None and row.worker_id != worker_id:
-            continue
-        status = transition(row.status, outcome.status)
-        started = row.started_at or now
-        message = outcome.message if outcome.message is not None else row.message
-        outputs = {**(row.outputs or {}), **(outcome.outputs or {})}
+        if written is not None and row is not None:  # ended by the UPDATE: its new values
+            status, started, message = as_status(row.status), row.started_at, row.message
+            outputs = row.outputs or {}
+        else:
+            if row is None or is_ended(row.status) or execution_id in done:
+                continue
+            if worker_id is not None and row.worker_id != worker_id:
+                continue
+            status = transition(row.status, outcome.status)
+            started = row.started_at or now
+            message = outcome.message if outcome.message is not None else row.message
+            outputs = {**(row.outputs or {}), **(outcome.outputs or {})}
         updates.append(
             {
                 "id": execution_id,
@@ -752,7 +846,8 @@ def finish_many(
         counted.append((slugs.get(row.workspace_id) or "", status, (now - started).total_seconds()))
     if updates:
         metrics.count_ended(session, counted)
-        session.connection().execute(_END_UPDATE, [{"b_id": u["id"], **u} for u in updates])
+        if written is None:
+            session.connection().execute(_END_UPDATE, [{"b_id": u["id"], **u} for u in updates])
         _sync_loaded(session, updates)
         record_rows(session, events)
         for ended in updates:

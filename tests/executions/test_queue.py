@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.executions import service as executions
@@ -233,3 +234,60 @@ def test_finish_many_ends_each_once_and_skips_foreign_or_ended(
         statuses = {e.id: e.status for e in session.scalars(select(Execution))}
     assert sorted(ended_events) == sorted(mine[:2])
     assert statuses[mine[2]] == "running" and statuses[unclaimed] == "queued"
+
+
+def test_one_ending_is_one_update_and_reads_the_row_only_when_it_must(
+    store: Store, workspace: Workspace
+) -> None:
+    """Where the backend has ``UPDATE ... RETURNING``, a run's ending writes and reads its row
+    in one statement; outputs saved before (to merge with), another worker's run and an ended
+    run take the select and end as before."""
+    ids = _create(store, workspace, 4)
+    with store.write() as session:
+        executions.claim(session, "mine", 4, 15)
+        executions.save_progress(session, ids[1], outputs={"kept": 1, "n": 0}, message="half")
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()).upper())
+
+    def finish(execution_id: str, outcome: executions.Outcome, worker: str) -> list[str]:
+        seen.clear()
+        event.listen(store.engine, "before_cursor_execute", note)
+        try:
+            with store.write() as session:
+                views: dict[str, dict[str, Any] | None] = {execution_id: None}
+                done = executions.finish_many(
+                    session, [(execution_id, outcome)], worker_id=worker, views=views
+                )
+        finally:
+            event.remove(store.engine, "before_cursor_execute", note)
+        if done:
+            with store.read() as session:
+                row = session.get(Execution, execution_id)
+                assert row is not None
+                fresh = executions.execution_view(row, "queue-test")
+            assert views[execution_id] == fresh  # as a read after the commit gives it
+        return done
+
+    def reads() -> list[str]:
+        return [s for s in seen if s.startswith("SELECT") and "FROM EXECUTIONS" in s]
+
+    returning = store.engine.dialect.update_returning
+    assert finish(ids[0], executions.Outcome("success", None, {"n": 1}), "mine") == [ids[0]]
+    assert (reads() == []) is returning, seen
+    assert len([s for s in seen if s.startswith("UPDATE EXECUTIONS")]) == 1, seen
+    assert finish(ids[1], executions.Outcome("error", None, {"n": 2}), "mine") == [ids[1]]
+    assert finish(ids[2], executions.Outcome("success", "x"), "theirs") == []
+    assert finish(ids[0], executions.Outcome("error", "late"), "mine") == []
+    assert len(reads()) == 1, seen  # the select path found it ended
+    assert finish(ids[3], executions.Outcome("cancelled", "stop"), "mine") == [ids[3]]
+    with store.read() as session:
+        rows = {e.id: e for e in session.scalars(select(Execution).where(Execution.id.in_(ids)))}
+    first, merged = rows[ids[0]], rows[ids[1]]
+    assert (first.status, first.message, first.outputs) == ("success", None, {"n": 1})
+    assert first.started_at is not None and first.ended_at is not None
+    assert first.lease_expires_at is None
+    assert (merged.status, merged.message, merged.outputs) == ("error", "half", {"kept": 1, "n": 2})
+    assert rows[ids[2]].status == "running"
+    assert (rows[ids[3]].status, rows[ids[3]].message) == ("cancelled", "stop")
