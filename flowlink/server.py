@@ -31,6 +31,7 @@ from flowlink.access.service import (
 from flowlink.api.app import create_app
 from flowlink.api.deps import ServerContext
 from flowlink.api.proxies import ForwardedHeaders
+from flowlink.api.responses import DirectSends
 from flowlink.automations.scheduler import schedule_event_jobs
 from flowlink.background import BackgroundTasks
 from flowlink.credentials import load_credentials, save_credentials
@@ -204,7 +205,7 @@ def build_server(
     app = create_app(context, [install_console])
     app.add_middleware(ForwardedHeaders, trusted=settings.trusted_proxies)
     config = uvicorn.Config(
-        app,
+        DirectSends(app),
         host=host,
         port=port,
         log_level=log_level,
