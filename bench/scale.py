@@ -657,7 +657,7 @@ def stream_clients(url: str, token: str, streams: int, conn: Any) -> None:
         opened, ready = [0], asyncio.Event()
         tasks = [asyncio.create_task(one(opened, ready)) for _ in range(streams)]
         try:
-            await asyncio.wait_for(ready.wait(), 120)
+            await asyncio.wait_for(ready.wait(), 240)
             conn.send("ready")
         except TimeoutError:
             conn.send(f"only {opened[0]} of {streams} streams opened")
@@ -683,7 +683,7 @@ def event_streams(ctl: Any, streams: int, figures: dict[str, Any], events: int) 
         target=stream_clients, args=(ctl.url, ctl.token, streams, theirs), daemon=True
     )
     clients.start()
-    if not ours.poll(150) or (answer := ours.recv()) != "ready":
+    if not ours.poll(300) or (answer := ours.recv()) != "ready":
         clients.kill()
         raise RuntimeError(f"the event streams did not all open: {answer}")
     emitted: dict[int, float] = {}
