@@ -17,7 +17,7 @@ from flowlink.api.bodies import MAX_ID, RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext
 from flowlink.api.deps import request_http as _http
 from flowlink.api.errors import ErrorBody, error_response
-from flowlink.api.responses import ApiRoute
+from flowlink.api.responses import ApiRoute, EventStreamResponse
 from flowlink.api.responses import SafeJSONResponse as JSONResponse
 from flowlink.automations import triggers, webhooks
 from flowlink.errors import Invalid, Unauthorized
@@ -227,7 +227,7 @@ def live_response(
     """The Server-Sent Events response of a workspace's live events after seq ``first``
     (the API's stream; the console's live tail gives ``shape`` to rename its messages).
     It ends when the client leaves or the server stops."""
-    return StreamingResponse(
+    return EventStreamResponse(
         shape(
             live.stream(
                 context.store,

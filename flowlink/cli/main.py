@@ -123,7 +123,13 @@ def server(
     except ValueError as exc:
         raise fail(str(exc)) from exc
     running = build_server(
-        settings, host=host, port=port, with_worker=worker, tls_cert=tls_cert, tls_key=tls_key
+        settings,
+        host=host,
+        port=port,
+        with_worker=worker,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        settle_heap=True,
     )
     adopt_library_loggers()  # uvicorn set up its own loggers while the server was built
     scheme = "https" if tls_cert else "http"

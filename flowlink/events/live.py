@@ -7,7 +7,7 @@ import functools
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,64 +45,85 @@ class _Item:
 # event wakes a thousand streams, and they make one query, not a thousand. A read counts
 # for a stream only if no event was announced since it began (the EVENTS counter), so a
 # shared result is never older than the stream's wake-up.
-_reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[Any]]] = {}
+@dataclass(slots=True)
+class _Read:
+    """One read of the store under way, and the streams waiting for its rows."""
+
+    seen: int  # the EVENTS counter when it began
+    waiting: list[asyncio.Future[list[_Item]]]
+
+
+_reads: dict[tuple[Any, ...], _Read] = {}
 
 
 async def _shared_read(
     key: tuple[Any, ...], store: Store, read: Callable[[], list[_Item]]
 ) -> list[_Item]:
+    """The rows of ``read``, read once for every stream that asks with the same ``key``
+    meanwhile, and handed to the streams in turns (``_Turns``) when there are any.
+
+    Each stream waits on a future of its own: a stream that is cancelled (its client left)
+    cancels neither the read nor the others' wait."""
+    loop = asyncio.get_running_loop()
     seen = store.notifier.counter(notify.EVENTS)
     current = _reads.get(key)
-    if current is None or current[0] != seen:
-        future: asyncio.Future[Any] = asyncio.ensure_future(run_in_threadpool(read))
-        current = (seen, future)
-        _reads[key] = current
+    if current is None or current.seen != seen:
+        current = _reads[key] = _Read(seen, [])
+        task = asyncio.ensure_future(run_in_threadpool(read))
+        task.add_done_callback(functools.partial(_read_done, key, current))
+    mine: asyncio.Future[list[_Item]] = loop.create_future()
+    current.waiting.append(mine)
+    return await mine
 
-        def forget(_done: asyncio.Future[Any], entry: Any = current) -> None:
-            if _reads.get(key) is entry:
-                del _reads[key]
 
-        future.add_done_callback(forget)
-    result: list[_Item] = await asyncio.shield(current[1])
-    return result
+def _read_done(key: tuple[Any, ...], entry: _Read, task: asyncio.Future[list[_Item]]) -> None:
+    if _reads.get(key) is entry:
+        del _reads[key]
+    error = None if task.cancelled() else task.exception()
+    if task.cancelled() or error is not None:
+        for waiting in entry.waiting:
+            if not waiting.done():
+                if error is None:
+                    waiting.cancel()
+                else:
+                    waiting.set_exception(error)
+        return
+    items = task.result()
+    if items:
+        _delivery_turns().hand(entry.waiting, items)
+    else:  # nothing to write: no turn needed
+        for waiting in entry.waiting:
+            if not waiting.done():
+                waiting.set_result(items)
 
 
 class _Turns:
-    """Lets at most ``per_turn`` callers of ``take`` through per turn of the event loop;
-    the others wait, first come first served, for a later turn."""
+    """Hands results to waiting futures, at most ``per_turn`` per turn of the event loop,
+    first come first served; the streams they wake write in that turn, and requests that
+    arrived meanwhile are served before the next."""
 
     def __init__(self, per_turn: int) -> None:
         self.per_turn = per_turn
-        self.used = 0
-        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.queue: deque[tuple[asyncio.Future[Any], Any]] = deque()
         self.next_turn_scheduled = False
 
-    async def take(self) -> None:
-        """Return in a turn of the loop that still has room."""
-        if self.used < self.per_turn and not self.waiting:
-            self.used += 1
-            self._schedule()
-            return
-        turn = asyncio.get_running_loop().create_future()
-        self.waiting.append(turn)
-        self._schedule()
-        await turn
-
-    def _schedule(self) -> None:
-        if not self.next_turn_scheduled:
+    def hand(self, futures: Iterable[asyncio.Future[Any]], result: Any) -> None:
+        """Give ``result`` to each of ``futures`` in the turns to come."""
+        self.queue.extend((future, result) for future in futures)
+        if self.queue and not self.next_turn_scheduled:
             self.next_turn_scheduled = True
             asyncio.get_running_loop().call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
-        self.next_turn_scheduled = False
-        self.used = 0
-        while self.waiting and self.used < self.per_turn:
-            turn = self.waiting.popleft()
-            if not turn.done():  # a stream cancelled while it waited takes no room
-                turn.set_result(None)
-                self.used += 1
-        if self.waiting or self.used:
-            self._schedule()
+        handed = 0
+        while self.queue and handed < self.per_turn:
+            future, result = self.queue.popleft()
+            if not future.done():  # a stream cancelled while it waited takes no room
+                future.set_result(result)
+                handed += 1
+        self.next_turn_scheduled = bool(self.queue)
+        if self.next_turn_scheduled:
+            asyncio.get_running_loop().call_soon(self._next_turn)
 
 
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
@@ -137,8 +158,8 @@ async def stream(
 
     Rows are always read from the store by seq; a notification only says "look again".
     The streams woken by one notification share one read, each event is serialised once
-    for all of them, and they write in turns (``DELIVERIES_PER_TURN``) so that the server
-    answers requests between them.
+    for all of them, and the read's rows reach them in turns (``DELIVERIES_PER_TURN``), so
+    that the server answers requests between them.
 
     The client's buffer is this generator: it reads the next rows only once the previous ones
     were sent, so a slow client lags behind (and can resume) without holding memory or
@@ -152,7 +173,6 @@ async def stream(
     floor = start  # PostgreSQL: lowest seq that might still appear
     recent: dict[int, float] = {}  # seq -> when delivered, for seqs above floor
     allowed: dict[str, bool] = {}  # event type -> readable(type), asked once per type
-    turns = _delivery_turns()
 
     def read(after: int, limit: int) -> list[_Item]:
         with store.read() as session:
@@ -184,8 +204,6 @@ async def stream(
                 functools.partial(read, after, limit),
             )
             fresh = [item for item in items if item.seq not in recent]
-            if fresh:
-                await turns.take()
             now = time.monotonic()
             for item in fresh:
                 cursor = max(cursor, item.seq)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from typing import Any
 
 from flowlink.events import live
 from flowlink.events.service import EventFilter
@@ -11,24 +13,29 @@ from flowlink.store import notify
 from flowlink.store.engine import Store
 
 
-def test_turns_let_a_few_through_per_turn_of_the_loop_first_come_first_served() -> None:
+def test_turns_hand_a_few_results_per_turn_of_the_loop_first_come_first_served() -> None:
     async def main() -> list[tuple[int, int]]:
         turns = live._Turns(per_turn=2)
         ticks = [0]
-        passed: list[tuple[int, int]] = []  # (taker, turn of the loop it passed in)
+        passed: list[tuple[int, int]] = []  # (waiter, turn of the loop it got its result in)
 
         async def ticker() -> None:
             while True:
                 ticks[0] += 1
                 await asyncio.sleep(0)
 
-        async def taker(n: int) -> None:
-            await turns.take()
+        async def waiter(future: asyncio.Future[str]) -> None:
+            n = int(await future)
             passed.append((n, ticks[0]))
 
         ticking = asyncio.create_task(ticker())
         await asyncio.sleep(0)
-        await asyncio.gather(*(taker(n) for n in range(7)))
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(7)]
+        waiting = [asyncio.create_task(waiter(f)) for f in futures]
+        for n, future in enumerate(futures):
+            turns.hand([future], str(n))
+        await asyncio.gather(*waiting)
         ticking.cancel()
         return passed
 
@@ -42,21 +49,53 @@ def test_turns_let_a_few_through_per_turn_of_the_loop_first_come_first_served() 
 
 
 def test_a_cancelled_waiter_takes_no_room_in_a_turn() -> None:
-    async def main() -> list[int]:
+    async def main() -> list[list[bool]]:
         turns = live._Turns(per_turn=1)
-        passed: list[int] = []
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(3)]
+        turns.hand(futures, "rows")
+        futures[1].cancel()
+        handed = []
+        for _ in range(2):
+            await asyncio.sleep(0)
+            handed.append([f.done() and not f.cancelled() for f in futures])
+        return handed
 
-        async def taker(n: int) -> None:
-            await turns.take()
-            passed.append(n)
+    # 0 in the first turn; 1 was cancelled, so 2 in the second
+    assert asyncio.run(main()) == [[True, False, False], [True, False, True]]
 
-        tasks = [asyncio.create_task(taker(n)) for n in range(3)]
-        await asyncio.sleep(0)  # 0 passed; 1 and 2 wait
-        tasks[1].cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return passed
 
-    assert asyncio.run(main()) == [0, 2]
+def test_streams_in_one_place_share_one_read_and_a_cancelled_one_stops_no_other() -> None:
+    class Counting:
+        def __init__(self) -> None:
+            self.notifier = notify.Notifier()
+
+    async def main() -> tuple[int, list[Any]]:
+        store = Counting()
+        reads = [0]
+        release = threading.Event()
+
+        def read() -> list[live._Item]:
+            reads[0] += 1
+            release.wait(5)
+            return [live._Item(1, "t", "{}")]
+
+        key = ("place",)
+        tasks = [
+            asyncio.create_task(live._shared_read(key, store, read))  # type: ignore[arg-type]
+            for _ in range(5)
+        ]
+        await asyncio.sleep(0.05)
+        tasks[2].cancel()
+        release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return reads[0], results
+
+    reads, results = asyncio.run(main())
+    assert reads == 1
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert [r for n, r in enumerate(results) if n != 2] == [[live._Item(1, "t", "{}")]] * 4
+    assert live._reads == {}
 
 
 def test_a_stream_ends_when_the_server_stops_and_asks_gone_only_for_keep_alives(
