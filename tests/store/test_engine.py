@@ -7,7 +7,7 @@ import time
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, exc, text
 
 from flowlink.store.engine import Store, normalize_url, ping_when_idle
 
@@ -66,5 +66,31 @@ def test_a_connection_is_pinged_only_after_sitting_idle(store: Store) -> None:
         with engine.connect() as connection:
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != pid
         assert len(pings) == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_lost_while_in_use_fails_once_then_the_pool_is_renewed(store: Store) -> None:
+    """A connection used a moment ago is not pinged: if its server process went away
+    meanwhile, that one use fails with a disconnect, and the pool replaces its connections
+    made before the failure, so the next use works on a new one."""
+    _postgres_only(store)
+    engine = create_engine(normalize_url(store.url), pool_size=2, max_overflow=0)
+    ping_when_idle(engine, 60.0)
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            pids = {
+                connection.execute(text("SELECT pg_backend_pid()")).scalar()
+                for connection in (first, second)
+            }
+        with psycopg.connect(store.url, autocommit=True) as admin:
+            for pid in pids:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(exc.DBAPIError) as failed, engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        assert failed.value.connection_invalidated
+        for _ in range(2):
+            with engine.connect() as connection:
+                assert connection.execute(text("SELECT pg_backend_pid()")).scalar() not in pids
     finally:
         engine.dispose()
