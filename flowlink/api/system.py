@@ -20,8 +20,11 @@ router = APIRouter(prefix="/api/v1", tags=["system"], route_class=ApiRoute)
 
 
 @router.get("/health", response_model=HealthView)
-def health(request: Request, context: Context) -> dict[str, Any]:
+async def health(request: Request, context: Context) -> dict[str, Any]:
     """Liveness: 200 while the process serves (readiness, with the store: ``/ready``).
+
+    Answered on the event loop: it reads nothing from the store, so it does not queue for a
+    thread behind the requests that do (200 clients starting executions at once).
 
     ``sandbox`` tells what confines flow scripts here (mode, how limits are enforced:
     ``cgroup-v1``, ``cgroup-v2`` or ``rlimit``, and the limits); null when no worker runs in

@@ -3,9 +3,17 @@ execution over its limit says so in its record."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 
+import httpx
 import pytest
+from anyio import to_thread
+
+from flowlink.api.app import create_app
+from flowlink.api.deps import ServerContext
+from flowlink.store.engine import Store
 
 from ..conftest import make_settings, start_live_server
 from ..runtime.conftest import cgroups_expected
@@ -69,3 +77,28 @@ def test_health_without_a_worker_in_the_process(database_url: str) -> None:
     finally:
         started.stop()
     assert body["sandbox"] is None
+
+
+@SQLITE_ONLY
+def test_health_answers_while_every_api_thread_is_busy(store: Store) -> None:
+    """Health reads nothing from the store: it answers on the event loop, not queued behind
+    the requests that hold the API's threads (200 clients starting executions at once)."""
+    app = create_app(ServerContext(store=store, settings=make_settings(store.url)))
+    release = threading.Event()
+
+    async def health_with_no_thread_free() -> int:
+        to_thread.current_default_thread_limiter().total_tokens = 1
+        busy = asyncio.ensure_future(to_thread.run_sync(release.wait))
+        while to_thread.current_default_thread_limiter().borrowed_tokens < 1:
+            await asyncio.sleep(0.01)
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                async with asyncio.timeout(10):
+                    answer = await client.get("/api/v1/health")
+        finally:
+            release.set()
+            await busy
+        return answer.status_code
+
+    assert asyncio.run(health_with_no_thread_free()) == 200
