@@ -112,9 +112,9 @@ class _EmptyAnswer:
 
 _EMPTY_ANSWERS: dict[str, _EmptyAnswer] = {}  # sync config id -> its last signed empty answer
 
-# How long the answer to an exchange that started runs waits for one of this end's messages
-# (a run that ended) before it answers the acks alone: the start's grace and a little, so a
-# run that goes on is reported "running" by the held poll, as before.
+# How long the answer to an exchange that started runs waits for their ends before it looks
+# a last time and answers what it has (the acks at least): the start's grace and a little,
+# so a run that goes on is reported "running" by that look or, as before, the held poll.
 ANSWER_HOLD = START_GRACE.total_seconds() + 0.05
 # What an answer to a ``held-answer`` end carried is kept out of the link's held poll until
 # the other end acks it (it sends acks within ``connector.ACK_FLUSH``), at most this long:
@@ -182,9 +182,12 @@ class _Flights:
         """These messages went out in an answer whose acks come soon."""
         if not messages:
             return
-        until = time.monotonic() + IN_FLIGHT_SECONDS
+        now = time.monotonic()
         with self._lock:
-            self._sent.setdefault(config_id, {}).update((m["id"], until) for m in messages)
+            sent = self._sent.setdefault(config_id, {})
+            for message_id in [key for key, until in sent.items() if until <= now]:
+                del sent[message_id]  # never acked here (another process, a peer gone)
+            sent.update((m["id"], now + IN_FLIGHT_SECONDS) for m in messages)
 
     def acked(self, config_id: str, ids: list[str]) -> None:
         """The other end acked these: they are in flight no more."""
