@@ -107,9 +107,11 @@ def test_a_start_and_its_end_come_back_in_one_exchange_to_an_end_that_announces_
     controlled: StartedServer, make_key: KeyMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(endpoint, "IN_FLIGHT_SECONDS", 1.0)
+    # Held until the run ended: a hold longer than 250 ms, for a machine too busy to run it
+    # within that.
+    monkeypatch.setattr(endpoint, "ANSWER_HOLD", 20.0)
     site = Site(controlled.live, make_key)
     sent = start("origin-1")
-    # Held until the run ended (the grace of a run's start is longer than this run).
     answer, _took = site.exchange([sent], features=f"{HELD_ANSWER},{LONG_POLL}")
     assert kinds(answer) == ["execution.update", "ack"]
     update, ack = answer
@@ -121,7 +123,7 @@ def test_a_start_and_its_end_come_back_in_one_exchange_to_an_end_that_announces_
     # ... and sends it again once that while is over: an answer lost on the way loses nothing.
     again, took = site.exchange([], features=HELD_ANSWER, poll=5.0)
     assert kinds(again) == ["execution.update"] and again[0]["id"] == update["id"]
-    assert took < 3.0
+    assert took < 4.5  # not the poll's 5 s
     # Acked: gone for good (a poll runs out empty).
     after, _took = site.exchange([ack_of(update)], features=HELD_ANSWER, poll=0.3)
     assert after == []
