@@ -7,7 +7,10 @@ A connector exchanges with the other end's sync endpoint:
 - **immediate mode** (unset): a *sender* sends as soon as something changes here, and a
   *poller* keeps a long poll open so the other end can answer the moment it has news.
 
-Acks of the messages received are sent with the next exchange. While the other end cannot
+Acks of the messages received are sent with the next exchange. An answering end that
+announced ``held-answer`` holds the answer to an exchange that started runs until it has
+news (a short run's end) or a short while has passed; the acks of what such an answer carried
+go with the next start, or by themselves after ``ACK_FLUSH``. While the other end cannot
 be reached, exchanges back off exponentially with jitter; ``sync.connected`` and
 ``sync.disconnected`` events mark the changes of state.
 
@@ -45,7 +48,7 @@ from flowlink.linking.exchange import (
 )
 from flowlink.linking.messages import AckMessage, LinkMessage
 from flowlink.linking.ownership import LinkOwnership
-from flowlink.linking.protocol import MAX_MESSAGES, envelope, for_peer, max_poll
+from flowlink.linking.protocol import HELD_ANSWER, MAX_MESSAGES, envelope, for_peer, max_poll
 from flowlink.linking.service import (
     CONTROLLED,
     STATE_WRITE_EVERY,
@@ -79,6 +82,10 @@ SENDER_FALLBACK_SECONDS = 30.0
 # signing and HTTP work (measured: 3-5 ms sooner at the end of a round trip). Nothing waits
 # on the renewal: the other end keeps what it has in its outbox, and the acks are not urgent.
 RENEW_AFTER_NEWS = 0.01
+# The acks of what a held answer carried wait this long for an exchange that carries them
+# (the next start); then the sender sends them by themselves. The other end keeps those
+# messages out of its held poll meanwhile (``endpoint.IN_FLIGHT_SECONDS``, longer).
+ACK_FLUSH = 0.5
 # What one exchange came to.
 BUSY, DONE, IDLE, FAILED = "busy", "done", "idle", "failed"
 
@@ -162,11 +169,13 @@ class Connector:
         interests = news_interests(self.config_id, self.workspace_id, True)
         with self.store.notifier.waiter(interests) as waiter:
             recheck = False
+            flush = False  # acks wait to be sent: send them even with nothing else
             while True:
                 listened = notify.EVENTS in waiter.interests  # while this exchange looks
                 result = await self._exchange_safely(
-                    carry_outbox=True, poll=None, skip_if_idle=True
+                    carry_outbox=True, poll=None, skip_if_idle=not flush
                 )
+                flush = False
                 if result == FAILED:
                     await asyncio.sleep(self._backoff())
                     continue
@@ -179,9 +188,10 @@ class Connector:
                     continue  # a run it follows now may have changed while nobody listened
                 # DONE: what was pending went out, and anything put in the outbox since has
                 # woken the waiter, registered all along: no look until a notification.
-                woken = await waiter.wait(
-                    grace if recheck and result == IDLE else SENDER_FALLBACK_SECONDS
-                )
+                timeout = grace if recheck and result == IDLE else SENDER_FALLBACK_SECONDS
+                acks = bool(self._acks) and self._held_answers()
+                woken = await waiter.wait(min(timeout, ACK_FLUSH) if acks else timeout)
+                flush = acks and not woken and bool(self._acks)
                 # A run that just started is reported after the grace: look once more then.
                 recheck = bool(woken) and self._follows
                 if notify.LINK in woken and self._controlled and not self._follows:
@@ -268,7 +278,14 @@ class Connector:
             received = await to_thread.run_sync(self._apply, answer.messages)
         self._acks.extend(received)
         sent = len(messages) - (1 if acks else 0)
-        return BUSY if received or more or sent >= MAX_MESSAGES - 1 else DONE
+        # What a held answer carried is acked by the next exchange (or ``ACK_FLUSH``): the
+        # answer brought the news, there is nothing to ask for at once.
+        asks = bool(received) and not (poll is None and self._held_answers())
+        return BUSY if asks or more or sent >= MAX_MESSAGES - 1 else DONE
+
+    def _held_answers(self) -> bool:
+        """Whether the other end holds the answers to exchanges that start runs."""
+        return HELD_ANSWER in self.transport.peer_features
 
     def _apply(self, messages: list[LinkMessage]) -> list[str]:
         if all(isinstance(message, AckMessage) for message in messages):

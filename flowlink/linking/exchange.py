@@ -240,10 +240,12 @@ def apply_messages(
     messages: Sequence[LinkMessage],
     *,
     default_max_runtime: float = 3600.0,
+    started: list[str] | None = None,
 ) -> list[str]:
     """Act on validated messages from the other end; returns the ids to ack.
 
     Every message is applied idempotently, so a redelivered one changes nothing.
+    ``started``: gets the ids of the executions the starts among them created.
     """
     received: list[str] = []
     endings: list[tuple[str, Outcome]] = []  # recorded together, at the end
@@ -254,7 +256,11 @@ def apply_messages(
             outbox.acknowledge(session, config.id, message.ids)
             continue
         if isinstance(message, StartMessage):
-            _apply_start(session, config, workspace, message, links, default_max_runtime)
+            execution_id = _apply_start(
+                session, config, workspace, message, links, default_max_runtime
+            )
+            if execution_id is not None and started is not None:
+                started.append(execution_id)
         elif isinstance(message, UpdateMessage):
             _apply_update(session, config, workspace, message, links, endings)
         else:
@@ -359,10 +365,12 @@ def _apply_start(
     message: StartMessage,
     links: _Links,
     default_max_runtime: float,
-) -> None:
+) -> str | None:
+    """Start the run a start message asks for; returns its execution's id (None: refused or
+    started before)."""
     origin_id = message.origin_execution_id
     if links.get(TARGET, origin_id) is not None:
-        return  # started before: this is a redelivery
+        return None  # started before: this is a redelivery
     if direction_of(config) != CONTROLLED:
         _refuse_start(
             session,
@@ -372,7 +380,7 @@ def _apply_start(
             " the controlling one, so it does not take executions from this link",
             "refused",
         )
-        return
+        return None
     flow, use_remote_flow, script = message.flow, message.use_remote_flow, message.script
     try:
         # Everything is checked before anything is added, so a refusal leaves no trace.
@@ -402,11 +410,12 @@ def _apply_start(
     except FlowlinkError as error:
         kind = "not_found" if isinstance(error, NotFound) else "invalid"
         _refuse_start(session, config, message, error.message, kind)
-        return
+        return None
     if use_remote_flow:
         execution.flow_id = None  # the run shows the script; it is not one of our flows
     # The other end knows it is queued: the first update goes out when it starts.
     links.add(session, _follow(config, TARGET, execution.id, origin_id, ExecutionStatus.QUEUED))
+    return execution.id
 
 
 def _mirror_copy(
@@ -798,11 +807,14 @@ class News:
     """What a look at a link's end found: its messages, and whether executions here matter.
 
     ``more``: changes were left for the next look (more than one collect takes).
+    ``again``: look again after this many seconds even if no notification comes (messages
+    were held back for a while).
     """
 
     messages: list[dict[str, Any]]
     follows: bool
     more: bool = False
+    again: float | None = None
 
 
 def look_for_news(store: Store, config_id: str, limit: int) -> News:
@@ -832,6 +844,9 @@ def look_for_news(store: Store, config_id: str, limit: int) -> News:
         if config is None:
             raise NotFound(f"sync config {config_id} was deleted")
         collected = collect_changes(session, config)  # the read above found changes
+        # What it queued is read below and sent by this look's caller: announced, it would
+        # only wake another look of the link (a held poll, the caller's own waiter) to it.
+        notify.withdraw(session, notify.LINK, config_id)
         more = collected >= UPDATES_PER_COLLECT
         return News(outbox.pending(session, config_id, limit), True, more)
 
@@ -863,6 +878,7 @@ async def wait_for_news(
     first: News | None = None,
     limiter: CapacityLimiter | None = None,
     look: Callable[[], News] | None = None,
+    skip: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Wait on the event loop, holding no thread, until this end has messages for the other.
 
@@ -876,6 +892,8 @@ async def wait_for_news(
     ``limiter``: the thread hops' limiter (default: the pool the API shares).
     ``look``: how to look (default ``look_for_news``), in a thread hop: a caller may do more
     in the same hop with what the look found (the answering end signs its answer there).
+    ``skip``: asked on the event loop before each look; true skips it (no thread hop) as if
+    it found nothing while the link follows a run (another answer takes the news meanwhile).
     """
     if waiter is None:
         with store.notifier.waiter(news_interests(config_id, workspace_id, True)) as own:
@@ -889,6 +907,7 @@ async def wait_for_news(
                 waiter=own,
                 limiter=limiter,
                 look=look,
+                skip=skip,
             )
     deadline = time.monotonic() + timeout
     grace = START_GRACE.total_seconds() + 0.05
@@ -896,6 +915,8 @@ async def wait_for_news(
     news = first
     while True:
         listened = notify.EVENTS in waiter.interests  # during the look just made
+        if news is None and skip is not None and skip():
+            news = News([], True)
         if news is None:
             if look is None:
                 news = await to_thread.run_sync(
@@ -914,7 +935,8 @@ async def wait_for_news(
         remaining = deadline - time.monotonic()
         if remaining <= 0 or stopping():
             return []
-        woken = await waiter.wait(min(remaining, grace) if recheck else remaining)
+        wait = min(remaining, grace) if recheck else remaining
+        woken = await waiter.wait(wait if news.again is None else min(wait, news.again))
         if stopping():
             return []
         recheck = bool(woken) and news.follows

@@ -223,7 +223,13 @@ FEATURES_HEADER = "Flowlink-Link-Features"
 OPTIONAL_FIELDS = {"traceparent": "traceparent"}  # field name -> feature that allows it
 # An answering end that announces this holds a poll up to MAX_LONG_POLL_SECONDS.
 LONG_POLL = "long-poll"
-FEATURES = frozenset({*OPTIONAL_FIELDS.values(), LONG_POLL})
+# A connecting end that announces this takes the answer to an exchange that started runs
+# once one of the answering end's messages is ready (a short run's end) or after a short
+# hold, and sends the acks of what that answer carried by itself if no exchange takes them
+# soon; the answering end then keeps those messages out of its held poll until they are
+# acked or a while has passed. An old connecting end gets the start's ack at once.
+HELD_ANSWER = "held-answer"
+FEATURES = frozenset({*OPTIONAL_FIELDS.values(), LONG_POLL, HELD_ANSWER})
 
 
 def max_poll(accepted: frozenset[str]) -> float:

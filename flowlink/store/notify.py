@@ -59,11 +59,13 @@ class AsyncWaiter:
         self.loop = loop
         self.interests: dict[str, frozenset[str] | None] = {}
         self._woken_by: set[str] = set()
+        self.woken_at = 0.0  # ``time.monotonic()`` of the last notification that concerned it
         # Only while it waits: a thousand held polls keep no Event (and its deque) each.
         self._waiting: asyncio.Future[None] | None = None
 
     def wake(self, channel: str) -> None:
         """Wake the waiter (called on its loop)."""
+        self.woken_at = time.monotonic()
         if channel in self._woken_by:
             return  # woken by this channel already, and not yet looked
         self._woken_by.add(channel)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from flowlink.errors import Invalid
 from flowlink.linking.protocol import (
     FEATURES,
+    HELD_ANSWER,
     LONG_POLL,
     envelope,
     features_of,
@@ -138,6 +139,7 @@ def test_a_poll_longer_than_a_minute_is_asked_only_of_an_end_that_holds_it() -> 
     # An end of this version holds up to 300 s and says so; an earlier end (no feature)
     # refuses more than 60 s, so it is never asked for more.
     assert parse_envelope({"messages": [], "poll": 120}).poll == 120
-    assert LONG_POLL in FEATURES and features_of(f"traceparent, {LONG_POLL}") == FEATURES
+    assert LONG_POLL in FEATURES
+    assert features_of(f"traceparent, {LONG_POLL}, {HELD_ANSWER}, unknown") == FEATURES
     assert max_poll(features_of(",".join(sorted(FEATURES)))) == 300
     assert max_poll(features_of("traceparent")) == max_poll(frozenset()) == 60

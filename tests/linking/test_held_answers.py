@@ -1,0 +1,169 @@
+"""Held answers: a start and its run's end in one exchange, with ends that announce it.
+
+An in-process server with a worker answers as the controlled end of one link; the test is
+the controlling, connecting end (it signs its exchanges by hand with real keys). A start
+sent by an end that announces ``held-answer`` is answered with its ack and the run's end
+together; an end that does not announce it gets the ack at once, as before. What a held
+answer carried stays out of the held poll until acked, and is sent again once that while
+has passed (an answer that never arrived loses nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from flowlink.linking import endpoint, keys, signing
+from flowlink.linking.messages import AckMessage, StartMessage
+from flowlink.linking.protocol import FEATURES_HEADER, HELD_ANSWER, LONG_POLL, envelope
+from flowlink.linking.service import sync_path
+from flowlink.store.models import Execution
+from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
+from tests.linking.conftest import KeyMaker, public_pem_of
+
+FAST = "def handler(system, this, inputs):\n    return this.success('done')\n"
+SLOW = (
+    "import time\n"
+    "def handler(system, this, inputs):\n"
+    "    time.sleep(1.5)\n"
+    "    return this.success('slept')\n"
+)
+
+
+@pytest.fixture
+def controlled(database_url: str) -> Iterator[StartedServer]:
+    started = start_live_server(make_settings(database_url), with_worker=True)
+    yield started
+    started.stop()
+
+
+class Site:
+    """The controlling end of the link ``ctl``/``site``, as a test drives it."""
+
+    def __init__(self, live: LiveServer, make_key: KeyMaker) -> None:
+        files = {"workspace.yml": "name: Runs\nslug: runs\n"}
+        assert live.client.post("/api/v1/workspaces/runs/apply", json={"files": files}).is_success
+        own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
+        created = live.client.post(
+            "/api/v1/workspaces/runs/sync_config",
+            json={
+                "name": "site",
+                "own_private_key": own.read_text(),
+                "remote_public_key": public_pem_of(site),
+            },
+        )
+        assert created.status_code == 201, created.text
+        self.key = keys.load_private_key(site.read_text())
+        server_key = keys.load_private_key(own.read_text()).public_key()
+        self.trusted = {keys.fingerprint(server_key): server_key}
+        self.url = live.url + sync_path("runs", "site")
+
+    def exchange(
+        self, messages: list[dict[str, Any]], *, features: str, poll: float | None = None
+    ) -> tuple[list[dict[str, Any]], float]:
+        """One signed exchange: the answer's messages (its signature checked) and its time."""
+        body = json.dumps(envelope(messages, poll)).encode()
+        headers = httpx.Headers({"content-type": "application/json"})
+        if features:
+            headers[FEATURES_HEADER] = features
+        signing.sign_request(self.key, "POST", self.url, headers, body)
+        began = time.monotonic()
+        answer = httpx.post(self.url, content=body, headers=headers, timeout=60)
+        took = time.monotonic() - began
+        assert answer.status_code == 200, answer.text
+        signing.verify_response(
+            self.trusted,
+            200,
+            answer.headers,
+            answer.content,
+            request_method="POST",
+            request_url=self.url,
+        )
+        return answer.json()["messages"], took
+
+
+def start(origin: str, script: str = FAST) -> dict[str, Any]:
+    """A start message for a run of ``script``."""
+    return StartMessage.new(
+        origin_execution_id=origin, origin_workspace="ctl", flow="f", script=script, inputs={}
+    ).wire()
+
+
+def kinds(messages: list[dict[str, Any]]) -> list[str]:
+    return [message["type"] for message in messages]
+
+
+def ack_of(message: dict[str, Any]) -> dict[str, Any]:
+    return AckMessage.new(ids=[message["id"]]).wire()
+
+
+def test_a_start_and_its_end_come_back_in_one_exchange_to_an_end_that_announces_it(
+    controlled: StartedServer, make_key: KeyMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(endpoint, "IN_FLIGHT_SECONDS", 1.0)
+    # Held until the run ended: a hold longer than 250 ms, for a machine too busy to run it
+    # within that.
+    monkeypatch.setattr(endpoint, "ANSWER_HOLD", 20.0)
+    site = Site(controlled.live, make_key)
+    sent = start("origin-1")
+    answer, _took = site.exchange([sent], features=f"{HELD_ANSWER},{LONG_POLL}")
+    assert kinds(answer) == ["execution.update", "ack"]
+    update, ack = answer
+    assert ack["ids"] == [sent["id"]]
+    assert update["origin_execution_id"] == "origin-1" and update["status"] == "success"
+    # Not acked yet: a held poll leaves it out while the answer's ack may still come ...
+    held_back, took = site.exchange([], features=HELD_ANSWER, poll=0.5)
+    assert held_back == [] and took >= 0.45
+    # ... and sends it again once that while is over: an answer lost on the way loses nothing.
+    again, took = site.exchange([], features=HELD_ANSWER, poll=5.0)
+    assert kinds(again) == ["execution.update"] and again[0]["id"] == update["id"]
+    assert took < 4.5  # not the poll's 5 s
+    # Acked: gone for good (a poll runs out empty).
+    after, _took = site.exchange([ack_of(update)], features=HELD_ANSWER, poll=0.3)
+    assert after == []
+
+
+def test_an_end_that_does_not_announce_it_gets_the_ack_at_once(
+    controlled: StartedServer, make_key: KeyMaker
+) -> None:
+    site = Site(controlled.live, make_key)
+    sent = start("origin-2")
+    answer, _took = site.exchange([sent], features=LONG_POLL)
+    assert kinds(answer) == ["ack"] and answer[0]["ids"] == [sent["id"]]
+    # The end comes with the next poll, as it did before.
+    news, _took = site.exchange([], features=LONG_POLL, poll=10.0)
+    assert kinds(news) == ["execution.update"] and news[0]["status"] == "success"
+    # A redelivered start is acked and runs nothing twice; the update, still unacked, comes
+    # along in the answer.
+    redelivered, _took = site.exchange([sent], features=HELD_ANSWER)
+    assert kinds(redelivered) == ["execution.update", "ack"]
+    with controlled.live.store.read() as session:
+        assert session.scalar(select(func.count()).select_from(Execution)) == 1
+
+
+def test_a_run_that_goes_on_is_answered_after_the_hold_with_the_ack_alone(
+    controlled: StartedServer, make_key: KeyMaker
+) -> None:
+    site = Site(controlled.live, make_key)
+    sent = start("origin-3", SLOW)
+    answer, took = site.exchange([sent], features=HELD_ANSWER)
+    assert took >= endpoint.ANSWER_HOLD - 0.05
+    # The ack, and the run's "running" report when its start's grace was over by then.
+    assert kinds(answer)[-1] == "ack" and answer[-1]["ids"] == [sent["id"]]
+    assert all(m["status"] == "running" for m in answer if m["type"] == "execution.update")
+    acks = [ack_of(m) for m in answer if m["type"] == "execution.update"]
+    # Its end comes in the held poll.
+    deadline = time.monotonic() + 20
+    ended: list[dict[str, Any]] = []
+    while not ended:
+        assert time.monotonic() < deadline, "the run's end never came"
+        news, _took = site.exchange(acks, features=HELD_ANSWER, poll=5.0)
+        acks = [ack_of(m) for m in news]
+        ended = [m for m in news if m.get("status") == "success"]
+    assert ended[0]["origin_execution_id"] == "origin-3"
