@@ -13,7 +13,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,12 @@ from flowlink.linking.service import sync_path
 from flowlink.store.models import SyncConfig, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces import service as workspaces
-from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
+from tests.conftest import LiveServer, StartedServer
 from tests.linking.conftest import KeyMaker, public_pem_of
 
 LINKS = 20
 POLL = 30.0
 ECHO = "def handler(system, this, inputs):\n    return this.success('echo')\n"
-
-
-@pytest.fixture
-def answering(database_url: str) -> Iterator[StartedServer]:
-    started = start_live_server(make_settings(database_url), with_worker=False)
-    yield started
-    started.stop()
 
 
 def test_held_polls_cost_nothing_until_their_link_has_news(

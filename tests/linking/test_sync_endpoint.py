@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -24,19 +23,12 @@ from flowlink.linking import keys, signing
 from flowlink.linking.protocol import envelope
 from flowlink.linking.service import sync_path
 from flowlink.observability import metrics
-from tests.conftest import StartedServer, make_settings, start_live_server
+from tests.conftest import StartedServer
 from tests.linking.conftest import KeyMaker, public_pem_of
 from tests.linking.test_held_polls import one_link
 from tests.observability.test_metrics import scrape, value
 
 ROUTE = "/api/v1/workspaces/{ws}/sync_config/{name}/sync"
-
-
-@pytest.fixture
-def answering(database_url: str) -> Iterator[StartedServer]:
-    started = start_live_server(make_settings(database_url), with_worker=False)
-    yield started
-    started.stop()
 
 
 def test_the_router_would_pick_the_route_the_sync_endpoint_serves(
