@@ -56,6 +56,8 @@ def create_app(
         default_response_class=SafeJSONResponse,
     )
     app.state.context = context
+    # innermost: link exchanges skip the router, inside CatchAll and every other middleware
+    app.add_middleware(linking.SyncEndpoint)
     install_error_handlers(app)
     app.add_middleware(BodyGuard, settings=context.settings, store=context.store)
     app.include_router(system.router, responses=ERROR_RESPONSES)

@@ -172,28 +172,35 @@ def is_public_path(path: str) -> bool:
 PUBLIC_NOT_FOUND = "nothing to call at this address"
 
 
+async def domain_error_response(request: Request, exc: FlowlinkError) -> JSONResponse:
+    """The answer to a domain error (``FlowlinkError``) raised by a route; a denial is
+    recorded first (in a thread: it writes)."""
+    if isinstance(exc, NotFound) and is_public_path(request.url.path):
+        return error_response(404, exc.code, PUBLIC_NOT_FOUND)
+    denial = denial_of(exc)
+    if denial is not None:
+        http = {
+            "method": request.method,
+            "path": request.url.path,
+            "ip": request.client.host if request.client else None,
+        }
+        store = request.app.state.context.store
+        await run_in_threadpool(record_denials, store, [denial], http)
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors, validation errors, HTTP errors and any other exception onto the
-    error shape (call before adding other middleware, so ``CatchAll`` sits innermost)."""
+    error shape (call before adding other middleware, so ``CatchAll`` sits inside them all;
+    only a route served in front of the router, ``SyncEndpoint``, is added before it)."""
     app.add_middleware(CatchAll)
 
     @app.exception_handler(FlowlinkError)
     async def _domain(request: Request, exc: FlowlinkError) -> JSONResponse:
-        if isinstance(exc, NotFound) and is_public_path(request.url.path):
-            return error_response(404, exc.code, PUBLIC_NOT_FOUND)
-        denial = denial_of(exc)
-        if denial is not None:
-            http = {
-                "method": request.method,
-                "path": request.url.path,
-                "ip": request.client.host if request.client else None,
-            }
-            store = request.app.state.context.store
-            await run_in_threadpool(record_denials, store, [denial], http)
-        response = error_response(exc.status, exc.code, exc.message, exc.details)
-        if isinstance(exc, TooManyRequests):
-            response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return await domain_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

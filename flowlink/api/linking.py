@@ -6,13 +6,17 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import Field
+from starlette._utils import get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flowlink.access.policy import authorize
 from flowlink.api.bodies import RequestBody
 from flowlink.api.deps import Caller, Context, ServerContext
-from flowlink.api.errors import ErrorBody
+from flowlink.api.errors import ErrorBody, domain_error_response
 from flowlink.api.responses import ApiRoute
+from flowlink.errors import FlowlinkError
 from flowlink.linking import exchange
 from flowlink.linking import service as linking
 from flowlink.linking.endpoint import answer_exchange
@@ -116,9 +120,14 @@ def create_sync_config(
 )
 async def sync(ws: str, name: str, request: Request) -> Response:
     """The sync endpoint of a link: a signed exchange of messages (no login; the signature is
-    the authentication). See docs/linking.md for the protocol."""
-    # The context straight from the app, not through a dependency: a thousand links renew
-    # their polls here, and resolving a dependency costs more than the lookup.
+    the authentication). See docs/linking.md for the protocol.
+
+    Served by ``SyncEndpoint`` in front of the router; the route documents the operation."""
+    return await answer_sync(ws, name, request)
+
+
+async def answer_sync(ws: str, name: str, request: Request) -> Response:
+    """Answer one exchange of a link (domain errors are raised, for the caller to map)."""
     context: ServerContext = request.app.state.context
     body = await request.body()
     answer = await answer_exchange(
@@ -134,6 +143,47 @@ async def sync(ws: str, name: str, request: Request) -> Response:
         stopping=context.stopping,
     )
     return Response(content=answer.content, headers=dict(answer.headers.items()))
+
+
+class SyncEndpoint:
+    """``POST .../sync_config/{name}/sync`` answered in front of the router.
+
+    A thousand sites renew their long polls here: routing through every route, solving
+    dependencies and the exception middleware would cost more than the exchange's own Python
+    work. Installed inside ``CatchAll`` (unexpected errors answer the JSON 500), it sits behind
+    the forwarded headers, the metrics (``scope["route"]`` is the route's, so it is counted
+    under its template), tracing and the body guard, as every route does; a domain error gets
+    the answer the exception handlers give (``domain_error_response``). Any other request, a
+    GET on the same path too, goes on to the router.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.route = sync_route()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = self.route.path_regex.match(get_route_path(scope))
+            if match is not None:
+                scope["route"] = self.route
+                scope["path_params"] = params = match.groupdict()
+                request = Request(scope, receive)
+                response: Response
+                try:
+                    response = await answer_sync(params["ws"], params["name"], request)
+                except FlowlinkError as exc:
+                    response = await domain_error_response(request, exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def sync_route() -> APIRoute:
+    """The route of the sync endpoint (its path template and documentation)."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.endpoint is sync:
+            return route
+    raise LookupError("the sync route is not on the router")
 
 
 @router.get("/{name}", response_model=SyncConfigView)

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from anyio import CapacityLimiter, to_thread
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import and_, bindparam, literal, or_, select
 from sqlalchemy.orm import Session
 
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
@@ -48,7 +48,7 @@ from flowlink.linking.service import (
     get_sync_config,
 )
 from flowlink.store import notify
-from flowlink.store.engine import Store
+from flowlink.store.engine import Store, run_core
 from flowlink.store.models import Execution, ExecutionLog, LinkExecution, SyncConfig, Workspace
 from flowlink.store.models import utcnow as now
 from flowlink.timestamps import format_optional, parse_timestamp
@@ -597,12 +597,15 @@ def _status_moved(settled: Any) -> Any:
 
 
 # Built once: this runs on every wake-up of a link, so it must not be rebuilt each time.
+# The roles a link follows, as two plain parameters: an IN of values is expanded on every
+# run of the statement, which costs more than the statement on a renewed poll.
+_FOLLOWED = LinkExecution.role.in_([literal(TARGET), literal(SOURCE)])
 _ANY_CHANGE = (
     select(LinkExecution.id)
     .join(Execution, Execution.id == LinkExecution.execution_id)
     .where(
         LinkExecution.sync_config_id == bindparam("config_id"),
-        LinkExecution.role.in_((TARGET, SOURCE)),
+        _FOLLOWED,
         LinkExecution.done.is_(False),
         or_(
             _status_moved(bindparam("settled")),
@@ -621,7 +624,7 @@ _ANY_CHANGE = (
 def has_changes(session: Session, config: SyncConfig) -> bool:
     """Whether ``collect_changes`` would queue anything (a cheap read, no locks)."""
     settled = now() - START_GRACE
-    if session.execute(_ANY_CHANGE, {"config_id": config.id, "settled": settled}).first():
+    if run_core(session, _ANY_CHANGE, {"config_id": config.id, "settled": settled}).first():
         return True
     return _sends_all(config) and session.execute(_untracked_query(config, 1)).first() is not None
 
@@ -770,7 +773,7 @@ def follows_changes(session: Session, config: SyncConfig) -> bool:
     """
     if _sends_all(config):
         return True
-    return session.execute(_OPEN_ROW, {"config_id": config.id}).first() is not None
+    return run_core(session, _OPEN_ROW, {"config_id": config.id}).first() is not None
 
 
 # Built once, like ``_ANY_CHANGE``: whether the link follows an unfinished run.
@@ -778,7 +781,7 @@ _OPEN_ROW = (
     select(LinkExecution.id)
     .where(
         LinkExecution.sync_config_id == bindparam("config_id"),
-        LinkExecution.role.in_((TARGET, SOURCE)),
+        _FOLLOWED,
         LinkExecution.done.is_(False),
     )
     .limit(1)
@@ -796,8 +799,8 @@ def follows_and_changed(session: Session, config: SyncConfig) -> tuple[bool, boo
     """``follows_changes`` and ``has_changes`` at once (one statement unless send-all)."""
     if _sends_all(config):
         return True, has_changes(session, config)
-    found = session.execute(
-        _FOLLOWS_AND_CHANGED, {"config_id": config.id, "settled": now() - START_GRACE}
+    found = run_core(
+        session, _FOLLOWS_AND_CHANGED, {"config_id": config.id, "settled": now() - START_GRACE}
     ).one()
     return bool(found[0]), bool(found[1])
 
@@ -825,8 +828,8 @@ def look_for_news(store: Store, config_id: str, limit: int) -> News:
     is two Core statements (the link's state, its outbox) and loads no ORM object.
     """
     with store.read() as session:
-        row = session.execute(
-            _LOOK, {"config_id": config_id, "settled": now() - START_GRACE}
+        row = run_core(
+            session, _LOOK, {"config_id": config_id, "settled": now() - START_GRACE}
         ).first()
         if row is None:
             raise NotFound(f"sync config {config_id} was deleted")
@@ -885,7 +888,8 @@ async def wait_for_news(
     It looks at the store only when a notification concerns this link (on PostgreSQL
     also from other server processes), never on a timer while nothing changes. A run that
     just started is reported after ``START_GRACE``: after a wake-up that found nothing,
-    it looks once more when that grace is over. Returns [] on the timeout or ``stopping``.
+    it looks once more when that grace is over. Returns [] on the timeout (a poll that runs
+    out with nothing heard does not look again) or ``stopping``.
 
     ``waiter`` and ``first``: a waiter already registered for this link before the caller
     looked, and what that look found; the wait then starts without looking again.
@@ -938,6 +942,10 @@ async def wait_for_news(
         wait = min(remaining, grace) if recheck else remaining
         woken = await waiter.wait(wait if news.again is None else min(wait, news.again))
         if stopping():
+            return []
+        if not woken and not recheck and time.monotonic() >= deadline:
+            # Ran out with nothing heard: nothing changed since the last look (a change
+            # announces itself), and the other end's next exchange looks in its transaction.
             return []
         recheck = bool(woken) and news.follows
         if notify.LINK in woken and not news.follows:

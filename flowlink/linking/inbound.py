@@ -85,22 +85,27 @@ def check_exchange(
     remember_nonce(session, config, verified.nonce)
 
 
+_NONCES = LinkNonce.__table__
+_REMEMBER = {
+    dialect.dialect.name: dialect.insert(_NONCES).on_conflict_do_nothing().returning(_NONCES.c.id)
+    for dialect in (postgresql, sqlite)
+}
+
+
 def remember_nonce(session: Session, config: SyncConfig, nonce: str) -> None:
     """Record a nonce; ``SyncRejected("replayed")`` if this config has seen it before.
 
-    One ``INSERT ... ON CONFLICT DO NOTHING``: no savepoint and no ORM flush, since every
-    exchange (a thousand renewed polls too) pays for it.
+    One ``INSERT ... ON CONFLICT DO NOTHING``, built once and run on the connection: no
+    savepoint, no ORM flush and no statement to build, since every exchange (a thousand
+    renewed polls too) pays for it.
     """
     current = utcnow()
     if len(nonce) > 128:
         raise SyncRejected("malformed", "the nonce is longer than 128 characters")
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    inserted = session.execute(
-        dialect.insert(LinkNonce)
-        .values(sync_config_id=config.id, nonce=nonce, seen_at=current)
-        .on_conflict_do_nothing()
-        .returning(LinkNonce.id)
-    ).scalar()
+    connection = session.connection()
+    insert = _REMEMBER.get(connection.dialect.name, _REMEMBER["sqlite"])
+    values = {"sync_config_id": config.id, "nonce": nonce, "seen_at": current}
+    inserted = connection.execute(insert, values).scalar()
     if inserted is None:
         raise SyncRejected("replayed", "this signed request was received before")
     global _last_forget

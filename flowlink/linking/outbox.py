@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.jsonsafe import repair
 from flowlink.store import notify
+from flowlink.store.engine import run_core
 from flowlink.store.models import LinkOutbox, SyncConfig, Workspace, utcnow
 
 
@@ -42,7 +43,7 @@ def pending(session: Session, sync_config_id: str, limit: int) -> list[dict[str,
     Repaired (see ``flowlink.jsonsafe``): a value stored before strings were checked must
     not make the other end refuse every exchange of the link.
     """
-    rows = session.scalars(_PENDING, {"config_id": sync_config_id, "limit": limit})
+    rows = run_core(session, _PENDING, {"config_id": sync_config_id, "limit": limit}).scalars()
     return [repair(body) for body in rows]
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from flowlink.access.policy import role_exists
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE
@@ -316,6 +316,15 @@ _LINK = (
     select(Workspace, SyncConfig)
     .join(SyncConfig, SyncConfig.workspace_id == Workspace.id)
     .where(Workspace.slug == bindparam("slug"), SyncConfig.name == bindparam("name"))
+    # An exchange needs the workspace's id and slug: its documents load when used.
+    .options(
+        defer(Workspace.description),
+        defer(Workspace.config_value),
+        defer(Workspace.config_schema),
+        defer(Workspace.config_rendered),
+        defer(Workspace.spec),
+        defer(Workspace.source_text),
+    )
 )
 
 

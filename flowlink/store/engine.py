@@ -13,9 +13,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, exc, text
 from sqlalchemy.orm import Session as Session  # re-exported: the api layer types with it
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.util.typing import TupleAny
 
 from flowlink.background import BackgroundTasks
 from flowlink.jsonsafe import loads_stored
@@ -24,6 +25,16 @@ from flowlink.store import notify
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 0x666C6F77  # PostgreSQL advisory lock key for schema upgrades
+
+
+def run_core(
+    session: Session, statement: Executable, params: dict[str, Any]
+) -> CursorResult[*TupleAny]:
+    """Run a statement built once (Core, or columns of mapped classes) on the session's
+    connection: no ORM execution around it and no ORM objects out of it, for the statements
+    every exchange runs. Pending changes are flushed first, as the session itself would."""
+    session.flush()
+    return session.connection().execute(statement, params)
 
 
 def normalize_url(url: str) -> str:

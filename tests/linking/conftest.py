@@ -100,7 +100,12 @@ from collections.abc import Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 from flowlink.store.engine import make_engine, migrate  # noqa: E402
-from tests.conftest import postgres_database  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    StartedServer,
+    make_settings,
+    postgres_database,
+    start_live_server,
+)
 from tests.linking.servers import (  # noqa: E402
     ProxyFactory,
     ServerFactory,
@@ -181,3 +186,11 @@ def tcp_proxy() -> Iterator[ProxyFactory]:
     yield make
     for proxy in made:
         proxy.close()
+
+
+@pytest.fixture
+def answering(database_url: str) -> Iterator[StartedServer]:
+    """An in-process server that answers links (no worker)."""
+    started = start_live_server(make_settings(database_url), with_worker=False)
+    yield started
+    started.stop()

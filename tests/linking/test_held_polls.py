@@ -13,7 +13,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,12 @@ from flowlink.linking.service import sync_path
 from flowlink.store.models import SyncConfig, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces import service as workspaces
-from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
+from tests.conftest import LiveServer, StartedServer
 from tests.linking.conftest import KeyMaker, public_pem_of
 
 LINKS = 20
 POLL = 30.0
 ECHO = "def handler(system, this, inputs):\n    return this.success('echo')\n"
-
-
-@pytest.fixture
-def answering(database_url: str) -> Iterator[StartedServer]:
-    started = start_live_server(make_settings(database_url), with_worker=False)
-    yield started
-    started.stop()
 
 
 def test_held_polls_cost_nothing_until_their_link_has_news(
@@ -303,3 +295,40 @@ def test_a_held_poll_signs_its_news_in_the_look_that_found_it(
         request_url=url,
     )
     assert _signed.__name__ not in hops  # signed in the look's hop
+
+
+def test_a_poll_that_runs_out_with_nothing_heard_does_not_look_again(
+    answering: StartedServer, make_key: KeyMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The exchange's transaction looked when the poll began; nothing announced a change
+    # since, and the other end's next exchange looks in its own transaction.
+    from flowlink.linking import endpoint
+
+    live = answering.live
+    _own, site_key = one_link(live, make_key)
+    url = live.url + sync_path("ctl", "site")
+    looks: list[str] = []
+    look_for_news = endpoint.look_for_news
+
+    def counted(*args: Any) -> exchange.News:
+        looks.append(args[1])
+        return look_for_news(*args)
+
+    monkeypatch.setattr(endpoint, "look_for_news", counted)
+
+    def poll(seconds: float) -> float:
+        body = json.dumps(envelope([], seconds)).encode()
+        headers = httpx.Headers({"content-type": "application/json"})
+        signing.sign_request(site_key, "POST", url, headers, body)
+        began = time.monotonic()
+        answer = httpx.post(url, content=body, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"messages": []}
+        return time.monotonic() - began
+
+    poll(0.1)  # the server learns the link's ids: a renewal then looks in its transaction
+    time.sleep(1.0)  # what the first exchange announced (the link connected) has been heard
+    looks.clear()
+    assert poll(0.3) >= 0.3
+    assert poll(0.3) >= 0.3
+    assert looks == []
