@@ -591,15 +591,27 @@ def renew_leases(
     """Extend this worker's leases; returns the ids whose cancellation was requested."""
     if not execution_ids:
         return set()
-    session.execute(
-        update(Execution)
-        .where(
-            Execution.id.in_(execution_ids),
-            Execution.worker_id == worker_id,
-            Execution.status.in_(ACTIVE),
+    # Lock in id order (as an ending does) and skip rows another transaction holds (an ending
+    # or a cancel: their lease is renewed at the next beat). An UPDATE by a list of ids locks
+    # its rows in scan order, which could deadlock with a batch of endings on PostgreSQL.
+    renewable = list(
+        session.scalars(
+            select(Execution.id)
+            .where(
+                Execution.id.in_(execution_ids),
+                Execution.worker_id == worker_id,
+                Execution.status.in_(ACTIVE),
+            )
+            .order_by(Execution.id)
+            .with_for_update(skip_locked=True)
         )
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     )
+    if renewable:
+        session.execute(
+            update(Execution)
+            .where(Execution.id.in_(renewable))
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        )
     return set(
         session.scalars(
             select(Execution.id).where(
@@ -637,6 +649,7 @@ _ENDING_ROWS = (
     )
     .join(Workspace, Workspace.id == Execution.workspace_id)
     .where(Execution.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Execution.id)  # rows are locked in id order, as renew_leases locks them
     .with_for_update(of=Execution)
 )
 _ENDED_COLUMNS = (

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, select, text, update
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.executions import service as executions
@@ -291,3 +291,33 @@ def test_one_ending_is_one_update_and_reads_the_row_only_when_it_must(
     assert (merged.status, merged.message, merged.outputs) == ("error", "half", {"kept": 1, "n": 2})
     assert rows[ids[2]].status == "running"
     assert (rows[ids[3]].status, rows[ids[3]].message) == ("cancelled", "stop")
+
+
+def test_lease_renewal_skips_a_row_another_transaction_holds(
+    store: Store, workspace: Workspace
+) -> None:
+    """A renewal never waits on a locked row (an ending holds it), so it cannot deadlock with
+    a batch of endings; the other leases are renewed and the held one at the next beat."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite writers take turns")
+    held_id, free_id = _create(store, workspace, 2)
+    with store.write() as session:
+        executions.claim(session, "w", 2, 0.5)
+    before = {}
+    with store.read() as session:
+        for execution_id in (held_id, free_id):
+            execution = session.get(Execution, execution_id)
+            assert execution is not None
+            before[execution_id] = execution.lease_expires_at
+    with store.write() as holder:
+        holder.execute(select(Execution.id).where(Execution.id == held_id).with_for_update()).all()
+        with store.write() as session:
+            # Old code waited here on the held row: the timeout makes that a failure.
+            session.execute(text("SET LOCAL lock_timeout = '3s'"))
+            executions.renew_leases(session, "w", [held_id, free_id], 60)
+    with store.read() as session:
+        held = session.get(Execution, held_id)
+        free = session.get(Execution, free_id)
+        assert held is not None and free is not None
+        assert held.lease_expires_at == before[held_id]
+        assert free.lease_expires_at > before[free_id]
