@@ -18,6 +18,7 @@ import pytest
 
 from flowlink.api.errors import PUBLIC_NOT_FOUND
 from flowlink.api.linking import SyncEndpoint, sync
+from flowlink.api.responses import DirectSends
 from flowlink.errors import NotFound
 from flowlink.linking import keys, signing
 from flowlink.linking.protocol import envelope
@@ -34,7 +35,9 @@ ROUTE = "/api/v1/workspaces/{ws}/sync_config/{name}/sync"
 def test_the_router_would_pick_the_route_the_sync_endpoint_serves(
     answering: StartedServer,
 ) -> None:
-    app = answering.running.server.config.app
+    served = answering.running.server.config.app
+    assert isinstance(served, DirectSends)  # the server's outermost layer
+    app = served.app
     scope = {
         "type": "http",
         "method": "POST",
