@@ -21,6 +21,7 @@ from flowlink import assembly
 from flowlink.access.service import init_admin
 from flowlink.server import RunningServer, build_server, serve
 from flowlink.settings import ServerSettings
+from flowlink.store import notify
 from flowlink.store.engine import Store, make_engine, migrate
 
 POSTGRES_URL = os.environ.get("FLOWLINK_TEST_POSTGRES_URL", "")
@@ -309,3 +310,15 @@ def browser() -> Iterator[Any]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+def fire_timers_early(monkeypatch: pytest.MonkeyPatch, by: float) -> None:
+    """Waits end ``by`` seconds before their timeout, as uvloop's may: it tells the time of
+    the loop turn's start to the millisecond, so a timer can fire before the deadline by the
+    clock."""
+    wait = notify.AsyncWaiter.wait
+
+    async def early(self: notify.AsyncWaiter, timeout: float) -> set[str]:
+        return await wait(self, max(timeout - by, 0.0))
+
+    monkeypatch.setattr(notify.AsyncWaiter, "wait", early)

@@ -190,7 +190,7 @@ async def stream(
             if not look:  # nothing announced: sleep until a keep-alive is due
                 idle = KEEPALIVE_SECONDS - (time.monotonic() - last_sent)
                 look = bool(await waiter.wait(max(idle, 0.0)))
-                if not look and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                if not look:  # the keep-alive is due (the timer may fire a millisecond early)
                     # A client that went away is noticed when the keep-alive is due.
                     if await gone():
                         return

@@ -940,12 +940,15 @@ async def wait_for_news(
         if remaining <= 0 or stopping():
             return []
         wait = min(remaining, grace) if recheck else remaining
-        woken = await waiter.wait(wait if news.again is None else min(wait, news.again))
+        if news.again is not None:
+            wait = min(wait, news.again)
+        woken = await waiter.wait(wait)
         if stopping():
             return []
-        if not woken and not recheck and time.monotonic() >= deadline:
+        if not woken and not recheck and wait >= remaining:
             # Ran out with nothing heard: nothing changed since the last look (a change
             # announces itself), and the other end's next exchange looks in its transaction.
+            # Judged by the wait asked for, not the clock: uvloop may fire a timer a little early.
             return []
         recheck = bool(woken) and news.follows
         if notify.LINK in woken and not news.follows:

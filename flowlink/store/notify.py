@@ -267,13 +267,18 @@ async def wait_until(
         else:
             waiter.set_interests(interests)
         while True:
+            timed_out = False
             if checked:
                 remaining = deadline - time.monotonic()
-                await waiter.wait(remaining if recheck is None else min(remaining, recheck))
+                last = recheck is None or remaining <= recheck
+                woken = await waiter.wait(remaining if recheck is None else min(remaining, recheck))
+                # A wait to the deadline that nothing woke is the timeout, even when the loop's
+                # timer fired a little early (uvloop rounds timers to the millisecond).
+                timed_out = last and not woken
             checked = True
             if await to_thread.run_sync(check):
                 return True
-            if deadline - time.monotonic() <= 0:
+            if timed_out or deadline - time.monotonic() <= 0:
                 return False
 
 

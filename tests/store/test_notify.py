@@ -9,6 +9,7 @@ import pytest
 
 from flowlink.store import notify
 from flowlink.store.engine import Store
+from tests.conftest import fire_timers_early
 
 
 def test_a_process_hears_its_own_notifications_once_and_others_too(store: Store) -> None:
@@ -84,7 +85,12 @@ def test_a_wait_on_a_given_waiter_that_checked_already_waits_first() -> None:
     assert notifier.waiting() == 0  # the caller's waiter left with its block
 
 
-def test_a_wait_that_checked_already_looks_once_at_the_timeout() -> None:
+@pytest.mark.parametrize("early", [0.0, 0.005])
+def test_a_wait_that_checked_already_looks_once_at_the_timeout(
+    early: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wait to the deadline that nothing woke is the timeout, even if its timer fired early.
+    fire_timers_early(monkeypatch, early)
     notifier = notify.Notifier()
     looks: list[int] = []
 
