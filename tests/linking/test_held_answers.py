@@ -136,9 +136,18 @@ def test_an_end_that_does_not_announce_it_gets_the_ack_at_once(
     sent = start("origin-2")
     answer, _took = site.exchange([sent], features=LONG_POLL)
     assert kinds(answer) == ["ack"] and answer[0]["ids"] == [sent["id"]]
-    # The end comes with the next poll, as it did before.
-    news, _took = site.exchange([], features=LONG_POLL, poll=10.0)
-    assert kinds(news) == ["execution.update"] and news[0]["status"] == "success"
+    # The end comes with the next poll, as it did before (on a busy machine a "running"
+    # report may come first, once the start's grace is over: acked, the end follows).
+    acks: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while True:
+        assert time.monotonic() < deadline, "the run's end never came"
+        news, _took = site.exchange(acks, features=LONG_POLL, poll=10.0)
+        assert kinds(news) == ["execution.update"], news
+        if news[0]["status"] == "success":
+            break
+        assert news[0]["status"] == "running", news
+        acks = [ack_of(news[0])]
     # A redelivered start is acked and runs nothing twice; the update, still unacked, comes
     # along in the answer.
     redelivered, _took = site.exchange([sent], features=HELD_ANSWER)
