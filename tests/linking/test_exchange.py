@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from anyio import to_thread
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.execution_status import ExecutionStatus
@@ -38,6 +38,7 @@ from flowlink.store.models import (
 )
 from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces import service as workspaces
+from tests.conftest import statements
 
 from .conftest import KeyMaker, public_pem_of
 
@@ -383,17 +384,14 @@ def test_a_late_update_never_moves_an_ended_mirror(link: Link) -> None:
         assert (after.status, after.message, after.outputs, after.ended_at) == kept
 
 
-def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_commit(
-    link: Link, make_key: KeyMaker
-) -> None:
-    # A query per start would flush the rows of the starts before it: a round trip each.
+def add_sites(link: Link, make_key: KeyMaker, names: list[str]) -> dict[str, str]:
+    """More links of ws-a, each to a site of that name that is never reached: their ids."""
     key, other = make_key("openssl-genrsa"), make_key("openssl-genrsa")
-    names = [f"site-{n}" for n in range(3)]
     with link.store.write() as session:
         a = session.get(Workspace, link.a)
         assert a is not None
-        for name in names:
-            linking.create_sync_config(
+        configs = {
+            name: linking.create_sync_config(
                 session,
                 a,
                 {
@@ -404,24 +402,25 @@ def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_
                 },
                 SECRET,
             )
-    seen: list[str] = []
+            for name in names
+        }
+        session.flush()
+        return {name: config.id for name, config in configs.items()}
 
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(" ".join(statement.split()).upper())
 
-    event.listen(link.store.engine, "before_cursor_execute", note)
-    try:
-        with link.store.write() as session:
-            a = session.get(Workspace, link.a)
-            assert a is not None
-            exchange.prepare_remote_starts(session, a, [*names, "to-b"])
-            for name in [*names, "to-b"]:
-                exchange.start_remote_execution(
-                    session, a, name, exchange.RemoteStart(flow="child")
-                )
-            before_commit = list(seen)
-    finally:
-        event.remove(link.store.engine, "before_cursor_execute", note)
+def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_commit(
+    link: Link, make_key: KeyMaker
+) -> None:
+    # A query per start would flush the rows of the starts before it: a round trip each.
+    names = [f"site-{n}" for n in range(3)]
+    add_sites(link, make_key, names)
+    with statements(link.store.engine) as seen, link.store.write() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        exchange.prepare_remote_starts(session, a, [*names, "to-b"])
+        for name in [*names, "to-b"]:
+            exchange.start_remote_execution(session, a, name, exchange.RemoteStart(flow="child"))
+        before_commit = list(seen)
     assert len([s for s in before_commit if "FROM SYNC_CONFIGS" in s]) == 1, before_commit
     rows = ("INSERT INTO EXECUTIONS", "INSERT INTO LINK_EXECUTIONS", "INSERT INTO LINK_OUTBOX")
     assert not [s for s in before_commit if s.startswith(rows)], before_commit
@@ -433,26 +432,10 @@ def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_
 def test_the_list_of_many_links_reads_their_outboxes_and_nonces_in_two_queries(
     link: Link, make_key: KeyMaker
 ) -> None:
-    key, other = make_key("openssl-genrsa"), make_key("openssl-genrsa")
     names = [f"site-{n}" for n in range(6)]
     seen_at = utcnow() - timedelta(minutes=3)
+    ids = add_sites(link, make_key, names)
     with link.store.write() as session:
-        a = session.get(Workspace, link.a)
-        assert a is not None
-        ids = {}
-        for name in names:
-            ids[name] = linking.create_sync_config(
-                session,
-                a,
-                {
-                    "name": name,
-                    "remote_url": f"http://127.0.0.1:1/api/v1/workspaces/ws-x/sync_config/{name}/sync",
-                    "own_private_key": key.read_text(),
-                    "remote_public_key": public_pem_of(other),
-                },
-                SECRET,
-            ).id
-        session.flush()
         for n, name in enumerate(names):  # site-n: n messages waiting, a nonce on odd n
             outbox.enqueue_many(
                 session, ids[name], [{"id": f"{name}-{m}", "type": "x"} for m in range(n)]
@@ -461,20 +444,12 @@ def test_the_list_of_many_links_reads_their_outboxes_and_nonces_in_two_queries(
                 session.add(LinkNonce(sync_config_id=ids[name], nonce="a", seen_at=seen_at))
                 old = seen_at - timedelta(minutes=n)
                 session.add(LinkNonce(sync_config_id=ids[name], nonce="b", seen_at=old))
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(" ".join(statement.split()).upper())
-
     with link.store.read() as session:
         a = session.get(Workspace, link.a)
         assert a is not None
         configs = linking.list_sync_configs(session, a)
-        event.listen(link.store.engine, "before_cursor_execute", note)
-        try:
+        with statements(link.store.engine) as seen:
             views = linking.sync_config_views(session, configs, a.slug)
-        finally:
-            event.remove(link.store.engine, "before_cursor_execute", note)
     assert len(seen) == 2, seen
     by_name = {view["name"]: view for view in views}
     assert [view["name"] for view in views] == [*names, "to-b"]
