@@ -19,11 +19,13 @@ from anyio import to_thread
 from sqlalchemy import func, select
 
 from flowlink.errors import Conflict, Invalid, NotFound
+from flowlink.events import service as events
 from flowlink.execution_status import ExecutionStatus
 from flowlink.executions import service as executions
-from flowlink.linking import exchange, outbox
+from flowlink.linking import exchange, inbound, outbox
 from flowlink.linking import messages as messages_module
 from flowlink.linking import service as linking
+from flowlink.linking.inbound import SyncRejected
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import (
@@ -37,6 +39,7 @@ from flowlink.store.models import (
     utcnow,
 )
 from flowlink.timestamps import format_timestamp, parse_timestamp
+from flowlink.web.workspace import link_rows
 from flowlink.workspaces import service as workspaces
 from tests.conftest import statements
 
@@ -458,6 +461,50 @@ def test_the_list_of_many_links_reads_their_outboxes_and_nonces_in_two_queries(
         shown = by_name[name]["state"].get("last_exchange_at")
         assert shown == (format_timestamp(seen_at) if n % 2 else None), (name, shown)
     assert by_name["to-b"]["outbox_depth"] == 0
+
+
+def test_the_console_finds_the_last_rejection_of_many_links_in_one_query(
+    link: Link, make_key: KeyMaker
+) -> None:
+    names = [f"site-{n}" for n in range(6)]
+    add_sites(link, make_key, names)
+    for m in range(3):  # site-n: min(n, 3) refusals, one transaction a round, newest last
+        with link.store.write() as session:
+            a, b = session.get(Workspace, link.a), session.get(Workspace, link.b)
+            assert a is not None and b is not None
+            for n, name in enumerate(names):
+                if m < n:
+                    rejection = SyncRejected(f"reason-{m}", f"{name} #{m}")
+                    inbound.record_rejection(session, a, name, rejection)
+            # Neither another workspace's refusals nor a link's other events count.
+            inbound.record_rejection(session, b, "site-0", SyncRejected("other", "ws-b"))
+            events.record(session, a, "sync.connected", {"syncConfig": "site-0"})
+    with link.store.read() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        with statements(link.store.engine) as seen:
+            rows = link_rows(session, a)
+        newest = {
+            name: event
+            for name in names
+            for event in events.search(
+                session,
+                a,
+                events.EventFilter(types=("sync.rejected",), payload=(("syncConfig", name),)),
+                limit=1,
+            )
+        }
+    assert len([s for s in seen if "FROM EVENTS" in s]) == 1, seen
+    by_name = {row["name"]: row["last_rejection"] for row in rows}
+    assert by_name.pop("to-b") is None and by_name.pop("site-0") is None
+    for n, name in enumerate(names[1:], 1):
+        last = min(n, 3) - 1
+        assert by_name[name] == {
+            "syncConfig": name,
+            "reason": f"reason-{last}",
+            "message": f"{name} #{last}",
+            "at": format_timestamp(newest[name].created_at),
+        }
 
 
 def test_a_links_public_state_shows_its_times_in_the_one_format() -> None:
