@@ -28,7 +28,7 @@ from flowlink.linking.service import sync_path
 from flowlink.store.models import SyncConfig, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces import service as workspaces
-from tests.conftest import LiveServer, StartedServer, fire_timers_early
+from tests.conftest import LiveServer, StartedServer, fire_timers_early, statements
 from tests.linking.conftest import KeyMaker, public_pem_of
 
 LINKS = 20
@@ -224,19 +224,10 @@ def test_a_renewed_poll_writes_only_its_nonce_and_the_view_shows_its_time(
     with live.store.write() as session:
         config = session.scalars(select(SyncConfig).where(SyncConfig.name == "site")).one()
         config.state = {**(config.state or {}), "last_exchange_at": long_ago}
-    updates: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE SYNC_CONFIGS"):
-            updates.append(statement)
-
-    event.listen(live.store.engine, "before_cursor_execute", note)
     renewed_at = utcnow()
-    try:
+    with statements(live.store.engine) as seen:
         poll()
-    finally:
-        event.remove(live.store.engine, "before_cursor_execute", note)
-    assert updates == []
+    assert not [s for s in seen if s.startswith("UPDATE SYNC_CONFIGS")], seen
     view = live.client.get("/api/v1/workspaces/ctl/sync_config/site").json()
     assert view["state"]["connected"] is True
     shown = parse_timestamp(view["state"]["last_exchange_at"])
