@@ -25,7 +25,7 @@ from flowlink.linking.protocol import FEATURES_HEADER, HELD_ANSWER, LONG_POLL, e
 from flowlink.linking.service import sync_path
 from flowlink.store.models import Execution
 from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
-from tests.linking.conftest import KeyMaker, public_pem_of
+from tests.linking.conftest import KeyMaker, one_link
 
 FAST = "def handler(system, this, inputs):\n    return this.success('done')\n"
 SLOW = (
@@ -47,19 +47,7 @@ class Site:
     """The controlling end of the link ``ctl``/``site``, as a test drives it."""
 
     def __init__(self, live: LiveServer, make_key: KeyMaker) -> None:
-        files = {"workspace.yml": "name: Runs\nslug: runs\n"}
-        assert live.client.post("/api/v1/workspaces/runs/apply", json={"files": files}).is_success
-        own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-        created = live.client.post(
-            "/api/v1/workspaces/runs/sync_config",
-            json={
-                "name": "site",
-                "own_private_key": own.read_text(),
-                "remote_public_key": public_pem_of(site),
-            },
-        )
-        assert created.status_code == 201, created.text
-        self.key = keys.load_private_key(site.read_text())
+        own, self.key = one_link(live, make_key, "runs")
         server_key = keys.load_private_key(own.read_text()).public_key()
         self.trusted = {keys.fingerprint(server_key): server_key}
         self.url = live.url + sync_path("runs", "site")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.linking.conftest import KeyMaker, public_pem_of
+from tests.linking.conftest import KeyMaker, add_link_end
 from tests.linking.servers import ENDED, ProxyFactory, ServerProcess, execution_counts
 
 WS_A, WS_B = "ws-a", "ws-b"
@@ -55,25 +55,8 @@ def link(a: ServerProcess, b: ServerProcess, b_base: str, make_key: KeyMaker) ->
     a.create_workspace(WS_A, flows={"sleepy": SLEEPY, "fast": FAST})
     b.create_workspace(WS_B)
     key_a, key_b = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-    created = b.client.post(
-        f"/api/v1/workspaces/{WS_B}/sync_config",
-        json={
-            "name": FROM_A,
-            "own_private_key": key_b.read_text(),
-            "remote_public_key": public_pem_of(key_a),
-        },
-    )
-    assert created.status_code == 201, created.text
-    created = a.client.post(
-        f"/api/v1/workspaces/{WS_A}/sync_config",
-        json={
-            "name": TO_B,
-            "remote_url": sync_url(b_base),
-            "own_private_key": key_a.read_text(),
-            "remote_public_key": public_pem_of(key_b),
-        },
-    )
-    assert created.status_code == 201, created.text
+    add_link_end(b.client, WS_B, FROM_A, key_b, key_a)
+    add_link_end(a.client, WS_A, TO_B, key_a, key_b, remote_url=sync_url(b_base))
 
 
 def config_view(a: ServerProcess) -> dict[str, Any]:
