@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from flowlink import assembly
 from flowlink.access.service import init_admin
@@ -108,6 +109,21 @@ def postgres_database(prefix: str) -> Iterator[str]:
         yield _database_url(POSTGRES_URL, name)
     finally:
         _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def statements(engine: Any) -> Iterator[list[str]]:
+    """The statements ``engine`` sends meanwhile, white space folded and upper-cased."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()).upper())
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
 
 
 @pytest.fixture

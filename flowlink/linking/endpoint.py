@@ -123,6 +123,23 @@ ANSWER_HOLD = START_GRACE.total_seconds() + 0.05
 IN_FLIGHT_SECONDS = 2.0
 
 
+@dataclass(slots=True)
+class _Flight:
+    """What ``_Flights`` keeps of one link: its held answers and the messages in flight."""
+
+    holders: int = 0  # how many answers of the link may be held
+    looked: float = 0.0  # while held: when a held answer's last look began
+    # while held: when a notification last woke the held poll to a look it skipped
+    skipped: float | None = None
+    sent: dict[str, float] = field(default_factory=dict)  # message id -> held back until
+
+    def expire(self, now: float) -> None:
+        """Forget the messages held back no more (never acked here: another process, a peer
+        gone)."""
+        for message_id in [key for key, until in self.sent.items() if until <= now]:
+            del self.sent[message_id]
+
+
 class _Flights:
     """Per link, in this process: the answers held for it and the messages they carried.
 
@@ -132,50 +149,56 @@ class _Flights:
     every message until the other end acks it, so at worst a message goes out twice (and is
     applied once) or a poll answers it a little later. Other server processes of one
     PostgreSQL store do not see this: a message may then go out twice, as it could before.
+
+    A link has one record (``_Flight``) while an answer is held for it or messages it carried
+    are in flight, and none otherwise (``_prune``).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._holders: dict[str, int] = {}
-        self._looked: dict[str, float] = {}  # link -> when a held answer's last look began
-        # link -> when a notification last woke the held poll to a look it skipped
-        self._skipped: dict[str, float] = {}
-        self._sent: dict[str, dict[str, float]] = {}  # link -> message id -> held back until
+        self._flights: dict[str, _Flight] = {}  # sync config id -> its record
+
+    def _prune(self, config_id: str, flight: _Flight) -> None:
+        """Drop the link's record once it holds nothing (under the lock)."""
+        if not flight.holders and not flight.sent:
+            del self._flights[config_id]
 
     def begin(self, config_id: str) -> None:
         """An answer of the link may be held: its held poll skips its looks until ``end``."""
         with self._lock:
-            self._holders[config_id] = self._holders.get(config_id, 0) + 1
-            self._looked[config_id] = time.monotonic()
+            flight = self._flights.setdefault(config_id, _Flight())
+            flight.holders += 1
+            flight.looked = time.monotonic()
 
     def end(self, config_id: str, notifier: notify.Notifier, *, carried: bool) -> None:
         """That answer is done (``carried``: signed after its last look). The held poll is
         woken if it skipped a look that the answer's last look may not have covered: one
         woken by a notification that came after that look began."""
         with self._lock:
-            left = self._holders[config_id] - 1
-            if left:
-                self._holders[config_id] = left
+            flight = self._flights[config_id]
+            flight.holders -= 1
+            if flight.holders:
                 return
-            del self._holders[config_id]
-            looked = self._looked.pop(config_id)
-            skipped = self._skipped.pop(config_id, None)
+            looked, skipped, flight.skipped = flight.looked, flight.skipped, None
+            self._prune(config_id, flight)
         if skipped is not None and (not carried or skipped >= looked):
             notifier.fire(notify.LINK, config_id)
 
     def looking(self, config_id: str) -> None:
         """A held answer begins a look: what changed before is taken by it."""
         with self._lock:
-            if config_id in self._holders:
-                self._looked[config_id] = time.monotonic()
+            flight = self._flights.get(config_id)
+            if flight is not None and flight.holders:
+                flight.looked = time.monotonic()
 
     def held(self, config_id: str, woken_at: float) -> bool:
         """Whether an answer is held for the link (the held poll skips its look then, which a
         notification at ``woken_at`` asked for)."""
         with self._lock:
-            if config_id not in self._holders:
+            flight = self._flights.get(config_id)
+            if flight is None or not flight.holders:
                 return False
-            self._skipped[config_id] = max(woken_at, self._skipped.get(config_id, 0.0))
+            flight.skipped = max(woken_at, flight.skipped or 0.0)
             return True
 
     def sent(self, config_id: str, messages: list[dict[str, Any]]) -> None:
@@ -184,38 +207,35 @@ class _Flights:
             return
         now = time.monotonic()
         with self._lock:
-            sent = self._sent.setdefault(config_id, {})
-            for message_id in [key for key, until in sent.items() if until <= now]:
-                del sent[message_id]  # never acked here (another process, a peer gone)
-            sent.update((m["id"], now + IN_FLIGHT_SECONDS) for m in messages)
+            flight = self._flights.setdefault(config_id, _Flight())
+            flight.expire(now)
+            flight.sent.update((m["id"], now + IN_FLIGHT_SECONDS) for m in messages)
 
     def acked(self, config_id: str, ids: list[str]) -> None:
         """The other end acked these: they are in flight no more."""
         with self._lock:
-            sent = self._sent.get(config_id)
-            if sent is None:
+            flight = self._flights.get(config_id)
+            if flight is None or not flight.sent:
                 return
             for message_id in ids:
-                sent.pop(message_id, None)
-            if not sent:
-                del self._sent[config_id]
+                flight.sent.pop(message_id, None)
+            self._prune(config_id, flight)
 
     def unsent(self, config_id: str, news: News) -> News:
         """The held poll's news without the messages in flight, and when to look again."""
         with self._lock:
-            sent = self._sent.get(config_id)
-            if not sent or not news.messages:
+            flight = self._flights.get(config_id)
+            if flight is None or not flight.sent or not news.messages:
                 return news
             now = time.monotonic()
-            for message_id in [key for key, until in sent.items() if until <= now]:
-                del sent[message_id]
-            if not sent:
-                del self._sent[config_id]
+            flight.expire(now)
+            if not flight.sent:
+                self._prune(config_id, flight)
                 return news
-            kept = [m for m in news.messages if m["id"] not in sent]
+            kept = [m for m in news.messages if m["id"] not in flight.sent]
             if len(kept) == len(news.messages):
                 return news
-            again = min(sent.values()) - now
+            again = min(flight.sent.values()) - now
         return News(kept, news.follows, news.more, again)
 
 

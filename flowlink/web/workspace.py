@@ -37,23 +37,22 @@ MASK = "••••••••"
 def link_rows(session: Any, workspace: Any) -> list[dict[str, Any]]:
     """The workspace's sync configs as the console shows them (keys as fingerprints only),
     each with the last ``sync.rejected`` event recorded for it on this end."""
-    rows = []
     configs = linking.list_sync_configs(session, workspace)
-    for config, view in zip(
-        configs, linking.sync_config_views(session, configs, workspace.slug), strict=True
-    ):
-        rejected = events.search(
-            session,
-            workspace,
-            events.EventFilter(types=("sync.rejected",), payload=(("syncConfig", config.name),)),
-            limit=1,
-        )
+    rejections = events.newest_by_payload(
+        session,
+        workspace,
+        events.EventFilter(types=("sync.rejected",)),
+        "syncConfig",
+        [config.name for config in configs],
+    )
+    rows = linking.sync_config_views(session, configs, workspace.slug)
+    for config, view in zip(configs, rows, strict=True):
+        rejected = rejections.get(config.name)
         view["last_rejection"] = (
-            {**(rejected[0].payload or {}), "at": format_timestamp(rejected[0].created_at)}
-            if rejected
+            {**(rejected.payload or {}), "at": format_timestamp(rejected.created_at)}
+            if rejected is not None
             else None
         )
-        rows.append(view)
     return rows
 
 

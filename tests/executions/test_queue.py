@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, text, update
+from sqlalchemy import func, select, text, update
 
 from flowlink.errors import Conflict, Invalid, NotFound
 from flowlink.executions import service as executions
@@ -15,27 +15,12 @@ from flowlink.linking.exchange import cancel_mirrored
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, Workspace, utcnow
 from flowlink.workspaces import service as workspaces
-
-SCRIPT = "def handler(system, this, inputs):\n    return this.success('ok')\n"
-
-
-@pytest.fixture
-def workspace(store: Store) -> Workspace:
-    with store.write() as session:
-        ws = workspaces.create_workspace(session, "queue-test")
-        workspaces.put_flow(session, ws, "hello", SCRIPT)
-        return ws
-
-
-def _create(store: Store, workspace: Workspace, n: int = 1) -> list[str]:
-    with store.write() as session:
-        ws = session.get(Workspace, workspace.id)
-        assert ws is not None
-        return [executions.create_execution(session, ws, flow_name="hello").id for _ in range(n)]
+from tests.conftest import statements
+from tests.executions.conftest import SCRIPT, new_executions
 
 
 def test_create_snapshots_script_and_records_event(store: Store, workspace: Workspace) -> None:
-    (execution_id,) = _create(store, workspace)
+    (execution_id,) = new_executions(store, workspace)
     with store.write() as session:
         ws = session.get(Workspace, workspace.id)
         assert ws is not None
@@ -62,7 +47,7 @@ def test_unknown_flow_and_bad_inputs(store: Store, workspace: Workspace) -> None
 
 
 def test_claim_lifecycle_and_events(store: Store, workspace: Workspace) -> None:
-    (execution_id,) = _create(store, workspace)
+    (execution_id,) = new_executions(store, workspace)
     with store.write() as session:
         claimed = [c.execution for c in executions.claim(session, "w1", 10, 15)]
     assert [e.id for e in claimed] == [execution_id]
@@ -91,7 +76,7 @@ def test_claim_lifecycle_and_events(store: Store, workspace: Workspace) -> None:
 
 
 def test_concurrent_claimers_never_share_an_execution(store: Store, workspace: Workspace) -> None:
-    ids = set(_create(store, workspace, 300))
+    ids = set(new_executions(store, workspace, 300))
     seen: list[str] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -119,7 +104,7 @@ def test_concurrent_claimers_never_share_an_execution(store: Store, workspace: W
 
 
 def test_children_are_claimed_before_older_roots(store: Store, workspace: Workspace) -> None:
-    roots = _create(store, workspace, 3)
+    roots = new_executions(store, workspace, 3)
     with store.write() as session:
         ws = session.get(Workspace, workspace.id)
         parent = session.get(Execution, roots[0])
@@ -132,7 +117,7 @@ def test_children_are_claimed_before_older_roots(store: Store, workspace: Worksp
 
 
 def test_expired_lease_ends_as_worker_lost(store: Store, workspace: Workspace) -> None:
-    (execution_id,) = _create(store, workspace)
+    (execution_id,) = new_executions(store, workspace)
     with store.write() as session:
         executions.claim(session, "dead-worker", 1, 15)
         session.execute(
@@ -151,7 +136,7 @@ def test_expired_lease_ends_as_worker_lost(store: Store, workspace: Workspace) -
 
 
 def test_renewed_lease_is_not_reaped(store: Store, workspace: Workspace) -> None:
-    (execution_id,) = _create(store, workspace)
+    (execution_id,) = new_executions(store, workspace)
     with store.write() as session:
         executions.claim(session, "w", 1, 0.5)
     with store.write() as session:
@@ -161,7 +146,7 @@ def test_renewed_lease_is_not_reaped(store: Store, workspace: Workspace) -> None
 
 
 def test_cancel_queued_and_running(store: Store, workspace: Workspace) -> None:
-    queued_id, running_id = _create(store, workspace, 2)
+    queued_id, running_id = new_executions(store, workspace, 2)
     with store.write() as session:
         claimed = executions.claim(session, "w", 1, 15)
     assert claimed[0].execution.id == queued_id  # oldest first; swap roles accordingly
@@ -185,7 +170,7 @@ def test_cancel_queued_and_running(store: Store, workspace: Workspace) -> None:
 
 
 def test_list_pages_newest_first(store: Store, workspace: Workspace) -> None:
-    ids = _create(store, workspace, 5)
+    ids = new_executions(store, workspace, 5)
     with store.read() as session:
         ws = session.get(Workspace, workspace.id)
         assert ws is not None
@@ -198,7 +183,7 @@ def test_list_pages_newest_first(store: Store, workspace: Workspace) -> None:
 
 
 def test_claim_takes_at_most_the_limit(store: Store, workspace: Workspace) -> None:
-    _create(store, workspace, 5)
+    new_executions(store, workspace, 5)
     with store.write() as session:
         assert len(executions.claim(session, "w", 2, 15)) == 2
     with store.read() as session:
@@ -211,7 +196,7 @@ def test_claim_takes_at_most_the_limit(store: Store, workspace: Workspace) -> No
 def test_finish_many_ends_each_once_and_skips_foreign_or_ended(
     store: Store, workspace: Workspace
 ) -> None:
-    ids = _create(store, workspace, 4)
+    ids = new_executions(store, workspace, 4)
     with store.write() as session:
         executions.claim(session, "mine", 3, 15)
         claimed_ids = set(
@@ -242,31 +227,24 @@ def test_one_ending_is_one_update_and_reads_the_row_only_when_it_must(
     """Where the backend has ``UPDATE ... RETURNING``, a run's ending writes and reads its row
     in one statement; outputs saved before (to merge with), another worker's run and an ended
     run take the select and end as before."""
-    ids = _create(store, workspace, 4)
+    ids = new_executions(store, workspace, 4)
     with store.write() as session:
         executions.claim(session, "mine", 4, 15)
         executions.save_progress(session, ids[1], outputs={"kept": 1, "n": 0}, message="half")
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(" ".join(statement.split()).upper())
+    seen: list[str] = []  # the statements of the last finish
 
     def finish(execution_id: str, outcome: executions.Outcome, worker: str) -> list[str]:
-        seen.clear()
-        event.listen(store.engine, "before_cursor_execute", note)
-        try:
-            with store.write() as session:
-                views: dict[str, dict[str, Any] | None] = {execution_id: None}
-                done = executions.finish_many(
-                    session, [(execution_id, outcome)], worker_id=worker, views=views
-                )
-        finally:
-            event.remove(store.engine, "before_cursor_execute", note)
+        with statements(store.engine) as noted, store.write() as session:
+            views: dict[str, dict[str, Any] | None] = {execution_id: None}
+            done = executions.finish_many(
+                session, [(execution_id, outcome)], worker_id=worker, views=views
+            )
+        seen[:] = noted
         if done:
             with store.read() as session:
                 row = session.get(Execution, execution_id)
                 assert row is not None
-                fresh = executions.execution_view(row, "queue-test")
+                fresh = executions.execution_view(row, workspace.slug)
             assert views[execution_id] == fresh  # as a read after the commit gives it
         return done
 
@@ -300,7 +278,7 @@ def test_lease_renewal_skips_a_row_another_transaction_holds(
     a batch of endings; the other leases are renewed and the held one at the next beat."""
     if store.engine.dialect.name != "postgresql":
         pytest.skip("row locks are PostgreSQL's; SQLite writers take turns")
-    held_id, free_id = _create(store, workspace, 2)
+    held_id, free_id = new_executions(store, workspace, 2)
     with store.write() as session:
         executions.claim(session, "w", 2, 0.5)
     before = {}

@@ -19,9 +19,8 @@ from flowlink.executions import service as executions
 from flowlink.linking.exchange import cancel_mirrored
 from flowlink.store.engine import Store
 from flowlink.store.models import Event, Execution, Workspace
-from flowlink.workspaces import service as workspaces
+from tests.executions.conftest import new_executions
 
-SCRIPT = "def handler(system, this, inputs):\n    return this.success('ok')\n"
 Q, R, W = ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING
 S, E, C = ExecutionStatus.SUCCESS, ExecutionStatus.ERROR, ExecutionStatus.CANCELLED
 
@@ -74,20 +73,9 @@ def test_an_outcome_is_an_end() -> None:
         Outcome(R, "still going")
 
 
-@pytest.fixture
-def workspace(store: Store) -> Workspace:
-    with store.write() as session:
-        ws = workspaces.create_workspace(session, "status-test")
-        workspaces.put_flow(session, ws, "hello", SCRIPT)
-        return ws
-
-
 def _ended(store: Store, workspace: Workspace) -> str:
     """An execution that was claimed, waited on a child, ran again and succeeded."""
-    with store.write() as session:
-        ws = session.get(Workspace, workspace.id)
-        assert ws is not None
-        execution_id = executions.create_execution(session, ws, flow_name="hello").id
+    (execution_id,) = new_executions(store, workspace)
     with store.write() as session:
         (claimed,) = executions.claim(session, "w1", 1, 30)
         assert claimed.execution.status == R
@@ -133,14 +121,11 @@ def test_an_illegal_move_is_refused_and_leaves_the_row_as_it_was(
 
 
 def test_a_queued_execution_ends_without_running(store: Store, workspace: Workspace) -> None:
+    (execution_id,) = new_executions(store, workspace)
     with store.write() as session:
-        ws = session.get(Workspace, workspace.id)
-        assert ws is not None
-        execution = executions.create_execution(session, ws, flow_name="hello")
-    with store.write() as session:
-        row = session.get(Execution, execution.id)
+        row = session.get(Execution, execution_id)
         assert row is not None
         executions.request_cancel(session, row, reason="not needed", cancel_remote=cancel_mirrored)
-    assert _state(store, execution.id)[:3] == ("cancelled", "not needed", {})
+    assert _state(store, execution_id)[:3] == ("cancelled", "not needed", {})
     with store.write() as session:
         assert executions.claim(session, "w1", 1, 30) == []  # never claimed after its end

@@ -5,29 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from flowlink.execution_status import ExecutionStatus, Outcome
 from flowlink.executions import service as executions
 from flowlink.executions.starts import wait_and_read, watching_ends
+from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import Execution, Workspace
-from flowlink.workspaces import service as workspaces
-
-
-@pytest.fixture
-def workspace(store: Store) -> Workspace:
-    with store.write() as session:
-        ws = workspaces.create_workspace(session, "wait-read")
-        workspaces.put_flow(session, ws, "hello", "def handler(system, this, inputs):\n    pass\n")
-        return ws
-
-
-def _queued(store: Store, workspace: Workspace) -> str:
-    with store.write() as session:
-        ws = session.get(Workspace, workspace.id)
-        assert ws is not None
-        return executions.create_execution(session, ws, flow_name="hello").id
+from tests.executions.conftest import new_executions
 
 
 def _reader(store: Store, execution_id: str, reads: list[str]) -> Any:
@@ -41,20 +25,27 @@ def _reader(store: Store, execution_id: str, reads: list[str]) -> Any:
     return read
 
 
+async def _waiting(
+    store: Store, workspace: Workspace, watching: notify.AsyncWaiter, reads: list[str]
+) -> tuple[str, asyncio.Task[dict[str, Any]]]:
+    """A queued execution and a wait for its end (``reads`` notes its reads), which reads
+    nothing before a wake-up."""
+    execution_id = (await asyncio.to_thread(new_executions, store, workspace))[0]
+    read = _reader(store, execution_id, reads)
+    waiting = asyncio.create_task(wait_and_read(store, execution_id, 30.0, read, watching=watching))
+    await asyncio.sleep(0.2)
+    assert not waiting.done() and reads == []  # no look before a wake-up
+    return execution_id, waiting
+
+
 def test_the_end_is_read_once_with_the_view(store: Store, workspace: Workspace) -> None:
     reads: list[str] = []
 
     async def scenario() -> tuple[str, dict[str, Any]]:
         with watching_ends(store) as watching:
-            execution_id = await asyncio.to_thread(_queued, store, workspace)
-            read = _reader(store, execution_id, reads)
-            waiting = asyncio.create_task(
-                wait_and_read(store, execution_id, 30.0, read, watching=watching)
-            )
-            await asyncio.sleep(0.2)
-            assert not waiting.done() and reads == []  # no look before a wake-up
+            execution_id, waiting = await _waiting(store, workspace, watching, reads)
             # Another execution's end does not wake this wait.
-            other = await asyncio.to_thread(_queued, store, workspace)
+            other = (await asyncio.to_thread(new_executions, store, workspace))[0]
             await asyncio.to_thread(_finish, store, other, Outcome(ExecutionStatus.ERROR, "x"))
             await asyncio.sleep(0.1)
             assert not waiting.done() and reads == []
@@ -72,7 +63,7 @@ def test_a_timeout_is_read_afresh(store: Store, workspace: Workspace) -> None:
 
     async def scenario() -> dict[str, Any]:
         with watching_ends(store) as watching:
-            execution_id = await asyncio.to_thread(_queued, store, workspace)
+            execution_id = (await asyncio.to_thread(new_executions, store, workspace))[0]
             read = _reader(store, execution_id, reads)
             return await wait_and_read(store, execution_id, 0.05, read, watching=watching)
 
@@ -87,19 +78,13 @@ def test_a_wait_that_listened_before_the_start_reads_nothing_until_woken(
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         with watching_ends(store) as watching:
-            execution_id = await asyncio.to_thread(_queued, store, workspace)
-            read = _reader(store, execution_id, reads)
-            waiting = asyncio.create_task(
-                wait_and_read(store, execution_id, 30.0, read, watching=watching)
-            )
-            await asyncio.sleep(0.2)
-            assert not waiting.done() and reads == []  # no look before a wake-up
+            execution_id, waiting = await _waiting(store, workspace, watching, reads)
             done = Outcome(ExecutionStatus.SUCCESS, "done")
             await asyncio.to_thread(_finish, store, execution_id, done)
             first = await asyncio.wait_for(waiting, 30.0)
         # An end between the start and the wait is not missed: it woke the watcher.
         with watching_ends(store) as watching:
-            other = await asyncio.to_thread(_queued, store, workspace)
+            other = (await asyncio.to_thread(new_executions, store, workspace))[0]
             await asyncio.to_thread(_finish, store, other, Outcome(ExecutionStatus.ERROR, "x"))
             await asyncio.sleep(0.05)
             second = await asyncio.wait_for(

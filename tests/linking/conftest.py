@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+
+from flowlink.linking import keys
+from flowlink.store.engine import make_engine, migrate
+from tests.conftest import (
+    LiveServer,
+    StartedServer,
+    make_settings,
+    postgres_database,
+    start_live_server,
+)
+from tests.linking.servers import (
+    ProxyFactory,
+    ServerFactory,
+    ServerProcess,
+    TcpProxy,
+    start_all,
+)
 
 KeyMaker = Callable[[str], Path]
 
@@ -93,26 +112,37 @@ def public_pem_of(private: Path) -> str:
     ).stdout
 
 
+def add_link_end(
+    client: httpx.Client, ws: str, name: str, own: Path, other: Path, **fields: Any
+) -> dict[str, Any]:
+    """Create the sync config ``name`` of workspace ``ws`` through the API, with the private
+    key file ``own`` and the public key of the other end's key file ``other``: its view."""
+    created = client.post(
+        f"/api/v1/workspaces/{ws}/sync_config",
+        json={
+            "name": name,
+            "own_private_key": own.read_text(),
+            "remote_public_key": public_pem_of(other),
+            **fields,
+        },
+    )
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
+def one_link(
+    live: LiveServer, make_key: KeyMaker, ws: str = "ctl", **fields: Any
+) -> tuple[Path, Any]:
+    """Workspace ``ws`` with one answering link, ``site`` (more of its ``fields`` given): this
+    end's key file, and the private key of the site, which the test plays."""
+    files = {"workspace.yml": f"name: {ws}\nslug: {ws}\n"}
+    assert live.client.post(f"/api/v1/workspaces/{ws}/apply", json={"files": files}).is_success
+    own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
+    add_link_end(live.client, ws, "site", own, site, **fields)
+    return own, keys.load_private_key(site.read_text())
+
+
 # --- two real servers as separate processes (see tests/linking/servers.py) --------------------
-
-# Imported here, not at the top, to keep this section appended as one block.
-from collections.abc import Iterator  # noqa: E402
-from typing import Any  # noqa: E402
-
-from flowlink.store.engine import make_engine, migrate  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    StartedServer,
-    make_settings,
-    postgres_database,
-    start_live_server,
-)
-from tests.linking.servers import (  # noqa: E402
-    ProxyFactory,
-    ServerFactory,
-    ServerProcess,
-    TcpProxy,
-    start_all,
-)
 
 
 @pytest.fixture

@@ -16,14 +16,16 @@ from typing import Any
 
 import pytest
 from anyio import to_thread
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from flowlink.errors import Conflict, Invalid, NotFound
+from flowlink.events import service as events
 from flowlink.execution_status import ExecutionStatus
 from flowlink.executions import service as executions
-from flowlink.linking import exchange, outbox
+from flowlink.linking import exchange, inbound, outbox
 from flowlink.linking import messages as messages_module
 from flowlink.linking import service as linking
+from flowlink.linking.inbound import SyncRejected
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import (
@@ -37,7 +39,9 @@ from flowlink.store.models import (
     utcnow,
 )
 from flowlink.timestamps import format_timestamp, parse_timestamp
+from flowlink.web.workspace import link_rows
 from flowlink.workspaces import service as workspaces
+from tests.conftest import statements
 
 from .conftest import KeyMaker, public_pem_of
 
@@ -383,17 +387,14 @@ def test_a_late_update_never_moves_an_ended_mirror(link: Link) -> None:
         assert (after.status, after.message, after.outputs, after.ended_at) == kept
 
 
-def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_commit(
-    link: Link, make_key: KeyMaker
-) -> None:
-    # A query per start would flush the rows of the starts before it: a round trip each.
+def add_sites(link: Link, make_key: KeyMaker, names: list[str]) -> dict[str, str]:
+    """More links of ws-a, each to a site of that name that is never reached: their ids."""
     key, other = make_key("openssl-genrsa"), make_key("openssl-genrsa")
-    names = [f"site-{n}" for n in range(3)]
     with link.store.write() as session:
         a = session.get(Workspace, link.a)
         assert a is not None
-        for name in names:
-            linking.create_sync_config(
+        configs = {
+            name: linking.create_sync_config(
                 session,
                 a,
                 {
@@ -404,24 +405,25 @@ def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_
                 },
                 SECRET,
             )
-    seen: list[str] = []
+            for name in names
+        }
+        session.flush()
+        return {name: config.id for name, config in configs.items()}
 
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(" ".join(statement.split()).upper())
 
-    event.listen(link.store.engine, "before_cursor_execute", note)
-    try:
-        with link.store.write() as session:
-            a = session.get(Workspace, link.a)
-            assert a is not None
-            exchange.prepare_remote_starts(session, a, [*names, "to-b"])
-            for name in [*names, "to-b"]:
-                exchange.start_remote_execution(
-                    session, a, name, exchange.RemoteStart(flow="child")
-                )
-            before_commit = list(seen)
-    finally:
-        event.remove(link.store.engine, "before_cursor_execute", note)
+def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_commit(
+    link: Link, make_key: KeyMaker
+) -> None:
+    # A query per start would flush the rows of the starts before it: a round trip each.
+    names = [f"site-{n}" for n in range(3)]
+    add_sites(link, make_key, names)
+    with statements(link.store.engine) as seen, link.store.write() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        exchange.prepare_remote_starts(session, a, [*names, "to-b"])
+        for name in [*names, "to-b"]:
+            exchange.start_remote_execution(session, a, name, exchange.RemoteStart(flow="child"))
+        before_commit = list(seen)
     assert len([s for s in before_commit if "FROM SYNC_CONFIGS" in s]) == 1, before_commit
     rows = ("INSERT INTO EXECUTIONS", "INSERT INTO LINK_EXECUTIONS", "INSERT INTO LINK_OUTBOX")
     assert not [s for s in before_commit if s.startswith(rows)], before_commit
@@ -433,26 +435,10 @@ def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_
 def test_the_list_of_many_links_reads_their_outboxes_and_nonces_in_two_queries(
     link: Link, make_key: KeyMaker
 ) -> None:
-    key, other = make_key("openssl-genrsa"), make_key("openssl-genrsa")
     names = [f"site-{n}" for n in range(6)]
     seen_at = utcnow() - timedelta(minutes=3)
+    ids = add_sites(link, make_key, names)
     with link.store.write() as session:
-        a = session.get(Workspace, link.a)
-        assert a is not None
-        ids = {}
-        for name in names:
-            ids[name] = linking.create_sync_config(
-                session,
-                a,
-                {
-                    "name": name,
-                    "remote_url": f"http://127.0.0.1:1/api/v1/workspaces/ws-x/sync_config/{name}/sync",
-                    "own_private_key": key.read_text(),
-                    "remote_public_key": public_pem_of(other),
-                },
-                SECRET,
-            ).id
-        session.flush()
         for n, name in enumerate(names):  # site-n: n messages waiting, a nonce on odd n
             outbox.enqueue_many(
                 session, ids[name], [{"id": f"{name}-{m}", "type": "x"} for m in range(n)]
@@ -461,20 +447,12 @@ def test_the_list_of_many_links_reads_their_outboxes_and_nonces_in_two_queries(
                 session.add(LinkNonce(sync_config_id=ids[name], nonce="a", seen_at=seen_at))
                 old = seen_at - timedelta(minutes=n)
                 session.add(LinkNonce(sync_config_id=ids[name], nonce="b", seen_at=old))
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(" ".join(statement.split()).upper())
-
     with link.store.read() as session:
         a = session.get(Workspace, link.a)
         assert a is not None
         configs = linking.list_sync_configs(session, a)
-        event.listen(link.store.engine, "before_cursor_execute", note)
-        try:
+        with statements(link.store.engine) as seen:
             views = linking.sync_config_views(session, configs, a.slug)
-        finally:
-            event.remove(link.store.engine, "before_cursor_execute", note)
     assert len(seen) == 2, seen
     by_name = {view["name"]: view for view in views}
     assert [view["name"] for view in views] == [*names, "to-b"]
@@ -483,6 +461,50 @@ def test_the_list_of_many_links_reads_their_outboxes_and_nonces_in_two_queries(
         shown = by_name[name]["state"].get("last_exchange_at")
         assert shown == (format_timestamp(seen_at) if n % 2 else None), (name, shown)
     assert by_name["to-b"]["outbox_depth"] == 0
+
+
+def test_the_console_finds_the_last_rejection_of_many_links_in_one_query(
+    link: Link, make_key: KeyMaker
+) -> None:
+    names = [f"site-{n}" for n in range(6)]
+    add_sites(link, make_key, names)
+    for m in range(3):  # site-n: min(n, 3) refusals, one transaction a round, newest last
+        with link.store.write() as session:
+            a, b = session.get(Workspace, link.a), session.get(Workspace, link.b)
+            assert a is not None and b is not None
+            for n, name in enumerate(names):
+                if m < n:
+                    rejection = SyncRejected(f"reason-{m}", f"{name} #{m}")
+                    inbound.record_rejection(session, a, name, rejection)
+            # Neither another workspace's refusals nor a link's other events count.
+            inbound.record_rejection(session, b, "site-0", SyncRejected("other", "ws-b"))
+            events.record(session, a, "sync.connected", {"syncConfig": "site-0"})
+    with link.store.read() as session:
+        a = session.get(Workspace, link.a)
+        assert a is not None
+        with statements(link.store.engine) as seen:
+            rows = link_rows(session, a)
+        newest = {
+            name: event
+            for name in names
+            for event in events.search(
+                session,
+                a,
+                events.EventFilter(types=("sync.rejected",), payload=(("syncConfig", name),)),
+                limit=1,
+            )
+        }
+    assert len([s for s in seen if "FROM EVENTS" in s]) == 1, seen
+    by_name = {row["name"]: row["last_rejection"] for row in rows}
+    assert by_name.pop("to-b") is None and by_name.pop("site-0") is None
+    for n, name in enumerate(names[1:], 1):
+        last = min(n, 3) - 1
+        assert by_name[name] == {
+            "syncConfig": name,
+            "reason": f"reason-{last}",
+            "message": f"{name} #{last}",
+            "at": format_timestamp(newest[name].created_at),
+        }
 
 
 def test_a_links_public_state_shows_its_times_in_the_one_format() -> None:

@@ -10,6 +10,7 @@ has passed (an answer that never arrived loses nothing).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -19,13 +20,14 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from flowlink.linking import endpoint, keys, signing
+from flowlink.linking import endpoint, exchange, keys, signing
 from flowlink.linking.messages import AckMessage, StartMessage
 from flowlink.linking.protocol import FEATURES_HEADER, HELD_ANSWER, LONG_POLL, envelope
 from flowlink.linking.service import sync_path
+from flowlink.store import notify
 from flowlink.store.models import Execution
 from tests.conftest import LiveServer, StartedServer, make_settings, start_live_server
-from tests.linking.conftest import KeyMaker, public_pem_of
+from tests.linking.conftest import KeyMaker, one_link
 
 FAST = "def handler(system, this, inputs):\n    return this.success('done')\n"
 SLOW = (
@@ -47,19 +49,7 @@ class Site:
     """The controlling end of the link ``ctl``/``site``, as a test drives it."""
 
     def __init__(self, live: LiveServer, make_key: KeyMaker) -> None:
-        files = {"workspace.yml": "name: Runs\nslug: runs\n"}
-        assert live.client.post("/api/v1/workspaces/runs/apply", json={"files": files}).is_success
-        own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-        created = live.client.post(
-            "/api/v1/workspaces/runs/sync_config",
-            json={
-                "name": "site",
-                "own_private_key": own.read_text(),
-                "remote_public_key": public_pem_of(site),
-            },
-        )
-        assert created.status_code == 201, created.text
-        self.key = keys.load_private_key(site.read_text())
+        own, self.key = one_link(live, make_key, "runs")
         server_key = keys.load_private_key(own.read_text()).public_key()
         self.trusted = {keys.fingerprint(server_key): server_key}
         self.url = live.url + sync_path("runs", "site")
@@ -176,3 +166,56 @@ def test_a_run_that_goes_on_is_answered_after_the_hold_with_the_ack_alone(
         acks = [ack_of(m) for m in news]
         ended = [m for m in news if m.get("status") == "success"]
     assert ended[0]["origin_execution_id"] == "origin-3"
+
+
+class _Fired:
+    """A notifier that notes what it is asked to fire."""
+
+    def __init__(self) -> None:
+        self.fired: list[tuple[str, str]] = []
+
+    def fire(self, channel: str, payload: str = "") -> None:
+        self.fired.append((channel, payload))
+
+
+def test_a_held_poll_is_woken_after_a_held_answer_only_for_a_look_it_may_have_missed() -> None:
+    flights, notifier = endpoint._Flights(), _Fired()
+    end = functools.partial(flights.end, "l", notifier)  # type: ignore[arg-type]
+    assert not flights.held("l", time.monotonic())  # nothing held: the poll looks
+    flights.begin("l")
+    assert flights.held("l", time.monotonic() - 60)  # woken before the answer's look began
+    end(carried=True)
+    assert notifier.fired == []  # the answer's look took it
+    flights.begin("l")
+    flights.begin("l")
+    assert flights.held("l", time.monotonic() - 60)
+    end(carried=False)
+    assert notifier.fired == []  # another answer is still held
+    end(carried=False)
+    assert notifier.fired == [(notify.LINK, "l")]  # its last look was not signed
+    flights.begin("l")
+    flights.looking("l")
+    assert flights.held("l", time.monotonic() + 1)  # woken after that look began
+    end(carried=True)
+    assert notifier.fired == [(notify.LINK, "l")] * 2
+    flights.begin("l")
+    end(carried=False)  # no look skipped: nothing to wake
+    assert notifier.fired == [(notify.LINK, "l")] * 2
+    assert not flights.held("l", time.monotonic())
+    assert flights._flights == {}  # nothing is kept of a link that holds nothing
+
+
+def test_messages_in_flight_stay_out_of_the_held_poll_until_acked() -> None:
+    flights = endpoint._Flights()
+    one, two = {"id": "m1", "type": "x"}, {"id": "m2", "type": "x"}
+    news = exchange.News([one, two], True)
+    assert flights.unsent("l", news) is news
+    flights.sent("l", [one])
+    flights.begin("l")  # a held answer meanwhile keeps the link's record
+    kept = flights.unsent("l", news)
+    assert kept.messages == [two] and kept.follows
+    assert kept.again is not None and 0 < kept.again <= endpoint.IN_FLIGHT_SECONDS
+    flights.acked("l", ["m1", "unknown"])
+    assert flights.unsent("l", news) is news
+    flights.end("l", _Fired(), carried=True)  # type: ignore[arg-type]
+    assert flights._flights == {}

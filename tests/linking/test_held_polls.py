@@ -14,7 +14,6 @@ import json
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,8 +27,8 @@ from flowlink.linking.service import sync_path
 from flowlink.store.models import SyncConfig, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces import service as workspaces
-from tests.conftest import LiveServer, StartedServer, fire_timers_early
-from tests.linking.conftest import KeyMaker, public_pem_of
+from tests.conftest import StartedServer, fire_timers_early, statements
+from tests.linking.conftest import KeyMaker, add_link_end, one_link, public_pem_of
 
 LINKS = 20
 POLL = 30.0
@@ -44,16 +43,7 @@ def test_held_polls_cost_nothing_until_their_link_has_news(
     assert live.client.post("/api/v1/workspaces/ctl/apply", json={"files": files}).is_success
     own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
     for n in range(LINKS):
-        created = live.client.post(
-            "/api/v1/workspaces/ctl/sync_config",
-            json={
-                "name": f"site-{n}",
-                "direction": "controlling",
-                "own_private_key": own.read_text(),
-                "remote_public_key": public_pem_of(site),
-            },
-        )
-        assert created.status_code == 201, created.text
+        add_link_end(live.client, "ctl", f"site-{n}", own, site, direction="controlling")
     site_key = keys.load_private_key(site.read_text())
     transactions = [0]
 
@@ -140,32 +130,13 @@ def test_held_polls_cost_nothing_until_their_link_has_news(
     thread.join(30)
 
 
-def one_link(live: LiveServer, make_key: KeyMaker) -> tuple[Path, Any]:
-    """Workspace ``ctl`` with one answering link, ``site``: this end's key file, the site's key."""
-    assert live.client.post(
-        "/api/v1/workspaces/ctl/apply", json={"files": {"workspace.yml": "name: C\nslug: ctl\n"}}
-    ).is_success
-    own, site = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-    created = live.client.post(
-        "/api/v1/workspaces/ctl/sync_config",
-        json={
-            "name": "site",
-            "direction": "controlling",
-            "own_private_key": own.read_text(),
-            "remote_public_key": public_pem_of(site),
-        },
-    )
-    assert created.status_code == 201, created.text
-    return own, keys.load_private_key(site.read_text())
-
-
 def test_a_poll_that_runs_out_answers_a_signed_empty_envelope(
     answering: StartedServer, make_key: KeyMaker
 ) -> None:
     # Its signature is reused while fresh (the same bytes, bound to the same request URL and
     # method); every answer still verifies against this end's key.
     live = answering.live
-    own, site_key = one_link(live, make_key)
+    own, site_key = one_link(live, make_key, direction="controlling")
     trusted = {keys.fingerprint(k): k for k in keys.load_public_keys(public_pem_of(own))}
     url = live.url + sync_path("ctl", "site")
 
@@ -210,7 +181,7 @@ def test_a_renewed_poll_writes_only_its_nonce_and_the_view_shows_its_time(
     # The link's state is not rewritten for a renewal that changes nothing but the time of
     # the last exchange: the nonce the exchange records tells that time to the view.
     live = answering.live
-    _own, site_key = one_link(live, make_key)
+    _own, site_key = one_link(live, make_key, direction="controlling")
     url = live.url + sync_path("ctl", "site")
 
     def poll() -> None:
@@ -224,19 +195,10 @@ def test_a_renewed_poll_writes_only_its_nonce_and_the_view_shows_its_time(
     with live.store.write() as session:
         config = session.scalars(select(SyncConfig).where(SyncConfig.name == "site")).one()
         config.state = {**(config.state or {}), "last_exchange_at": long_ago}
-    updates: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE SYNC_CONFIGS"):
-            updates.append(statement)
-
-    event.listen(live.store.engine, "before_cursor_execute", note)
     renewed_at = utcnow()
-    try:
+    with statements(live.store.engine) as seen:
         poll()
-    finally:
-        event.remove(live.store.engine, "before_cursor_execute", note)
-    assert updates == []
+    assert not [s for s in seen if s.startswith("UPDATE SYNC_CONFIGS")], seen
     view = live.client.get("/api/v1/workspaces/ctl/sync_config/site").json()
     assert view["state"]["connected"] is True
     shown = parse_timestamp(view["state"]["last_exchange_at"])
@@ -253,7 +215,7 @@ def test_a_held_poll_signs_its_news_in_the_look_that_found_it(
     from flowlink.linking.endpoint import _signed
 
     live = answering.live
-    own, site_key = one_link(live, make_key)
+    own, site_key = one_link(live, make_key, direction="controlling")
     files = {"workspace.yml": "name: C\nslug: ctl\n", "flows/echo.py": ECHO}
     assert live.client.post("/api/v1/workspaces/ctl/apply", json={"files": files}).is_success
     hops: list[str] = []
@@ -305,7 +267,7 @@ def test_a_poll_that_runs_out_with_nothing_heard_does_not_look_again(
     from flowlink.linking import endpoint
 
     live = answering.live
-    _own, site_key = one_link(live, make_key)
+    _own, site_key = one_link(live, make_key, direction="controlling")
     url = live.url + sync_path("ctl", "site")
     looks: list[str] = []
     look_for_news = endpoint.look_for_news

@@ -52,8 +52,9 @@ def flowlink(*args: str, env: Mapping[str, str | None] | None = None) -> Result:
     return CliRunner().invoke(app, list(args), env=environ)
 
 
-def link(one: LiveServer, two: LiveServer, *extra: str) -> Result:
-    """``link create`` from ops on the first server to edge on the second."""
+def link(one: LiveServer, two: LiveServer, *extra: str, from_token: str = "") -> Result:
+    """``link create`` from ops on the first server to edge on the second, with their admin
+    tokens (on the first, ``from_token`` if given)."""
     return flowlink(
         "link",
         "create",
@@ -68,7 +69,7 @@ def link(one: LiveServer, two: LiveServer, *extra: str) -> Result:
         "--bits",
         BITS,
         *extra,
-        env={"FLOWLINK_FROM_TOKEN": one.token, "FLOWLINK_TO_TOKEN": two.token},
+        env={"FLOWLINK_FROM_TOKEN": from_token or one.token, "FLOWLINK_TO_TOKEN": two.token},
     )
 
 
@@ -203,25 +204,7 @@ def test_failures_leave_nothing_behind(
         "/api/v1/tokens", json={"name": "owner", "workspace": "ops", "role": "owner"}
     ).json()["token"]
     folder = tmp_path / "keys"
-    result = flowlink(
-        "link",
-        "create",
-        "--from-server",
-        one.url,
-        "--from-workspace",
-        "ops",
-        "--to-server",
-        two.url,
-        "--to-workspace",
-        "edge",
-        "--name",
-        "third",
-        "--bits",
-        BITS,
-        "--save-keys",
-        str(folder),
-        env={"FLOWLINK_FROM_TOKEN": owner, "FLOWLINK_TO_TOKEN": two.token},
-    )
+    result = link(one, two, "--name", "third", "--save-keys", str(folder), from_token=owner)
     assert result.exit_code == 1
     assert "creating ops/third on" in result.stderr and "HTTP 403" in result.stderr
     assert "removed edge/ops on" in result.stderr and "nothing is left half-made" in result.stderr

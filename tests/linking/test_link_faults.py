@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.linking.conftest import KeyMaker, public_pem_of
+from tests.linking.conftest import KeyMaker, add_link_end
 from tests.linking.servers import ENDED, ProxyFactory, ServerProcess, execution_counts
 
 WS_A, WS_B = "ws-a", "ws-b"
@@ -55,25 +55,8 @@ def link(a: ServerProcess, b: ServerProcess, b_base: str, make_key: KeyMaker) ->
     a.create_workspace(WS_A, flows={"sleepy": SLEEPY, "fast": FAST})
     b.create_workspace(WS_B)
     key_a, key_b = make_key("openssl-genrsa"), make_key("openssl-genpkey")
-    created = b.client.post(
-        f"/api/v1/workspaces/{WS_B}/sync_config",
-        json={
-            "name": FROM_A,
-            "own_private_key": key_b.read_text(),
-            "remote_public_key": public_pem_of(key_a),
-        },
-    )
-    assert created.status_code == 201, created.text
-    created = a.client.post(
-        f"/api/v1/workspaces/{WS_A}/sync_config",
-        json={
-            "name": TO_B,
-            "remote_url": sync_url(b_base),
-            "own_private_key": key_a.read_text(),
-            "remote_public_key": public_pem_of(key_b),
-        },
-    )
-    assert created.status_code == 201, created.text
+    add_link_end(b.client, WS_B, FROM_A, key_b, key_a)
+    add_link_end(a.client, WS_A, TO_B, key_a, key_b, remote_url=sync_url(b_base))
 
 
 def config_view(a: ServerProcess) -> dict[str, Any]:
@@ -240,6 +223,25 @@ def sync_events(a: ServerProcess, kind: str) -> list[dict[str, Any]]:
     return [e for e in response.json()["items"] if e["payload"].get("syncConfig") == TO_B]
 
 
+def assert_all_succeed_once(
+    a: ServerProcess, b: ServerProcess, mirror_ids: list[str], timeout: float
+) -> None:
+    """Every mirror succeeds in A within ``timeout``, each ran exactly once in B
+    (``assert_exactly_once``), and A's outbox drains."""
+    total = len(mirror_ids)
+    wait_until(
+        f"all {total} mirrors succeed in A",
+        lambda: counts(a).get("success", 0) >= total,
+        timeout,
+        a,
+        b,
+        0.2,
+    )
+    mirrors, _runs = assert_exactly_once(a, b, mirror_ids)
+    assert {m["status"] for m in mirrors.values()} == {"success"}
+    wait_until("A's outbox drains", lambda: outbox_depth(a) == 0, 30, a, b)
+
+
 # --- the tests ----------------------------------------------------------------------------------
 
 
@@ -309,17 +311,7 @@ def test_link_cut_for_a_minute(
         time.sleep(5)
     assert outbox_depth(a) == total, diagnostics(a, b)
     proxy.heal()
-    wait_until(
-        f"all {total} mirrors succeed in A",
-        lambda: counts(a).get("success", 0) >= total,
-        180,
-        a,
-        b,
-        0.2,
-    )
-    mirrors, _runs = assert_exactly_once(a, b, ids)
-    assert {m["status"] for m in mirrors.values()} == {"success"}
-    wait_until("A's outbox drains", lambda: outbox_depth(a) == 0, 30, a, b)
+    assert_all_succeed_once(a, b, ids, 180)
     disconnected, connected = sync_events(a, "sync.disconnected"), sync_events(a, "sync.connected")
     assert disconnected, f"no sync.disconnected event in A\n{diagnostics(a, b)}"
     assert connected, f"no sync.connected event in A\n{diagnostics(a, b)}"
@@ -350,14 +342,4 @@ def test_controlling_server_restarts_with_a_full_outbox(
     assert outbox_depth(a) == total, f"A's outbox changed in the restart\n{diagnostics(a, b)}"
     assert sum(counts(b).values()) == 0, diagnostics(a, b)
     proxy.heal()
-    wait_until(
-        f"all {total} mirrors succeed in A",
-        lambda: counts(a).get("success", 0) >= total,
-        60,
-        a,
-        b,
-        0.2,
-    )
-    mirrors, _runs = assert_exactly_once(a, b, ids)
-    assert {m["status"] for m in mirrors.values()} == {"success"}
-    wait_until("A's outbox drains", lambda: outbox_depth(a) == 0, 30, a, b)
+    assert_all_succeed_once(a, b, ids, 60)

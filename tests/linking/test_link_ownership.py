@@ -22,7 +22,7 @@ from sqlalchemy import text
 from flowlink.linking.ownership import LOCK_SPACE
 from flowlink.linking.service import sync_path
 from flowlink.store.engine import make_engine
-from tests.linking.conftest import KeyMaker, public_pem_of
+from tests.linking.conftest import KeyMaker, add_link_end
 from tests.linking.servers import ServerFactory, ServerProcess, start_all
 
 PG_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -95,25 +95,9 @@ def test_one_owner_per_link_and_takeover_after_kill(
     a1.create_workspace("ctl", flows={"echo": ECHO})
     b.create_workspace("site")
     for n in range(LINKS):
-        created = b.client.post(
-            "/api/v1/workspaces/site/sync_config",
-            json={
-                "name": f"from-a-{n}",
-                "own_private_key": key_b.read_text(),
-                "remote_public_key": public_pem_of(key_a),
-            },
-        )
-        assert created.status_code == 201, created.text
-        created = a1.client.post(
-            "/api/v1/workspaces/ctl/sync_config",
-            json={
-                "name": f"to-b-{n}",
-                "own_private_key": key_a.read_text(),
-                "remote_public_key": public_pem_of(key_b),
-                "remote_url": b.url + sync_path("site", f"from-a-{n}"),
-            },
-        )
-        assert created.status_code == 201, created.text
+        add_link_end(b.client, "site", f"from-a-{n}", key_b, key_a)
+        remote_url = b.url + sync_path("site", f"from-a-{n}")
+        add_link_end(a1.client, "ctl", f"to-b-{n}", key_a, key_b, remote_url=remote_url)
 
     # A1 owns every link; A2, started on the same store, finds them owned and drives none.
     holders = _wait(

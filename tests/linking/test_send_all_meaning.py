@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer
-from tests.linking.conftest import KeyMaker, public_pem_of
+from tests.linking.conftest import KeyMaker, add_link_end
 
 ECHO = "def handler(system, this, inputs):\n    return this.success('echo')\n"
 
@@ -23,26 +23,9 @@ def link_workspaces(server: LiveServer, make_key: KeyMaker, **controlling: Any) 
         == 201
     )
     key_a, key_b = make_key("openssl-genpkey"), make_key("ssh-keygen-pem")
-    a = server.client.post(
-        "/api/v1/workspaces/sa/sync_config",
-        json={
-            "name": "to-b",
-            "remote_url": f"{server.url}/api/v1/workspaces/sb/sync_config/from-a/sync",
-            "own_private_key": key_a.read_text(),
-            "remote_public_key": public_pem_of(key_b),
-            **controlling,
-        },
-    )
-    assert a.status_code == 201, a.text
-    b = server.client.post(
-        "/api/v1/workspaces/sb/sync_config",
-        json={
-            "name": "from-a",
-            "own_private_key": key_b.read_text(),
-            "remote_public_key": public_pem_of(key_a),
-        },
-    )
-    assert b.status_code == 201, b.text
+    remote_url = f"{server.url}/api/v1/workspaces/sb/sync_config/from-a/sync"
+    add_link_end(server.client, "sa", "to-b", key_a, key_b, remote_url=remote_url, **controlling)
+    add_link_end(server.client, "sb", "from-a", key_b, key_a)
     time.sleep(2.5)  # the link engine picks new configs up within FLOWLINK_LINK_REFRESH
 
 

@@ -25,8 +25,7 @@ from flowlink.linking.protocol import envelope
 from flowlink.linking.service import sync_path
 from flowlink.observability import metrics
 from tests.conftest import StartedServer
-from tests.linking.conftest import KeyMaker, public_pem_of
-from tests.linking.test_held_polls import one_link
+from tests.linking.conftest import KeyMaker, one_link, public_pem_of
 from tests.observability.test_metrics import scrape, value
 
 ROUTE = "/api/v1/workspaces/{ws}/sync_config/{name}/sync"
@@ -66,7 +65,7 @@ def test_sync_answers_and_errors_are_the_routes(
 ) -> None:
     monkeypatch.setattr(metrics, "link_label", metrics.LabelCap(1000))
     live = answering.live
-    own, site_key = one_link(live, make_key)
+    own, site_key = one_link(live, make_key, direction="controlling")
     trusted = {keys.fingerprint(k): k for k in keys.load_public_keys(public_pem_of(own))}
     url = live.url + sync_path("ctl", "site")
     before = scrape(live.client)
