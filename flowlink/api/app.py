@@ -54,6 +54,9 @@ def create_app(
         description="Self-hosted automation engine: flows, executions, events, linked workspaces.",
         openapi_url="/openapi.json",
         default_response_class=SafeJSONResponse,
+        # flowlink traces with its own provider (TracingMiddleware) and counts with its own
+        # metrics: FastAPI's would look for global OpenTelemetry providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.context = context
     # innermost: link exchanges skip the router, inside CatchAll and every other middleware
