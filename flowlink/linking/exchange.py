@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
 from flowlink.errors import Conflict, FlowlinkError, Invalid, NotFound
-from flowlink.events.service import record
+from flowlink.events.service import event_row, record_row
 from flowlink.execution_status import ACTIVE, ENDED, ExecutionStatus, Outcome, is_ended
 from flowlink.executions import service as executions
 from flowlink.linking import outbox
@@ -249,6 +249,8 @@ def apply_messages(
     """
     received: list[str] = []
     endings: list[tuple[str, Outcome]] = []  # recorded together, at the end
+    # runs that start with their ending: written by it (see ``finish_many``)
+    started_runs: dict[str, tuple[datetime, dict[str, Any]]] = {}
     links = _Links.load(session, config, messages)
     followed = len(links.rows)
     for message in messages:
@@ -262,11 +264,11 @@ def apply_messages(
             if execution_id is not None and started is not None:
                 started.append(execution_id)
         elif isinstance(message, UpdateMessage):
-            _apply_update(session, config, workspace, message, links, endings)
+            _apply_update(session, config, workspace, message, links, endings, started_runs)
         else:
             _apply_cancel(session, config, message, links)
         received.append(message.id)
-    executions.finish_many(session, endings)
+    executions.finish_many(session, endings, started=started_runs)
     if len(links.rows) > followed:
         # The link follows a new run: its held polls and sender look again (and listen to
         # the workspace's executions). Updates and acks change nothing they follow, so they
@@ -451,6 +453,7 @@ def _apply_update(
     message: UpdateMessage,
     links: _Links,
     endings: list[tuple[str, Outcome]],
+    started_runs: dict[str, tuple[datetime, dict[str, Any]]],
 ) -> None:
     origin_id = message.origin_execution_id
     if message.mirror:
@@ -476,13 +479,21 @@ def _apply_update(
     if is_ended(execution.status):
         link.done = True  # ended executions are immutable: a late update moves nothing
         return
-    if execution.status == ExecutionStatus.QUEUED and (status in ACTIVE or message.started_at):
-        _mark_started(session, config, workspace, execution, message)
+    starts = execution.status == ExecutionStatus.QUEUED and (
+        status in ACTIVE or bool(message.started_at)
+    )
     if status in ENDED:
+        if starts:  # started and ended over there: its ending writes both (one update)
+            started_runs[execution.id] = (
+                _start_time(message),
+                _started_event(config, workspace, execution),
+            )
         outcome = Outcome(status, message.message, message.outputs or {}, message.error_kind)
         endings.append((execution.id, outcome))
         link.done = True
         return
+    if starts:
+        _mark_started(session, config, workspace, execution, message)
     if message.outputs:
         execution.outputs = {**(execution.outputs or {}), **message.outputs}
     if message.message is not None:
@@ -498,25 +509,23 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def _mark_started(
-    session: Session,
-    config: SyncConfig,
-    workspace: Workspace,
-    execution: Execution,
-    message: UpdateMessage,
-) -> None:
-    """The mirror's run has started over there (an update may say so only once it ended).
-
-    Times stay on this server's clock; a run reported as ended keeps its remote duration.
-    """
+def _start_time(message: UpdateMessage) -> datetime:
+    """When the mirror's run started, on this server's clock: now, less the run's remote
+    duration if the update reports it ended."""
     started, ended = _parse_time(message.started_at), _parse_time(message.ended_at)
-    execution.started_at = now()
+    at = now()
     if started and ended and ended >= started:
-        execution.started_at -= ended - started
-    executions.set_status(execution, ExecutionStatus.RUNNING)
-    record(
-        session,
-        workspace,
+        at -= ended - started
+    return at
+
+
+def _started_event(
+    config: SyncConfig, workspace: Workspace, execution: Execution
+) -> dict[str, Any]:
+    """The ``executions.started`` event row of a mirror whose run started over there."""
+    return event_row(
+        workspace.id,
+        workspace.slug,
         "executions.started",
         {"id": execution.id, "flow": execution.flow_name, "worker": f"link:{config.name}"},
         correlation_id=execution.correlation_id,
@@ -524,6 +533,20 @@ def _mark_started(
         user_id=execution.user_id,
         extra_source=executions.execution_source(execution.trigger),
     )
+
+
+def _mark_started(
+    session: Session,
+    config: SyncConfig,
+    workspace: Workspace,
+    execution: Execution,
+    message: UpdateMessage,
+) -> None:
+    """The mirror's run has started over there (and goes on: a run that also ended is
+    started by its ending, ``finish_many``'s ``started``)."""
+    execution.started_at = _start_time(message)
+    executions.set_status(execution, ExecutionStatus.RUNNING)
+    record_row(session, _started_event(config, workspace, execution))
 
 
 def _apply_cancel(
