@@ -383,6 +383,106 @@ def test_a_late_update_never_moves_an_ended_mirror(link: Link) -> None:
         assert (after.status, after.message, after.outputs, after.ended_at) == kept
 
 
+def _statements(store: Store, action: Callable[[], Any]) -> list[str]:
+    """The statements ``action`` runs on the store, normalized (upper case, one line)."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()).upper())
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    try:
+        action()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", note)
+    return seen
+
+
+def test_a_run_reported_once_it_ended_is_started_and_ended_by_one_update(link: Link) -> None:
+    # The fan-out's usual case: the other end reports a run once, when it ended. Its mirror
+    # here goes from queued to ended in one UPDATE, its two events in one INSERT.
+    mirror_id = start(link)
+    ended = utcnow()
+    update = messages_module.UpdateMessage.new(
+        origin_execution_id=mirror_id,
+        revision=1,
+        status=ExecutionStatus.SUCCESS,
+        message="ran over there",
+        outputs={"got": 1},
+        started_at=format_timestamp(ended - timedelta(seconds=3)),
+        ended_at=format_timestamp(ended),
+        logs=[],
+    ).wire()
+    seen = _statements(link.store, lambda: apply(link, link.to_b, [update]))
+    assert len([s for s in seen if s.startswith("UPDATE EXECUTIONS")]) == 1, seen
+    assert len([s for s in seen if s.startswith("INSERT INTO EVENTS")]) == 1, seen
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and mirror.started_at and mirror.ended_at
+        assert (mirror.status, mirror.message, mirror.outputs) == (
+            "success",
+            "ran over there",
+            {"got": 1},
+        )
+        # on this server's clock, with the run's remote duration
+        assert abs((mirror.ended_at - mirror.started_at).total_seconds() - 3) < 0.5
+        recorded = session.execute(
+            select(Event.type, Event.payload)
+            .where(Event.correlation_id == mirror.correlation_id)
+            .order_by(Event.created_at, Event.id)
+        ).all()
+    assert [kind for kind, _ in recorded] == [
+        "executions.created",
+        "executions.started",
+        "executions.ended",
+    ]
+    assert recorded[1][1] == {"id": mirror_id, "flow": "child", "worker": "link:to-b"}
+    assert recorded[2][1]["status"] == "success"
+    assert abs(recorded[2][1]["duration"] - 3) < 0.5
+    # Redelivered: nothing moves, nothing is recorded again.
+    apply(link, link.to_b, [update])
+    with link.store.read() as session:
+        again = session.scalar(
+            select(func.count())
+            .select_from(Event)
+            .where(Event.correlation_id == mirror.correlation_id)
+        )
+    assert again == 3
+
+
+def test_a_run_reported_running_then_ended_records_its_start_once(link: Link) -> None:
+    mirror_id = start(link)
+    stamp = format_timestamp(utcnow())
+    running = messages_module.UpdateMessage.new(
+        origin_execution_id=mirror_id, revision=1, status=ExecutionStatus.RUNNING, started_at=stamp
+    ).wire()
+    ended = messages_module.UpdateMessage.new(
+        origin_execution_id=mirror_id,
+        revision=2,
+        status=ExecutionStatus.ERROR,
+        message="boom",
+        error_kind="exception",
+        started_at=stamp,
+        ended_at=format_timestamp(utcnow()),
+    ).wire()
+    apply(link, link.to_b, [running])
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and mirror.status == "running" and mirror.started_at
+        started_at = mirror.started_at
+    apply(link, link.to_b, [ended])
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and (mirror.status, mirror.message) == ("error", "boom")
+        assert mirror.started_at == started_at  # the ending keeps the start it had
+        kinds = session.scalars(
+            select(Event.type)
+            .where(Event.correlation_id == mirror.correlation_id)
+            .order_by(Event.created_at, Event.id)
+        ).all()
+    assert kinds == ["executions.created", "executions.started", "executions.ended"]
+
+
 def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_commit(
     link: Link, make_key: KeyMaker
 ) -> None:
