@@ -483,6 +483,44 @@ def test_a_run_reported_running_then_ended_records_its_start_once(link: Link) ->
     assert kinds == ["executions.created", "executions.started", "executions.ended"]
 
 
+def test_a_look_at_a_link_reads_its_state_and_outbox_in_one_statement(link: Link) -> None:
+    # Every woken poll looks, and every answered exchange reads the same: one round trip.
+    mirror_id = start(link)
+    looked: list[exchange.News] = []
+    seen = _statements(
+        link.store, lambda: looked.append(exchange.look_for_news(link.store, link.to_b, 10))
+    )
+    assert len([s for s in seen if not s.startswith("BEGIN")]) == 1, seen  # SQLite: a BEGIN
+    ((message,),) = [news.messages for news in looked]
+    assert (message["type"], message["origin_execution_id"]) == ("execution.start", mirror_id)
+    assert looked[0].follows is False  # the controlling end follows no run of its own
+
+    def answered() -> None:
+        with link.store.write() as session:
+            config = session.get(SyncConfig, link.to_b)
+            assert config is not None
+            seen.clear()
+            looked.append(
+                exchange.News(*reversed(exchange.follows_and_outgoing(session, config, 10)))
+            )
+
+    seen = _statements(link.store, answered)
+    assert len([s for s in seen if s.startswith("SELECT") and "LINK_OUTBOX" in s]) == 1, seen
+    assert [m["id"] for m in looked[-1].messages] == [message["id"]]
+    # The other end follows the run it started; once it ended, a look collects it (a write).
+    apply(link, link.from_a, [message])
+    assert exchange.look_for_news(link.store, link.from_a, 10).follows is True
+    run_in_b(link, lambda _: executions.Outcome("success", "done"))
+    news = exchange.look_for_news(link.store, link.from_a, 10)
+    assert [m["status"] for m in news.messages] == ["success"]
+    with link.store.write() as session:
+        outbox.acknowledge(session, link.from_a, [m["id"] for m in news.messages])
+    assert exchange.look_for_news(link.store, link.from_a, 10) == exchange.News([], False)
+    # A link that is gone says so.
+    with pytest.raises(NotFound):
+        exchange.look_for_news(link.store, "no-such-link", 10)
+
+
 def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_commit(
     link: Link, make_key: KeyMaker
 ) -> None:
