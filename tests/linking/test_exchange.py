@@ -27,6 +27,8 @@ from flowlink.linking import service as linking
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import (
+    Automation,
+    AutomationTrigger,
     Event,
     Execution,
     LinkExecution,
@@ -519,6 +521,53 @@ def test_a_look_at_a_link_reads_its_state_and_outbox_in_one_statement(link: Link
     # A link that is gone says so.
     with pytest.raises(NotFound):
         exchange.look_for_news(link.store, "no-such-link", 10)
+
+
+def _ended_update(mirror_id: str, **fields: Any) -> messages_module.UpdateMessage:
+    stamp = format_timestamp(utcnow())
+    return messages_module.UpdateMessage.new(
+        origin_execution_id=mirror_id,
+        revision=1,
+        status=ExecutionStatus.SUCCESS,
+        started_at=stamp,
+        ended_at=stamp,
+        **fields,
+    )
+
+
+def _exchange(link: Link, message: messages_module.LinkMessage) -> None:
+    """Apply a message as an answered exchange does: its link read by ``get_link``."""
+    with link.store.write() as session:
+        workspace, config = linking.get_link(session, "ws-a", "to-b")
+        exchange.apply_messages(session, config, workspace, [message])
+
+
+def test_an_exchange_looks_up_no_listeners_where_no_automation_listens(link: Link) -> None:
+    # The link's own statement tells whether an automation of the workspace listens to
+    # events: a run's start and end then need no lookup of their listeners.
+    mirror_id = start(link)
+    seen = _statements(link.store, lambda: _exchange(link, _ended_update(mirror_id)))
+    assert not [s for s in seen if s.startswith("SELECT AUTOMATION_TRIGGERS.")], seen
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and mirror.status == "success"
+    # Once one listens, a run that ends through the link starts it.
+    with link.store.write() as session:
+        automation = Automation(
+            workspace_id=link.a, slug="audit", flow_name="child", spec={"flow": "child"}
+        )
+        session.add(automation)
+        session.flush()
+        session.add(
+            AutomationTrigger(
+                workspace_id=link.a, automation_id=automation.id, event_type="executions.ended"
+            )
+        )
+    mirror_id = start(link)
+    _exchange(link, _ended_update(mirror_id))
+    started = [e for e in executions_of(link, link.a) if (e.trigger or {}).get("automation")]
+    assert [(e.flow_name, e.trigger["automation"]) for e in started] == [("child", "audit")]
+    assert started[0].correlation_id == executions_of(link, link.a)[1].correlation_id
 
 
 def test_a_batch_of_starts_through_many_links_reads_them_once_and_writes_at_the_commit(
