@@ -61,7 +61,7 @@ from common import (
     report,
     server,
 )
-from link import key_pair
+from link import counting_env, key_pair, per_unit, print_counts
 
 from flowlink.execution_status import ExecutionStatus
 from flowlink.linking import signing
@@ -510,9 +510,20 @@ def idle_links(
     return load
 
 
-def fan_out(ctl: Any, load: Sites, sites: int, figures: dict[str, Any]) -> None:
+def read_counts(path: Path | None) -> dict[str, int]:
+    """The controller's counters now (``--counts``; empty without)."""
+    if path is None:
+        return {}
+    time.sleep(0.25)  # the server writes them every 0.1 s
+    return dict(json.loads(path.read_text()))
+
+
+def fan_out(
+    ctl: Any, load: Sites, sites: int, figures: dict[str, Any], counts_file: Path | None = None
+) -> None:
     """Figure 2: one remote execution on every site, in one batch."""
     before = counts(ctl.client).get("success", 0)
+    counted0 = read_counts(counts_file)
     items = [{"flow": "echo", "remote": f"site-{n}", "inputs": {"n": n}} for n in range(sites)]
     usage = Usage(ctl.process.pid)
     load_cpu0, errors0 = load.cpu_seconds(), len(load.errors)
@@ -537,6 +548,7 @@ def fan_out(ctl: Any, load: Sites, sites: int, figures: dict[str, Any]) -> None:
         time.sleep(0.1)
     ended_s = time.time() - began
     cpu_ms = (usage.cpu() - usage.cpu0) * 1000 / sites
+    counted1 = read_counts(counts_file)
     load_ms = (load.cpu_seconds() - load_cpu0) * 1000 / sites
     time.sleep(1)  # a run ended twice would show now
     success = counts(ctl.client).get("success", 0) - before
@@ -567,6 +579,11 @@ def fan_out(ctl: Any, load: Sites, sites: int, figures: dict[str, Any]) -> None:
     )
     if len(load.errors) > errors0:
         print(f"  {'(failed exchanges, most common)':<44} {load.error_kinds(errors0)}")
+    if counts_file is not None:
+        print_counts(
+            "  controller, per remote run (from the batch until all ended back):",
+            {"": per_unit((usage.cpu0, counted0), (usage.cpu(), counted1), sites)},
+        )
     figures.update(fanout_started_s=started_s, fanout_ended_s=ended_s, lost=lost, success=success)
 
 
@@ -797,7 +814,12 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"  (controller log: {log})")
     with (
         fresh_database(backend) as url,
-        server(url, log=log, FLOWLINK_WORKER_CONCURRENCY="8") as ctl,
+        server(
+            url,
+            log=log,
+            FLOWLINK_WORKER_CONCURRENCY="8",
+            **counting_env(folder, "controller", args.counts),
+        ) as ctl,
     ):
         apply_folder(
             ctl.client,
@@ -811,7 +833,8 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         load = idle_links(ctl, url, args.sites, folder, figures, args.load_processes, args.poll)
         try:
             if "fanout" in args.parts:
-                fan_out(ctl, load, args.sites, figures)
+                counts_file = folder / "controller.counts.json" if args.counts else None
+                fan_out(ctl, load, args.sites, figures, counts_file)
             if "waiters" in args.parts:
                 waiting_clients(ctl, args.waiters, figures)
             if "streams" in args.parts:
@@ -856,6 +879,11 @@ def main() -> None:
         "--parts",
         default="idle,fanout,waiters,streams",
         help="which figures after the idle links (comma-separated: fanout, waiters, streams)",
+    )
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="count the controller's transactions, statements, exchanges... per remote run",
     )
     parser.add_argument("--sites-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--controller", help=argparse.SUPPRESS)

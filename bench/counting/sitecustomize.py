@@ -1,4 +1,5 @@
-"""Counters for ``bench/link.py --counts``: what a server process does, by kind.
+"""Counters for ``bench/link.py --counts`` and ``bench/scale.py --counts``: what a server
+process does, by kind.
 
 A server started with ``PYTHONPATH=bench/counting`` and ``FLOWLINK_BENCH_COUNTS=<file>``
 imports this first. It counts store transactions (begun, committed, write transactions,
@@ -6,7 +7,7 @@ SQL statements), link exchanges sent and answered with their messages, RSA signa
 made and verified, private and public keys parsed, HTTP requests by route, thread hops
 (``anyio.to_thread.run_sync``: the API's sync routes and the link's store work), wake-ups
 of waiting coroutines, and notifications fired (those heard from PostgreSQL's LISTEN
-apart); a thread
+apart), and the statements by the function that made them; a thread
 writes the counters to the file every 0.1 s. The variable is removed from the
 environment at once, so runner processes started by the server count nothing.
 """
@@ -51,6 +52,11 @@ def _begun(*_: Any) -> None:
     count(f"  transaction from {_origin()}")
 
 
+def _statement(*_: Any) -> None:
+    count("statements")
+    count(f"  statement from {_origin()}")
+
+
 def _counted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -71,7 +77,7 @@ def _install() -> None:
 
     event.listen(Engine, "begin", _begun)
     event.listen(Engine, "commit", lambda *_: count("commits"))
-    event.listen(Engine, "before_cursor_execute", lambda *_: count("statements"))
+    event.listen(Engine, "before_cursor_execute", _statement)
     engine.Store.write = _counted("write transactions", engine.Store.write)  # type: ignore[method-assign]
     signing._sign = _counted("rsa signatures made", signing._sign)
     signing._verify = _counted("rsa signatures verified", signing._verify)

@@ -170,15 +170,19 @@ def start_executions(
         authorize(caller, "execute", "executions", workspace)
         remotes = [item.remote for item in body.executions if item.remote is not None]
         exchange.prepare_remote_starts(session, workspace, remotes)
+        flows = [item.flow for item in body.executions if item.flow and item.script is None]
         items = []
-        for index, item in enumerate(body.executions):
-            try:
-                execution = _start(session, workspace, item, context, caller, request_http(request))
-            except FlowlinkError as error:
-                error.message = f"executions[{index}]: {error.message}"
-                error.details = {**error.details, "index": index}
-                raise
-            items.append(executions.execution_view(execution, workspace.slug, children=[]))
+        with workspaces.flows_read_once(session, workspace, flows):
+            for index, item in enumerate(body.executions):
+                try:
+                    execution = _start(
+                        session, workspace, item, context, caller, request_http(request)
+                    )
+                except FlowlinkError as error:
+                    error.message = f"executions[{index}]: {error.message}"
+                    error.details = {**error.details, "index": index}
+                    raise
+                items.append(executions.execution_view(execution, workspace.slug, children=[]))
         return {"items": items}
 
 

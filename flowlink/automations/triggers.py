@@ -27,6 +27,7 @@ from flowlink.errors import FlowlinkError
 from flowlink.events.service import (
     DISPATCHING,
     NATIVE_PENDING,
+    UNHEARD,
     check_payload_size,
     event_row,
     insert_rows,
@@ -420,13 +421,17 @@ _LISTENERS = (
 def dispatch_native(session: Session) -> None:
     """Start the automations listening to the native events this transaction recorded.
 
-    One indexed query finds the listeners of all of them. Automations in the causing
+    One indexed query finds the listeners of all of them (none for the events of workspaces
+    this transaction read to have no listener: ``events.service.note_unheard``; an exchange of
+    a link reads it with its link). Automations in the causing
     execution's chain are skipped (no automation fires on its own runs), the trigger depth
     limit applies as for custom events, and what the dispatch itself records is not
     dispatched again.
     """
     rows = session.info.pop(NATIVE_PENDING, None) or []
-    if not rows:
+    unheard = session.info.get(UNHEARD) or ()
+    rows = [row for row in rows if row["workspace_id"] not in unheard]
+    if not rows:  # none, or only of workspaces read to have no listener in this transaction
         return
     wanted = {(r["workspace_id"], t) for r in rows for t in _listened_types(r)}
     found = session.execute(

@@ -24,7 +24,16 @@ MAX_PAYLOAD_BYTES = 100_000
 NATIVE_PENDING = "flowlink_native_events"
 """``session.info`` key: listenable native events of this transaction, dispatched at commit."""
 DISPATCHING = "flowlink_dispatching_native"
+UNHEARD = "flowlink_unheard_workspaces"
+"""``session.info`` key: workspaces this transaction read to have no automation listening
+to any event (``note_unheard``): their native events need no lookup of listeners."""
 _LISTENABLE = frozenset(t for t in LISTENABLE_NATIVE_EVENTS if not t.endswith("*"))
+
+
+def note_unheard(session: Session, workspace_id: str) -> None:
+    """This transaction read that no automation of the workspace listens to an event (a
+    statement it made anyway told): its native events are dispatched without a lookup."""
+    session.info.setdefault(UNHEARD, set()).add(workspace_id)
 
 
 def _remember_native(session: Session, row: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -690,7 +690,9 @@ def _end_returning_statement(by_worker: bool, with_outputs: bool) -> Any:
         "status": bindparam("status"),
         "message": func.coalesce(bindparam("message", type_=String()), Execution.message),
         "error_kind": bindparam("error_kind"),
-        "started_at": func.coalesce(Execution.started_at, bindparam("ended_at")),
+        "started_at": func.coalesce(
+            Execution.started_at, bindparam("started_at", type_=Execution.started_at.type)
+        ),
         "ended_at": bindparam("ended_at"),
         "lease_expires_at": None,
     }
@@ -712,13 +714,19 @@ _END_RETURNING = {
 
 
 def _end_returning(
-    session: Session, execution_id: str, outcome: Outcome, worker_id: str | None, now: datetime
+    session: Session,
+    execution_id: str,
+    outcome: Outcome,
+    worker_id: str | None,
+    now: datetime,
+    started_at: datetime | None = None,
 ) -> Row[Any] | None:
     """End one execution with one ``UPDATE ... RETURNING``, without a select first, where
     the ending needs nothing of the row that the statement cannot say: it is active (or
     queued), owned by ``worker_id`` if given, and has no outputs yet if the outcome brings
     some. The row as ``_ENDING_ROWS`` reads it, with the values written; None if the
-    outcome is no ending or nothing matched (the select path then decides)."""
+    outcome is no ending or nothing matched (the select path then decides). A run that has
+    no start time yet gets ``started_at`` (default: ``now``)."""
     status = as_status(outcome.status)
     if status not in ENDED:
         return None
@@ -729,6 +737,7 @@ def _end_returning(
         "status": status,
         "message": outcome.message,
         "error_kind": outcome.error_kind,
+        "started_at": started_at or now,
         "ended_at": now,
         "outputs": outcome.outputs,
     }
@@ -760,6 +769,7 @@ def finish_many(
     *,
     worker_id: str | None = None,
     views: dict[str, dict[str, Any] | None] | None = None,
+    started: Mapping[str, tuple[datetime, dict[str, Any]]] | None = None,
 ) -> list[str]:
     """End many active executions in this transaction; returns the ids that were ended.
 
@@ -770,6 +780,11 @@ def finish_many(
     ``views``: for each id that is a key of it and is ended here, its ``execution_view`` as
     a read after the commit gives it (built from what was read and written, without reading
     the row again); the others stay None.
+
+    ``started``: executions that start with their ending (a run reported once it ended
+    elsewhere): id -> (when it started, its ``executions.started`` event row). The start
+    time is written by the ending's update and the event recorded just before
+    ``executions.ended``, in the same insert: no statement of their own.
     """
     if not endings:
         return []
@@ -777,10 +792,14 @@ def finish_many(
     now = utcnow()
     # One ending (a run's, the usual case): one UPDATE ... RETURNING where the backend has
     # it and the ending needs nothing of the row first; else a select, then the update.
+    started = started or {}
     written = None
     if len(endings) == 1 and session.get_bind().dialect.update_returning:
         execution_id, outcome = endings[0]
-        written = _end_returning(session, execution_id, outcome, worker_id, now)
+        start = started.get(execution_id)
+        written = _end_returning(
+            session, execution_id, outcome, worker_id, now, start[0] if start else None
+        )
     if written is not None:
         rows = {written.id: written}
     else:
@@ -798,7 +817,7 @@ def finish_many(
     for execution_id, outcome in endings:
         row = rows.get(execution_id)
         if written is not None and row is not None:  # ended by the UPDATE: its new values
-            status, started, message = as_status(row.status), row.started_at, row.message
+            status, started_at, message = as_status(row.status), row.started_at, row.message
             outputs = row.outputs or {}
         else:
             if row is None or is_ended(row.status) or execution_id in done:
@@ -806,7 +825,8 @@ def finish_many(
             if worker_id is not None and row.worker_id != worker_id:
                 continue
             status = transition(row.status, outcome.status)
-            started = row.started_at or now
+            start = started.get(execution_id)
+            started_at = row.started_at or (start[0] if start else now)
             message = outcome.message if outcome.message is not None else row.message
             outputs = {**(row.outputs or {}), **(outcome.outputs or {})}
         updates.append(
@@ -816,11 +836,13 @@ def finish_many(
                 "message": message,
                 "outputs": outputs,
                 "error_kind": outcome.error_kind,
-                "started_at": started,
+                "started_at": started_at,
                 "ended_at": now,
                 "lease_expires_at": None,
             }
         )
+        if execution_id in started:
+            events.append(started[execution_id][1])
         events.append(
             event_row(
                 row.workspace_id,
@@ -831,7 +853,7 @@ def finish_many(
                     "flow": row.flow_name,
                     "status": status,
                     "message": message,
-                    "duration": (now - started).total_seconds(),
+                    "duration": (now - started_at).total_seconds(),
                     "errorKind": outcome.error_kind,
                 },
                 correlation_id=row.correlation_id,
@@ -846,7 +868,7 @@ def finish_many(
             execution_id,
             row.trigger,
             status=status,
-            duration=(now - started).total_seconds(),
+            duration=(now - started_at).total_seconds(),
             outputs=outputs,
             correlation_id=row.correlation_id,
             user_id=row.user_id,
@@ -856,7 +878,9 @@ def finish_many(
         done.add(execution_id)
         if views is not None and execution_id in views:
             views[execution_id] = _ended_view(row, updates[-1])
-        counted.append((slugs.get(row.workspace_id) or "", status, (now - started).total_seconds()))
+        counted.append(
+            (slugs.get(row.workspace_id) or "", status, (now - started_at).total_seconds())
+        )
     if updates:
         metrics.count_ended(session, counted)
         if written is None:

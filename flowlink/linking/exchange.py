@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE, identity_principal
 from flowlink.errors import Conflict, FlowlinkError, Invalid, NotFound
-from flowlink.events.service import record
+from flowlink.events.service import event_row, record_row
 from flowlink.execution_status import ACTIVE, ENDED, ExecutionStatus, Outcome, is_ended
 from flowlink.executions import service as executions
 from flowlink.linking import outbox
@@ -49,7 +49,14 @@ from flowlink.linking.service import (
 )
 from flowlink.store import notify
 from flowlink.store.engine import Store, run_core
-from flowlink.store.models import Execution, ExecutionLog, LinkExecution, SyncConfig, Workspace
+from flowlink.store.models import (
+    Execution,
+    ExecutionLog,
+    LinkExecution,
+    LinkOutbox,
+    SyncConfig,
+    Workspace,
+)
 from flowlink.store.models import utcnow as now
 from flowlink.timestamps import format_optional, parse_timestamp
 from flowlink.workspaces.service import get_flow
@@ -249,6 +256,8 @@ def apply_messages(
     """
     received: list[str] = []
     endings: list[tuple[str, Outcome]] = []  # recorded together, at the end
+    # runs that start with their ending: written by it (see ``finish_many``)
+    started_runs: dict[str, tuple[datetime, dict[str, Any]]] = {}
     links = _Links.load(session, config, messages)
     followed = len(links.rows)
     for message in messages:
@@ -262,11 +271,11 @@ def apply_messages(
             if execution_id is not None and started is not None:
                 started.append(execution_id)
         elif isinstance(message, UpdateMessage):
-            _apply_update(session, config, workspace, message, links, endings)
+            _apply_update(session, config, workspace, message, links, endings, started_runs)
         else:
             _apply_cancel(session, config, message, links)
         received.append(message.id)
-    executions.finish_many(session, endings)
+    executions.finish_many(session, endings, started=started_runs)
     if len(links.rows) > followed:
         # The link follows a new run: its held polls and sender look again (and listen to
         # the workspace's executions). Updates and acks change nothing they follow, so they
@@ -451,6 +460,7 @@ def _apply_update(
     message: UpdateMessage,
     links: _Links,
     endings: list[tuple[str, Outcome]],
+    started_runs: dict[str, tuple[datetime, dict[str, Any]]],
 ) -> None:
     origin_id = message.origin_execution_id
     if message.mirror:
@@ -476,13 +486,21 @@ def _apply_update(
     if is_ended(execution.status):
         link.done = True  # ended executions are immutable: a late update moves nothing
         return
-    if execution.status == ExecutionStatus.QUEUED and (status in ACTIVE or message.started_at):
-        _mark_started(session, config, workspace, execution, message)
+    starts = execution.status == ExecutionStatus.QUEUED and (
+        status in ACTIVE or bool(message.started_at)
+    )
     if status in ENDED:
+        if starts:  # started and ended over there: its ending writes both (one update)
+            started_runs[execution.id] = (
+                _start_time(message),
+                _started_event(config, workspace, execution),
+            )
         outcome = Outcome(status, message.message, message.outputs or {}, message.error_kind)
         endings.append((execution.id, outcome))
         link.done = True
         return
+    if starts:
+        _mark_started(session, config, workspace, execution, message)
     if message.outputs:
         execution.outputs = {**(execution.outputs or {}), **message.outputs}
     if message.message is not None:
@@ -498,25 +516,23 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def _mark_started(
-    session: Session,
-    config: SyncConfig,
-    workspace: Workspace,
-    execution: Execution,
-    message: UpdateMessage,
-) -> None:
-    """The mirror's run has started over there (an update may say so only once it ended).
-
-    Times stay on this server's clock; a run reported as ended keeps its remote duration.
-    """
+def _start_time(message: UpdateMessage) -> datetime:
+    """When the mirror's run started, on this server's clock: now, less the run's remote
+    duration if the update reports it ended."""
     started, ended = _parse_time(message.started_at), _parse_time(message.ended_at)
-    execution.started_at = now()
+    at = now()
     if started and ended and ended >= started:
-        execution.started_at -= ended - started
-    executions.set_status(execution, ExecutionStatus.RUNNING)
-    record(
-        session,
-        workspace,
+        at -= ended - started
+    return at
+
+
+def _started_event(
+    config: SyncConfig, workspace: Workspace, execution: Execution
+) -> dict[str, Any]:
+    """The ``executions.started`` event row of a mirror whose run started over there."""
+    return event_row(
+        workspace.id,
+        workspace.slug,
         "executions.started",
         {"id": execution.id, "flow": execution.flow_name, "worker": f"link:{config.name}"},
         correlation_id=execution.correlation_id,
@@ -524,6 +540,20 @@ def _mark_started(
         user_id=execution.user_id,
         extra_source=executions.execution_source(execution.trigger),
     )
+
+
+def _mark_started(
+    session: Session,
+    config: SyncConfig,
+    workspace: Workspace,
+    execution: Execution,
+    message: UpdateMessage,
+) -> None:
+    """The mirror's run has started over there (and goes on: a run that also ended is
+    started by its ending, ``finish_many``'s ``started``)."""
+    execution.started_at = _start_time(message)
+    executions.set_status(execution, ExecutionStatus.RUNNING)
+    record_row(session, _started_event(config, workspace, execution))
 
 
 def _apply_cancel(
@@ -738,9 +768,18 @@ def follows_and_outgoing(
     session: Session, config: SyncConfig, limit: int
 ) -> tuple[bool, list[dict[str, Any]]]:
     """Whether the link follows a run, and its outbox (this end's changes queued first), in
-    the write transaction of an answered exchange: whether it follows a run and whether one
-    changed is one statement."""
-    follows, changed = follows_and_changed(session, config)
+    the write transaction of an answered exchange: whether it follows a run, whether one
+    changed and the outbox are one statement (``_LOOK``) unless something changed (or the
+    link sends all)."""
+    if _sends_all(config):
+        follows, changed = True, has_changes(session, config)
+    else:  # one statement, which reads the outbox too: most answers have nothing to collect
+        looked = _look(session, config.id, limit)
+        if looked is None:
+            return False, []
+        _, follows, changed, messages = looked
+        if not changed:
+            return follows, messages
     if changed:
         collect_changes(session, config)
     return follows, outbox.pending(session, config.id, limit)
@@ -786,23 +825,37 @@ _OPEN_ROW = (
     )
     .limit(1)
 )
-# Whether the link follows a run and whether one of them changed, in one statement.
-_FOLLOWS_AND_CHANGED = select(_OPEN_ROW.exists(), _ANY_CHANGE.exists())
-# A look's first statement: the config's send-all flag (a send-all link takes the general
-# path) and, for the others, whether they follow a run and whether one changed.
-_LOOK = select(SyncConfig.send_all_executions, _OPEN_ROW.exists(), _ANY_CHANGE.exists()).where(
-    SyncConfig.id == bindparam("config_id")
+# A look in one statement: the config's send-all flag (a send-all link takes the general
+# path), whether the link follows a run and whether one changed, and its outbox (the oldest
+# ``limit`` messages, as ``outbox.pending``): a row per message, or one row without one.
+# What most looks need, in one round trip: a look that finds nothing changed is done.
+_LOOK = (
+    select(
+        SyncConfig.send_all_executions,
+        _OPEN_ROW.exists(),
+        _ANY_CHANGE.exists(),
+        LinkOutbox.body,
+    )
+    .select_from(SyncConfig)
+    .outerjoin(LinkOutbox, LinkOutbox.sync_config_id == SyncConfig.id)
+    .where(SyncConfig.id == bindparam("config_id"))
+    .order_by(LinkOutbox.id)
+    .limit(bindparam("limit"))
 )
 
 
-def follows_and_changed(session: Session, config: SyncConfig) -> tuple[bool, bool]:
-    """``follows_changes`` and ``has_changes`` at once (one statement unless send-all)."""
-    if _sends_all(config):
-        return True, has_changes(session, config)
-    found = run_core(
-        session, _FOLLOWS_AND_CHANGED, {"config_id": config.id, "settled": now() - START_GRACE}
-    ).one()
-    return bool(found[0]), bool(found[1])
+def _look(
+    session: Session, config_id: str, limit: int
+) -> tuple[bool, bool, bool, list[Any]] | None:
+    """``_LOOK``: (send-all flag, follows a run, one changed, the outbox's messages); None if
+    the sync config is gone."""
+    params = {"config_id": config_id, "settled": now() - START_GRACE, "limit": limit}
+    rows = run_core(session, _LOOK, params).all()
+    if not rows:
+        return None
+    send_all, follows, changed, _ = rows[0]
+    messages = outbox.repaired(body for *_, body in rows if body is not None)
+    return bool(send_all), bool(follows), bool(changed), messages
 
 
 @dataclass(frozen=True)
@@ -823,17 +876,14 @@ class News:
 def look_for_news(store: Store, config_id: str, limit: int) -> News:
     """``pending_messages`` plus ``follows_changes``, for a held poll or a sender.
 
-    One read when nothing changed (most looks), one write when something did. A link that
-    follows no execution has nothing to collect: its look reads the outbox alone. The read
-    is two Core statements (the link's state, its outbox) and loads no ORM object.
+    One read when nothing changed (most looks), one write when something did. The read is
+    one Core statement (the link's state and its outbox, ``_LOOK``) and loads no ORM object.
     """
     with store.read() as session:
-        row = run_core(
-            session, _LOOK, {"config_id": config_id, "settled": now() - START_GRACE}
-        ).first()
-        if row is None:
+        looked = _look(session, config_id, limit)
+        if looked is None:
             raise NotFound(f"sync config {config_id} was deleted")
-        send_all, follows, changed = row
+        send_all, follows, changed, messages = looked
         if send_all:  # rare: the general path (send-all decides by more than one flag)
             config = session.get(SyncConfig, config_id)
             if config is None:
@@ -841,7 +891,7 @@ def look_for_news(store: Store, config_id: str, limit: int) -> News:
             follows = follows_changes(session, config)
             changed = follows and has_changes(session, config)
         if not follows or not changed:
-            return News(outbox.pending(session, config_id, limit), bool(follows))
+            return News(messages, bool(follows))
     with store.write() as session:
         config = session.get(SyncConfig, config_id)
         if config is None:

@@ -44,7 +44,13 @@ def pending(session: Session, sync_config_id: str, limit: int) -> list[dict[str,
     not make the other end refuse every exchange of the link.
     """
     rows = run_core(session, _PENDING, {"config_id": sync_config_id, "limit": limit}).scalars()
-    return [repair(body) for body in rows]
+    return repaired(rows)
+
+
+def repaired(bodies: Iterable[Any]) -> list[dict[str, Any]]:
+    """Messages as ``pending`` gives them, from their stored bodies (read by another
+    statement, such as a link's look, which reads the outbox with the link's state)."""
+    return [repair(body) for body in bodies]
 
 
 # Built once: every look of a link and every answered exchange reads its outbox.

@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session, defer
 from flowlink.access.policy import role_exists
 from flowlink.access.service import DEFAULT_IDENTITY_ROLE
 from flowlink.errors import Conflict, Invalid, NotFound
-from flowlink.events.service import record
+from flowlink.events.service import note_unheard, record
 from flowlink.linking import keys, outbox
-from flowlink.store.models import LinkNonce, SyncConfig, Workspace, utcnow
+from flowlink.store.models import AutomationTrigger, LinkNonce, SyncConfig, Workspace, utcnow
 from flowlink.timestamps import format_timestamp, parse_timestamp
 from flowlink.workspaces.service import check_name, get_workspace
 
@@ -304,16 +304,30 @@ def get_sync_config(session: Session, workspace: Workspace, name: str) -> SyncCo
 
 def get_link(session: Session, workspace_slug: str, name: str) -> tuple[Workspace, SyncConfig]:
     """A workspace and its sync config by slug and name, in one statement (every exchange
-    looks them up); ``NotFound`` naming the one that is missing."""
+    looks them up); ``NotFound`` naming the one that is missing.
+
+    The statement also tells whether an automation of the workspace listens to events: if
+    none does, the events the exchange records (a run's start and end) are dispatched to no
+    one without another lookup (``note_unheard``)."""
     found = session.execute(_LINK, {"slug": workspace_slug, "name": name}).first()
     if found is None:
         workspace = get_workspace(session, workspace_slug)
         return workspace, get_sync_config(session, workspace, name)
-    return found[0], found[1]
+    workspace, config, heard = found
+    if not heard:
+        note_unheard(session, workspace.id)
+    return workspace, config
 
 
 _LINK = (
-    select(Workspace, SyncConfig)
+    select(
+        Workspace,
+        SyncConfig,
+        select(AutomationTrigger.id)
+        .where(AutomationTrigger.workspace_id == Workspace.id)
+        .exists()
+        .label("heard"),
+    )
     .join(SyncConfig, SyncConfig.workspace_id == Workspace.id)
     .where(Workspace.slug == bindparam("slug"), SyncConfig.name == bindparam("name"))
     # An exchange needs the workspace's id and slug: its documents load when used.

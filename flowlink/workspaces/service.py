@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -576,9 +577,36 @@ _FLOW_BY_NAME = select(Flow).where(
 )  # built once: every start of a flow looks its flow up
 
 
+_FLOWS_READ_KEY = "flowlink_flows_read"  # session.info: flows read at once (``flows_read_once``)
+
+
 def find_flow(session: Session, workspace: Workspace, name: str) -> Flow | None:
     """The flow with this name, or None."""
+    read: dict[tuple[str, str], Flow | None] | None = session.info.get(_FLOWS_READ_KEY)
+    if read is not None and (workspace.id, name) in read:
+        return read[(workspace.id, name)]
     return session.scalar(_FLOW_BY_NAME, {"workspace_id": workspace.id, "name": name})
+
+
+@contextlib.contextmanager
+def flows_read_once(session: Session, workspace: Workspace, names: Iterable[str]) -> Iterator[None]:
+    """Within the block, ``find_flow`` finds these flows of the workspace without a query:
+    they are read at once, in one query. For a batch of starts, where each start would read
+    its flow again (a round trip each on PostgreSQL); the block must not change flows."""
+    wanted = sorted(set(names))
+    read: dict[tuple[str, str], Flow | None] = {(workspace.id, name): None for name in wanted}
+    for part in range(0, len(wanted), 1000):
+        for flow in session.scalars(
+            select(Flow).where(
+                Flow.workspace_id == workspace.id, Flow.name.in_(wanted[part : part + 1000])
+            )
+        ):
+            read[(workspace.id, flow.name)] = flow
+    session.info[_FLOWS_READ_KEY] = read
+    try:
+        yield
+    finally:
+        session.info.pop(_FLOWS_READ_KEY, None)
 
 
 def get_flow(session: Session, workspace: Workspace, name: str) -> Flow:

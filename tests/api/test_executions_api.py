@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import LiveServer
 
@@ -364,6 +365,27 @@ def test_list_filters_and_pages(ws: LiveServer) -> None:
     assert sorted(listed) == sorted(ids)
     bad = ws.client.get("/api/v1/workspaces/api-test/executions", params={"status": "weird"})
     assert bad.status_code == 422
+
+
+def test_a_batch_of_starts_reads_its_flows_in_one_query(ws: LiveServer) -> None:
+    # A query per start would be a round trip each on PostgreSQL, in the batch's transaction.
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()).upper())
+
+    batch = {"executions": [{"flow": "seed"}, {"flow": "echo"}, {"flow": "seed"}] * 3}
+    event.listen(ws.store.engine, "before_cursor_execute", note)
+    try:
+        response = ws.client.post("/api/v1/workspaces/api-test/executions/batch", json=batch)
+    finally:
+        event.remove(ws.store.engine, "before_cursor_execute", note)
+    assert response.status_code == 201, response.text
+    assert len([s for s in seen if "FROM FLOWS" in s]) == 1, seen
+    items = response.json()["items"]
+    assert [item["name"] for item in items] == ["seed", "echo", "seed"] * 3
+    for item in items:
+        assert ws.wait_for("api-test", item["id"])["status"] == "success"
 
 
 def test_batch_start_is_all_or_nothing(ws: LiveServer) -> None:

@@ -29,6 +29,8 @@ from flowlink.linking.inbound import SyncRejected
 from flowlink.store import notify
 from flowlink.store.engine import Store
 from flowlink.store.models import (
+    Automation,
+    AutomationTrigger,
     Event,
     Execution,
     LinkExecution,
@@ -385,6 +387,172 @@ def test_a_late_update_never_moves_an_ended_mirror(link: Link) -> None:
         after = session.get(Execution, mirror_id)
         assert after is not None
         assert (after.status, after.message, after.outputs, after.ended_at) == kept
+
+
+def test_a_run_reported_once_it_ended_is_started_and_ended_by_one_update(link: Link) -> None:
+    # The fan-out's usual case: the other end reports a run once, when it ended. Its mirror
+    # here goes from queued to ended in one UPDATE, its two events in one INSERT.
+    mirror_id = start(link)
+    ended = utcnow()
+    update = messages_module.UpdateMessage.new(
+        origin_execution_id=mirror_id,
+        revision=1,
+        status=ExecutionStatus.SUCCESS,
+        message="ran over there",
+        outputs={"got": 1},
+        started_at=format_timestamp(ended - timedelta(seconds=3)),
+        ended_at=format_timestamp(ended),
+        logs=[],
+    ).wire()
+    with statements(link.store.engine) as seen:
+        apply(link, link.to_b, [update])
+    assert len([s for s in seen if s.startswith("UPDATE EXECUTIONS")]) == 1, seen
+    assert len([s for s in seen if s.startswith("INSERT INTO EVENTS")]) == 1, seen
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and mirror.started_at and mirror.ended_at
+        assert (mirror.status, mirror.message, mirror.outputs) == (
+            "success",
+            "ran over there",
+            {"got": 1},
+        )
+        # on this server's clock, with the run's remote duration
+        assert abs((mirror.ended_at - mirror.started_at).total_seconds() - 3) < 0.5
+        recorded = session.execute(
+            select(Event.type, Event.payload)
+            .where(Event.correlation_id == mirror.correlation_id)
+            .order_by(Event.created_at, Event.id)
+        ).all()
+    assert [kind for kind, _ in recorded] == [
+        "executions.created",
+        "executions.started",
+        "executions.ended",
+    ]
+    assert recorded[1][1] == {"id": mirror_id, "flow": "child", "worker": "link:to-b"}
+    assert recorded[2][1]["status"] == "success"
+    assert abs(recorded[2][1]["duration"] - 3) < 0.5
+    # Redelivered: nothing moves, nothing is recorded again.
+    apply(link, link.to_b, [update])
+    with link.store.read() as session:
+        again = session.scalar(
+            select(func.count())
+            .select_from(Event)
+            .where(Event.correlation_id == mirror.correlation_id)
+        )
+    assert again == 3
+
+
+def test_a_run_reported_running_then_ended_records_its_start_once(link: Link) -> None:
+    mirror_id = start(link)
+    stamp = format_timestamp(utcnow())
+    running = messages_module.UpdateMessage.new(
+        origin_execution_id=mirror_id, revision=1, status=ExecutionStatus.RUNNING, started_at=stamp
+    ).wire()
+    ended = messages_module.UpdateMessage.new(
+        origin_execution_id=mirror_id,
+        revision=2,
+        status=ExecutionStatus.ERROR,
+        message="boom",
+        error_kind="exception",
+        started_at=stamp,
+        ended_at=format_timestamp(utcnow()),
+    ).wire()
+    apply(link, link.to_b, [running])
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and mirror.status == "running" and mirror.started_at
+        started_at = mirror.started_at
+    apply(link, link.to_b, [ended])
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and (mirror.status, mirror.message) == ("error", "boom")
+        assert mirror.started_at == started_at  # the ending keeps the start it had
+        kinds = session.scalars(
+            select(Event.type)
+            .where(Event.correlation_id == mirror.correlation_id)
+            .order_by(Event.created_at, Event.id)
+        ).all()
+    assert kinds == ["executions.created", "executions.started", "executions.ended"]
+
+
+def test_a_look_at_a_link_reads_its_state_and_outbox_in_one_statement(link: Link) -> None:
+    # Every woken poll looks, and every answered exchange reads the same: one round trip.
+    mirror_id = start(link)
+    looked: list[exchange.News] = []
+    with statements(link.store.engine) as seen:
+        looked.append(exchange.look_for_news(link.store, link.to_b, 10))
+    assert len([s for s in seen if not s.startswith("BEGIN")]) == 1, seen  # SQLite: a BEGIN
+    ((message,),) = [news.messages for news in looked]
+    assert (message["type"], message["origin_execution_id"]) == ("execution.start", mirror_id)
+    assert looked[0].follows is False  # the controlling end follows no run of its own
+
+    with statements(link.store.engine) as seen, link.store.write() as session:
+        config = session.get(SyncConfig, link.to_b)
+        assert config is not None
+        seen.clear()
+        looked.append(exchange.News(*reversed(exchange.follows_and_outgoing(session, config, 10))))
+    assert len([s for s in seen if s.startswith("SELECT") and "LINK_OUTBOX" in s]) == 1, seen
+    assert [m["id"] for m in looked[-1].messages] == [message["id"]]
+    # The other end follows the run it started; once it ended, a look collects it (a write).
+    apply(link, link.from_a, [message])
+    assert exchange.look_for_news(link.store, link.from_a, 10).follows is True
+    run_in_b(link, lambda _: executions.Outcome("success", "done"))
+    news = exchange.look_for_news(link.store, link.from_a, 10)
+    assert [m["status"] for m in news.messages] == ["success"]
+    with link.store.write() as session:
+        outbox.acknowledge(session, link.from_a, [m["id"] for m in news.messages])
+    assert exchange.look_for_news(link.store, link.from_a, 10) == exchange.News([], False)
+    # A link that is gone says so.
+    with pytest.raises(NotFound):
+        exchange.look_for_news(link.store, "no-such-link", 10)
+
+
+def _ended_update(mirror_id: str, **fields: Any) -> messages_module.UpdateMessage:
+    stamp = format_timestamp(utcnow())
+    return messages_module.UpdateMessage.new(
+        origin_execution_id=mirror_id,
+        revision=1,
+        status=ExecutionStatus.SUCCESS,
+        started_at=stamp,
+        ended_at=stamp,
+        **fields,
+    )
+
+
+def _exchange(link: Link, message: messages_module.LinkMessage) -> None:
+    """Apply a message as an answered exchange does: its link read by ``get_link``."""
+    with link.store.write() as session:
+        workspace, config = linking.get_link(session, "ws-a", "to-b")
+        exchange.apply_messages(session, config, workspace, [message])
+
+
+def test_an_exchange_looks_up_no_listeners_where_no_automation_listens(link: Link) -> None:
+    # The link's own statement tells whether an automation of the workspace listens to
+    # events: a run's start and end then need no lookup of their listeners.
+    mirror_id = start(link)
+    with statements(link.store.engine) as seen:
+        _exchange(link, _ended_update(mirror_id))
+    assert not [s for s in seen if s.startswith("SELECT AUTOMATION_TRIGGERS.")], seen
+    with link.store.read() as session:
+        mirror = session.get(Execution, mirror_id)
+        assert mirror is not None and mirror.status == "success"
+    # Once one listens, a run that ends through the link starts it.
+    with link.store.write() as session:
+        automation = Automation(
+            workspace_id=link.a, slug="audit", flow_name="child", spec={"flow": "child"}
+        )
+        session.add(automation)
+        session.flush()
+        session.add(
+            AutomationTrigger(
+                workspace_id=link.a, automation_id=automation.id, event_type="executions.ended"
+            )
+        )
+    mirror_id = start(link)
+    _exchange(link, _ended_update(mirror_id))
+    started = [e for e in executions_of(link, link.a) if (e.trigger or {}).get("automation")]
+    assert [(e.flow_name, e.trigger["automation"]) for e in started] == [("child", "audit")]
+    assert started[0].correlation_id == executions_of(link, link.a)[1].correlation_id
 
 
 def add_sites(link: Link, make_key: KeyMaker, names: list[str]) -> dict[str, str]:
