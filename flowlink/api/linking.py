@@ -137,12 +137,15 @@ async def answer_sync(ws: str, name: str, request: Request) -> Response:
         name,
         method=request.method,
         url=str(request.url),
-        headers=httpx.Headers(list(request.headers.items())),
+        # The raw header pairs as the server read them: no decoding and encoding again.
+        headers=httpx.Headers(request.scope["headers"]),
         body=body,
         client=request.client.host if request.client else None,
         stopping=context.stopping,
     )
-    return Response(content=answer.content, headers=dict(answer.headers.items()))
+    response = Response(content=answer.content)  # its raw headers: the length alone
+    response.raw_headers.extend(answer.headers.raw)
+    return response
 
 
 class SyncEndpoint:
