@@ -270,11 +270,11 @@ async def wait_until(
             timed_out = False
             if checked:
                 remaining = deadline - time.monotonic()
-                last = recheck is None or remaining <= recheck
-                woken = await waiter.wait(remaining if recheck is None else min(remaining, recheck))
+                wait = remaining if recheck is None else min(remaining, recheck)
+                woken = await waiter.wait(wait)
                 # A wait to the deadline that nothing woke is the timeout, even when the loop's
                 # timer fired a little early (uvloop rounds timers to the millisecond).
-                timed_out = last and not woken
+                timed_out = not woken and wait >= remaining
             checked = True
             if await to_thread.run_sync(check):
                 return True
